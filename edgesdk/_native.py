@@ -1,0 +1,120 @@
+"""Low-level binding of the native library: a one-to-one mirror of native/include/edgekern.h.
+
+The library is the extension file edgesdk._edgekern, built by setup.py from
+native/src. We load it with ctypes: ctypes releases the GIL for the duration of
+every foreign call, so long kernels never block other Python threads.
+
+This module only declares prototypes and turns status codes into exceptions.
+Callers validate shapes, dtypes and buffer sizes *before* calling in: the C
+layer trusts its caller (see the header).
+"""
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import os
+from ctypes import POINTER, c_char_p, c_double, c_float, c_int, c_int32, c_int64, c_size_t, c_uint32, c_uint64, c_void_p
+
+from .errors import NativeBuildError, NativeError, UnsupportedISAError
+
+c_float_p = POINTER(c_float)
+c_int32_p = POINTER(c_int32)
+
+EK_OK = 0
+EK_ERR_INVALID_ARG = 1
+EK_ERR_UNSUPPORTED = 2
+EK_ERR_NO_MEMORY = 3
+EK_ERR_ISA_UNAVAILABLE = 4
+EK_ERR_THREADS = 5
+EK_ERR_CONTEXT_FULL = 6
+EK_ERR_INTERNAL = 7
+
+ISA_NAMES = ("scalar", "avx2", "avx512", "neon", "neon_dotprod")
+
+# Bits of ek_cpu_features(), same values as the header's EK_CPU_* macros.
+CPU_FEATURE_BITS = {
+    "avx2": 0, "fma": 1, "f16c": 2, "avx512f": 3, "avx512bw": 4, "avx512vl": 5,
+    "avx512_vnni": 6, "avx_vnni": 7, "avx512_bf16": 8, "avx512dq": 9,
+    "neon": 16, "dotprod": 17, "i8mm": 18, "sve": 19, "fp16": 20,
+}
+
+
+def _library_path() -> str:
+    spec = importlib.util.find_spec("edgesdk._edgekern")
+    if spec is None or spec.origin is None or not os.path.exists(spec.origin):
+        raise NativeBuildError(
+            "edgesdk's native library (edgesdk._edgekern) is not built. Install the package with "
+            "'pip install .' (or 'python setup.py build_ext --inplace' in a source checkout)."
+        )
+    return spec.origin
+
+
+def _load() -> ctypes.CDLL:
+    lib = ctypes.CDLL(_library_path())
+
+    def proto(name, restype, *argtypes):
+        fn = getattr(lib, name)
+        fn.restype = restype
+        fn.argtypes = list(argtypes)
+
+    # status, CPU features, ISA
+    proto("ek_status_str", c_char_p, c_int)
+    proto("ek_cpu_features", c_uint64)
+    proto("ek_isa_available", c_int, c_int)
+    proto("ek_isa_best", c_int)
+    proto("ek_isa_set", c_int, c_int)
+    proto("ek_isa_current", c_int)
+    proto("ek_isa_name", c_char_p, c_int)
+    proto("ek_isa_from_name", c_int, c_char_p)
+    return lib
+
+
+lib = _load()
+
+
+def check(status: int, what: str) -> None:
+    """Raise the edgesdk error matching a non-zero ek_status."""
+    if status == EK_OK:
+        return
+    text = lib.ek_status_str(status).decode()
+    if status == EK_ERR_ISA_UNAVAILABLE:
+        raise UnsupportedISAError(f"{what}: {text}")
+    if status == EK_ERR_NO_MEMORY:
+        raise MemoryError(f"{what}: {text}")
+    raise NativeError(f"{what}: {text} (status {status})")
+
+
+def cpu_features() -> list[str]:
+    """Names of the SIMD features the CPU and OS support, as the native layer sees them."""
+    bits = lib.ek_cpu_features()
+    return [name for name, bit in CPU_FEATURE_BITS.items() if bits >> bit & 1]
+
+
+def isa_available() -> list[str]:
+    return [name for i, name in enumerate(ISA_NAMES) if lib.ek_isa_available(i)]
+
+
+def isa_current() -> str:
+    return ISA_NAMES[lib.ek_isa_current()]
+
+
+def isa_set(name: str) -> None:
+    """Make `name` the active kernel family (as EDGESDK_ISA does at start-up)."""
+    index = lib.ek_isa_from_name(name.encode())
+    if index < 0:
+        raise UnsupportedISAError(f"unknown ISA {name!r}; known: {', '.join(ISA_NAMES)}")
+    if not lib.ek_isa_available(index):
+        raise UnsupportedISAError(
+            f"ISA {name!r} is not available on this CPU; available: {', '.join(isa_available())}"
+        )
+    check(lib.ek_isa_set(index), f"ek_isa_set({name})")
+
+
+def _check_env_isa() -> None:
+    """EDGESDK_ISA naming a path the CPU lacks is an error, not a silent fallback."""
+    wanted = os.environ.get("EDGESDK_ISA")
+    if wanted:
+        isa_set(wanted)
+
+
+_check_env_isa()

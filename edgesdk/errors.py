@@ -1,0 +1,74 @@
+"""Every exception edgesdk raises on purpose, in one hierarchy under EdgeSDKError.
+
+Messages carry the numbers and names a user needs to act (field and byte
+offset, bytes needed and available, the id that was out of range).
+"""
+from __future__ import annotations
+
+
+class EdgeSDKError(Exception):
+    """Base class of every error edgesdk raises on purpose."""
+
+
+class InvalidArgumentError(EdgeSDKError, ValueError):
+    """An argument has the wrong type, shape, dtype or value; the message names it."""
+
+
+class ModelFormatError(EdgeSDKError):
+    """The file is not a model we can read safely; the message names the field and byte offset."""
+
+
+class UnsupportedModelError(EdgeSDKError):
+    """A valid model we cannot run: unknown architecture, tensor type or layout."""
+
+
+class ModelNotFoundError(EdgeSDKError):
+    """Neither a registry name nor an existing .gguf path."""
+
+
+class PullError(EdgeSDKError):
+    """Fetching a model failed (network, package index, disk); nothing half-written is left."""
+
+
+class IntegrityError(PullError):
+    """Downloaded bytes do not match the registry's sha256."""
+
+
+class NativeBuildError(EdgeSDKError):
+    """The native library is missing or was built for another platform."""
+
+
+class NativeError(EdgeSDKError):
+    """The native layer reported a failure it should not have reached."""
+
+
+class UnsupportedISAError(EdgeSDKError):
+    """The requested instruction-set path is unknown or the CPU lacks it."""
+
+
+class TokenizerError(EdgeSDKError):
+    """The vocabulary is inconsistent, or text/ids cannot be converted."""
+
+
+class MemoryBudgetError(EdgeSDKError, MemoryError):
+    """The model does not fit the memory available; the message gives the plan and ways out."""
+
+
+class ContextOverflowError(EdgeSDKError):
+    """More tokens than the context (KV cache) can hold."""
+
+
+class TemplateError(EdgeSDKError):
+    """A chat template failed, timed out, or tried to escape its sandbox."""
+
+
+class ChatFormatError(InvalidArgumentError):
+    """Messages are not well-formed OpenAI-style chat messages."""
+
+
+class SessionFileError(EdgeSDKError):
+    """A saved chat session is truncated, corrupt, or belongs to another model."""
+
+
+class BackendUnavailableError(EdgeSDKError):
+    """The requested backend's library is not installed or cannot run here."""

@@ -1,0 +1,162 @@
+/* edgekern — edgesdk's native kernel layer: the public C API.
+ *
+ * Plain C11, no Python. Everything a caller may use is declared here and
+ * nothing else is exported. Sections: status codes, tensor types and block
+ * formats, CPU features and ISA choice, thread pool, quantized weights and
+ * matrix products, f32 transformer building blocks, the inference engine.
+ *
+ * Trust model: the C layer trusts its caller. Sizes, shapes and pointers are
+ * validated on the Python side (edgesdk/_native.py and its users) before any
+ * call; C only checks what it cannot know cheaply from outside (allocation
+ * failures, unsupported types, an ISA the CPU lacks) and reports a status.
+ * C never prints, exits or aborts.
+ */
+#ifndef EDGEKERN_H
+#define EDGEKERN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#define EK_API __declspec(dllexport)
+#else
+#define EK_API __attribute__((visibility("default")))
+#endif
+
+/* ---------------------------------------------------------------- status */
+
+typedef enum ek_status {
+    EK_OK = 0,
+    EK_ERR_INVALID_ARG = 1,     /* a value the caller should have rejected */
+    EK_ERR_UNSUPPORTED = 2,     /* a tensor type or operation we do not implement */
+    EK_ERR_NO_MEMORY = 3,       /* malloc/aligned_alloc failed */
+    EK_ERR_ISA_UNAVAILABLE = 4, /* the CPU (or OS) lacks the requested instruction set */
+    EK_ERR_THREADS = 5,         /* pthread_create failed */
+    EK_ERR_CONTEXT_FULL = 6,    /* KV cache has no room for the tokens */
+    EK_ERR_INTERNAL = 7
+} ek_status;
+
+EK_API const char *ek_status_str(ek_status status);
+
+/* ------------------------------------------------- tensor types and blocks */
+
+/* Numbers are GGUF's ggml_type ids, so a tensor's type field maps directly. */
+typedef enum ek_type {
+    EK_TYPE_F32 = 0,
+    EK_TYPE_F16 = 1,
+    EK_TYPE_Q4_0 = 2,
+    EK_TYPE_Q4_1 = 3,
+    EK_TYPE_Q5_0 = 6,
+    EK_TYPE_Q8_0 = 8,
+    EK_TYPE_Q4_K = 12,
+    EK_TYPE_Q6_K = 14,
+    EK_TYPE_BF16 = 30
+} ek_type;
+
+/* Elements per block and bytes per block; 0 for a type we do not support. */
+EK_API int64_t ek_type_block_elems(int type);
+EK_API int64_t ek_type_block_bytes(int type);
+
+/* dst[0..n) = the n values encoded in src; n must be a multiple of the block size. */
+EK_API ek_status ek_dequantize(int type, const void *src, float *dst, int64_t n);
+
+/* Encode n floats into type's blocks (n a multiple of the block size).
+   Supported at least for F32, F16, Q8_0, Q4_0 and Q4_1 (test fixtures, a future quantize tool). */
+EK_API ek_status ek_quantize(int type, const float *src, void *dst, int64_t n);
+
+/* ------------------------------------------------ CPU features and the ISA */
+
+/* Bits of ek_cpu_features(): what the CPU *and the OS* support. */
+#define EK_CPU_AVX2        (1ull << 0)
+#define EK_CPU_FMA         (1ull << 1)
+#define EK_CPU_F16C        (1ull << 2)
+#define EK_CPU_AVX512F     (1ull << 3)
+#define EK_CPU_AVX512BW    (1ull << 4)
+#define EK_CPU_AVX512VL    (1ull << 5)
+#define EK_CPU_AVX512VNNI  (1ull << 6)
+#define EK_CPU_AVXVNNI     (1ull << 7)
+#define EK_CPU_AVX512BF16  (1ull << 8)
+#define EK_CPU_AVX512DQ    (1ull << 9)
+#define EK_CPU_NEON        (1ull << 16)
+#define EK_CPU_DOTPROD     (1ull << 17)
+#define EK_CPU_I8MM        (1ull << 18)
+#define EK_CPU_SVE         (1ull << 19)
+#define EK_CPU_FP16        (1ull << 20)
+
+EK_API uint64_t ek_cpu_features(void);
+
+/* Kernel families. One is active process-wide; weights remember the family
+   they were prepared for, so switching later never mixes layouts. */
+typedef enum ek_isa {
+    EK_ISA_SCALAR = 0,
+    EK_ISA_AVX2 = 1,         /* AVX2 + FMA + F16C */
+    EK_ISA_AVX512 = 2,       /* AVX-512 F/BW/VL (+VNNI when present) */
+    EK_ISA_NEON = 3,         /* ARMv8 ASIMD */
+    EK_ISA_NEON_DOTPROD = 4  /* ARMv8.2 ASIMD + SDOT */
+} ek_isa;
+
+EK_API int ek_isa_available(int isa);   /* 1 when this CPU can run it */
+EK_API int ek_isa_best(void);           /* best available family */
+/* Make isa the active family; EK_ERR_ISA_UNAVAILABLE when the CPU lacks it.
+   At load the library honours EDGESDK_ISA (scalar|avx2|avx512|neon|neon_dotprod)
+   if set and available, else picks ek_isa_best(). */
+EK_API ek_status ek_isa_set(int isa);
+EK_API int ek_isa_current(void);
+EK_API const char *ek_isa_name(int isa); /* "scalar", "avx2", ...; "unknown" otherwise */
+/* Parse a name as EDGESDK_ISA would; -1 when unknown. */
+EK_API int ek_isa_from_name(const char *name);
+
+/* ------------------------------------------------------------- thread pool */
+
+/* A persistent pool of n_threads - 1 workers plus the calling thread.
+   Workers sleep on a condition variable between jobs: no busy-waiting when idle. */
+typedef struct ek_pool ek_pool;
+typedef void (*ek_task_fn)(void *ctx, int ith, int nth);
+
+EK_API ek_status ek_pool_create(int n_threads, ek_pool **out);
+EK_API void ek_pool_free(ek_pool *pool);
+EK_API int ek_pool_threads(const ek_pool *pool);
+/* Run fn(ctx, ith, nth) for ith in [0, nth) across the pool; returns when all are done.
+   pool may be NULL: then fn(ctx, 0, 1) runs on the caller. */
+EK_API void ek_pool_run(ek_pool *pool, ek_task_fn fn, void *ctx);
+
+/* ------------------------------------------- quantized weights and matmul */
+
+/* A weight matrix W of shape (n_rows, n_cols), row-major in GGUF order (n_cols
+   is GGUF's ne[0]). It references `data` (typically the mmap of the GGUF file),
+   which must outlive it, unless it was repacked into an owned buffer. */
+typedef struct ek_weight ek_weight;
+
+#define EK_WEIGHT_ALLOW_REPACK 1u /* may build an owned, interleaved copy that suits the ISA */
+
+EK_API ek_status ek_weight_create(int type, int64_t n_rows, int64_t n_cols, const void *data,
+                                  uint32_t flags, ek_weight **out);
+EK_API void ek_weight_free(ek_weight *w);
+EK_API size_t ek_weight_owned_bytes(const ek_weight *w); /* bytes of a repacked copy; 0 when mapped */
+EK_API int ek_weight_isa(const ek_weight *w);            /* family it was prepared for */
+
+/* y (m, n_rows) = x (m, n_cols) @ W^T. m == 1 is the GEMV of token generation,
+   m > 1 the GEMM of prompt processing. x is quantized internally as the kernel needs. */
+EK_API ek_status ek_matmul(const ek_weight *w, const float *x, int64_t m, float *y, ek_pool *pool);
+
+/* out (n, n_cols) = rows ids[0..n) of W, dequantized: the embedding lookup. */
+EK_API ek_status ek_weight_get_rows(const ek_weight *w, const int32_t *ids, int64_t n, float *out);
+
+/* Quantized dot products on single rows, for tests and small callers:
+   the dot of n values of `type` at w with n f32 values at x (x quantized as the kernel would). */
+EK_API ek_status ek_vec_dot(int type, const void *w, const float *x, int64_t n, float *out);
+
+/* ------------------------------------- f32 transformer building blocks */
+/* (declared by the engine work: rmsnorm, rope, softmax, activations, attention) */
+
+/* ------------------------------------------------------ inference engine */
+/* (declared by the engine work: model description, create/eval/free, KV cache) */
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* EDGEKERN_H */
