@@ -66,6 +66,13 @@ def _load() -> ctypes.CDLL:
     proto("ek_isa_current", c_int)
     proto("ek_isa_name", c_char_p, c_int)
     proto("ek_isa_from_name", c_int, c_char_p)
+
+    # -- kernels: types, formats, thread pool, weights, matmul (kernels work)
+
+    # -- f32 building blocks and the inference engine (engine work)
+
+    # -- tokenizer hot loops, if any (tokenizer work)
+
     return lib
 
 
