@@ -298,6 +298,7 @@ static inline int32x4_t dot_i8_widening(int32x4_t acc, int8x16_t a, int8x16_t b)
 /* ------------------------------------------------------------- tables */
 
 static void fill_common(ek_kernels *k) {
+    memset(k, 0, sizeof *k);
     k->quantize_q8_32 = quantize_q8_32_neon;
     k->quantize_q8_k = quantize_q8_k_neon;
     k->gemm[EK_TYPE_F32] = gemm_f32_neon;
@@ -309,29 +310,29 @@ static void fill_common(ek_kernels *k) {
 void ek_fill_kernels_neon(ek_kernels *k) {
     fill_common(k);
     k->isa = EK_ISA_NEON;
-    k->gemm[EK_TYPE_Q4_0] = gemm_q4_0_neon;
-    k->gemm[EK_TYPE_Q4_1] = gemm_q4_1_neon;
-    k->gemm[EK_TYPE_Q5_0] = gemm_q5_0_neon;
-    k->gemm[EK_TYPE_Q8_0] = gemm_q8_0_neon;
-    k->gemm[EK_TYPE_Q4_K] = gemm_q4_k_neon;
-    k->gemm[EK_TYPE_Q6_K] = gemm_q6_k_neon;
-    k->gemm_repacked[EK_TYPE_Q4_0] = gemm_q4_0x8_neon;
-    k->gemm_repacked[EK_TYPE_Q4_1] = gemm_q4_1x8_neon;
-    k->gemm_repacked[EK_TYPE_Q8_0] = gemm_q8_0x8_neon;
+    k->gemm[EK_TYPE_Q4_0] = gemm_q4_0_q8_neon;
+    k->gemm[EK_TYPE_Q4_1] = gemm_q4_1_q8_neon;
+    k->gemm[EK_TYPE_Q5_0] = gemm_q5_0_q8_neon;
+    k->gemm[EK_TYPE_Q8_0] = gemm_q8_0_q8_neon;
+    k->gemm[EK_TYPE_Q4_K] = gemm_q4_k_q8k_neon;
+    k->gemm[EK_TYPE_Q6_K] = gemm_q6_k_q8k_neon;
+    k->gemm_repacked[EK_TYPE_Q4_0] = gemm_q4_0x8_q8_neon;
+    k->gemm_repacked[EK_TYPE_Q4_1] = gemm_q4_1x8_q8_neon;
+    k->gemm_repacked[EK_TYPE_Q8_0] = gemm_q8_0x8_q8_neon;
 }
 
 void ek_fill_kernels_neon_dotprod(ek_kernels *k) {
     fill_common(k);
     k->isa = EK_ISA_NEON_DOTPROD;
-    k->gemm[EK_TYPE_Q4_0] = gemm_q4_0_neon_dotprod;
-    k->gemm[EK_TYPE_Q4_1] = gemm_q4_1_neon_dotprod;
-    k->gemm[EK_TYPE_Q5_0] = gemm_q5_0_neon_dotprod;
-    k->gemm[EK_TYPE_Q8_0] = gemm_q8_0_neon_dotprod;
-    k->gemm[EK_TYPE_Q4_K] = gemm_q4_k_neon_dotprod;
-    k->gemm[EK_TYPE_Q6_K] = gemm_q6_k_neon_dotprod;
-    k->gemm_repacked[EK_TYPE_Q4_0] = gemm_q4_0x8_neon_dotprod;
-    k->gemm_repacked[EK_TYPE_Q4_1] = gemm_q4_1x8_neon_dotprod;
-    k->gemm_repacked[EK_TYPE_Q8_0] = gemm_q8_0x8_neon_dotprod;
+    k->gemm[EK_TYPE_Q4_0] = gemm_q4_0_q8_neon_dotprod;
+    k->gemm[EK_TYPE_Q4_1] = gemm_q4_1_q8_neon_dotprod;
+    k->gemm[EK_TYPE_Q5_0] = gemm_q5_0_q8_neon_dotprod;
+    k->gemm[EK_TYPE_Q8_0] = gemm_q8_0_q8_neon_dotprod;
+    k->gemm[EK_TYPE_Q4_K] = gemm_q4_k_q8k_neon_dotprod;
+    k->gemm[EK_TYPE_Q6_K] = gemm_q6_k_q8k_neon_dotprod;
+    k->gemm_repacked[EK_TYPE_Q4_0] = gemm_q4_0x8_q8_neon_dotprod;
+    k->gemm_repacked[EK_TYPE_Q4_1] = gemm_q4_1x8_q8_neon_dotprod;
+    k->gemm_repacked[EK_TYPE_Q8_0] = gemm_q8_0x8_q8_neon_dotprod;
 }
 
 #endif /* __aarch64__ */

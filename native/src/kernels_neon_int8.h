@@ -98,22 +98,22 @@ EK_NEON_INLINE void NEON_KERNEL(gemm_block32)(int kind, const void *w, size_t w_
     }
 }
 
-static void NEON_KERNEL(gemm_q4_0)(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+static void NEON_KERNEL(gemm_q4_0_q8)(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
                                    int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
     NEON_KERNEL(gemm_block32)(BLOCK32_Q4_0, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
 }
 
-static void NEON_KERNEL(gemm_q4_1)(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+static void NEON_KERNEL(gemm_q4_1_q8)(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
                                    int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
     NEON_KERNEL(gemm_block32)(BLOCK32_Q4_1, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
 }
 
-static void NEON_KERNEL(gemm_q5_0)(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+static void NEON_KERNEL(gemm_q5_0_q8)(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
                                    int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
     NEON_KERNEL(gemm_block32)(BLOCK32_Q5_0, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
 }
 
-static void NEON_KERNEL(gemm_q8_0)(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+static void NEON_KERNEL(gemm_q8_0_q8)(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
                                    int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
     NEON_KERNEL(gemm_block32)(BLOCK32_Q8_0, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
 }
@@ -217,12 +217,12 @@ EK_NEON_INLINE void NEON_KERNEL(gemm_super)(int kind, const void *w, size_t w_ro
     }
 }
 
-static void NEON_KERNEL(gemm_q4_k)(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+static void NEON_KERNEL(gemm_q4_k_q8k)(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
                                    int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
     NEON_KERNEL(gemm_super)(SUPER_Q4_K, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
 }
 
-static void NEON_KERNEL(gemm_q6_k)(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+static void NEON_KERNEL(gemm_q6_k_q8k)(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
                                    int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
     NEON_KERNEL(gemm_super)(SUPER_Q6_K, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
 }
@@ -302,17 +302,17 @@ EK_NEON_INLINE void NEON_KERNEL(gemm_x8)(int kind, const void *w, size_t w_row_b
     }
 }
 
-static void NEON_KERNEL(gemm_q4_0x8)(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes,
+static void NEON_KERNEL(gemm_q4_0x8_q8)(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes,
                                      float *y, int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
     NEON_KERNEL(gemm_x8)(BLOCK32_Q4_0, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
 }
 
-static void NEON_KERNEL(gemm_q4_1x8)(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes,
+static void NEON_KERNEL(gemm_q4_1x8_q8)(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes,
                                      float *y, int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
     NEON_KERNEL(gemm_x8)(BLOCK32_Q4_1, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
 }
 
-static void NEON_KERNEL(gemm_q8_0x8)(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes,
+static void NEON_KERNEL(gemm_q8_0x8_q8)(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes,
                                      float *y, int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
     NEON_KERNEL(gemm_x8)(BLOCK32_Q8_0, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
 }
