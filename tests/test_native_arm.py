@@ -34,4 +34,7 @@ def test_aarch64_kernels_pass_under_qemu_on_cortex_a72_and_max():
     assert "test-aarch64: all passed" in output
     # The dispatch checks ran on both CPU models and saw what each one has.
     assert "test_arm_dispatch (no dotprod): " in output and "test_arm_dispatch (dotprod CPU): " in output
-    assert " 0 failed" in output and "FAIL" not in output
+    # Every kernel ran against float64 and the scalar path on each family, on the CPU that has it.
+    for family in ("scalar", "neon", "neon_dotprod"):
+        assert f"test_arm_kernels ({family}): " in output, f"kernel tests for {family} did not run"
+    assert "FAIL" not in output

@@ -17,7 +17,7 @@ ARM_LDLIBS  := -pthread -lm
 ARM_LIB_SRCS := $(sort $(wildcard ../src/*.c))
 ARM_LIB_OBJS := $(patsubst ../src/%.c,$(ARM_BUILD)/lib/%.o,$(ARM_LIB_SRCS))
 # Every C test in this folder that is written for all architectures, plus the ARM-only ones.
-ARM_TESTS   := test_arm_dispatch
+ARM_TESTS   := test_arm_dispatch test_arm_kernels
 ARM_BINS    := $(addprefix $(ARM_BUILD)/,$(ARM_TESTS))
 ARM_RUN      = $(ARM_QEMU) -L $(ARM_SYSROOT) -cpu
 
@@ -39,6 +39,9 @@ $(ARM_BUILD)/%: %.c arm_check.h $(ARM_LIB_OBJS)
 test-aarch64: $(ARM_BINS)
 	EDGESDK_ISA=neon         EXPECT_DOTPROD=0 $(ARM_RUN) cortex-a72 $(ARM_BUILD)/test_arm_dispatch
 	EDGESDK_ISA=neon_dotprod EXPECT_DOTPROD=1 $(ARM_RUN) max        $(ARM_BUILD)/test_arm_dispatch
+	EDGESDK_ISA=scalar       $(ARM_RUN) cortex-a72 $(ARM_BUILD)/test_arm_kernels
+	EDGESDK_ISA=neon         $(ARM_RUN) cortex-a72 $(ARM_BUILD)/test_arm_kernels
+	EDGESDK_ISA=neon_dotprod $(ARM_RUN) max        $(ARM_BUILD)/test_arm_kernels
 	@echo "test-aarch64: all passed"
 
 clean-aarch64:
