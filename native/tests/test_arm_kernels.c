@@ -294,6 +294,27 @@ static void build_weight_case(weight_case *wc, const format_desc *fmt, int64_t n
     }
 }
 
+/* Integer fields at their largest magnitude (Q4_0 q - 8 = -8, Q5_0 -16, Q8_0 -128, Q4_K q 15
+   with scales and mins 63, Q6_K q - 32 = -32 with scale -128), scales kept random: with
+   activations all equal, every integer product and partial sum is as large as the format allows. */
+static void make_extreme(weight_case *wc) {
+    const format_desc *fmt = wc->fmt;
+    const int64_t n_blocks = wc->n_rows * (wc->n_cols / fmt->block_elems);
+    for (int64_t b = 0; b < n_blocks; b++) {
+        uint8_t *p = wc->bytes + b * fmt->block_bytes;
+        switch (fmt->type) {
+        case EK_TYPE_Q4_0: memset(p + 2, 0x00, 16); break;
+        case EK_TYPE_Q4_1: memset(p + 4, 0xff, 16); break;
+        case EK_TYPE_Q5_0: memset(p + 2, 0x00, 20); break;
+        case EK_TYPE_Q8_0: memset(p + 2, 0x80, 32); break;
+        case EK_TYPE_Q4_K: memset(p + 4, 0xff, 140); break;
+        case EK_TYPE_Q6_K: memset(p, 0x00, 192); memset(p + 192, 0x80, 16); break;
+        default: break; /* float types: nothing to saturate */
+        }
+        decode_block_f64(fmt->type, p, wc->w64 + b * fmt->block_elems);
+    }
+}
+
 static void free_weight_case(weight_case *wc) {
     free(wc->bytes);
     free(wc->w64);
@@ -523,6 +544,23 @@ int main(void) {
             }
         }
     }
+    /* Saturated integers against constant activations (every activation quantizes to 127). */
+    for (int f = 0; f < N_FORMATS; f++) {
+        const format_desc *fmt = &formats[f];
+        if (fmt->block_elems == 1) continue;
+        const int64_t n_cols = fmt->block_elems * 9, m = 3;
+        weight_case wc;
+        build_weight_case(&wc, fmt, 13, n_cols);
+        make_extreme(&wc);
+        float *x = malloc((size_t)(n_cols * m) * sizeof(float));
+        for (int64_t i = 0; i < n_cols * m; i++) x[i] = 0.75f;
+        check_vec_dot(&wc, x, isa);
+        check_matmul(&wc, x, m, isa, 0, 2);
+        check_matmul(&wc, x, m, isa, EK_WEIGHT_ALLOW_REPACK, 2);
+        free(x);
+        free_weight_case(&wc);
+    }
+
     char title[64];
     snprintf(title, sizeof title, "test_arm_kernels (%s)", isa_env);
     return check_summary(title);
