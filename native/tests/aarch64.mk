@@ -17,11 +17,11 @@ ARM_LDLIBS  := -pthread -lm
 ARM_LIB_SRCS := $(sort $(wildcard ../src/*.c))
 ARM_LIB_OBJS := $(patsubst ../src/%.c,$(ARM_BUILD)/lib/%.o,$(ARM_LIB_SRCS))
 # Every C test in this folder that is written for all architectures, plus the ARM-only ones.
-ARM_TESTS   := test_arm_dispatch test_arm_kernels
+ARM_TESTS   := test_arm_dispatch test_arm_kernels test_arm_gguf_rows
 ARM_BINS    := $(addprefix $(ARM_BUILD)/,$(ARM_TESTS))
 ARM_RUN      = $(ARM_QEMU) -L $(ARM_SYSROOT) -cpu
 
-.PHONY: test-aarch64 build-aarch64 clean-aarch64
+.PHONY: test-aarch64 test-aarch64-gguf build-aarch64 clean-aarch64
 # Keep the library objects between runs (they are intermediates of the pattern rules).
 .SECONDARY: $(ARM_LIB_OBJS)
 
@@ -43,6 +43,15 @@ test-aarch64: $(ARM_BINS)
 	EDGESDK_ISA=neon         $(ARM_RUN) cortex-a72 $(ARM_BUILD)/test_arm_kernels
 	EDGESDK_ISA=neon_dotprod $(ARM_RUN) max        $(ARM_BUILD)/test_arm_kernels
 	@echo "test-aarch64: all passed"
+
+# Rows of the real models' weights with numpy's expectations, written by tests/test_native_arm.py:
+#   make test-aarch64-gguf ARM_GGUF_CASES=/path/to/cases.bin
+test-aarch64-gguf: $(ARM_BINS)
+	@test -n "$(ARM_GGUF_CASES)" || { echo "set ARM_GGUF_CASES to a cases file"; exit 2; }
+	EDGESDK_ISA=scalar       $(ARM_RUN) cortex-a72 $(ARM_BUILD)/test_arm_gguf_rows $(ARM_GGUF_CASES)
+	EDGESDK_ISA=neon         $(ARM_RUN) cortex-a72 $(ARM_BUILD)/test_arm_gguf_rows $(ARM_GGUF_CASES)
+	EDGESDK_ISA=neon_dotprod $(ARM_RUN) max        $(ARM_BUILD)/test_arm_gguf_rows $(ARM_GGUF_CASES)
+	@echo "test-aarch64-gguf: all passed"
 
 clean-aarch64:
 	rm -rf $(ARM_BUILD)
