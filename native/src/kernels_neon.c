@@ -7,7 +7,8 @@
  * SDOT instruction never reaches a CPU without it.
  *
  * The integer kernels are written once in kernels_neon_int8.h, which is included twice: with
- * DOT_I8 as a widening multiply + pairwise add (plain NEON) and as vdotq_s32 (SDOT).
+ * DOT_I8 / DOT_I8X2_SMALL as widening multiplies + a pairwise add (plain NEON) and as
+ * vdotq_s32 (SDOT).
  * Layouts and the kernel contract are in kernels.h; the scalar kernels are the reference.
  * On other architectures this file compiles to nothing.
  */
@@ -272,26 +273,45 @@ static inline int32x4_t hsum4_s32(int32x4_t a0, int32x4_t a1, int32x4_t a2, int3
 
 /* ------------------------------------------ the 8-bit kernels, twice */
 
-/* Plain ARMv8: acc[k] += a[4k..4k+4) . b[4k..4k+4) as SDOT would, built from widening multiplies.
-   Each int16 lane holds one product (|a b| <= 128 * 128), so nothing saturates or overflows. */
+/* Plain ARMv8 stand-ins for SDOT, built from widening multiplies (SMULL/SMLAL into int16 lanes)
+ * and one pairwise add into int32 (SADALP). They put partial sums in different int32 lanes
+ * than SDOT would; every caller only uses the sum of the 4 lanes. Activations come from our
+ * quantizers, so |b| <= 127. */
+
+/* acc += a . b over 16 lanes, any int8 weights: each int16 lane takes 2 products,
+   |2 * 128 * 127| = 32512 fits. */
 static inline int32x4_t dot_i8_widening(int32x4_t acc, int8x16_t a, int8x16_t b) {
-    const int16x8_t lo = vmull_s8(vget_low_s8(a), vget_low_s8(b));
-    const int16x8_t hi = vmull_high_s8(a, b);
-    return vpadalq_s16(vpadalq_s16(acc, lo), hi);
+    int16x8_t p = vmull_s8(vget_low_s8(a), vget_low_s8(b));
+    p = vmlal_high_s8(p, a, b);
+    return vpadalq_s16(acc, p);
+}
+
+/* acc += a0 . b0 + a1 . b1 over 32 lanes, for weights of at most 5 bits (|a| <= 16): each int16
+   lane takes 4 products, |4 * 16 * 127| = 8128 fits. */
+static inline int32x4_t dot_i8x2_small_widening(int32x4_t acc, int8x16_t a0, int8x16_t b0, int8x16_t a1, int8x16_t b1) {
+    int16x8_t p = vmull_s8(vget_low_s8(a0), vget_low_s8(b0));
+    p = vmlal_high_s8(p, a0, b0);
+    p = vmlal_s8(p, vget_low_s8(a1), vget_low_s8(b1));
+    p = vmlal_high_s8(p, a1, b1);
+    return vpadalq_s16(acc, p);
 }
 
 #define DOT_I8(acc, a, b) dot_i8_widening(acc, a, b)
+#define DOT_I8X2_SMALL(acc, a0, b0, a1, b1) dot_i8x2_small_widening(acc, a0, b0, a1, b1)
 #define NEON_KERNEL(name) name##_neon
 #include "kernels_neon_int8.h"
 #undef DOT_I8
+#undef DOT_I8X2_SMALL
 #undef NEON_KERNEL
 
 #pragma GCC push_options
 #pragma GCC target("arch=armv8.2-a+dotprod")
 #define DOT_I8(acc, a, b) vdotq_s32(acc, a, b)
+#define DOT_I8X2_SMALL(acc, a0, b0, a1, b1) vdotq_s32(vdotq_s32(acc, a0, b0), a1, b1)
 #define NEON_KERNEL(name) name##_neon_dotprod
 #include "kernels_neon_int8.h"
 #undef DOT_I8
+#undef DOT_I8X2_SMALL
 #undef NEON_KERNEL
 #pragma GCC pop_options
 

@@ -1,5 +1,8 @@
 /* The 8-bit NEON kernels, written once and included twice by kernels_neon.c:
- *   DOT_I8(acc, a, b)   acc[k] += a[4k..4k+4) . b[4k..4k+4) on int8x16 lanes
+ *   DOT_I8(acc, a, b)   acc += a . b over 16 int8 lanes, spread over the 4 int32 lanes
+ *                       (callers only use the lanes' sum); any int8 weight a, |b| <= 127
+ *   DOT_I8X2_SMALL(acc, a0, b0, a1, b1)   acc += a0 . b0 + a1 . b1, for |a| <= 16 (4- and 5-bit
+ *                       weights), which lets plain NEON keep 4 products per int16 lane
  *   NEON_KERNEL(name)   name with the family's suffix (_neon, _neon_dotprod)
  * The second inclusion sits under `#pragma GCC target("arch=armv8.2-a+dotprod")`, so only
  * those copies may contain SDOT. Not a header of its own: it uses kernels_neon.c's helpers.
@@ -10,8 +13,8 @@
  * in L1 while the chunk's weight rows stream through. Each (i, r) is computed by the same
  * sequence of operations whatever the tile and the split, so threads never change results.
  */
-#if !defined(DOT_I8) || !defined(NEON_KERNEL)
-#error "kernels_neon_int8.h is included by kernels_neon.c with DOT_I8 and NEON_KERNEL defined"
+#if !defined(DOT_I8) || !defined(DOT_I8X2_SMALL) || !defined(NEON_KERNEL)
+#error "kernels_neon_int8.h is included by kernels_neon.c with DOT_I8, DOT_I8X2_SMALL and NEON_KERNEL defined"
 #endif
 
 #ifndef KERNELS_NEON_INT8_ONCE
@@ -30,10 +33,11 @@ enum { SUPER_Q4_K, SUPER_Q6_K };
 #define ACT_ROW(x, x_row_bytes, i) ((const void *)((const char *)(x) + (i) * (x_row_bytes)))
 #endif
 
-/* Dot of a decoded 32-value block with 32 activation int8s, as 4 partial lanes. */
-EK_NEON_INLINE int32x4_t NEON_KERNEL(dot_block32)(int8x16x2_t wq, const int8_t *xq) {
-    int32x4_t acc = DOT_I8(vdupq_n_s32(0), wq.val[0], vld1q_s8(xq));
-    return DOT_I8(acc, wq.val[1], vld1q_s8(xq + 16));
+/* Dot of a decoded 32-value block with 32 activation int8s, as 4 partial lanes;
+   `small` when the weights have at most 5 bits. */
+EK_NEON_INLINE int32x4_t NEON_KERNEL(dot_block32)(int8x16x2_t wq, int8x16_t x0, int8x16_t x1, int small) {
+    if (small) return DOT_I8X2_SMALL(vdupq_n_s32(0), wq.val[0], x0, wq.val[1], x1);
+    return DOT_I8(DOT_I8(vdupq_n_s32(0), wq.val[0], x0), wq.val[1], x1);
 }
 
 /* ------------------------------------------- Q4_0, Q4_1, Q5_0, Q8_0 rows
@@ -70,7 +74,9 @@ EK_NEON_INLINE void NEON_KERNEL(block32_tile)(int kind, const uint8_t *w_row, co
         }
         for (int i = 0; i < mt; i++) {
             const block_q8_32 *xb = x[i] + b;
-            acc[i] = vfmaq_n_f32(acc[i], vcvtq_f32_s32(NEON_KERNEL(dot_block32)(q, xb->qs)), dw * xb->d);
+            const int32x4_t isum =
+                NEON_KERNEL(dot_block32)(q, vld1q_s8(xb->qs), vld1q_s8(xb->qs + 16), kind != BLOCK32_Q8_0);
+            acc[i] = vfmaq_n_f32(acc[i], vcvtq_f32_s32(isum), dw * xb->d);
             if (kind == BLOCK32_Q4_1) acc_min[i] += mw * xb->s;
         }
     }
@@ -148,10 +154,9 @@ EK_NEON_INLINE void NEON_KERNEL(q4_k_tile)(const block_q4_k *w_row, const block_
         for (int i = 0; i < mt; i++) {
             const block_q8_k *xb = x[i] + b;
             int32x4_t p[8];
-            for (int j = 0; j < 8; j++) {
-                p[j] = DOT_I8(vdupq_n_s32(0), q[j][0], vld1q_s8(xb->qs + 32 * j));
-                p[j] = DOT_I8(p[j], q[j][1], vld1q_s8(xb->qs + 32 * j + 16));
-            }
+            for (int j = 0; j < 8; j++) /* 4-bit weights */
+                p[j] = DOT_I8X2_SMALL(vdupq_n_s32(0), q[j][0], vld1q_s8(xb->qs + 32 * j), q[j][1],
+                                      vld1q_s8(xb->qs + 32 * j + 16));
             int32x4_t sumi = vmulq_s32(hsum4_s32(p[0], p[1], p[2], p[3]), sc_lo);
             sumi = vmlaq_s32(sumi, hsum4_s32(p[4], p[5], p[6], p[7]), sc_hi);
             /* sub-block sums of qx: adjacent pairs of the 16 bsums */
@@ -261,7 +266,7 @@ EK_NEON_INLINE void NEON_KERNEL(x8_tile)(int kind, const void *group, const bloc
             const block_q8_32 *xb = x[i] + b;
             const int8x16_t x0 = vld1q_s8(xb->qs), x1 = vld1q_s8(xb->qs + 16);
             int32x4_t p[EK_REPACK_ROWS];
-            for (int k = 0; k < EK_REPACK_ROWS; k++) p[k] = DOT_I8(DOT_I8(vdupq_n_s32(0), q[k].val[0], x0), q[k].val[1], x1);
+            for (int k = 0; k < EK_REPACK_ROWS; k++) p[k] = NEON_KERNEL(dot_block32)(q[k], x0, x1, kind != BLOCK32_Q8_0);
             const int32x4_t s_lo = hsum4_s32(p[0], p[1], p[2], p[3]), s_hi = hsum4_s32(p[4], p[5], p[6], p[7]);
             acc_lo[i] = vfmaq_f32(acc_lo[i], vcvtq_f32_s32(s_lo), vmulq_n_f32(d_lo, xb->d));
             acc_hi[i] = vfmaq_f32(acc_hi[i], vcvtq_f32_s32(s_hi), vmulq_n_f32(d_hi, xb->d));
