@@ -43,6 +43,8 @@ def test_aarch64_kernels_pass_under_qemu_on_cortex_a72_and_max():
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"make test-aarch64 exited {result.returncode}:\n{output[-6000:]}"
     assert "test-aarch64: all passed" in output
+    # test_kernels.c (the kernels engineer's C suite) ran on scalar, neon and neon_dotprod first.
+    assert output.count("all kernel tests passed") == 3
     # The dispatch checks ran on both CPU models and saw what each one has.
     assert "test_arm_dispatch (no dotprod): " in output and "test_arm_dispatch (dotprod CPU): " in output
     # Every kernel ran against float64 and the scalar path on each family, on the CPU that has it.

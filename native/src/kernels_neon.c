@@ -298,20 +298,24 @@ static inline int32x4_t dot_i8x2_small_widening(int32x4_t acc, int8x16_t a0, int
 
 #define DOT_I8(acc, a, b) dot_i8_widening(acc, a, b)
 #define DOT_I8X2_SMALL(acc, a0, b0, a1, b1) dot_i8x2_small_widening(acc, a0, b0, a1, b1)
+#define NEON_HAS_SDOT 0
 #define NEON_KERNEL(name) name##_neon
 #include "kernels_neon_int8.h"
 #undef DOT_I8
 #undef DOT_I8X2_SMALL
+#undef NEON_HAS_SDOT
 #undef NEON_KERNEL
 
 #pragma GCC push_options
 #pragma GCC target("arch=armv8.2-a+dotprod")
 #define DOT_I8(acc, a, b) vdotq_s32(acc, a, b)
 #define DOT_I8X2_SMALL(acc, a0, b0, a1, b1) vdotq_s32(vdotq_s32(acc, a0, b0), a1, b1)
+#define NEON_HAS_SDOT 1
 #define NEON_KERNEL(name) name##_neon_dotprod
 #include "kernels_neon_int8.h"
 #undef DOT_I8
 #undef DOT_I8X2_SMALL
+#undef NEON_HAS_SDOT
 #undef NEON_KERNEL
 #pragma GCC pop_options
 

@@ -3,6 +3,7 @@
  *                       (callers only use the lanes' sum); any int8 weight a, |b| <= 127
  *   DOT_I8X2_SMALL(acc, a0, b0, a1, b1)   acc += a0 . b0 + a1 . b1, for |a| <= 16 (4- and 5-bit
  *                       weights), which lets plain NEON keep 4 products per int16 lane
+ *   NEON_HAS_SDOT       1 in the dotprod copy (for code shaped differently around SDOT)
  *   NEON_KERNEL(name)   name with the family's suffix (_neon, _neon_dotprod)
  * The second inclusion sits under `#pragma GCC target("arch=armv8.2-a+dotprod")`, so only
  * those copies may contain SDOT. Not a header of its own: it uses kernels_neon.c's helpers.
@@ -13,8 +14,8 @@
  * in L1 while the chunk's weight rows stream through. Each (i, r) is computed by the same
  * sequence of operations whatever the tile and the split, so threads never change results.
  */
-#if !defined(DOT_I8) || !defined(DOT_I8X2_SMALL) || !defined(NEON_KERNEL)
-#error "kernels_neon_int8.h is included by kernels_neon.c with DOT_I8, DOT_I8X2_SMALL and NEON_KERNEL defined"
+#if !defined(DOT_I8) || !defined(DOT_I8X2_SMALL) || !defined(NEON_HAS_SDOT) || !defined(NEON_KERNEL)
+#error "kernels_neon_int8.h is included by kernels_neon.c with DOT_I8, DOT_I8X2_SMALL, NEON_HAS_SDOT, NEON_KERNEL"
 #endif
 
 #ifndef KERNELS_NEON_INT8_ONCE
@@ -233,41 +234,106 @@ static void NEON_KERNEL(gemm_q6_k_q8k)(const void *w, size_t w_row_bytes, const 
 }
 
 /* ------------------------------------------- 8-row repacked Q4_0, Q4_1, Q8_0
- * One slice holds block b of 8 rows (layout in kernels.h). The activation block is loaded once
- * for all 8 rows; the 8 integer sums land in two vectors (rows 0-3, 4-7) and are scaled by the
- * 8 row scales at once. */
+ * One slice holds block b of 8 rows (layout in kernels.h): each 32-byte chunk holds 4 bytes of
+ * each row, so a 16-byte vector is "4 bytes of rows 0-3" (or 4-7). Against a 4-byte piece of x
+ * broadcast to all 4 lanes, a 4-way dot per 32-bit lane gives one row per lane: SDOT does that
+ * in one instruction; plain NEON multiplies into int16 lanes and folds them at the end. No
+ * horizontal sums, and the 8 row scales are applied with two vector multiplies.
+ *
+ * After decoding, piece k (0..7) of a block pairs weight vectors w[k][0] (rows 0-3) and
+ * w[k][1] (rows 4-7) with activation bytes 4k..4k+4: for Q4_0/Q4_1, pieces 0-3 are the low
+ * nibbles of chunks 0-3 (elements 4k..4k+4) and pieces 4-7 their high nibbles (elements
+ * 16 + 4(k-4)..); for Q8_0, piece k is chunk k. */
+
+/* x bytes 4k..4k+4 in every 32-bit lane (LD1R). */
+EK_NEON_INLINE int8x16_t NEON_KERNEL(x_piece)(const int8_t *xq, int k) {
+    int32_t piece;
+    memcpy(&piece, xq + 4 * k, sizeof piece);
+    return vreinterpretq_s8_s32(vdupq_n_s32(piece));
+}
+
+/* Integer dots of the 8 rows with one activation block: rows 0-3 in *s_lo, 4-7 in *s_hi. */
+EK_NEON_INLINE void NEON_KERNEL(x8_dots)(const int8x16_t w[8][2], const int8_t *xq, int small, int32x4_t *s_lo,
+                                         int32x4_t *s_hi) {
+#if NEON_HAS_SDOT
+    (void)small;
+    int32x4_t lo = vdupq_n_s32(0), hi = vdupq_n_s32(0);
+    for (int k = 0; k < 8; k++) {
+        const int8x16_t p = NEON_KERNEL(x_piece)(xq, k);
+        lo = vdotq_s32(lo, w[k][0], p);
+        hi = vdotq_s32(hi, w[k][1], p);
+    }
+    *s_lo = lo;
+    *s_hi = hi;
+#else
+    /* int16 lane j of p01 holds products of row j / 4 (0 or 1), byte j % 4 of each piece.
+       4- and 5-bit weights: 8 products per lane, |8 * 16 * 127| = 16256 fits; int8 weights
+       (|128 * 127| each) are folded into int32 every 2 pieces. */
+    const int fold_every = small ? 8 : 2;
+    int32x4_t a01 = vdupq_n_s32(0), a23 = a01, a45 = a01, a67 = a01;
+    int16x8_t p01 = vdupq_n_s16(0), p23 = p01, p45 = p01, p67 = p01;
+    for (int k = 0; k < 8; k++) {
+        const int8x16_t p = NEON_KERNEL(x_piece)(xq, k);
+        p01 = vmlal_s8(p01, vget_low_s8(w[k][0]), vget_low_s8(p));
+        p23 = vmlal_high_s8(p23, w[k][0], p);
+        p45 = vmlal_s8(p45, vget_low_s8(w[k][1]), vget_low_s8(p));
+        p67 = vmlal_high_s8(p67, w[k][1], p);
+        if ((k + 1) % fold_every == 0) {
+            a01 = vpadalq_s16(a01, p01);
+            a23 = vpadalq_s16(a23, p23);
+            a45 = vpadalq_s16(a45, p45);
+            a67 = vpadalq_s16(a67, p67);
+            p01 = p23 = p45 = p67 = vdupq_n_s16(0);
+        }
+    }
+    /* a01 = [row 0 bytes 0+1, row 0 bytes 2+3, row 1 ..., row 1 ...]: one more pairwise add */
+    *s_lo = vpaddq_s32(a01, a23);
+    *s_hi = vpaddq_s32(a45, a67);
+#endif
+}
 
 EK_NEON_INLINE void NEON_KERNEL(x8_tile)(int kind, const void *group, const block_q8_32 *const *x,
                                          float out[][EK_REPACK_ROWS], int mt, int64_t nb) {
     float32x4_t acc_lo[ACT_TILE_X8], acc_hi[ACT_TILE_X8];
     for (int i = 0; i < mt; i++) acc_lo[i] = acc_hi[i] = vdupq_n_f32(0.0f);
+    const uint8x16_t m4 = vdupq_n_u8(0x0f);
     for (int64_t b = 0; b < nb; b++) {
-        int8x16x2_t q[EK_REPACK_ROWS];
+        int8x16_t w[8][2];
         float32x4_t d_lo, d_hi, m_lo = vdupq_n_f32(0.0f), m_hi = m_lo;
-        if (kind == BLOCK32_Q4_0) {
-            const block_q4_0x8 *s = (const block_q4_0x8 *)group + b;
-            for (int k = 0; k < EK_REPACK_ROWS; k++) q[k] = decode_q4_0(s->qs[k]);
-            d_lo = fp16x4_to_f32(s->d);
-            d_hi = fp16x4_to_f32(s->d + 4);
-        } else if (kind == BLOCK32_Q4_1) {
-            const block_q4_1x8 *s = (const block_q4_1x8 *)group + b;
-            for (int k = 0; k < EK_REPACK_ROWS; k++) q[k] = decode_q4_1(s->qs[k]);
-            d_lo = fp16x4_to_f32(s->d);
-            d_hi = fp16x4_to_f32(s->d + 4);
-            m_lo = fp16x4_to_f32(s->m);
-            m_hi = fp16x4_to_f32(s->m + 4);
-        } else {
+        if (kind == BLOCK32_Q8_0) {
             const block_q8_0x8 *s = (const block_q8_0x8 *)group + b;
-            for (int k = 0; k < EK_REPACK_ROWS; k++) q[k] = load_q8_0(s->qs[k]);
+            for (int k = 0; k < 8; k++) {
+                w[k][0] = vld1q_s8(s->qs + 32 * k);
+                w[k][1] = vld1q_s8(s->qs + 32 * k + 16);
+            }
             d_lo = fp16x4_to_f32(s->d);
             d_hi = fp16x4_to_f32(s->d + 4);
+        } else {
+            /* Q4_0 and Q4_1 slices differ only in Q4_1's m[8] before qs */
+            const uint16_t *d = kind == BLOCK32_Q4_0 ? ((const block_q4_0x8 *)group + b)->d
+                                                     : ((const block_q4_1x8 *)group + b)->d;
+            const uint8_t *qs = kind == BLOCK32_Q4_0 ? ((const block_q4_0x8 *)group + b)->qs
+                                                     : ((const block_q4_1x8 *)group + b)->qs;
+            const int8x16_t offset = vdupq_n_s8(kind == BLOCK32_Q4_0 ? 8 : 0);
+            for (int c = 0; c < 4; c++) {
+                for (int h = 0; h < 2; h++) {
+                    const uint8x16_t v = vld1q_u8(qs + 32 * c + 16 * h);
+                    w[c][h] = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(v, m4)), offset);
+                    w[c + 4][h] = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(v, 4)), offset);
+                }
+            }
+            d_lo = fp16x4_to_f32(d);
+            d_hi = fp16x4_to_f32(d + 4);
+            if (kind == BLOCK32_Q4_1) {
+                const block_q4_1x8 *s = (const block_q4_1x8 *)group + b;
+                m_lo = fp16x4_to_f32(s->m);
+                m_hi = fp16x4_to_f32(s->m + 4);
+            }
         }
         for (int i = 0; i < mt; i++) {
             const block_q8_32 *xb = x[i] + b;
-            const int8x16_t x0 = vld1q_s8(xb->qs), x1 = vld1q_s8(xb->qs + 16);
-            int32x4_t p[EK_REPACK_ROWS];
-            for (int k = 0; k < EK_REPACK_ROWS; k++) p[k] = NEON_KERNEL(dot_block32)(q[k], x0, x1, kind != BLOCK32_Q8_0);
-            const int32x4_t s_lo = hsum4_s32(p[0], p[1], p[2], p[3]), s_hi = hsum4_s32(p[4], p[5], p[6], p[7]);
+            int32x4_t s_lo, s_hi;
+            NEON_KERNEL(x8_dots)((const int8x16_t(*)[2])w, xb->qs, kind != BLOCK32_Q8_0, &s_lo, &s_hi);
             acc_lo[i] = vfmaq_f32(acc_lo[i], vcvtq_f32_s32(s_lo), vmulq_n_f32(d_lo, xb->d));
             acc_hi[i] = vfmaq_f32(acc_hi[i], vcvtq_f32_s32(s_hi), vmulq_n_f32(d_hi, xb->d));
             if (kind == BLOCK32_Q4_1) {

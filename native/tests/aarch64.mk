@@ -21,7 +21,7 @@ ARM_TESTS   := test_arm_dispatch test_arm_kernels test_arm_gguf_rows
 ARM_BINS    := $(addprefix $(ARM_BUILD)/,$(ARM_TESTS))
 ARM_RUN      = $(ARM_QEMU) -L $(ARM_SYSROOT) -cpu
 
-.PHONY: test-aarch64 test-aarch64-gguf build-aarch64 clean-aarch64
+.PHONY: test-aarch64-gguf build-aarch64 clean-aarch64
 # Keep the library objects between runs (they are intermediates of the pattern rules).
 .SECONDARY: $(ARM_LIB_OBJS)
 
