@@ -12,10 +12,9 @@
  * Layouts and the kernel contract are in kernels.h; the scalar kernels are the reference.
  * On other architectures this file compiles to nothing.
  */
-#if defined(__aarch64__)
-
 #include "kernels.h"
 
+#if defined(__aarch64__)
 #include <arm_neon.h>
 #include <string.h>
 
