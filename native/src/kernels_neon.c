@@ -16,6 +16,9 @@
 
 #if defined(__aarch64__)
 #include <arm_neon.h>
+
+/* GGUF data is little-endian and the loads below read it in place. */
+_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the NEON kernels need little-endian aarch64");
 #include <string.h>
 
 /* ------------------------------------------------------------- conversions */
@@ -260,9 +263,19 @@ static inline void decode_q6_k_half(const uint8_t *ql, const uint8_t *qh, int8x1
     }
 }
 
-/* Q4_K's 8 six-bit scales and 8 six-bit mins (layout in kernels.h). */
+/* Q4_K's 8 six-bit scales and 8 six-bit mins (layout in kernels.h), four at a time in 32-bit
+   words: bytes 0-3 hold scales 0-3 in their low 6 bits, bytes 4-7 mins 0-3; bytes 8-11 hold the
+   low 4 bits of scales 4-7 (low nibbles) and mins 4-7 (high nibbles), whose top 2 bits are the
+   top 2 bits of bytes 0-3 (scales) and 4-7 (mins). */
 static inline void unpack_q4_k_scales(const uint8_t *packed, uint8_t sc[8], uint8_t mn[8]) {
-    for (int j = 0; j < 8; j++) ek_q4_k_scale_min(j, packed, &sc[j], &mn[j]);
+    uint32_t w[3], out[4];
+    memcpy(w, packed, sizeof w);
+    out[0] = w[0] & 0x3f3f3f3fu;                                                  /* scales 0-3 */
+    out[1] = (w[2] & 0x0f0f0f0fu) | (((w[0] >> 6) & 0x03030303u) << 4);           /* scales 4-7 */
+    out[2] = w[1] & 0x3f3f3f3fu;                                                  /* mins 0-3 */
+    out[3] = ((w[2] >> 4) & 0x0f0f0f0fu) | (((w[1] >> 6) & 0x03030303u) << 4);    /* mins 4-7 */
+    memcpy(sc, out, 8);
+    memcpy(mn, out + 2, 8);
 }
 
 /* Sums of 4 int32x4 vectors as one vector: lane k = horizontal sum of a[k]. */
