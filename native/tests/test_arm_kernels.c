@@ -235,11 +235,12 @@ static void decode_block_f64(int type, const uint8_t *b, double *out) {
 /* Float rounding of a dequantized value: a few float operations on values whose exact result is
    at most max(|d*q|, |m|)-sized terms. */
 #define DEQUANT_RTOL 1e-6
-/* Activations are quantized to 8 bits per block with scale amax/127: each element moves by at
-   most half a step, amax/254, and the stored scale may be rounded to fp16 (relative 2^-11).
-   The per-element bound below adds 1% slack for the float products. */
+/* Quantized weights see activations quantized to 8 bits per block with scale amax/127 (a float):
+   each element moves by at most half a step, amax/254. The float32 products and sums of the
+   kernel add at most FLOAT_ACCUM_RTOL of sum |w x| (a few hundred roundings of 2^-24 at most).
+   The bound gets 1% slack for the float64 arithmetic that computes it. */
 #define ACT_HALF_STEP (1.0 / 254.0)
-#define ACT_SCALE_ROUNDING (1.0 / 1024.0)
+#define FLOAT_ACCUM_RTOL 1e-5
 #define ACT_BOUND_SLACK 1.01
 /* Float accumulation differences between two paths that see the same quantized activations
    (block sums are exact integers; only the order of float multiply-adds differs). */
@@ -247,20 +248,23 @@ static void decode_block_f64(int type, const uint8_t *b, double *out) {
 /* Below this, the sums are too small for relative tolerances to mean anything. */
 #define ABS_FLOOR 1e-6
 
-/* Bound on |kernel - exact| for a row dot of n values. For K formats the activation block may be
-   as wide as the weight super-block, so amax is taken over the wider of 32 and block_elems. */
+/* Bound on |kernel - exact| for a row dot of n values. Float weights (block_elems 1) take x as
+   f32: only accumulation error. For K formats the activation block is the 256-value super-block,
+   so amax is taken over the wider of 32 and block_elems. */
 static double act_quant_error_bound(const double *w, const float *x, int64_t n, int block_elems) {
-    const int64_t span = block_elems > 32 ? block_elems : 32;
     double bound = 0.0;
-    for (int64_t b0 = 0; b0 < n; b0 += span) {
-        const int64_t b1 = b0 + span < n ? b0 + span : n;
-        double amax = 0.0, wsum = 0.0, wxsum = 0.0;
-        for (int64_t i = b0; i < b1; i++) {
-            if (fabs(x[i]) > amax) amax = fabs(x[i]);
-            wsum += fabs(w[i]);
-            wxsum += fabs(w[i] * x[i]);
+    for (int64_t i = 0; i < n; i++) bound += fabs(w[i] * x[i]) * FLOAT_ACCUM_RTOL;
+    if (block_elems > 1) {
+        const int64_t span = block_elems > 32 ? block_elems : 32;
+        for (int64_t b0 = 0; b0 < n; b0 += span) {
+            const int64_t b1 = b0 + span < n ? b0 + span : n;
+            double amax = 0.0, wsum = 0.0;
+            for (int64_t i = b0; i < b1; i++) {
+                if (fabs(x[i]) > amax) amax = fabs(x[i]);
+                wsum += fabs(w[i]);
+            }
+            bound += wsum * amax * ACT_HALF_STEP;
         }
-        bound += wsum * amax * ACT_HALF_STEP + wxsum * ACT_SCALE_ROUNDING;
     }
     return bound * ACT_BOUND_SLACK + ABS_FLOOR;
 }
