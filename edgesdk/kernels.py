@@ -197,6 +197,8 @@ class Weight:
             raise UnsupportedModelError(f"no {lay.name} matmul kernel on ISA {_native.isa_current()}")
         _native.check(status, f"ek_weight_create({lay.name}, {n_rows}x{n_cols})")
         self._handle: Optional[int] = handle.value
+        if self.owned_bytes:
+            self._data = None  # repacked into native memory: the source may go
 
     @classmethod
     def from_gguf(cls, gguf_file, name: str, repack: bool = False) -> "Weight":
