@@ -119,6 +119,11 @@ def quantize(type_: Union[int, str], x: np.ndarray) -> np.ndarray:
     return out
 
 
+def default_threads() -> int:
+    """Threads a Pool(0) starts: one per physical performance core."""
+    return int(_native.lib.ek_default_threads())
+
+
 class Pool:
     """A persistent native thread pool; `threads=0` means one per physical performance core."""
 

@@ -96,9 +96,7 @@ static void *worker_main(void *arg_) {
     }
 }
 
-/* Physical cores, and on big.LITTLE only the fastest ones (highest
-   cpu_capacity); falls back to the online CPU count. */
-static int performance_core_count(void) {
+int ek_default_threads(void) {
     char path[160];
     int n_cpus = (int)sysconf(_SC_NPROCESSORS_ONLN);
     if (n_cpus < 1) return 1;
@@ -134,7 +132,7 @@ static int performance_core_count(void) {
 
 ek_status ek_pool_create(int n_threads, ek_pool **out) {
     *out = NULL;
-    if (n_threads <= 0) n_threads = performance_core_count();
+    if (n_threads <= 0) n_threads = ek_default_threads();
     ek_pool *p = calloc(1, sizeof *p);
     if (!p) return EK_ERR_NO_MEMORY;
     p->n_threads = n_threads;
