@@ -78,6 +78,7 @@ def _load() -> ctypes.CDLL:
     proto("ek_pool_create", c_int, c_int, POINTER(c_void_p))
     proto("ek_pool_free", None, c_void_p)
     proto("ek_pool_threads", c_int, c_void_p)
+    proto("ek_default_threads", c_int)
     proto("ek_weight_create", c_int, c_int, c_int64, c_int64, c_void_p, c_uint32, POINTER(c_void_p))
     proto("ek_weight_free", None, c_void_p)
     proto("ek_weight_owned_bytes", c_size_t, c_void_p)

@@ -117,7 +117,11 @@ EK_API int ek_isa_from_name(const char *name);
 typedef struct ek_pool ek_pool;
 typedef void (*ek_task_fn)(void *ctx, int ith, int nth);
 
+/* n_threads <= 0: ek_default_threads(). */
 EK_API ek_status ek_pool_create(int n_threads, ek_pool **out);
+/* Physical performance cores: SMT siblings counted once, and on big.LITTLE only
+   the cores of the highest cpu_capacity; the online CPU count if unknown. */
+EK_API int ek_default_threads(void);
 EK_API void ek_pool_free(ek_pool *pool);
 EK_API int ek_pool_threads(const ek_pool *pool);
 /* Run fn(ctx, ith, nth) for ith in [0, nth) across the pool; returns when all are done.
