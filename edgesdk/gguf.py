@@ -211,6 +211,8 @@ class GGUFFile:
                     f"({HEADER_BYTES} bytes; truncated at byte offset {self.file_size})"
                 )
             self._mmap = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+            self._file.close()  # the mapping holds its own reference to the file
+            self._file = None
             self.data = np.frombuffer(self._mmap, dtype=np.uint8)
             self._parse()
         except ModelFormatError as exc:
