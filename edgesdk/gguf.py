@@ -257,6 +257,7 @@ class GGUFFile:
         self.metadata: Dict[str, Any] = {}
         self.metadata_types: Dict[str, int] = {}
         self.array_types: Dict[str, int] = {}
+        alignment_offset = -1
         for i in range(n_kv):
             key_offset = cur.pos
             key = cur.string(f"metadata key #{i}")
@@ -276,7 +277,7 @@ class GGUFFile:
             if key == "general.alignment":
                 alignment_offset = vtype_offset
 
-        self.alignment = self._read_alignment(alignment_offset if "general.alignment" in self.metadata else -1)
+        self.alignment = self._read_alignment(alignment_offset)
         self.tensors: Dict[str, TensorInfo] = {}
         self._parse_tensor_index(cur, n_tensors)
 
