@@ -18,8 +18,8 @@ import pytest
 
 from edgesdk import gguf
 from edgesdk.errors import ModelFormatError
-from gguf_craft import (ARRAY, BOOL, F16, F32, FLOAT32, INT32, Q4_K, Q8_0, STRING, UINT8, UINT32, UINT64,
-                        gguf_file, gstr, kv, kv_str_array, small_valid, tensor_info, u32, u64)
+from gguf_craft import (ARRAY, BOOL, F32, FLOAT32, Q4_K, Q8_0, STRING, UINT8, UINT32, UINT64, gguf_file, gstr, kv,
+                        kv_str_array, small_valid, tensor_info, u32, u64)
 
 # Random 1-3 byte corruptions tried by the fuzz test; with a fixed seed this
 # hits every byte of the ~600-byte file dozens of times in about 2 s.
@@ -164,7 +164,7 @@ def test_string_array_item_length_past_the_end_names_the_item(tmp_path):
     entry = kv("tokenizer.ggml.tokens", ARRAY, u32(STRING) + u64(3) + items)
     items_offset = 24 + 8 + len("tokenizer.ggml.tokens") + 4 + 4 + 8
     third_offset = items_offset + 9 + 10
-    rejected(tmp_path, gguf_file([entry], [], b"" * 64).data + b"\0" * 64, "item 2",
+    rejected(tmp_path, gguf_file([entry], [], b"").data + b"\0" * 64, "item 2",
              f"byte offset {third_offset}", "runs past the end")
 
 
