@@ -221,14 +221,15 @@ def _probe_cpu(root: str) -> CPUInfo:
         cores = sorted(set(siblings_of.values()))
     else:
         cores = [(cpu,) for cpu in online or []]
-        # x86 cpuinfo knows SMT even without sysfs topology: 'siblings' vs 'cpu cores'.
-        try:
-            siblings, per_package = int(first.get("siblings", 0)), int(first.get("cpu cores", 0))
-            if siblings and per_package and siblings % per_package == 0 and siblings > per_package:
-                smt = siblings // per_package
-                cores = [tuple(range(i, i + smt)) for i in range(0, logical - logical % smt, smt)]
-        except ValueError:
-            pass
+        # x86 cpuinfo names each processor's core: SMT siblings share (physical id, core id).
+        keyed: Dict[Tuple[str, str], List[int]] = {}
+        for block in cpu_blocks:
+            if "core id" not in block:
+                keyed = {}
+                break
+            keyed.setdefault((block.get("physical id", "0"), block["core id"]), []).append(int(block["processor"]))
+        if keyed and sum(len(v) for v in keyed.values()) == logical:
+            cores = sorted(tuple(sorted(v)) for v in keyed.values())
     physical = len(cores)
 
     # Speed class of each core: cpu_capacity (ARM's scheduler view) first, else cpufreq's top frequency.
