@@ -469,7 +469,9 @@ def _budget_error(p: MemoryPlan, budget: Budget, make, shape: ModelShape) -> Mem
     smaller = _smaller_registry_models(shape.tensor_bytes)
     if smaller:
         ways.append("a smaller model: " + ", ".join(f"{name} ({_mib(size)})" for name, size in smaller))
-    if budget.explicit:
+    if kind == "address space":
+        ways.append("a higher address-space limit (ulimit -v / RLIMIT_AS)")
+    elif budget.explicit:
         ways.append("a larger max_memory")
     else:
         ways.append("closing other programs to free memory")
