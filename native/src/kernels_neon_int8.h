@@ -240,10 +240,10 @@ static void NEON_KERNEL(gemm_q6_k_q8k)(const void *w, size_t w_row_bytes, const 
  * in one instruction; plain NEON multiplies into int16 lanes and folds them at the end. No
  * horizontal sums, and the 8 row scales are applied with two vector multiplies.
  *
- * After decoding, piece k (0..7) of a block pairs weight vectors w[k][0] (rows 0-3) and
- * w[k][1] (rows 4-7) with activation bytes 4k..4k+4: for Q4_0/Q4_1, pieces 0-3 are the low
- * nibbles of chunks 0-3 (elements 4k..4k+4) and pieces 4-7 their high nibbles (elements
- * 16 + 4(k-4)..); for Q8_0, piece k is chunk k. */
+ * Chunk c of a Q4_0/Q4_1 slice holds bytes 4c..4c+4 of each row: low nibbles are elements
+ * 4c..4c+4 (x piece c), high nibbles elements 16+4c.. (x piece 4+c). Chunk c of a Q8_0 slice
+ * is elements 4c..4c+4 (x piece c). The chunk loop is outermost, so only the chunk's two weight
+ * vectors and each activation row's accumulators are live. */
 
 /* x bytes 4k..4k+4 in every 32-bit lane (LD1R). */
 EK_NEON_INLINE int8x16_t NEON_KERNEL(x_piece)(const int8_t *xq, int k) {
@@ -252,43 +252,64 @@ EK_NEON_INLINE int8x16_t NEON_KERNEL(x_piece)(const int8_t *xq, int k) {
     return vreinterpretq_s8_s32(vdupq_n_s32(piece));
 }
 
-/* Integer dots of the 8 rows with one activation block: rows 0-3 in *s_lo, 4-7 in *s_hi. */
-EK_NEON_INLINE void NEON_KERNEL(x8_dots)(const int8x16_t w[8][2], const int8_t *xq, int small, int32x4_t *s_lo,
-                                         int32x4_t *s_hi) {
+/* Integer sums of one slice against one activation block, per row: rows 0-3 and 4-7. */
 #if NEON_HAS_SDOT
-    (void)small;
-    int32x4_t lo = vdupq_n_s32(0), hi = vdupq_n_s32(0);
-    for (int k = 0; k < 8; k++) {
-        const int8x16_t p = NEON_KERNEL(x_piece)(xq, k);
-        lo = vdotq_s32(lo, w[k][0], p);
-        hi = vdotq_s32(hi, w[k][1], p);
-    }
-    *s_lo = lo;
-    *s_hi = hi;
+typedef struct { int32x4_t lo, hi; } NEON_KERNEL(x8_sums);
 #else
-    /* int16 lane j of p01 holds products of row j / 4 (0 or 1), byte j % 4 of each piece.
-       4- and 5-bit weights: 8 products per lane, |8 * 16 * 127| = 16256 fits; int8 weights
-       (|128 * 127| each) are folded into int32 every 2 pieces. */
-    const int fold_every = small ? 8 : 2;
-    int32x4_t a01 = vdupq_n_s32(0), a23 = a01, a45 = a01, a67 = a01;
-    int16x8_t p01 = vdupq_n_s16(0), p23 = p01, p45 = p01, p67 = p01;
-    for (int k = 0; k < 8; k++) {
-        const int8x16_t p = NEON_KERNEL(x_piece)(xq, k);
-        p01 = vmlal_s8(p01, vget_low_s8(w[k][0]), vget_low_s8(p));
-        p23 = vmlal_high_s8(p23, w[k][0], p);
-        p45 = vmlal_s8(p45, vget_low_s8(w[k][1]), vget_low_s8(p));
-        p67 = vmlal_high_s8(p67, w[k][1], p);
-        if ((k + 1) % fold_every == 0) {
-            a01 = vpadalq_s16(a01, p01);
-            a23 = vpadalq_s16(a23, p23);
-            a45 = vpadalq_s16(a45, p45);
-            a67 = vpadalq_s16(a67, p67);
-            p01 = p23 = p45 = p67 = vdupq_n_s16(0);
-        }
-    }
-    /* a01 = [row 0 bytes 0+1, row 0 bytes 2+3, row 1 ..., row 1 ...]: one more pairwise add */
-    *s_lo = vpaddq_s32(a01, a23);
-    *s_hi = vpaddq_s32(a45, a67);
+/* int16 lane j of p01 holds products of row j / 4 (0 or 1) with byte j % 4 of each piece;
+   a01 = [row 0 bytes 0+1, row 0 bytes 2+3, row 1 ..., row 1 ...] after folding. */
+typedef struct { int16x8_t p01, p23, p45, p67; int32x4_t a01, a23, a45, a67; } NEON_KERNEL(x8_sums);
+#endif
+
+EK_NEON_INLINE void NEON_KERNEL(x8_start)(NEON_KERNEL(x8_sums) *s) {
+#if NEON_HAS_SDOT
+    s->lo = s->hi = vdupq_n_s32(0);
+#else
+    s->p01 = s->p23 = s->p45 = s->p67 = vdupq_n_s16(0);
+    s->a01 = s->a23 = s->a45 = s->a67 = vdupq_n_s32(0);
+#endif
+}
+
+/* s += (4 bytes of rows 0-3 in w03, of rows 4-7 in w47) . (piece in every lane). */
+EK_NEON_INLINE void NEON_KERNEL(x8_add)(NEON_KERNEL(x8_sums) *s, int8x16_t w03, int8x16_t w47, int8x16_t piece) {
+#if NEON_HAS_SDOT
+    s->lo = vdotq_s32(s->lo, w03, piece);
+    s->hi = vdotq_s32(s->hi, w47, piece);
+#else
+    s->p01 = vmlal_s8(s->p01, vget_low_s8(w03), vget_low_s8(piece));
+    s->p23 = vmlal_high_s8(s->p23, w03, piece);
+    s->p45 = vmlal_s8(s->p45, vget_low_s8(w47), vget_low_s8(piece));
+    s->p67 = vmlal_high_s8(s->p67, w47, piece);
+#endif
+}
+
+/* Plain NEON: move the int16 products into int32 before a lane could overflow. Every 8 pieces
+   for 4-bit weights (|8 * 16 * 127| = 16256), every 2 for int8 weights (|2 * 128 * 127|). */
+EK_NEON_INLINE void NEON_KERNEL(x8_fold)(NEON_KERNEL(x8_sums) *s) {
+#if !NEON_HAS_SDOT
+    s->a01 = vpadalq_s16(s->a01, s->p01);
+    s->a23 = vpadalq_s16(s->a23, s->p23);
+    s->a45 = vpadalq_s16(s->a45, s->p45);
+    s->a67 = vpadalq_s16(s->a67, s->p67);
+    s->p01 = s->p23 = s->p45 = s->p67 = vdupq_n_s16(0);
+#else
+    (void)s;
+#endif
+}
+
+EK_NEON_INLINE int32x4_t NEON_KERNEL(x8_rows03)(const NEON_KERNEL(x8_sums) *s) {
+#if NEON_HAS_SDOT
+    return s->lo;
+#else
+    return vpaddq_s32(s->a01, s->a23);
+#endif
+}
+
+EK_NEON_INLINE int32x4_t NEON_KERNEL(x8_rows47)(const NEON_KERNEL(x8_sums) *s) {
+#if NEON_HAS_SDOT
+    return s->hi;
+#else
+    return vpaddq_s32(s->a45, s->a67);
 #endif
 }
 
@@ -297,48 +318,55 @@ EK_NEON_INLINE void NEON_KERNEL(x8_tile)(int kind, const void *group, const bloc
     float32x4_t acc_lo[ACT_TILE_X8], acc_hi[ACT_TILE_X8];
     for (int i = 0; i < mt; i++) acc_lo[i] = acc_hi[i] = vdupq_n_f32(0.0f);
     const uint8x16_t m4 = vdupq_n_u8(0x0f);
+    const int8x16_t q4_offset = vdupq_n_s8(kind == BLOCK32_Q4_0 ? 8 : 0);
     for (int64_t b = 0; b < nb; b++) {
-        int8x16_t w[8][2];
-        float32x4_t d_lo, d_hi, m_lo = vdupq_n_f32(0.0f), m_hi = m_lo;
-        if (kind == BLOCK32_Q8_0) {
-            const block_q8_0x8 *s = (const block_q8_0x8 *)group + b;
-            for (int k = 0; k < 8; k++) {
-                w[k][0] = vld1q_s8(s->qs + 32 * k);
-                w[k][1] = vld1q_s8(s->qs + 32 * k + 16);
-            }
-            d_lo = fp16x4_to_f32(s->d);
-            d_hi = fp16x4_to_f32(s->d + 4);
+        const uint16_t *d, *mins = NULL;
+        const uint8_t *qs;
+        if (kind == BLOCK32_Q4_0) {
+            d = ((const block_q4_0x8 *)group + b)->d;
+            qs = ((const block_q4_0x8 *)group + b)->qs;
+        } else if (kind == BLOCK32_Q4_1) {
+            d = ((const block_q4_1x8 *)group + b)->d;
+            mins = ((const block_q4_1x8 *)group + b)->m;
+            qs = ((const block_q4_1x8 *)group + b)->qs;
         } else {
-            /* Q4_0 and Q4_1 slices differ only in Q4_1's m[8] before qs */
-            const uint16_t *d = kind == BLOCK32_Q4_0 ? ((const block_q4_0x8 *)group + b)->d
-                                                     : ((const block_q4_1x8 *)group + b)->d;
-            const uint8_t *qs = kind == BLOCK32_Q4_0 ? ((const block_q4_0x8 *)group + b)->qs
-                                                     : ((const block_q4_1x8 *)group + b)->qs;
-            const int8x16_t offset = vdupq_n_s8(kind == BLOCK32_Q4_0 ? 8 : 0);
-            for (int c = 0; c < 4; c++) {
-                for (int h = 0; h < 2; h++) {
-                    const uint8x16_t v = vld1q_u8(qs + 32 * c + 16 * h);
-                    w[c][h] = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(v, m4)), offset);
-                    w[c + 4][h] = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(v, 4)), offset);
+            d = ((const block_q8_0x8 *)group + b)->d;
+            qs = (const uint8_t *)((const block_q8_0x8 *)group + b)->qs;
+        }
+        NEON_KERNEL(x8_sums) sums[ACT_TILE_X8];
+        for (int i = 0; i < mt; i++) NEON_KERNEL(x8_start)(&sums[i]);
+        if (kind == BLOCK32_Q8_0) {
+            for (int c = 0; c < 8; c++) {
+                const int8x16_t w03 = vld1q_s8((const int8_t *)qs + 32 * c);
+                const int8x16_t w47 = vld1q_s8((const int8_t *)qs + 32 * c + 16);
+                for (int i = 0; i < mt; i++) {
+                    NEON_KERNEL(x8_add)(&sums[i], w03, w47, NEON_KERNEL(x_piece)((x[i] + b)->qs, c));
+                    if (c % 2 == 1) NEON_KERNEL(x8_fold)(&sums[i]);
                 }
             }
-            d_lo = fp16x4_to_f32(d);
-            d_hi = fp16x4_to_f32(d + 4);
-            if (kind == BLOCK32_Q4_1) {
-                const block_q4_1x8 *s = (const block_q4_1x8 *)group + b;
-                m_lo = fp16x4_to_f32(s->m);
-                m_hi = fp16x4_to_f32(s->m + 4);
+        } else {
+            for (int c = 0; c < 4; c++) {
+                const uint8x16_t v03 = vld1q_u8(qs + 32 * c), v47 = vld1q_u8(qs + 32 * c + 16);
+                const int8x16_t lo03 = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(v03, m4)), q4_offset);
+                const int8x16_t lo47 = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(v47, m4)), q4_offset);
+                const int8x16_t hi03 = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(v03, 4)), q4_offset);
+                const int8x16_t hi47 = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(v47, 4)), q4_offset);
+                for (int i = 0; i < mt; i++) {
+                    const int8_t *xq = (x[i] + b)->qs;
+                    NEON_KERNEL(x8_add)(&sums[i], lo03, lo47, NEON_KERNEL(x_piece)(xq, c));
+                    NEON_KERNEL(x8_add)(&sums[i], hi03, hi47, NEON_KERNEL(x_piece)(xq, c + 4));
+                }
             }
+            for (int i = 0; i < mt; i++) NEON_KERNEL(x8_fold)(&sums[i]);
         }
+        const float32x4_t d_lo = fp16x4_to_f32(d), d_hi = fp16x4_to_f32(d + 4);
         for (int i = 0; i < mt; i++) {
             const block_q8_32 *xb = x[i] + b;
-            int32x4_t s_lo, s_hi;
-            NEON_KERNEL(x8_dots)((const int8x16_t(*)[2])w, xb->qs, kind != BLOCK32_Q8_0, &s_lo, &s_hi);
-            acc_lo[i] = vfmaq_f32(acc_lo[i], vcvtq_f32_s32(s_lo), vmulq_n_f32(d_lo, xb->d));
-            acc_hi[i] = vfmaq_f32(acc_hi[i], vcvtq_f32_s32(s_hi), vmulq_n_f32(d_hi, xb->d));
-            if (kind == BLOCK32_Q4_1) {
-                acc_lo[i] = vfmaq_n_f32(acc_lo[i], m_lo, xb->s);
-                acc_hi[i] = vfmaq_n_f32(acc_hi[i], m_hi, xb->s);
+            acc_lo[i] = vfmaq_f32(acc_lo[i], vcvtq_f32_s32(NEON_KERNEL(x8_rows03)(&sums[i])), vmulq_n_f32(d_lo, xb->d));
+            acc_hi[i] = vfmaq_f32(acc_hi[i], vcvtq_f32_s32(NEON_KERNEL(x8_rows47)(&sums[i])), vmulq_n_f32(d_hi, xb->d));
+            if (mins) {
+                acc_lo[i] = vfmaq_n_f32(acc_lo[i], fp16x4_to_f32(mins), xb->s);
+                acc_hi[i] = vfmaq_n_f32(acc_hi[i], fp16x4_to_f32(mins + 4), xb->s);
             }
         }
     }
