@@ -15,7 +15,7 @@
  *   - the same calls on the scalar family agree within float summation-order noise;
  *   - ek_matmul gives bit-identical results with 1, 2 and 3 threads;
  *   - the family's activation quantizers produce the scalar quantizer's bytes exactly
- *     (round half to even included).
+ *     (round half to even included), and its bandwidth probe sums what the scalar one does.
  */
 #include "arm_check.h"
 #include "edgekern.h"
@@ -502,6 +502,19 @@ static void check_quantizers(int isa) {
     }
 }
 
+/* The bandwidth probe's sum of 64-bit words equals the scalar one (wrapping arithmetic). */
+static void check_read_sum(int isa) {
+    const ek_kernels *k = ek_kernels_for(isa), *ref = ek_kernels_for(EK_ISA_SCALAR);
+    if (!k || !ref) return;
+    const size_t n = 64 * 37;
+    uint64_t *buf = malloc(n);
+    for (size_t i = 0; i < n / 8; i++) buf[i] = ((uint64_t)rng_u32() << 32) | rng_u32();
+    for (size_t len = 64; len <= n; len += 64 * 9)
+        CHECK(k->read_sum(buf, len) == ref->read_sum(buf, len), "%s read_sum of %zu bytes differs from scalar",
+              ek_isa_name(isa), len);
+    free(buf);
+}
+
 /* Row counts: below, at and above thread counts and SIMD row groups, all odd or off by one. */
 static const int64_t row_counts[] = {1, 7, 13, 37};
 /* Blocks per row: 1, odd, and enough for several unrolled iterations plus a tail. */
@@ -522,6 +535,7 @@ int main(void) {
 
     rng_state = 0x243F6A8885A308D3ull;
     check_quantizers(isa);
+    check_read_sum(isa);
 
     for (int f = 0; f < N_FORMATS; f++) {
         const format_desc *fmt = &formats[f];
