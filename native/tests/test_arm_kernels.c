@@ -541,8 +541,10 @@ int main(void) {
         const format_desc *fmt = &formats[f];
         rng_state = 0x9E3779B97F4A7C15ull ^ (uint64_t)(f + 1); /* a fixed stream per format */
         for (size_t bi = 0; bi < sizeof blocks_per_row / sizeof blocks_per_row[0]; bi++) {
-            /* F32/F16 "blocks" are single values: use lengths that leave SIMD tails. */
-            const int64_t n_cols = fmt->block_elems == 1 ? 32 * blocks_per_row[bi] + 7 : fmt->block_elems * blocks_per_row[bi];
+            /* Float "blocks" are single values: lengths whose remainders after 8-wide steps are
+               7, 5 and 3, so the 4-wide step and the scalar tail run alone and together. */
+            const int64_t n_cols = fmt->block_elems == 1 ? 32 * blocks_per_row[bi] + 7 - 2 * (int64_t)bi
+                                                         : fmt->block_elems * blocks_per_row[bi];
             for (size_t ri = 0; ri < sizeof row_counts / sizeof row_counts[0]; ri++) {
                 weight_case wc;
                 build_weight_case(&wc, fmt, row_counts[ri], n_cols);
