@@ -14,9 +14,12 @@
  *   - ek_vec_dot and ek_matmul agree with float64 within the error that 8-bit activations allow;
  *   - the same calls on the scalar family agree within float summation-order noise;
  *   - ek_matmul gives bit-identical results with 1, 2 and 3 threads;
+ *   - no kernel reads past the weights or the activations: both end right before an
+ *     inaccessible page (AddressSanitizer does not see NEON loads, a guard page does);
  *   - the family's activation quantizers produce the scalar quantizer's bytes exactly
  *     (round half to even included), and its bandwidth probe sums what the scalar one does.
  */
+#define _DEFAULT_SOURCE /* mmap, mprotect, sysconf */
 #include "arm_check.h"
 #include "edgekern.h"
 #include "kernels.h" /* internal: the activation quantizers of each family */
@@ -24,6 +27,8 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 /* ------------------------------------------------------------ random data */
 
@@ -277,10 +282,30 @@ static double abs_dot(const double *w, const float *x, int64_t n) {
 
 /* ------------------------------------------------------------ test data */
 
+/* n bytes that end exactly where an inaccessible page begins, so a read past the end faults.
+   n is even for every buffer here, which keeps the fp16 fields aligned. */
+static void *guarded_alloc(size_t n) {
+    const size_t page = (size_t)sysconf(_SC_PAGESIZE), span = (n + page - 1) / page * page;
+    uint8_t *base = mmap(NULL, span + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (base == MAP_FAILED) return NULL;
+    if (mprotect(base + span, page, PROT_NONE) != 0) {
+        munmap(base, span + page);
+        return NULL;
+    }
+    return base + span - n;
+}
+
+static void guarded_free(void *p, size_t n) {
+    if (!p) return;
+    const size_t page = (size_t)sysconf(_SC_PAGESIZE), span = (n + page - 1) / page * page;
+    munmap((uint8_t *)p + n - span, span + page);
+}
+
 typedef struct {
     const format_desc *fmt;
     int64_t n_rows, n_cols;
-    uint8_t *bytes;  /* (n_rows, n_cols / block_elems * block_bytes) */
+    uint8_t *bytes;  /* (n_rows, n_cols / block_elems * block_bytes), guarded */
+    size_t n_bytes;
     double *w64;     /* (n_rows, n_cols) exact values */
 } weight_case;
 
@@ -289,7 +314,8 @@ static void build_weight_case(weight_case *wc, const format_desc *fmt, int64_t n
     wc->n_rows = n_rows;
     wc->n_cols = n_cols;
     const int64_t blocks_per_row = n_cols / fmt->block_elems;
-    wc->bytes = malloc((size_t)(n_rows * blocks_per_row * fmt->block_bytes));
+    wc->n_bytes = (size_t)(n_rows * blocks_per_row * fmt->block_bytes);
+    wc->bytes = guarded_alloc(wc->n_bytes);
     wc->w64 = malloc((size_t)(n_rows * n_cols) * sizeof(double));
     for (int64_t b = 0; b < n_rows * blocks_per_row; b++) {
         uint8_t *block = wc->bytes + b * fmt->block_bytes;
@@ -320,12 +346,13 @@ static void make_extreme(weight_case *wc) {
 }
 
 static void free_weight_case(weight_case *wc) {
-    free(wc->bytes);
+    guarded_free(wc->bytes, wc->n_bytes);
     free(wc->w64);
 }
 
+/* Guarded; free with guarded_free(x, n * sizeof(float)). */
 static float *random_floats(int64_t n) {
-    float *x = malloc((size_t)n * sizeof(float));
+    float *x = guarded_alloc((size_t)n * sizeof(float));
     for (int64_t i = 0; i < n; i++) x[i] = rng_uniform(-1.0f, 1.0f);
     return x;
 }
@@ -480,7 +507,7 @@ static void check_quantizers(int isa) {
     static const int64_t lengths[] = {256, 512 + 256, 32 * 3}; /* the last only for q8_32 */
     for (size_t li = 0; li < sizeof lengths / sizeof lengths[0]; li++) {
         const int64_t n = lengths[li];
-        float *x = malloc((size_t)n * sizeof(float));
+        float *x = guarded_alloc((size_t)n * sizeof(float));
         fill_quantizer_input(x, n);
         const size_t bytes32 = (size_t)(n / 32) * sizeof(block_q8_32), bytesk = (size_t)(n / 256) * sizeof(block_q8_k);
         uint8_t *got = calloc(1, bytes32 + bytesk), *want = calloc(1, bytes32 + bytesk);
@@ -496,7 +523,7 @@ static void check_quantizers(int isa) {
             CHECK(memcmp(got, want, bytesk) == 0, "%s quantize_q8_k n=%lld differs from scalar", ek_isa_name(isa),
                   (long long)n);
         }
-        free(x);
+        guarded_free(x, (size_t)n * sizeof(float));
         free(got);
         free(want);
     }
@@ -507,12 +534,12 @@ static void check_read_sum(int isa) {
     const ek_kernels *k = ek_kernels_for(isa), *ref = ek_kernels_for(EK_ISA_SCALAR);
     if (!k || !ref) return;
     const size_t n = 64 * 37;
-    uint64_t *buf = malloc(n);
+    uint64_t *buf = guarded_alloc(n);
     for (size_t i = 0; i < n / 8; i++) buf[i] = ((uint64_t)rng_u32() << 32) | rng_u32();
     for (size_t len = 64; len <= n; len += 64 * 9)
         CHECK(k->read_sum(buf, len) == ref->read_sum(buf, len), "%s read_sum of %zu bytes differs from scalar",
               ek_isa_name(isa), len);
-    free(buf);
+    guarded_free(buf, n);
 }
 
 /* Row counts: below, at and above thread counts and SIMD row groups, all odd or off by one. */
@@ -559,7 +586,7 @@ int main(void) {
                     check_thread_independence(&wc, x, 1, 0);
                     check_thread_independence(&wc, x, m_values[2], EK_WEIGHT_ALLOW_REPACK);
                 }
-                free(x);
+                guarded_free(x, (size_t)(n_cols * m_values[3]) * sizeof(float));
                 free_weight_case(&wc);
             }
         }
@@ -572,12 +599,12 @@ int main(void) {
         weight_case wc;
         build_weight_case(&wc, fmt, 13, n_cols);
         make_extreme(&wc);
-        float *x = malloc((size_t)(n_cols * m) * sizeof(float));
+        float *x = guarded_alloc((size_t)(n_cols * m) * sizeof(float));
         for (int64_t i = 0; i < n_cols * m; i++) x[i] = 0.75f;
         check_vec_dot(&wc, x, isa);
         check_matmul(&wc, x, m, isa, 0, 2);
         check_matmul(&wc, x, m, isa, EK_WEIGHT_ALLOW_REPACK, 2);
-        free(x);
+        guarded_free(x, (size_t)(n_cols * m) * sizeof(float));
         free_weight_case(&wc);
     }
 
