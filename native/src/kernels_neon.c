@@ -2,7 +2,8 @@
  *
  * One aarch64 build serves a Raspberry Pi 4 (Cortex-A72: ASIMD only) and a Pi 5
  * (Cortex-A76: ASIMD + dotprod): this file is compiled for baseline ARMv8-A, and only the
- * functions of the second table are compiled for armv8.2-a+dotprod (a pragma around them).
+ * 8-bit kernels of the second table are compiled for armv8.2-a+dotprod (a pragma around them;
+ * the float kernels and activation quantizers are shared by both tables).
  * dispatch.c calls ek_fill_kernels_neon_dotprod only when getauxval reports ASIMDDP, so an
  * SDOT instruction never reaches a CPU without it.
  *
@@ -10,16 +11,16 @@
  * DOT_I8 / DOT_I8X2_SMALL as widening multiplies + a pairwise add (plain NEON) and as
  * vdotq_s32 (SDOT).
  * Layouts and the kernel contract are in kernels.h; the scalar kernels are the reference.
- * On other architectures this file compiles to nothing.
+ * On other architectures this file compiles to nothing but the header.
  */
 #include "kernels.h"
 
 #if defined(__aarch64__)
 #include <arm_neon.h>
+#include <string.h>
 
 /* GGUF data is little-endian and the loads below read it in place. */
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the NEON kernels need little-endian aarch64");
-#include <string.h>
 
 /* ------------------------------------------------------------- conversions */
 
@@ -149,22 +150,27 @@ static inline __attribute__((always_inline)) void gemm_half_tile(const uint16_t 
 
 enum { WEIGHT_F32, WEIGHT_F16, WEIGHT_BF16 };
 
-/* Rows [r0, r1) of a float weight against m activation rows, FLOAT_TILE activation rows at a time. */
+/* Rows [r0, r1) of a float weight against m activation rows: for each chunk of FLOAT_ROW_CHUNK
+   weight rows, FLOAT_TILE activation rows at a time, so the tile's activations (4 x 2048 floats
+   are 32 KiB) stay cached while the chunk's rows stream past them. */
+#define FLOAT_ROW_CHUNK 16
+
 static inline __attribute__((always_inline)) void gemm_float(int kind, const void *w, size_t w_row_bytes, const void *x,
                                                             size_t x_row_bytes, float *y, int64_t ldy, int64_t r0,
                                                             int64_t r1, int64_t m, int64_t n) {
-    for (int64_t r = r0; r < r1; r++) {
-        const void *wr = (const char *)w + r * w_row_bytes;
+    for (int64_t rc = r0; rc < r1; rc += FLOAT_ROW_CHUNK) {
+        const int64_t rc_end = rc + FLOAT_ROW_CHUNK < r1 ? rc + FLOAT_ROW_CHUNK : r1;
         for (int64_t i0 = 0; i0 < m; i0 += FLOAT_TILE) {
             const int mt = m - i0 < FLOAT_TILE ? (int)(m - i0) : FLOAT_TILE;
             const float *xs[FLOAT_TILE];
-            float *ys[FLOAT_TILE];
-            for (int i = 0; i < mt; i++) {
-                xs[i] = (const float *)((const char *)x + (i0 + i) * x_row_bytes);
-                ys[i] = y + (i0 + i) * ldy + r;
+            for (int i = 0; i < mt; i++) xs[i] = (const float *)((const char *)x + (i0 + i) * x_row_bytes);
+            for (int64_t r = rc; r < rc_end; r++) {
+                const void *wr = (const char *)w + r * w_row_bytes;
+                float *ys[FLOAT_TILE];
+                for (int i = 0; i < mt; i++) ys[i] = y + (i0 + i) * ldy + r;
+                if (kind == WEIGHT_F32) gemm_f32_tile(wr, xs, ys, mt, n);
+                else gemm_half_tile(wr, kind == WEIGHT_BF16, xs, ys, mt, n);
             }
-            if (kind == WEIGHT_F32) gemm_f32_tile(wr, xs, ys, mt, n);
-            else gemm_half_tile(wr, kind == WEIGHT_BF16, xs, ys, mt, n);
         }
     }
 }
