@@ -22,7 +22,7 @@
 #define KERNELS_NEON_INT8_ONCE
 #define EK_NEON_INLINE static inline __attribute__((always_inline))
 /* Activation rows per tile: 4 for plain layouts (decoded weight block: 2 registers);
-   2 for the 8-row repacked ones (a decoded slice holds 16 registers). */
+   2 for the 8-row repacked ones (plain NEON keeps 8 accumulator registers per activation row). */
 #define ACT_TILE 4
 #define ACT_TILE_X8 2
 /* Weight rows per chunk: 32 rows of 4096 Q4_0 columns are 72 KiB, an L2-resident stream. */
