@@ -207,6 +207,7 @@ def main() -> None:
     parser.add_argument("--isa", default=None, help="kernel family (default: best available)")
     parser.add_argument("--quick", action="store_true", help="fewer types and sizes")
     parser.add_argument("--no-llama", action="store_true", help="skip the llama.cpp comparison")
+    parser.add_argument("--no-gemm", action="store_true", help="GEMV only (and no llama.cpp comparison)")
     args = parser.parse_args()
     if args.isa:
         _native.isa_set(args.isa)
@@ -220,6 +221,8 @@ def main() -> None:
               f"(ISA {_native.isa_current()}); load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
         bench_gemv(pool, args.cold_mib << 20, rng, gemv_types if args.quick else GEMV_TYPES,
                    GEMV_SHAPES)
+        if args.no_gemm:
+            return
         ours = bench_gemm(pool, rng, gemm_types, m_values)
     print(f"load average now {os.getloadavg()[0]:.1f}")
     if args.no_llama:
