@@ -207,6 +207,7 @@ def main() -> None:
     parser.add_argument("--isa", default=None, help="kernel family (default: best available)")
     parser.add_argument("--quick", action="store_true", help="fewer types and sizes")
     parser.add_argument("--no-llama", action="store_true", help="skip the llama.cpp comparison")
+    parser.add_argument("--no-gemm", action="store_true", help="GEMV only (and no llama.cpp comparison)")
     args = parser.parse_args()
     if args.isa:
         _native.isa_set(args.isa)
@@ -217,10 +218,13 @@ def main() -> None:
     with kernels.Pool(args.threads) as pool:
         bandwidth = kernels.measure_read_bandwidth(1 << 30, 5, pool)
         print(f"read bandwidth, {pool.threads} threads, 1 GiB buffer: {bandwidth / 1e9:.2f} GB/s "
-              f"(ISA {_native.isa_current()})")
+              f"(ISA {_native.isa_current()}); load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
         bench_gemv(pool, args.cold_mib << 20, rng, gemv_types if args.quick else GEMV_TYPES,
                    GEMV_SHAPES)
+        if args.no_gemm:
+            return
         ours = bench_gemm(pool, rng, gemm_types, m_values)
+    print(f"load average now {os.getloadavg()[0]:.1f}")
     if args.no_llama:
         return
     print(f"\nGEMM vs llama.cpp prompt processing (one llama layer: 4x 2048x2048, 2x 5632x2048, 1x 2048x5632), "
