@@ -20,7 +20,10 @@ their AMX path crashes on this CPU; see load_llama_without_extra_buffers). Its p
 gate and up (5632x2048), down (2048x5632); our time is the sum of ek_matmul on
 those seven. llama.cpp's time also covers norms, RoPE, attention and the tiny
 output layer (a few % at these sizes), which flatters our ratio slightly.
-Timings on a shared machine are noisy: medians, ratios from the same run.
+Timings on a shared machine are noisy: medians, ratios from the same run; the
+load average is printed. llama.cpp's OpenMP spin is capped near our pool's
+(GOMP_SPINCOUNT=20000 unless set), so oversubscription costs both alike; with
+--threads 1 neither has barriers to lose time at.
 """
 from __future__ import annotations
 
@@ -32,6 +35,11 @@ import tempfile
 import time
 
 import numpy as np
+
+# llama.cpp's OpenMP threads spin ~300000 iterations at each barrier before sleeping; on a
+# shared, oversubscribed machine that turns every barrier into a lost time slice. Give them
+# about the same ~50 us spin as our pool (set before llama_cpp loads libgomp).
+os.environ.setdefault("GOMP_SPINCOUNT", "20000")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -228,7 +236,7 @@ def main() -> None:
     if args.no_llama:
         return
     print(f"\nGEMM vs llama.cpp prompt processing (one llama layer: 4x 2048x2048, 2x 5632x2048, 1x 2048x5632), "
-          f"{args.threads} threads")
+          f"{args.threads} threads, GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')}")
     print(f"{'type':6s} {'m':>4s} {'llama.cpp ms':>12s} {'GOP/s':>7s} {'ours ms':>8s} {'GOP/s':>7s} {'ratio':>6s}  layout")
     layer_ops = sum(2 * r * c for r, c in LAYER_MATRICES)
     for type_name in gemm_types:
