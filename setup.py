@@ -67,6 +67,7 @@ setup(
         "pyserial>=3.5",
         "onnxruntime>=1.16",
         "jinja2>=3.1",
+        "regex>=2022.1.18",
     ],
     extras_require={
         "llamacpp": ["llama-cpp-python>=0.3.0"],
