@@ -13,9 +13,9 @@ U+FFFD. Ids outside [0, n_vocab) raise InvalidArgumentError.
 from __future__ import annotations
 
 import os
-from typing import Any, FrozenSet, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, FrozenSet, Iterable, List, Optional, Tuple, Union
 
-from ..errors import InvalidArgumentError, TokenizerError
+from ..errors import InvalidArgumentError
 from .bpe import BPEModel
 from .special import build_matchers
 from .spm import SPMModel
