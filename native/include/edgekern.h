@@ -117,11 +117,16 @@ EK_API int ek_isa_from_name(const char *name);
 typedef struct ek_pool ek_pool;
 typedef void (*ek_task_fn)(void *ctx, int ith, int nth);
 
+/* n_threads <= 0: ek_default_threads(). */
 EK_API ek_status ek_pool_create(int n_threads, ek_pool **out);
+/* Physical performance cores: SMT siblings counted once, and on big.LITTLE only
+   the cores of the highest cpu_capacity; the online CPU count if unknown. */
+EK_API int ek_default_threads(void);
 EK_API void ek_pool_free(ek_pool *pool);
 EK_API int ek_pool_threads(const ek_pool *pool);
 /* Run fn(ctx, ith, nth) for ith in [0, nth) across the pool; returns when all are done.
-   pool may be NULL: then fn(ctx, 0, 1) runs on the caller. */
+   pool may be NULL: then fn(ctx, 0, 1) runs on the caller. One job at a time:
+   callers sharing a pool across threads serialize their calls. */
 EK_API void ek_pool_run(ek_pool *pool, ek_task_fn fn, void *ctx);
 
 /* ------------------------------------------- quantized weights and matmul */
@@ -149,6 +154,11 @@ EK_API ek_status ek_weight_get_rows(const ek_weight *w, const int32_t *ids, int6
 /* Quantized dot products on single rows, for tests and small callers:
    the dot of n values of `type` at w with n f32 values at x (x quantized as the kernel would). */
 EK_API ek_status ek_vec_dot(int type, const void *w, const float *x, int64_t n, float *out);
+
+/* Bytes per second the pool's threads read from a buffer of `bytes` (use far
+   more than the last-level cache, e.g. 1 GiB), median of `repeats` passes;
+   0.0 when the buffer cannot be allocated. Benchmarks divide by it. */
+EK_API double ek_measure_read_bandwidth(size_t bytes, int repeats, ek_pool *pool);
 
 /* ------------------------------------- f32 transformer building blocks */
 /* (declared by the engine work: rmsnorm, rope, softmax, activations, attention) */
