@@ -9,6 +9,11 @@ Input that cannot be UTF-8: `encode` accepts str (lone surrogates, which have
 no UTF-8 form, are replaced by U+FFFD) or bytes (invalid sequences are replaced
 by U+FFFD). `decode` replaces byte sequences that are not valid UTF-8 with
 U+FFFD. Ids outside [0, n_vocab) raise InvalidArgumentError.
+
+Decoding is lossless: it does not apply llama.cpp's optional "clean spaces"
+rewriting (" ," -> ","), so decode(encode(x)) == x for every text the
+vocabulary can spell. eot_ids is llama.cpp's end-of-generation set, quirks
+included (e.g. Gemma-3's HTML "</s>" token is in it, as in llama.cpp).
 """
 from __future__ import annotations
 
