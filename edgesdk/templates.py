@@ -1,0 +1,323 @@
+"""Chat templates: the model's own Jinja template, sandboxed, or a built-in one.
+
+A chat template comes from a downloaded file and is hostile until proven
+otherwise. It is rendered with Jinja2's ImmutableSandboxedEnvironment (no
+attribute starting with "_", no mutation of lists/dicts, no unsafe callables),
+and on top of that:
+
+- a time limit: a trace function checks a deadline on every line the compiled
+  template executes, so nested loops cannot run for ever;
+- a size limit on the rendered text and on `*`/`**` results, checked while
+  rendering, so one expression cannot allocate gigabytes;
+- `range` capped by the sandbox (MAX_RANGE).
+
+Any failure is a TemplateError saying what happened.
+
+Message contents must never become special tokens: the template is rendered
+with a placeholder for each message's content, the result is split into
+scaffolding (tokenized with special-token parsing) and contents (tokenized as
+plain text). A check render with the real contents proves that the placeholders
+stood exactly where the contents go; a template that transforms contents in a
+way the check cannot explain is rendered with the built-in template instead.
+
+Built-in templates (ChatML, Llama-2, Llama-3, Gemma, Phi-3) serve models that
+carry none, chosen from the architecture and the vocabulary.
+"""
+from __future__ import annotations
+
+import logging
+import operator
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from jinja2 import TemplateSyntaxError
+from jinja2.exceptions import SecurityError, TemplateError as JinjaTemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from .errors import ChatFormatError, TemplateError
+
+log = logging.getLogger("edgesdk")
+
+RENDER_TIME_LIMIT_S = 2.0            # real templates render in milliseconds
+MAX_RENDER_CHARS = 4 << 20           # far above any context window's worth of text
+ROLES = ("system", "user", "assistant")
+
+# Placeholder around a content index: private-use code points no tokenizer
+# scaffolding contains and that template filters such as trim/upper leave alone.
+_SLOT_OPEN, _SLOT_CLOSE = "\U000F0001", "\U000F0002"
+
+
+# -- built-in templates (written for edgesdk) ---------------------------------
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+LLAMA3 = (
+    "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+    "{{ m['content'] }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+LLAMA2 = (
+    "{% set ns = namespace(system='') %}"
+    "{% for m in messages %}"
+    "{% if m['role'] == 'system' %}{% set ns.system = '<<SYS>>\n' ~ m['content'] ~ '\n<</SYS>>\n\n' %}"
+    "{% elif m['role'] == 'user' %}{{ bos_token }}[INST] {{ ns.system }}{{ m['content'] }} [/INST]"
+    "{% set ns.system = '' %}"
+    "{% else %} {{ m['content'] }} {{ eos_token }}{% endif %}"
+    "{% endfor %}"
+)
+GEMMA = (
+    "{{ bos_token }}{% set ns = namespace(system='') %}"
+    "{% for m in messages %}"
+    "{% if m['role'] == 'system' %}{% set ns.system = m['content'] ~ '\n\n' %}"
+    "{% else %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else 'user' }}\n"
+    "{% if m['role'] == 'user' %}{{ ns.system }}{% set ns.system = '' %}{% endif %}"
+    "{{ m['content'] }}<end_of_turn>\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+PHI3 = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+BUILTIN_TEMPLATES: Dict[str, str] = {
+    "chatml": CHATML, "llama3": LLAMA3, "llama2": LLAMA2, "gemma": GEMMA, "phi3": PHI3,
+}
+
+
+def builtin_family(architecture: Optional[str], token_texts: "set[str]") -> str:
+    """Which built-in template fits a model, from its architecture and its special tokens."""
+    arch = (architecture or "").lower()
+    if arch.startswith("gemma") or "<start_of_turn>" in token_texts:
+        return "gemma"
+    if "<|start_header_id|>" in token_texts and "<|eot_id|>" in token_texts:
+        return "llama3"
+    if arch.startswith("phi3") or ("<|user|>" in token_texts and "<|end|>" in token_texts):
+        return "phi3"
+    if "<|im_start|>" in token_texts:
+        return "chatml"
+    if arch == "llama" and "[INST]" not in token_texts and "<s>" in token_texts:
+        return "llama2"
+    return "chatml"
+
+
+# -- the sandbox ---------------------------------------------------------------
+
+class _BoundedSandbox(ImmutableSandboxedEnvironment):
+    """The immutable sandbox with `*` and `**` checked for result size."""
+
+    intercepted_binops = frozenset(["*", "**"])
+
+    def call_binop(self, context, operator_name, left, right):
+        if operator_name == "*":
+            for seq, count in ((left, right), (right, left)):
+                if isinstance(seq, (str, list, tuple)) and isinstance(count, int):
+                    if len(seq) * max(count, 0) > MAX_RENDER_CHARS:
+                        raise SecurityError(f"repetition would make {len(seq) * count} items, "
+                                            f"more than the cap of {MAX_RENDER_CHARS}")
+            return operator.mul(left, right)
+        if operator_name == "**":
+            if isinstance(left, int) and isinstance(right, int) and abs(left) > 1 and right > 64:
+                raise SecurityError(f"{left} ** {right} is too large for a template")
+            return operator.pow(left, right)
+        return super().call_binop(context, operator_name, left, right)
+
+
+def _raise_exception(message: str):
+    raise TemplateError(f"the chat template refused the conversation: {message}")
+
+
+class _Deadline:
+    """A trace function that aborts the traced thread's Python code after a deadline."""
+
+    def __init__(self, seconds: float):
+        self.until = time.monotonic() + seconds
+        self.seconds = seconds
+
+    def __call__(self, frame, event, arg):
+        if time.monotonic() > self.until:
+            raise TemplateError(f"the chat template ran longer than {self.seconds:.1f} s and was stopped")
+        return self
+
+
+@dataclass
+class RenderedPrompt:
+    """A rendered conversation: the text, and its pieces marked scaffolding or content."""
+    text: str
+    segments: List[Tuple[str, bool]]    # (text, is_content)
+
+
+class ChatTemplate:
+    """One compiled chat template and the special strings it may use."""
+
+    def __init__(self, source: str, bos_token: str = "", eos_token: str = "", name: str = "model"):
+        if not isinstance(source, str) or not source.strip():
+            raise TemplateError("the chat template is empty")
+        self.source = source
+        self.name = name
+        self.bos_token = bos_token
+        self.eos_token = eos_token
+        env = _BoundedSandbox(trim_blocks=False, lstrip_blocks=False, keep_trailing_newline=False)
+        env.globals["raise_exception"] = _raise_exception
+        try:
+            self._template = env.from_string(source)
+        except TemplateSyntaxError as exc:
+            raise TemplateError(f"the {name} chat template does not compile: {exc.message} (line {exc.lineno})") from None
+        except RecursionError:
+            raise TemplateError(f"the {name} chat template nests too deeply to compile") from None
+
+    def render_text(self, messages: Sequence[Dict[str, str]], add_generation_prompt: bool = True) -> str:
+        """The template's output for these messages, within the sandbox's time and size limits."""
+        variables = dict(messages=[dict(m) for m in messages], add_generation_prompt=add_generation_prompt,
+                         bos_token=self.bos_token, eos_token=self.eos_token)
+        deadline = _Deadline(RENDER_TIME_LIMIT_S)
+        previous_trace = sys.gettrace()
+        pieces: List[str] = []
+        size = 0
+        sys.settrace(deadline)
+        try:
+            for piece in self._template.generate(**variables):
+                size += len(piece)
+                if size > MAX_RENDER_CHARS:
+                    raise TemplateError(f"the {self.name} chat template produced more than {MAX_RENDER_CHARS} "
+                                        "characters and was stopped")
+                pieces.append(piece)
+        except TemplateError:
+            raise
+        except SecurityError as exc:
+            raise TemplateError(f"the {self.name} chat template tried something the sandbox forbids: {exc}") from None
+        except RecursionError:
+            raise TemplateError(f"the {self.name} chat template recursed too deeply") from None
+        except (JinjaTemplateError, TypeError, ValueError, KeyError, IndexError, AttributeError,
+                ZeroDivisionError, OverflowError, MemoryError) as exc:
+            raise TemplateError(f"the {self.name} chat template failed: {type(exc).__name__}: {exc}") from None
+        finally:
+            sys.settrace(previous_trace)
+        return "".join(pieces)
+
+    def render(self, messages: Sequence[Dict[str, str]], add_generation_prompt: bool = True) -> RenderedPrompt:
+        """Render with contents kept apart from scaffolding (see the module docstring)."""
+        placeholders = [dict(m, content=f"{_SLOT_OPEN}{i}{_SLOT_CLOSE}") for i, m in enumerate(messages)]
+        marked = self.render_text(placeholders, add_generation_prompt)
+        exact = self.render_text(messages, add_generation_prompt)
+        contents = [m["content"] for m in messages]
+        for transform in (lambda s: s, str.strip):
+            segments = _split_marked(marked, [transform(c) for c in contents])
+            if segments is not None and "".join(text for text, _ in segments) == exact:
+                return RenderedPrompt(exact, segments)
+        raise TemplateError(f"the {self.name} chat template changes message contents in a way that cannot be "
+                            "kept apart from its scaffolding")
+
+
+def _split_marked(marked: str, contents: List[str]) -> Optional[List[Tuple[str, bool]]]:
+    segments: List[Tuple[str, bool]] = []
+    pos = 0
+    while True:
+        open_at = marked.find(_SLOT_OPEN, pos)
+        if open_at < 0:
+            break
+        close_at = marked.find(_SLOT_CLOSE, open_at)
+        if close_at < 0:
+            return None
+        index_text = marked[open_at + 1:close_at]
+        if not index_text.isdigit() or int(index_text) >= len(contents):
+            return None
+        if open_at > pos:
+            segments.append((marked[pos:open_at], False))
+        segments.append((contents[int(index_text)], True))
+        pos = close_at + 1
+    if pos < len(marked):
+        segments.append((marked[pos:], False))
+    if _SLOT_CLOSE in "".join(text for text, is_content in segments if not is_content):
+        return None
+    return segments
+
+
+def validate_messages(messages: Any) -> List[Dict[str, str]]:
+    """OpenAI-style messages checked and copied: a non-empty list of {role, content: str}."""
+    if not isinstance(messages, (list, tuple)):
+        raise ChatFormatError(f"messages must be a list of {{'role', 'content'}} dicts, got {type(messages).__name__}")
+    if not messages:
+        raise ChatFormatError("the conversation is empty: give at least one message")
+    checked = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise ChatFormatError(f"message {i} must be a dict, got {type(message).__name__}")
+        role = message.get("role")
+        if role not in ROLES:
+            raise ChatFormatError(f"message {i} has unknown role {role!r}; expected one of {', '.join(ROLES)}")
+        content = message.get("content")
+        if not isinstance(content, str):
+            raise ChatFormatError(f"message {i} ({role}) content must be a string, got {type(content).__name__}")
+        if _SLOT_OPEN in content or _SLOT_CLOSE in content:
+            raise ChatFormatError(f"message {i} contains reserved code points U+F0001/U+F0002")
+        checked.append({"role": role, "content": content})
+    return checked
+
+
+class ChatFormatter:
+    """Turns messages into prompt ids for one model: its template or a built-in one."""
+
+    def __init__(self, tokenizer, chat_template: Optional[str], architecture: Optional[str]):
+        self.tokenizer = tokenizer
+        bos = tokenizer.token_text(tokenizer.bos_id) if 0 <= tokenizer.bos_id < tokenizer.n_vocab else ""
+        eos = tokenizer.token_text(tokenizer.eos_id) if 0 <= tokenizer.eos_id < tokenizer.n_vocab else ""
+        self.template: Optional[ChatTemplate] = None
+        self.fallback_reason: Optional[str] = None
+        if chat_template:
+            try:
+                self.template = ChatTemplate(chat_template, bos, eos, name="model's")
+            except TemplateError as exc:
+                self.fallback_reason = str(exc)
+        else:
+            self.fallback_reason = "the model carries no chat template"
+        family = builtin_family(architecture, _special_texts(tokenizer))
+        self.builtin_family = family
+        self.builtin = ChatTemplate(BUILTIN_TEMPLATES[family], bos, eos, name=f"built-in {family}")
+        if self.template is None:
+            log.info("chat template: using the built-in %s template (%s)", family, self.fallback_reason)
+
+    @property
+    def template_name(self) -> str:
+        return "model" if self.template is not None else f"built-in {self.builtin_family}"
+
+    def render(self, messages: Sequence[Dict[str, str]], add_generation_prompt: bool = True) -> RenderedPrompt:
+        messages = validate_messages(messages)
+        if self.template is not None:
+            try:
+                return self.template.render(messages, add_generation_prompt)
+            except TemplateError as exc:
+                if "cannot be kept apart" not in str(exc):
+                    raise
+                log.warning("chat template: %s; using the built-in %s template", exc, self.builtin_family)
+        return self.builtin.render(messages, add_generation_prompt)
+
+    def encode(self, messages: Sequence[Dict[str, str]], add_generation_prompt: bool = True) -> List[int]:
+        """Prompt ids: scaffolding with special tokens parsed, contents as plain text."""
+        rendered = self.render(messages, add_generation_prompt)
+        tok = self.tokenizer
+        ids: List[int] = []
+        for text, is_content in rendered.segments:
+            if text:
+                ids.extend(tok.encode(text, add_special=False, parse_special=not is_content))
+        if tok.add_bos and 0 <= tok.bos_id < tok.n_vocab and (not ids or ids[0] != tok.bos_id):
+            ids.insert(0, tok.bos_id)
+        return ids
+
+
+def _special_texts(tokenizer) -> "set[str]":
+    names = ("<start_of_turn>", "<|start_header_id|>", "<|eot_id|>", "<|user|>", "<|end|>", "<|im_start|>",
+             "[INST]", "<s>")
+    found = set()
+    for name in names:
+        ids = tokenizer.encode(name, add_special=False, parse_special=True)
+        if len(ids) == 1 and tokenizer.token_text(ids[0]) == name:
+            found.add(name)
+    return found
+
+
+__all__ = ["ChatTemplate", "ChatFormatter", "RenderedPrompt", "BUILTIN_TEMPLATES", "builtin_family",
+           "validate_messages", "RENDER_TIME_LIMIT_S", "MAX_RENDER_CHARS"]
