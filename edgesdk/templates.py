@@ -32,8 +32,12 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from jinja2 import TemplateSyntaxError
+import json
+from datetime import datetime
+
+from jinja2 import TemplateSyntaxError, nodes
 from jinja2.exceptions import SecurityError, TemplateError as JinjaTemplateError
+from jinja2.ext import Extension, loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .errors import ChatFormatError, TemplateError
@@ -126,6 +130,30 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
         return super().call_binop(context, operator_name, left, right)
 
 
+class _GenerationTag(Extension):
+    """`{% generation %}...{% endgeneration %}` (Hugging Face's marker for training masks) renders its body."""
+
+    tags = {"generation"}
+
+    def parse(self, parser):
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return nodes.Scope(body, lineno=lineno)
+
+
+def _tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False) -> str:
+    # Hugging Face renders tojson without HTML escaping; templates rely on that.
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.now().strftime(fmt)
+
+
+class _ContentsNotSeparable(TemplateError):
+    """The template rewrites contents so that scaffolding and contents cannot be told apart."""
+
+
 def _raise_exception(message: str):
     raise TemplateError(f"the chat template refused the conversation: {message}")
 
@@ -160,8 +188,11 @@ class ChatTemplate:
         self.name = name
         self.bos_token = bos_token
         self.eos_token = eos_token
-        env = _BoundedSandbox(trim_blocks=False, lstrip_blocks=False, keep_trailing_newline=False)
+        # The options Hugging Face transformers (and llama-cpp-python) render chat templates with.
+        env = _BoundedSandbox(trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, loopcontrols])
+        env.filters["tojson"] = _tojson
         env.globals["raise_exception"] = _raise_exception
+        env.globals["strftime_now"] = _strftime_now
         try:
             self._template = env.from_string(source)
         except TemplateSyntaxError as exc:
@@ -208,7 +239,7 @@ class ChatTemplate:
             segments = _split_marked(marked, [transform(c) for c in contents])
             if segments is not None and "".join(text for text, _ in segments) == exact:
                 return RenderedPrompt(exact, segments)
-        raise TemplateError(f"the {self.name} chat template changes message contents in a way that cannot be "
+        raise _ContentsNotSeparable(f"the {self.name} chat template changes message contents in a way that cannot be "
                             "kept apart from its scaffolding")
 
 
@@ -289,9 +320,7 @@ class ChatFormatter:
         if self.template is not None:
             try:
                 return self.template.render(messages, add_generation_prompt)
-            except TemplateError as exc:
-                if "cannot be kept apart" not in str(exc):
-                    raise
+            except _ContentsNotSeparable as exc:
                 log.warning("chat template: %s; using the built-in %s template", exc, self.builtin_family)
         return self.builtin.render(messages, add_generation_prompt)
 
