@@ -24,6 +24,7 @@ from . import gguf, registry
 from .backends.base import Backend, check_ids
 from .errors import (BackendUnavailableError, ContextOverflowError, InvalidArgumentError, TokenizerError)
 from .sampling import DEFAULT_REPEAT_LAST_N, Sampler, SamplingParams
+from .templates import special_tokens_from_gguf
 
 log = logging.getLogger("edgesdk")
 
@@ -120,6 +121,7 @@ def load(model: Optional[Union[str, os.PathLike]] = None, backend: str = "native
     path = registry.resolve(name)
     with gguf.open(path) as file:
         metadata = {k: v for k, v in file.metadata.items() if not k.startswith("tokenizer.ggml.")}
+        special_tokens = special_tokens_from_gguf(file.metadata)
         header = bytes(file.data[:file.data_offset])
         arch = file.architecture or ""
         context_length = int(file.get(f"{arch}.context_length", 0) or 0)
@@ -128,7 +130,7 @@ def load(model: Optional[Union[str, os.PathLike]] = None, backend: str = "native
     tokenizer = _load_tokenizer(path)
     backend_obj = _make_backend(backend, path, n_ctx, threads, kv_type)
     return Model(path=path, backend=backend_obj, tokenizer=tokenizer, metadata=metadata, header=header,
-                 memory_plan=plan, name=os.fspath(name))
+                 memory_plan=plan, name=os.fspath(name), special_tokens=special_tokens)
 
 
 class _StopScanner:
@@ -178,7 +180,7 @@ class Model:
     """A loaded model: tokenizer, backend (with its KV cache), scoring and generation."""
 
     def __init__(self, path: Path, backend: Backend, tokenizer, metadata: Dict[str, Any], header: bytes,
-                 memory_plan=None, name: Optional[str] = None):
+                 memory_plan=None, name: Optional[str] = None, special_tokens: Optional[Dict[str, int]] = None):
         self.path = Path(path)
         self.backend = backend
         self.tokenizer = tokenizer
@@ -190,6 +192,7 @@ class Model:
         if tokenizer.n_vocab > self.n_vocab:
             raise TokenizerError(f"the tokenizer has {tokenizer.n_vocab} tokens, the model's output {self.n_vocab}")
         self._header = header
+        self.special_tokens = dict(special_tokens or {})   # control-token text -> id, for chat templates
         self._cache_ids: List[int] = []     # the ids at KV positions 0..len-1 (a prefix of what backend holds)
         self._formatter = None
         self.last_stats = GenerationStats()
@@ -210,7 +213,7 @@ class Model:
         if self._formatter is None:
             from .templates import ChatFormatter
             self._formatter = ChatFormatter(self.tokenizer, self.metadata.get("tokenizer.chat_template"),
-                                            self.metadata.get("general.architecture"))
+                                            self.metadata.get("general.architecture"), self.special_tokens)
         return self._formatter
 
     # -- the KV cache ----------------------------------------------------------------

@@ -30,7 +30,7 @@ import operator
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import json
 from datetime import datetime
@@ -47,6 +47,7 @@ log = logging.getLogger("edgesdk")
 RENDER_TIME_LIMIT_S = 2.0            # real templates render in milliseconds
 MAX_RENDER_CHARS = 4 << 20           # far above any context window's worth of text
 ROLES = ("system", "user", "assistant")
+TOKEN_TYPE_UNKNOWN, TOKEN_TYPE_CONTROL = 2, 3     # GGUF tokenizer.ggml.token_type values
 
 # Placeholder around a content index: private-use code points no tokenizer
 # scaffolding contains and that template filters such as trim/upper leave alone.
@@ -290,10 +291,20 @@ def validate_messages(messages: Any) -> List[Dict[str, str]]:
 
 
 class ChatFormatter:
-    """Turns messages into prompt ids for one model: its template or a built-in one."""
+    """Turns messages into prompt ids for one model: its template or a built-in one.
 
-    def __init__(self, tokenizer, chat_template: Optional[str], architecture: Optional[str]):
+    `special_tokens` maps the text of every control token to its id (GGUF token
+    type CONTROL or UNKNOWN): the strings that special-token parsing turns into
+    single ids. Tokenization mirrors llama.cpp's: the rendered text is split at
+    special-token strings, longest first, and the text between two of them is
+    tokenized as one plain string; only, a special-token string inside a
+    message's content is not split at, so it stays plain text.
+    """
+
+    def __init__(self, tokenizer, chat_template: Optional[str], architecture: Optional[str],
+                 special_tokens: Dict[str, int]):
         self.tokenizer = tokenizer
+        self.special_tokens = dict(special_tokens)
         bos = tokenizer.token_text(tokenizer.bos_id) if 0 <= tokenizer.bos_id < tokenizer.n_vocab else ""
         eos = tokenizer.token_text(tokenizer.eos_id) if 0 <= tokenizer.eos_id < tokenizer.n_vocab else ""
         self.template: Optional[ChatTemplate] = None
@@ -305,7 +316,7 @@ class ChatFormatter:
                 self.fallback_reason = str(exc)
         else:
             self.fallback_reason = "the model carries no chat template"
-        family = builtin_family(architecture, _special_texts(tokenizer))
+        family = builtin_family(architecture, set(self.special_tokens))
         self.builtin_family = family
         self.builtin = ChatTemplate(BUILTIN_TEMPLATES[family], bos, eos, name=f"built-in {family}")
         if self.template is None:
@@ -325,28 +336,54 @@ class ChatFormatter:
         return self.builtin.render(messages, add_generation_prompt)
 
     def encode(self, messages: Sequence[Dict[str, str]], add_generation_prompt: bool = True) -> List[int]:
-        """Prompt ids: scaffolding with special tokens parsed, contents as plain text."""
+        """Prompt ids: special tokens parsed in the scaffolding only, contents as plain text."""
         rendered = self.render(messages, add_generation_prompt)
+        # Fragments: str for raw text, int for a special token id; contents are never split.
+        fragments: List[Tuple[Union[str, int], bool]] = [(text, is_content) for text, is_content in rendered.segments]
+        scaffolding = "".join(text for text, is_content in rendered.segments if not is_content)
+        present = sorted((t for t in self.special_tokens if t and t in scaffolding), key=len, reverse=True)
+        for special in present:
+            split: List[Tuple[Union[str, int], bool]] = []
+            for item, is_content in fragments:
+                if is_content or not isinstance(item, str) or special not in item:
+                    split.append((item, is_content))
+                    continue
+                parts = item.split(special)
+                for k, part in enumerate(parts):
+                    if k:
+                        split.append((self.special_tokens[special], False))
+                    if part:
+                        split.append((part, False))
+            fragments = split
         tok = self.tokenizer
         ids: List[int] = []
-        for text, is_content in rendered.segments:
-            if text:
-                ids.extend(tok.encode(text, add_special=False, parse_special=not is_content))
+        raw: List[str] = []
+        for item, _ in fragments + [(-1, False)]:
+            if isinstance(item, str):
+                raw.append(item)
+                continue
+            if raw:
+                ids.extend(tok.encode("".join(raw), add_special=False, parse_special=False))
+                raw = []
+            if item >= 0:
+                ids.append(item)
         if tok.add_bos and 0 <= tok.bos_id < tok.n_vocab and (not ids or ids[0] != tok.bos_id):
             ids.insert(0, tok.bos_id)
         return ids
 
 
-def _special_texts(tokenizer) -> "set[str]":
-    names = ("<start_of_turn>", "<|start_header_id|>", "<|eot_id|>", "<|user|>", "<|end|>", "<|im_start|>",
-             "[INST]", "<s>")
-    found = set()
-    for name in names:
-        ids = tokenizer.encode(name, add_special=False, parse_special=True)
-        if len(ids) == 1 and tokenizer.token_text(ids[0]) == name:
-            found.add(name)
+def special_tokens_from_gguf(metadata: Dict[str, Any]) -> Dict[str, int]:
+    """Text -> id of the control (and unknown) tokens of a GGUF vocabulary."""
+    tokens = metadata.get("tokenizer.ggml.tokens")
+    types = metadata.get("tokenizer.ggml.token_type")
+    if tokens is None or types is None:
+        return {}
+    found: Dict[str, int] = {}
+    for i, (text, kind) in enumerate(zip(tokens, types)):
+        if int(kind) in (TOKEN_TYPE_UNKNOWN, TOKEN_TYPE_CONTROL) and text not in found:
+            found[text] = i
     return found
 
 
 __all__ = ["ChatTemplate", "ChatFormatter", "RenderedPrompt", "BUILTIN_TEMPLATES", "builtin_family",
-           "validate_messages", "RENDER_TIME_LIMIT_S", "MAX_RENDER_CHARS"]
+           "validate_messages", "special_tokens_from_gguf", "RENDER_TIME_LIMIT_S", "MAX_RENDER_CHARS"]
