@@ -305,8 +305,8 @@ class ChatFormatter:
                  special_tokens: Dict[str, int]):
         self.tokenizer = tokenizer
         self.special_tokens = dict(special_tokens)
-        bos = tokenizer.token_text(tokenizer.bos_id) if 0 <= tokenizer.bos_id < tokenizer.n_vocab else ""
-        eos = tokenizer.token_text(tokenizer.eos_id) if 0 <= tokenizer.eos_id < tokenizer.n_vocab else ""
+        bos = _token_text_or_empty(tokenizer, tokenizer.bos_id)
+        eos = _token_text_or_empty(tokenizer, tokenizer.eos_id)
         self.template: Optional[ChatTemplate] = None
         self.fallback_reason: Optional[str] = None
         if chat_template:
@@ -367,9 +367,16 @@ class ChatFormatter:
                 raw = []
             if item >= 0:
                 ids.append(item)
-        if tok.add_bos and 0 <= tok.bos_id < tok.n_vocab and (not ids or ids[0] != tok.bos_id):
-            ids.insert(0, tok.bos_id)
+        bos_id = tok.bos_id
+        if tok.add_bos and bos_id is not None and 0 <= bos_id < tok.n_vocab and (not ids or ids[0] != bos_id):
+            ids.insert(0, bos_id)
         return ids
+
+
+def _token_text_or_empty(tokenizer, token_id: Optional[int]) -> str:
+    if token_id is None or not 0 <= token_id < tokenizer.n_vocab:
+        return ""
+    return tokenizer.token_text(token_id)
 
 
 def special_tokens_from_gguf(metadata: Dict[str, Any]) -> Dict[str, int]:
