@@ -181,11 +181,12 @@ class ChatSession:
         target = Path(path)
         model = self.model
         cache_ids = model.cached_ids[:model.backend.n_past]
-        state = model.backend.save_state() if cache_ids else b""
+        if cache_ids and model.backend.n_past != len(cache_ids):
+            # An interrupted eval left positions we cannot name: evaluating the last
+            # known id again drops them (eval forgets every position >= start).
+            model._eval(cache_ids[-1:], len(cache_ids) - 1)
         n_past = len(cache_ids)
-        if model.backend.n_past != n_past:
-            # The backend holds positions we cannot name (an interrupted eval): keep what we know.
-            state, n_past, cache_ids = b"", 0, []
+        state = model.backend.save_state() if n_past else b""
         header = json.dumps({
             "version": SESSION_VERSION, "identity": model.identity, "model": model.name,
             "system": self.system, "history": self.history, "sampling": self.sampling, "reserve": self.reserve,

@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list known models and what is cached")
     p.set_defaults(func=_cmd_models)
+
+    from .chat_cli import add_chat_commands
+    add_chat_commands(sub)
     return parser
 
 

@@ -202,3 +202,18 @@ def test_session_from_another_model_is_rejected(model, gemma3_path, tmp_path):
             ChatSession.load(mine, other_ctx)
     finally:
         other_ctx.close()
+
+
+def test_session_saved_after_an_interrupted_eval_still_loads(model, tmp_path):
+    # Ctrl-C between the backend's eval and the model's bookkeeping leaves the
+    # cache holding a position the model cannot name; save must still be loadable.
+    session = ChatSession(model, **GREEDY)
+    session.send("Hi")
+    known = model.cached_ids
+    model.backend.eval([42], model.backend.n_past)
+    assert model.backend.n_past == len(known) + 1
+    path = tmp_path / "s.session"
+    session.save(path)
+    restored = ChatSession.load(path, model)
+    assert model.cached_ids == known and model.backend.n_past == len(known)
+    assert restored.history == session.history

@@ -133,13 +133,16 @@ class LlamaCppBackend(Backend):
         self._batch_tokens = np.ctypeslib.as_array(self._batch.token, shape=(self.n_batch,))
         self._batch_pos = np.ctypeslib.as_array(self._batch.pos, shape=(self.n_batch,))
         self._batch_logits = np.ctypeslib.as_array(self._batch.logits, shape=(self.n_batch,))
-        self._n_past = 0
 
     # -- Backend -------------------------------------------------------------
 
     @property
     def n_past(self) -> int:
-        return self._n_past
+        # Ask llama.cpp: a KeyboardInterrupt between llama_decode returning and
+        # our bookkeeping must not make us believe the cache holds less than it does.
+        if self._ctx is None:
+            return 0
+        return int(self._lib.llama_memory_seq_pos_max(self._memory, 0)) + 1
 
     def eval(self, ids: Sequence[int], start: int, all_logits: bool = False) -> np.ndarray:
         self._check_open()
@@ -147,19 +150,19 @@ class LlamaCppBackend(Backend):
         if not isinstance(start, (int, np.integer)) or isinstance(start, bool):
             raise InvalidArgumentError(f"start must be an int, got {start!r}")
         start = int(start)
-        if start < 0 or start > self._n_past:
+        n_past = self.n_past
+        if start < 0 or start > n_past:
             raise InvalidArgumentError(
-                f"start {start} is outside [0, n_past={self._n_past}]: the cache holds positions 0..{self._n_past - 1}"
+                f"start {start} is outside [0, n_past={n_past}]: the cache holds positions 0..{n_past - 1}"
             )
         if start + arr.size > self.n_ctx:
             raise ContextOverflowError(
                 f"{arr.size} tokens at position {start} need {start + arr.size} positions, the context holds {self.n_ctx}"
             )
         lib = self._lib
-        if start < self._n_past:
+        if start < n_past:
             if not lib.llama_memory_seq_rm(self._memory, 0, start, -1):
                 raise NativeError(f"llama.cpp could not drop cache positions >= {start}")
-        self._n_past = start
         out = np.empty((arr.size if all_logits else 1, self.n_vocab), dtype=np.float32)
         for lo in range(0, arr.size, self.n_batch):
             chunk = arr[lo:lo + self.n_batch]
@@ -174,9 +177,8 @@ class LlamaCppBackend(Backend):
             rc = lib.llama_decode(self._ctx, self._batch)
             if rc != 0:
                 # The cache may hold part of this chunk: forget it so n_past stays true.
-                lib.llama_memory_seq_rm(self._memory, 0, self._n_past, -1)
+                lib.llama_memory_seq_rm(self._memory, 0, start + lo, -1)
                 raise NativeError(f"llama_decode returned {rc} for {n} tokens at position {start + lo}")
-            self._n_past = start + lo + n
             if all_logits:
                 ptr = lib.llama_get_logits(self._ctx)
                 out[lo:lo + n] = np.ctypeslib.as_array(ptr, shape=(n, self.n_vocab))
@@ -191,8 +193,8 @@ class LlamaCppBackend(Backend):
         size = int(lib.llama_state_seq_get_size(self._ctx, 0))
         buf = (ctypes.c_uint8 * size)()
         written = int(lib.llama_state_seq_get_data(self._ctx, buf, size, 0))
-        if written == 0 and self._n_past > 0:
-            raise NativeError(f"llama.cpp wrote no state for a cache of {self._n_past} positions")
+        if written == 0 and self.n_past > 0:
+            raise NativeError(f"llama.cpp wrote no state for a cache of {self.n_past} positions")
         return bytes(memoryview(buf)[:written])
 
     def load_state(self, blob: bytes, n_past: int) -> None:
@@ -203,20 +205,18 @@ class LlamaCppBackend(Backend):
             raise InvalidArgumentError(f"n_past must be an int in [0, {self.n_ctx}], got {n_past!r}")
         lib = self._lib
         lib.llama_memory_clear(self._memory, True)
-        self._n_past = 0
         data = bytes(blob)
         if n_past == 0 and not data:
             return
         buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
         read = int(lib.llama_state_seq_set_data(self._ctx, buf, len(data), 0))
-        held = int(lib.llama_memory_seq_pos_max(self._memory, 0)) + 1
+        held = self.n_past
         if read == 0 or held != n_past:
             lib.llama_memory_clear(self._memory, True)
             raise InvalidArgumentError(
                 f"state of {len(data)} bytes does not restore {n_past} positions of this model "
                 f"(llama.cpp read {read} bytes, cache holds {held} positions)"
             )
-        self._n_past = n_past
 
     def info(self) -> BackendInfo:
         return BackendInfo(name=self.name, device=f"cpu (llama.cpp, {self.threads} threads)", n_ctx=self.n_ctx,
