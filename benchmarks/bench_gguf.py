@@ -1,0 +1,64 @@
+"""How long opening a GGUF file takes: header, all metadata (vocabulary
+included) and the tensor index, with edgesdk.gguf and with the gguf package's
+GGUFReader on the same file, in the same run.
+
+    python benchmarks/bench_gguf.py [--repeat N] [MODEL ...]
+
+MODEL is a registry name or a .gguf path (default: both real test models).
+Prints the median wall time of each reader and the ratio GGUFReader / edgesdk.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from edgesdk import gguf, registry  # noqa: E402
+
+DEFAULT_MODELS = ["smollm2-135m-instruct", "gemma3-270m"]
+
+
+def open_edgesdk(path: str) -> int:
+    with gguf.open(path) as f:
+        return len(f.metadata) + len(f.tensors)
+
+
+def open_gguf_reader(path: str) -> int:
+    import gguf as gguf_pkg
+
+    reader = gguf_pkg.GGUFReader(path)
+    # GGUFReader parses every field eagerly; contents() turns them into Python values like ours.
+    values = [field.contents() for name, field in reader.fields.items() if not name.startswith("GGUF.")]
+    return len(values) + len(reader.tensors)
+
+
+def median_ms(fn, path: str, repeat: int) -> float:
+    fn(path)  # warm the page cache and imports
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn(path)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models", nargs="*", default=DEFAULT_MODELS)
+    parser.add_argument("--repeat", type=int, default=9)
+    args = parser.parse_args()
+    print(f"{'model':40} {'edgesdk ms':>11} {'GGUFReader ms':>14} {'ratio':>7}")
+    for model in args.models:
+        path = str(registry.resolve(model))
+        ours = median_ms(open_edgesdk, path, args.repeat)
+        theirs = median_ms(open_gguf_reader, path, max(3, args.repeat // 3))
+        print(f"{os.path.basename(path):40} {ours:11.1f} {theirs:14.1f} {theirs / ours:6.1f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
