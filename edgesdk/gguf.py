@@ -44,6 +44,8 @@ MAX_KV = 1 << 20
 MAX_STRING_BYTES = 1 << 26        # 64 MiB for one string (chat templates are KBs)
 MAX_ARRAY_ITEMS = 1 << 26
 MAX_DIMS = 4
+MAX_KEY_BYTES = (1 << 16) - 1      # the GGUF specification's limit for a key
+MAX_TENSOR_NAME_BYTES = 64         # the specification's limit; ggml cannot hold longer names
 MAX_ELEMENTS = 1 << 62            # keeps every byte count far inside int64
 MAX_ALIGNMENT = 1 << 16           # real files use 32; larger would only waste space
 
@@ -211,6 +213,8 @@ class GGUFFile:
                     f"({HEADER_BYTES} bytes; truncated at byte offset {self.file_size})"
                 )
             self._mmap = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+            self._file.close()  # the mapping holds its own reference to the file
+            self._file = None
             self.data = np.frombuffer(self._mmap, dtype=np.uint8)
             self._parse()
         except ModelFormatError as exc:
@@ -253,11 +257,17 @@ class GGUFFile:
         self.metadata: Dict[str, Any] = {}
         self.metadata_types: Dict[str, int] = {}
         self.array_types: Dict[str, int] = {}
+        alignment_offset = -1
         for i in range(n_kv):
             key_offset = cur.pos
             key = cur.string(f"metadata key #{i}")
             if not key:
                 raise ModelFormatError(f"metadata key #{i} at byte offset {key_offset} is empty")
+            key_bytes = cur.pos - key_offset - 8
+            if key_bytes > MAX_KEY_BYTES:
+                raise ModelFormatError(
+                    f"metadata key #{i} at byte offset {key_offset} is {key_bytes} bytes (at most {MAX_KEY_BYTES})"
+                )
             if key in self.metadata:
                 raise ModelFormatError(f"duplicate metadata key {key!r} at byte offset {key_offset}")
             vtype_offset = cur.pos
@@ -267,7 +277,7 @@ class GGUFFile:
             if key == "general.alignment":
                 alignment_offset = vtype_offset
 
-        self.alignment = self._read_alignment(alignment_offset if "general.alignment" in self.metadata else -1)
+        self.alignment = self._read_alignment(alignment_offset)
         self.tensors: Dict[str, TensorInfo] = {}
         self._parse_tensor_index(cur, n_tensors)
 
@@ -297,6 +307,12 @@ class GGUFFile:
                 raise ModelFormatError(f"tensor #{i} at byte offset {info_offset} has an empty name")
             if name in self.tensors:
                 raise ModelFormatError(f"duplicate tensor name {name!r} at byte offset {info_offset}")
+            name_bytes = cur.pos - info_offset - 8
+            if name_bytes > MAX_TENSOR_NAME_BYTES:
+                raise ModelFormatError(
+                    f"tensor #{i} name at byte offset {info_offset} is {name_bytes} bytes "
+                    f"(at most {MAX_TENSOR_NAME_BYTES})"
+                )
             dims_offset = cur.pos
             n_dims = cur.u32(f"tensor {name!r} n_dims")
             if n_dims == 0 or n_dims > MAX_DIMS:
@@ -337,6 +353,9 @@ class GGUFFile:
             self.tensors[name] = None  # reserves the name for the duplicate check
 
         self.data_offset = -(-cur.pos // self.alignment) * self.alignment
+        # A file without tensors (a vocabulary-only file) may end right after its index.
+        if n_tensors == 0:
+            self.data_offset = min(self.data_offset, self.file_size)
         if self.data_offset > self.file_size:
             raise ModelFormatError(
                 f"tensor data would start at byte offset {self.data_offset}, past the end of the file "

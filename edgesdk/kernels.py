@@ -119,6 +119,11 @@ def quantize(type_: Union[int, str], x: np.ndarray) -> np.ndarray:
     return out
 
 
+def default_threads() -> int:
+    """Threads a Pool(0) starts: one per physical performance core."""
+    return int(_native.lib.ek_default_threads())
+
+
 class Pool:
     """A persistent native thread pool; `threads=0` means one per physical performance core."""
 
@@ -197,6 +202,8 @@ class Weight:
             raise UnsupportedModelError(f"no {lay.name} matmul kernel on ISA {_native.isa_current()}")
         _native.check(status, f"ek_weight_create({lay.name}, {n_rows}x{n_cols})")
         self._handle: Optional[int] = handle.value
+        if self.owned_bytes:
+            self._data = None  # repacked into native memory: the source may go
 
     @classmethod
     def from_gguf(cls, gguf_file, name: str, repack: bool = False) -> "Weight":

@@ -60,15 +60,16 @@ def _load_tokenizer(path: Path):
     return Tokenizer.from_gguf(path)
 
 
-def _plan_context(path: Path, n_ctx: Optional[int], kv_type: str, max_memory: Optional[int], backend: str,
+def _plan_context(path: Path, n_ctx: Optional[int], kv_type: str, max_memory, backend: str, threads: int,
                   context_length: int):
-    """(n_ctx, plan) from edgesdk.memory when present, else the asked n_ctx or min(trained, 4096)."""
+    """(n_ctx, plan) from edgesdk.memory's planner; without it, the asked n_ctx or min(trained, 4096)."""
     try:
         from . import memory
     except ImportError:
         memory = None
     if memory is not None:
-        plan = memory.fit(path, n_ctx=n_ctx, kv_type=kv_type, max_memory=max_memory, backend=backend)
+        plan = memory.fit(path, n_ctx=n_ctx, kv_type=kv_type, max_memory=max_memory, backend=backend,
+                          threads=threads)
         return int(plan.n_ctx), plan
     if n_ctx is None:
         n_ctx = min(context_length, DEFAULT_N_CTX_CAP) if context_length > 0 else DEFAULT_N_CTX_CAP
@@ -83,13 +84,18 @@ def _default_threads() -> int:
     return int(default_threads())
 
 
+def _resolve_backend(name: str) -> str:
+    """"auto" -> "native" when its module imports, else "llamacpp"; other names as given."""
+    if name != "auto":
+        return name
+    try:
+        from .backends.native import NativeBackend  # noqa: F401
+    except ImportError:
+        return "llamacpp"
+    return "native"
+
+
 def _make_backend(name: str, path: Path, n_ctx: int, threads: int, kv_type: str) -> Backend:
-    if name == "auto":
-        try:
-            from .backends.native import NativeBackend  # noqa: F401
-            name = "native"
-        except ImportError:
-            name = "llamacpp"
     if name == "native":
         try:
             from .backends.native import NativeBackend
@@ -108,8 +114,11 @@ def load(model: Optional[Union[str, os.PathLike]] = None, backend: str = "native
          threads: Optional[int] = None, kv_type: str = "f16", max_memory: Optional[int] = None) -> "Model":
     """Load a registry model (already pulled) or a .gguf path; None means the registry's default model.
 
-    The memory planner picks n_ctx (or checks the one given) before anything is
-    allocated; `threads` defaults to the hardware module's choice.
+    The memory planner (edgesdk.memory.fit) picks n_ctx, or checks the one
+    given, against this device's memory or `max_memory` before anything is
+    allocated, and raises MemoryBudgetError when it does not fit. `threads`
+    defaults to edgesdk.hardware.default_threads(). backend: "native",
+    "llamacpp", or "auto" (native when installed).
     """
     if backend not in BACKENDS:
         raise InvalidArgumentError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -125,8 +134,9 @@ def load(model: Optional[Union[str, os.PathLike]] = None, backend: str = "native
         header = bytes(file.data[:file.data_offset])
         arch = file.architecture or ""
         context_length = int(file.get(f"{arch}.context_length", 0) or 0)
-    n_ctx, plan = _plan_context(path, n_ctx, kv_type, max_memory, backend, context_length)
+    backend = _resolve_backend(backend)
     threads = threads or _default_threads()
+    n_ctx, plan = _plan_context(path, n_ctx, kv_type, max_memory, backend, threads, context_length)
     tokenizer = _load_tokenizer(path)
     backend_obj = _make_backend(backend, path, n_ctx, threads, kv_type)
     return Model(path=path, backend=backend_obj, tokenizer=tokenizer, metadata=metadata, header=header,

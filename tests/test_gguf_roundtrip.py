@@ -18,8 +18,9 @@ KNOWN_TABLE_DIFFERENCES = {"Q8_1"}
 def test_ggml_type_table_matches_the_gguf_package():
     ours = {t.name: (t.type_id, t.block_elems, t.block_bytes) for t in gguf.GGML_TYPES.values()}
     theirs = {t.name: (t.value, *GGML_QUANT_SIZES[t]) for t in GGMLQuantizationType if t in GGML_QUANT_SIZES}
-    assert set(ours) == set(theirs)
-    for name in ours:
+    # Every type the installed gguf package knows, we know (older packages know fewer).
+    assert set(theirs) <= set(ours), set(theirs) - set(ours)
+    for name in theirs:
         if name not in KNOWN_TABLE_DIFFERENCES:
             assert ours[name] == theirs[name], name
     assert ours["Q8_1"] == (9, 32, 36)

@@ -168,3 +168,15 @@ def test_greedy_chat_answers_simple_questions(model, question, expected):
     text = reply["choices"][0]["message"]["content"].lower()
     for alternatives in expected:
         assert any(word in text for word in alternatives), text
+
+
+def test_load_asks_the_memory_planner_for_the_context(smollm2_path):
+    from edgesdk.errors import MemoryBudgetError
+    with pytest.raises(MemoryBudgetError):
+        edgesdk.load(str(smollm2_path), backend="llamacpp", threads=THREADS, max_memory=32 * 2**20)
+    m = edgesdk.load(str(smollm2_path), backend="llamacpp", threads=THREADS, max_memory=2**30)
+    try:
+        assert m.memory_plan is not None and m.n_ctx == m.memory_plan.n_ctx
+        assert 256 <= m.n_ctx <= 8192          # SmolLM2 was trained for 8192 positions
+    finally:
+        m.close()

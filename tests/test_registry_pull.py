@@ -244,8 +244,8 @@ def test_resolve_takes_any_gguf_path(tmp_path, monkeypatch, offline):
     assert registry.resolve(path) == path
 
 
-def test_shipped_registry_names_the_issue_models_and_hashes():
-    os.environ.pop("EDGESDK_REGISTRY", None)
+def test_shipped_registry_names_the_issue_models_and_hashes(monkeypatch):
+    monkeypatch.delenv("EDGESDK_REGISTRY", raising=False)
     models = registry.load_registry()
     assert registry.default_model() == "smollm2-135m-instruct"
     smol = models["smollm2-135m-instruct"]

@@ -16,6 +16,7 @@ from functools import lru_cache
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..errors import TokenizerError
+from . import native_loops
 from .pretokenize import pre_tokenizer
 from .vocab import Vocab
 
@@ -112,7 +113,9 @@ class BPEModel:
         # llama.cpp: for these pre-tokenizers a word that is itself a token is never merged further.
         self.ignore_merges = vocab.pre in ("llama3", "llama-v3", "llama-bpe", "falcon3", "tekken")
         self.encode_word = lru_cache(maxsize=WORD_CACHE_SIZE)(self._encode_word)
-        self.native = None
+        # Ranks travel to C as float32: exact below 2**24 merges.
+        self.use_native = native_loops.available() and len(self.ranks) < (1 << 24)
+        self._merger = None
 
     def _pieces_to_ids(self, pieces: List[str]) -> List[int]:
         ids = []
@@ -137,9 +140,32 @@ class BPEModel:
             token_id = self.token_to_id.get(chars)
             if token_id is not None:
                 return (token_id,)
-        if self.native is not None and len(chars) > 1:
-            return tuple(self.native.merge(chars))
         return tuple(self._pieces_to_ids(bpe_merge(list(chars), self.ranks)))
+
+    def native_merger(self) -> "native_loops.NativeMerger":
+        """The C merge table: every token (split 0) and every merge (split = left byte length)."""
+        if self._merger is None:
+            token_to_id = self.token_to_id
+            entries = [(text, 0, 0.0, token_id) for text, token_id in token_to_id.items()]
+            entries += [(left + right, len(left.encode("utf-8")), float(rank), token_to_id.get(left + right, -1))
+                        for (left, right), rank in self.ranks.items() if left and right]
+            self._merger = native_loops.NativeMerger(entries, split_keys=True)
+        return self._merger
+
+    def encode_long_word(self, word: str) -> List[int]:
+        """A long word, uncached, merged in C when available (same ids as the Python path)."""
+        if not self.use_native:
+            return list(self._encode_word(word))
+        chars = byte_level(word)
+        if self.ignore_merges and chars in self.token_to_id:
+            return [self.token_to_id[chars]]
+        ids, pieces = self.native_merger().merge(chars)
+        if not pieces:
+            return ids
+        out: List[int] = []
+        for token_id, piece in zip(ids, pieces):
+            out.extend([token_id] if token_id >= 0 else self._pieces_to_ids([piece.decode("utf-8")]))
+        return out
 
     def encode_reference(self, text: str) -> List[int]:
         """Pure-Python path, uncached: the reference the native path is tested against."""
@@ -156,8 +182,9 @@ class BPEModel:
         out: List[int] = []
         extend = out.extend
         encode_word = self.encode_word
+        long_word = native_loops.NATIVE_MIN_CHARS
         for word in self.split_words(text):
-            extend(encode_word(word))
+            extend(encode_word(word) if len(word) < long_word else self.encode_long_word(word))
         return out
 
     def token_bytes(self, token_id: int) -> bytes:

@@ -24,6 +24,7 @@ from typing import Dict, List, Optional, Set, Tuple
 import regex
 
 from ..errors import TokenizerError
+from . import native_loops
 from .vocab import ATTR_BYTE, ATTR_CONTROL, ATTR_NORMAL, ATTR_UNKNOWN, ATTR_USER_DEFINED, Vocab
 
 SPACE_MARK = "\u2581"
@@ -106,7 +107,8 @@ class SPMModel:
                 self.joins_before_mark.add(token[pos - 1])
                 start = pos + 1
         self.encode_word = lru_cache(maxsize=WORD_CACHE_SIZE)(self._encode_word)
-        self.native = None
+        self.use_native = native_loops.available()
+        self._merger = None
 
     def _symbols_to_ids(self, pieces: List[str]) -> List[int]:
         ids = []
@@ -127,9 +129,27 @@ class SPMModel:
         return ids
 
     def _encode_word(self, word: str) -> Tuple[int, ...]:
-        if self.native is not None and len(word) > 1:
-            return tuple(self.native.merge(word))
         return tuple(self._symbols_to_ids(spm_merge(list(word), self.token_to_id, self.scores)))
+
+    def native_merger(self) -> "native_loops.NativeMerger":
+        """The C merge table: every token keyed by its text, priority -score (highest score first)."""
+        if self._merger is None:
+            scores = self.scores
+            entries = [(text, 0, -scores[token_id], token_id) for text, token_id in self.token_to_id.items()]
+            self._merger = native_loops.NativeMerger(entries, split_keys=False)
+        return self._merger
+
+    def encode_long_word(self, word: str) -> List[int]:
+        """A long word, uncached, merged in C when available (same ids as the Python path)."""
+        if not self.use_native:
+            return list(self._encode_word(word))
+        ids, pieces = self.native_merger().merge(word)
+        if not pieces:
+            return ids
+        out: List[int] = []
+        for token_id, piece in zip(ids, pieces):
+            out.extend([token_id] if token_id >= 0 else self._symbols_to_ids([piece.decode("utf-8")]))
+        return out
 
     def escape(self, text: str, after_special: bool) -> str:
         if self.add_space_prefix and after_special:
@@ -155,8 +175,9 @@ class SPMModel:
     def encode(self, text: str, after_special: bool = True) -> List[int]:
         out: List[int] = []
         encode_word = self.encode_word
+        long_word = native_loops.NATIVE_MIN_CHARS
         for word in self.words(self.escape(text, after_special)):
-            out.extend(encode_word(word))
+            out.extend(encode_word(word) if len(word) < long_word else self.encode_long_word(word))
         return out
 
     def token_bytes(self, token_id: int) -> bytes:
