@@ -29,6 +29,8 @@ EK_ERR_THREADS = 5
 EK_ERR_CONTEXT_FULL = 6
 EK_ERR_INTERNAL = 7
 
+EK_WEIGHT_ALLOW_REPACK = 1
+
 ISA_NAMES = ("scalar", "avx2", "avx512", "neon", "neon_dotprod")
 
 # Bits of ek_cpu_features(), same values as the header's EK_CPU_* macros.
@@ -101,6 +103,22 @@ def _load() -> ctypes.CDLL:
     proto("ek_isa_from_name", c_int, c_char_p)
 
     # -- kernels: types, formats, thread pool, weights, matmul (kernels work)
+    # Buffers are c_void_p so callers pass numpy's arr.ctypes.data after validating it.
+    proto("ek_type_block_elems", c_int64, c_int)
+    proto("ek_type_block_bytes", c_int64, c_int)
+    proto("ek_dequantize", c_int, c_int, c_void_p, c_void_p, c_int64)
+    proto("ek_quantize", c_int, c_int, c_void_p, c_void_p, c_int64)
+    proto("ek_pool_create", c_int, c_int, POINTER(c_void_p))
+    proto("ek_pool_free", None, c_void_p)
+    proto("ek_pool_threads", c_int, c_void_p)
+    proto("ek_weight_create", c_int, c_int, c_int64, c_int64, c_void_p, c_uint32, POINTER(c_void_p))
+    proto("ek_weight_free", None, c_void_p)
+    proto("ek_weight_owned_bytes", c_size_t, c_void_p)
+    proto("ek_weight_isa", c_int, c_void_p)
+    proto("ek_matmul", c_int, c_void_p, c_void_p, c_int64, c_void_p, c_void_p)
+    proto("ek_weight_get_rows", c_int, c_void_p, c_void_p, c_int64, c_void_p)
+    proto("ek_vec_dot", c_int, c_int, c_void_p, c_void_p, c_int64, c_void_p)
+    proto("ek_measure_read_bandwidth", c_double, c_size_t, c_int, c_void_p)
 
     # -- f32 building blocks and the inference engine (engine work)
     proto("ek_rmsnorm", None, c_float_p, c_float_p, c_float_p, c_int64, c_float)

@@ -150,6 +150,11 @@ EK_API ek_status ek_weight_get_rows(const ek_weight *w, const int32_t *ids, int6
    the dot of n values of `type` at w with n f32 values at x (x quantized as the kernel would). */
 EK_API ek_status ek_vec_dot(int type, const void *w, const float *x, int64_t n, float *out);
 
+/* Bytes per second the pool's threads read from a buffer of `bytes` (use far
+   more than the last-level cache, e.g. 1 GiB), median of `repeats` passes;
+   0.0 when the buffer cannot be allocated. Benchmarks divide by it. */
+EK_API double ek_measure_read_bandwidth(size_t bytes, int repeats, ek_pool *pool);
+
 /* ------------------------------------- f32 transformer building blocks */
 /* Each op has a scalar reference; the active ISA (ek_isa_current) picks a
    vectorized variant where one exists. All sizes are element counts. */
