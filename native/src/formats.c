@@ -318,60 +318,38 @@ static size_t slice_bytes(int type) {
     }
 }
 
-/* Copy block b of row `lane` into (or out of) a slice. */
-static void slice_put(int type, void *slice, int lane, const void *block) {
+/* Copy one GGUF block of row `lane` into a slice, or (unpack) back out of it. */
+static void slice_copy(int type, void *slice, int lane, void *block, int unpack) {
+    uint16_t *d, *m = NULL;
+    uint8_t *qs, *bqs;
+    int n_qs;
     switch (type) {
     case EK_TYPE_Q4_0: {
         block_q4_0x8 *s = slice;
-        const block_q4_0 *q = block;
-        s->d[lane] = q->d;
-        memcpy(s->qs[lane], q->qs, 16);
+        block_q4_0 *q = block;
+        d = &s->d[lane], qs = s->qs, bqs = q->qs, n_qs = 16;
+        if (unpack) q->d = *d; else *d = q->d;
         break;
     }
     case EK_TYPE_Q4_1: {
         block_q4_1x8 *s = slice;
-        const block_q4_1 *q = block;
-        s->d[lane] = q->d;
-        s->m[lane] = q->m;
-        memcpy(s->qs[lane], q->qs, 16);
+        block_q4_1 *q = block;
+        d = &s->d[lane], m = &s->m[lane], qs = s->qs, bqs = q->qs, n_qs = 16;
+        if (unpack) q->d = *d, q->m = *m; else *d = q->d, *m = q->m;
         break;
     }
     case EK_TYPE_Q8_0: {
         block_q8_0x8 *s = slice;
-        const block_q8_0 *q = block;
-        s->d[lane] = q->d;
-        memcpy(s->qs[lane], q->qs, 32);
-        break;
-    }
-    default: break;
-    }
-}
-
-static void slice_get(int type, const void *slice, int lane, void *block) {
-    switch (type) {
-    case EK_TYPE_Q4_0: {
-        const block_q4_0x8 *s = slice;
-        block_q4_0 *q = block;
-        q->d = s->d[lane];
-        memcpy(q->qs, s->qs[lane], 16);
-        break;
-    }
-    case EK_TYPE_Q4_1: {
-        const block_q4_1x8 *s = slice;
-        block_q4_1 *q = block;
-        q->d = s->d[lane];
-        q->m = s->m[lane];
-        memcpy(q->qs, s->qs[lane], 16);
-        break;
-    }
-    case EK_TYPE_Q8_0: {
-        const block_q8_0x8 *s = slice;
         block_q8_0 *q = block;
-        q->d = s->d[lane];
-        memcpy(q->qs, s->qs[lane], 32);
+        d = &s->d[lane], qs = (uint8_t *)s->qs, bqs = (uint8_t *)q->qs, n_qs = 32;
+        if (unpack) q->d = *d; else *d = q->d;
         break;
     }
-    default: break;
+    default: return;
+    }
+    for (int j = 0; j < n_qs; j++) {
+        if (unpack) bqs[j] = qs[ek_repack_index(lane, j)];
+        else qs[ek_repack_index(lane, j)] = bqs[j];
     }
 }
 
@@ -384,7 +362,7 @@ void ek_repack(int type, const void *src, int64_t n_rows, int64_t n_cols, void *
         const uint8_t *row = (const uint8_t *)src + (size_t)r * (size_t)nb * bb;
         uint8_t *group = (uint8_t *)dst + (size_t)(r / EK_REPACK_ROWS) * (size_t)nb * sb;
         for (int64_t b = 0; b < nb; b++)
-            slice_put(type, group + (size_t)b * sb, (int)(r % EK_REPACK_ROWS), row + (size_t)b * bb);
+            slice_copy(type, group + (size_t)b * sb, (int)(r % EK_REPACK_ROWS), (void *)(row + (size_t)b * bb), 0);
     }
 }
 
@@ -393,5 +371,5 @@ void ek_unpack_row(int type, const void *packed, int64_t row, int64_t n_cols, vo
     const size_t bb = (size_t)ek_type_block_bytes(type), sb = slice_bytes(type);
     const uint8_t *group = (const uint8_t *)packed + (size_t)(row / EK_REPACK_ROWS) * (size_t)nb * sb;
     for (int64_t b = 0; b < nb; b++)
-        slice_get(type, group + (size_t)b * sb, (int)(row % EK_REPACK_ROWS), (uint8_t *)dst_row + (size_t)b * bb);
+        slice_copy(type, (void *)(group + (size_t)b * sb), (int)(row % EK_REPACK_ROWS), (uint8_t *)dst_row + (size_t)b * bb, 1);
 }

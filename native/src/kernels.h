@@ -72,19 +72,24 @@ typedef enum { EK_ACT_F32 = 0, EK_ACT_Q8_32 = 1, EK_ACT_Q8_K = 2 } ek_act_format
 
 /* ----------------------------------------------------- repacked weights
  *
- * Repacked layouts interleave EK_REPACK_ROWS consecutive rows block by block
- * so that one SIMD pass decodes the same block of several rows and reuses each
- * decoded activation block for all of them. Rows past n_rows in the last group
- * are zero blocks. A group is nblocks "slices"; a slice holds block b of each
- * of the group's rows, stored field by field:
- *   q4_0x8 slice: uint16_t d[8]; uint8_t qs[8][16]             (144 bytes)
- *   q4_1x8 slice: uint16_t d[8]; uint16_t m[8]; uint8_t qs[8][16] (160 bytes)
- *   q8_0x8 slice: uint16_t d[8]; int8_t qs[8][32]              (272 bytes)
- * Nothing the GGUF blocks hold is lost: ek_repack_* inverts exactly. */
+ * Repacked layouts interleave EK_REPACK_ROWS consecutive rows block by block,
+ * so one 256-bit vector holds 4 bytes of each of 8 rows and a dot product
+ * with a broadcast 4-byte piece of x accumulates one row per 32-bit lane: no
+ * horizontal sums, scales of 8 rows in one load, and each decoded weight
+ * vector reused for several activation rows. Rows past n_rows in the last
+ * group are zero blocks. A group is nblocks "slices"; slice b holds block b of
+ * each of the group's 8 rows: the f16 fields as arrays of 8, then the quant
+ * bytes with byte j of row r at qs[(j / 4) * 32 + 4 * r + j % 4].
+ *   q4_0x8 slice: d[8], qs[128]          (144 bytes = 8 Q4_0 blocks)
+ *   q4_1x8 slice: d[8], m[8], qs[128]    (160 bytes = 8 Q4_1 blocks)
+ *   q8_0x8 slice: d[8], qs[256]          (272 bytes = 8 Q8_0 blocks)
+ * Nothing the GGUF blocks hold is lost: ek_unpack_row inverts exactly. */
 #define EK_REPACK_ROWS 8
-typedef struct { uint16_t d[8]; uint8_t qs[8][16]; } block_q4_0x8;
-typedef struct { uint16_t d[8]; uint16_t m[8]; uint8_t qs[8][16]; } block_q4_1x8;
-typedef struct { uint16_t d[8]; int8_t qs[8][32]; } block_q8_0x8;
+typedef struct { uint16_t d[8]; uint8_t qs[128]; } block_q4_0x8;
+typedef struct { uint16_t d[8]; uint16_t m[8]; uint8_t qs[128]; } block_q4_1x8;
+typedef struct { uint16_t d[8]; int8_t qs[256]; } block_q8_0x8;
+
+static inline size_t ek_repack_index(int row, int byte) { return (size_t)(byte / 4) * 32 + 4 * (size_t)row + byte % 4; }
 
 /* --------------------------------------------------------- kernel table */
 
