@@ -237,7 +237,7 @@ class ChatSession:
         if n_past:
             try:
                 model.backend.load_state(state, n_past)
-            except InvalidArgumentError as exc:
+            except (InvalidArgumentError, SessionFileError) as exc:
                 model.reset()
                 raise SessionFileError(f"session file {path}: the KV cache does not load: {exc}") from None
             model._cache_ids = cache_ids

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edgesdk.backends.base import Backend, BackendInfo
-from edgesdk.errors import ContextOverflowError, InvalidArgumentError
+from edgesdk.errors import ContextOverflowError, InvalidArgumentError, SessionFileError
 
 # Logits of the same position computed in a different batch split: the same
 # math, but matmul accumulation order differs between GEMM tiles and GEMV.
@@ -160,10 +160,12 @@ def test_start_beyond_the_cache_is_rejected(backend, rng):
         backend.eval(_ids(rng, 2), 7)
 
 
-def test_state_with_wrong_length_is_rejected(backend, rng):
+def test_state_that_does_not_fit_is_rejected_as_a_session_file_error(backend, rng):
     backend.eval(_ids(rng, 12), 0)
     blob = backend.save_state()
-    with pytest.raises(InvalidArgumentError):
+    with pytest.raises(SessionFileError):
         backend.load_state(blob, 11)
-    with pytest.raises(InvalidArgumentError):
+    with pytest.raises(SessionFileError):
         backend.load_state(blob[: len(blob) // 2], 12)
+    with pytest.raises(InvalidArgumentError):
+        backend.load_state(blob, -1)

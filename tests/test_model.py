@@ -158,16 +158,44 @@ def test_native_backend_is_constructed_or_reported_unavailable(smollm2_path):
     m.close()
 
 
+def _installed_backends():
+    names = []
+    for name, module in (("llamacpp", "edgesdk.backends.llamacpp"), ("native", "edgesdk.backends.native")):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            continue
+        names.append(name)
+    return names
+
+
+@pytest.fixture(scope="module", params=_installed_backends())
+def any_backend_model(request, smollm2_path):
+    m = edgesdk.load(str(smollm2_path), backend=request.param, n_ctx=N_CTX, threads=THREADS)
+    yield m
+    m.close()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("question,expected", [
     ("What is 2 plus 2?", [["4", "four"]]),
     ("Name three primary colors.", [["red"], ["blue"], ["yellow"]]),
 ])
-def test_greedy_chat_answers_simple_questions(model, question, expected):
-    reply = model.chat([{"role": "user", "content": question}], temperature=0, max_tokens=64)
+def test_greedy_chat_answers_simple_questions(any_backend_model, question, expected):
+    reply = any_backend_model.chat([{"role": "user", "content": question}], temperature=0, max_tokens=64)
     text = reply["choices"][0]["message"]["content"].lower()
     for alternatives in expected:
         assert any(word in text for word in alternatives), text
+
+
+@pytest.mark.slow
+def test_session_turns_reuse_the_cache_on_every_backend(any_backend_model):
+    from edgesdk.chat import ChatSession
+    session = ChatSession(any_backend_model, temperature=0, max_tokens=16)
+    session.send("What is the capital of France?")
+    session.send("And of Italy?")
+    stats = session.last_stats
+    assert stats.prompt_tokens - stats.reused_tokens <= 20
 
 
 def test_load_asks_the_memory_planner_for_the_context(smollm2_path):

@@ -19,7 +19,7 @@ from typing import Dict, FrozenSet, List, Optional, Sequence
 import numpy as np
 
 from ..errors import (BackendUnavailableError, ContextOverflowError, InvalidArgumentError, ModelFormatError,
-                      NativeError, TokenizerError)
+                      NativeError, SessionFileError, TokenizerError)
 from .base import Backend, BackendInfo, check_ids
 
 try:
@@ -213,7 +213,7 @@ class LlamaCppBackend(Backend):
         held = self.n_past
         if read == 0 or held != n_past:
             lib.llama_memory_clear(self._memory, True)
-            raise InvalidArgumentError(
+            raise SessionFileError(
                 f"state of {len(data)} bytes does not restore {n_past} positions of this model "
                 f"(llama.cpp read {read} bytes, cache holds {held} positions)"
             )
