@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import operator
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -111,24 +112,77 @@ def builtin_family(architecture: Optional[str], token_texts: "set[str]") -> str:
 
 # -- the sandbox ---------------------------------------------------------------
 
-class _BoundedSandbox(ImmutableSandboxedEnvironment):
-    """The immutable sandbox with `*` and `**` checked for result size."""
+MAX_FORMAT_WIDTH = 100_000        # a width/precision in a format string, or a padding argument
+_PADDING_METHODS = frozenset(["ljust", "rjust", "center", "zfill", "expandtabs"])
+_DIGITS = re.compile(r"\d+")
 
-    intercepted_binops = frozenset(["*", "**"])
+
+def _check_format_string(fmt: str) -> None:
+    """Reject %- or {}-format strings whose widths would allocate huge strings ('{:>999999999}')."""
+    for match in _DIGITS.finditer(fmt):
+        if len(match.group()) > 6 or int(match.group()) > MAX_FORMAT_WIDTH:
+            raise SecurityError(f"format string with width/number {match.group()[:20]} exceeds {MAX_FORMAT_WIDTH}")
+
+
+def _repeated_size(seq, count: int) -> int:
+    per_copy = len(seq) if isinstance(seq, str) else sum(len(x) if isinstance(x, str) else 1 for x in seq)
+    return per_copy * max(count, 0)
+
+
+class _BoundedSandbox(ImmutableSandboxedEnvironment):
+    """The immutable sandbox with the operations that can allocate without bound checked first.
+
+    `*` on strings and lists, `**`, `%`-formatting and str.format widths, the
+    str padding methods, replace, and the center/indent filters are bounded;
+    anything else slow is stopped by the render deadline.
+    """
+
+    intercepted_binops = frozenset(["*", "**", "%"])
 
     def call_binop(self, context, operator_name, left, right):
         if operator_name == "*":
             for seq, count in ((left, right), (right, left)):
                 if isinstance(seq, (str, list, tuple)) and isinstance(count, int):
-                    if len(seq) * max(count, 0) > MAX_RENDER_CHARS:
-                        raise SecurityError(f"repetition would make {len(seq) * count} items, "
+                    size = _repeated_size(seq, count)
+                    if size > MAX_RENDER_CHARS:
+                        raise SecurityError(f"repetition would make {size} items or characters, "
                                             f"more than the cap of {MAX_RENDER_CHARS}")
             return operator.mul(left, right)
         if operator_name == "**":
             if isinstance(left, int) and isinstance(right, int) and abs(left) > 1 and right > 64:
                 raise SecurityError(f"{left} ** {right} is too large for a template")
             return operator.pow(left, right)
+        if operator_name == "%" and isinstance(left, str):
+            _check_format_string(left)
         return super().call_binop(context, operator_name, left, right)
+
+    def wrap_str_format(self, value):
+        wrapper = super().wrap_str_format(value)
+        if wrapper is not None:
+            _check_format_string(value.__self__)
+        return wrapper
+
+    def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 - jinja's signature
+        owner = getattr(__obj, "__self__", None)
+        if isinstance(owner, str):
+            name = getattr(__obj, "__name__", "")
+            if name in _PADDING_METHODS:
+                for arg in list(args) + list(kwargs.values()):
+                    if isinstance(arg, int) and arg > MAX_FORMAT_WIDTH:
+                        raise SecurityError(f"str.{name}({arg}) exceeds the width cap of {MAX_FORMAT_WIDTH}")
+            elif name == "replace" and len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str):
+                matches = owner.count(args[0]) if args[0] else len(owner) + 1
+                if len(owner) + matches * len(args[1]) > MAX_RENDER_CHARS:
+                    raise SecurityError(f"replace would make more than {MAX_RENDER_CHARS} characters")
+        return super().call(__context, __obj, *args, **kwargs)
+
+
+def _bounded_width_filter(original, name: str):
+    def bounded(value, width=80, *args, **kwargs):
+        if isinstance(width, int) and width > MAX_FORMAT_WIDTH:
+            raise SecurityError(f"{name}({width}) exceeds the width cap of {MAX_FORMAT_WIDTH}")
+        return original(value, width, *args, **kwargs)
+    return bounded
 
 
 class _GenerationTag(Extension):
@@ -145,6 +199,13 @@ class _GenerationTag(Extension):
 def _tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False) -> str:
     # Hugging Face renders tojson without HTML escaping; templates rely on that.
     return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+def _bounded_format_filter(value, *args, **kwargs) -> str:
+    # Jinja's `format` filter is printf-style formatting of the value.
+    if isinstance(value, str):
+        _check_format_string(value)
+    return str(value) % (kwargs or args)
 
 
 def _strftime_now(fmt: str) -> str:
@@ -192,6 +253,9 @@ class ChatTemplate:
         # The options Hugging Face transformers (and llama-cpp-python) render chat templates with.
         env = _BoundedSandbox(trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, loopcontrols])
         env.filters["tojson"] = _tojson
+        for name in ("center", "indent"):
+            env.filters[name] = _bounded_width_filter(env.filters[name], name)
+        env.filters["format"] = _bounded_format_filter
         env.globals["raise_exception"] = _raise_exception
         env.globals["strftime_now"] = _strftime_now
         try:

@@ -30,6 +30,13 @@ HOSTILE_TEMPLATES = {
 ENDLESS_TEMPLATE = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
 HUGE_OUTPUT_TEMPLATE = "{% for i in range(100000) %}{{ 'xxxxxxxxxx' * 10 }}{% endfor %}"
 HUGE_REPEAT_TEMPLATE = "{{ 'a' * 1000000000 }}"
+# Each would allocate hundreds of MB to GBs in one C call, before any deadline could act.
+MEMORY_BOMBS = [
+    "{{ '{:>300000000}'.format('x') | length }}", "{{ ('%300000000d' % 1) | length }}",
+    "{{ 'x'.ljust(300000000) | length }}", "{{ 'x' | center(300000000) | length }}",
+    "{{ 'x' | indent(300000000) | length }}", "{{ (['x' * 4000000] * 4000000) | join | length }}",
+    "{{ ('x' * 1000000).replace('x', 'yyyyyy') | length }}", "{{ '%300000000s' | format(1) | length }}",
+]
 RECURSIVE_TEMPLATE = "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}"
 
 
@@ -103,6 +110,17 @@ def test_endless_template_is_stopped_by_the_deadline():
 def test_template_producing_huge_output_is_stopped(source):
     with pytest.raises(TemplateError):
         ChatTemplate(source).render_text([{"role": "user", "content": "hi"}])
+
+
+@pytest.mark.parametrize("source", MEMORY_BOMBS)
+def test_template_allocating_without_bound_is_refused(source):
+    with pytest.raises(TemplateError, match="sandbox forbids"):
+        ChatTemplate(source).render_text([{"role": "user", "content": "hi"}])
+
+
+def test_ordinary_string_operations_still_work():
+    source = "{{ 'ab'.replace('a', 'c') }} {{ '{}: {}'.format('k', 3) }} {{ '%s-%s' | format(1, 2) }} {{ 'x' * 3 }}"
+    assert ChatTemplate(source).render_text([{"role": "user", "content": "hi"}]) == "cb k: 3 1-2 xxx"
 
 
 def test_recursive_template_raises_template_error():
