@@ -7,8 +7,10 @@ and on top of that:
 
 - a time limit: a trace function checks a deadline on every line the compiled
   template executes, so nested loops cannot run for ever;
-- a size limit on the rendered text and on `*`/`**` results, checked while
-  rendering, so one expression cannot allocate gigabytes;
+- a size limit on the rendered text, checked while rendering, and bounds on
+  the operations that allocate in one C call (`*` on strings and lists, `**`,
+  %-formatting and str.format widths, padding methods, replace, the
+  center/indent/format filters), so one expression cannot allocate gigabytes;
 - `range` capped by the sandbox (MAX_RANGE).
 
 Any failure is a TemplateError saying what happened.
