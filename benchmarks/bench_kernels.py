@@ -20,7 +20,10 @@ their AMX path crashes on this CPU; see load_llama_without_extra_buffers). Its p
 gate and up (5632x2048), down (2048x5632); our time is the sum of ek_matmul on
 those seven. llama.cpp's time also covers norms, RoPE, attention and the tiny
 output layer (a few % at these sizes), which flatters our ratio slightly.
-Timings on a shared machine are noisy: medians, ratios from the same run.
+Timings on a shared machine are noisy: medians, ratios from the same run; the
+load average is printed. llama.cpp's OpenMP spin is capped near our pool's
+(GOMP_SPINCOUNT=20000 unless set), so oversubscription costs both alike; with
+--threads 1 neither has barriers to lose time at.
 """
 from __future__ import annotations
 
@@ -32,6 +35,11 @@ import tempfile
 import time
 
 import numpy as np
+
+# llama.cpp's OpenMP threads spin ~300000 iterations at each barrier before sleeping; on a
+# shared, oversubscribed machine that turns every barrier into a lost time slice. Give them
+# about the same ~50 us spin as our pool (set before llama_cpp loads libgomp).
+os.environ.setdefault("GOMP_SPINCOUNT", "20000")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -207,6 +215,7 @@ def main() -> None:
     parser.add_argument("--isa", default=None, help="kernel family (default: best available)")
     parser.add_argument("--quick", action="store_true", help="fewer types and sizes")
     parser.add_argument("--no-llama", action="store_true", help="skip the llama.cpp comparison")
+    parser.add_argument("--no-gemm", action="store_true", help="GEMV only (and no llama.cpp comparison)")
     args = parser.parse_args()
     if args.isa:
         _native.isa_set(args.isa)
@@ -217,14 +226,17 @@ def main() -> None:
     with kernels.Pool(args.threads) as pool:
         bandwidth = kernels.measure_read_bandwidth(1 << 30, 5, pool)
         print(f"read bandwidth, {pool.threads} threads, 1 GiB buffer: {bandwidth / 1e9:.2f} GB/s "
-              f"(ISA {_native.isa_current()})")
+              f"(ISA {_native.isa_current()}); load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
         bench_gemv(pool, args.cold_mib << 20, rng, gemv_types if args.quick else GEMV_TYPES,
                    GEMV_SHAPES)
+        if args.no_gemm:
+            return
         ours = bench_gemm(pool, rng, gemm_types, m_values)
+    print(f"load average now {os.getloadavg()[0]:.1f}")
     if args.no_llama:
         return
     print(f"\nGEMM vs llama.cpp prompt processing (one llama layer: 4x 2048x2048, 2x 5632x2048, 1x 2048x5632), "
-          f"{args.threads} threads")
+          f"{args.threads} threads, GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')}")
     print(f"{'type':6s} {'m':>4s} {'llama.cpp ms':>12s} {'GOP/s':>7s} {'ours ms':>8s} {'GOP/s':>7s} {'ratio':>6s}  layout")
     layer_ops = sum(2 * r * c for r, c in LAYER_MATRICES)
     for type_name in gemm_types:

@@ -125,7 +125,8 @@ EK_API int ek_default_threads(void);
 EK_API void ek_pool_free(ek_pool *pool);
 EK_API int ek_pool_threads(const ek_pool *pool);
 /* Run fn(ctx, ith, nth) for ith in [0, nth) across the pool; returns when all are done.
-   pool may be NULL: then fn(ctx, 0, 1) runs on the caller. */
+   pool may be NULL: then fn(ctx, 0, 1) runs on the caller. One job at a time:
+   callers sharing a pool across threads serialize their calls. */
 EK_API void ek_pool_run(ek_pool *pool, ek_task_fn fn, void *ctx);
 
 /* ------------------------------------------- quantized weights and matmul */
