@@ -172,7 +172,13 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 # -- entry point -----------------------------------------------------------------
 
-SUBCOMMANDS = [_add_pull, _add_models, _add_info]
+def _add_chat(sub) -> None:
+    """`chat` and `run`: declared and run in chat_cli.py."""
+    from .chat_cli import add_chat_commands
+    add_chat_commands(sub)
+
+
+SUBCOMMANDS = [_add_pull, _add_models, _add_info, _add_chat]
 
 
 def build_parser() -> argparse.ArgumentParser:
