@@ -27,6 +27,18 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_info(args: argparse.Namespace) -> int:
+    from . import hardware, memory
+
+    print(hardware.format_device(hardware.probe()))
+    if args.model:
+        plan = memory.fit(args.model, n_ctx=args.n_ctx, kv_type=args.kv_type, max_memory=args.max_memory,
+                          backend=args.backend)
+        print()
+        print(memory.format_plan(plan))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgesdk", description="Run language models offline, on this device.")
     parser.add_argument("--version", action="version", version=f"edgesdk {__version__}")
@@ -38,6 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list known models and what is cached")
     p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("info", help="this device, and with MODEL the memory plan for it here")
+    p.add_argument("model", nargs="?")
+    p.add_argument("--backend", default="native", choices=["native", "llamacpp"])
+    p.add_argument("--n-ctx", type=int, default=None, help="context size (default: the largest that fits)")
+    p.add_argument("--kv-type", default="f16", choices=["f16", "q8_0"])
+    p.add_argument("--max-memory", default=None, help="memory budget such as 1.5GB or 800MiB")
+    p.set_defaults(func=_cmd_info)
     return parser
 
 
