@@ -7,6 +7,9 @@
  */
 #define _GNU_SOURCE
 #include "edgekern.h"
+#include "kernels.h"
+
+#include <pthread.h>
 
 #include <stdlib.h>
 #include <string.h>
@@ -105,7 +108,10 @@ static int isa_compiled(int isa) {
     case EK_ISA_AVX2: case EK_ISA_AVX512: return 1;
 #endif
 #ifdef __aarch64__
-    case EK_ISA_NEON: case EK_ISA_NEON_DOTPROD: return 1;
+    /* Weak until the NEON file is linked in, so an ARM build never runs a
+       table that does not exist. */
+    case EK_ISA_NEON: return ek_fill_kernels_neon != NULL;
+    case EK_ISA_NEON_DOTPROD: return ek_fill_kernels_neon_dotprod != NULL;
 #endif
     default: return 0;
     }
@@ -172,3 +178,38 @@ int ek_isa_current(void) {
     if (active_isa < 0) choose_initial_isa();
     return active_isa;
 }
+
+/* ------------------------------------------------------ the kernel table */
+
+#ifdef __aarch64__
+__attribute__((weak)) void ek_fill_kernels_neon(ek_kernels *k);
+__attribute__((weak)) void ek_fill_kernels_neon_dotprod(ek_kernels *k);
+#endif
+
+/* One table per family, filled once on first use; read-only afterwards. */
+static ek_kernels kernel_tables[EK_ISA_NEON_DOTPROD + 1];
+static pthread_once_t kernel_tables_once = PTHREAD_ONCE_INIT;
+
+static void fill_kernel_tables(void) {
+    ek_fill_kernels_scalar(&kernel_tables[EK_ISA_SCALAR]);
+#ifdef EK_X86
+    if (ek_isa_available(EK_ISA_AVX2)) ek_fill_kernels_avx2(&kernel_tables[EK_ISA_AVX2]);
+    if (ek_isa_available(EK_ISA_AVX512)) {
+        /* VNNI's vpdpbusd replaces three instructions in every int8 dot. */
+        if (ek_cpu_features() & EK_CPU_AVX512VNNI) ek_fill_kernels_avx512_vnni(&kernel_tables[EK_ISA_AVX512]);
+        else ek_fill_kernels_avx512(&kernel_tables[EK_ISA_AVX512]);
+    }
+#endif
+#ifdef __aarch64__
+    if (ek_isa_available(EK_ISA_NEON)) ek_fill_kernels_neon(&kernel_tables[EK_ISA_NEON]);
+    if (ek_isa_available(EK_ISA_NEON_DOTPROD)) ek_fill_kernels_neon_dotprod(&kernel_tables[EK_ISA_NEON_DOTPROD]);
+#endif
+}
+
+const ek_kernels *ek_kernels_for(int isa) {
+    if (!ek_isa_available(isa)) return NULL;
+    pthread_once(&kernel_tables_once, fill_kernel_tables);
+    return &kernel_tables[isa];
+}
+
+const ek_kernels *ek_kernels_active(void) { return ek_kernels_for(ek_isa_current()); }

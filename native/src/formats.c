@@ -1,0 +1,375 @@
+/* GGUF tensor formats: block sizes, fp16/bf16 conversion, dequantization of
+ * every supported type, quantization of the simple ones, our 8-bit activation
+ * formats, and the lossless load-time repack. This file is the scalar truth
+ * the kernels are tested against. Block layouts are described in kernels.h.
+ */
+#include "kernels.h"
+
+#include <math.h>
+#include <string.h>
+
+/* ------------------------------------------------------------ fp16, bf16 */
+
+static inline uint32_t f32_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+
+static inline float bits_f32(uint32_t u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+float ek_fp16_to_fp32(uint16_t h) {
+    const uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    const uint32_t exp = (h >> 10) & 0x1F;
+    const uint32_t mant = h & 0x3FF;
+    if (exp == 0x1F) return bits_f32(sign | 0x7F800000u | (mant << 13)); /* inf / nan */
+    if (exp != 0) return bits_f32(sign | ((exp + 112) << 23) | (mant << 13));
+    /* zero or subnormal: mant * 2^-24 */
+    const float v = (float)mant * 5.9604644775390625e-8f;
+    return sign ? -v : v;
+}
+
+/* Round to nearest even, overflow to inf, subnormals kept. */
+uint16_t ek_fp32_to_fp16(float f) {
+    const uint32_t u = f32_bits(f);
+    const uint16_t sign = (uint16_t)((u >> 16) & 0x8000);
+    const uint32_t absu = u & 0x7FFFFFFFu;
+    if (absu >= 0x7F800000u) /* inf or nan (keep nan quiet) */
+        return sign | 0x7C00 | (absu > 0x7F800000u ? 0x200 : 0);
+    if (absu >= 0x477FF000u) return sign | 0x7C00; /* rounds to >= 65520: inf */
+    if (absu < 0x38800000u) {                       /* below 2^-14: subnormal half */
+        /* absu * 2^24 rounded to an integer is the half's mantissa. */
+        const float scaled = bits_f32(absu) * 16777216.0f;
+        return sign | (uint16_t)lrintf(scaled);
+    }
+    const uint32_t rounding = 0xFFFu + ((absu >> 13) & 1u);
+    return sign | (uint16_t)((absu - 0x38000000u + rounding) >> 13);
+}
+
+float ek_bf16_to_fp32(uint16_t h) { return bits_f32((uint32_t)h << 16); }
+
+/* ---------------------------------------------------------- block sizes */
+
+int64_t ek_type_block_elems(int type) {
+    switch (type) {
+    case EK_TYPE_F32: case EK_TYPE_F16: case EK_TYPE_BF16: return 1;
+    case EK_TYPE_Q4_0: case EK_TYPE_Q4_1: case EK_TYPE_Q5_0: case EK_TYPE_Q8_0: return QK32;
+    case EK_TYPE_Q4_K: case EK_TYPE_Q6_K: return QK_K;
+    default: return 0;
+    }
+}
+
+int64_t ek_type_block_bytes(int type) {
+    switch (type) {
+    case EK_TYPE_F32: return 4;
+    case EK_TYPE_F16: case EK_TYPE_BF16: return 2;
+    case EK_TYPE_Q4_0: return sizeof(block_q4_0);
+    case EK_TYPE_Q4_1: return sizeof(block_q4_1);
+    case EK_TYPE_Q5_0: return sizeof(block_q5_0);
+    case EK_TYPE_Q8_0: return sizeof(block_q8_0);
+    case EK_TYPE_Q4_K: return sizeof(block_q4_k);
+    case EK_TYPE_Q6_K: return sizeof(block_q6_k);
+    default: return 0;
+    }
+}
+
+/* --------------------------------------------------------- dequantize */
+
+static void dequant_q4_0(const block_q4_0 *b, float *y, int64_t nb) {
+    for (int64_t i = 0; i < nb; i++, y += QK32) {
+        const float d = ek_fp16_to_fp32(b[i].d);
+        for (int j = 0; j < 16; j++) {
+            y[j] = d * (float)((b[i].qs[j] & 0xF) - 8);
+            y[j + 16] = d * (float)((b[i].qs[j] >> 4) - 8);
+        }
+    }
+}
+
+static void dequant_q4_1(const block_q4_1 *b, float *y, int64_t nb) {
+    for (int64_t i = 0; i < nb; i++, y += QK32) {
+        const float d = ek_fp16_to_fp32(b[i].d), m = ek_fp16_to_fp32(b[i].m);
+        for (int j = 0; j < 16; j++) {
+            y[j] = d * (float)(b[i].qs[j] & 0xF) + m;
+            y[j + 16] = d * (float)(b[i].qs[j] >> 4) + m;
+        }
+    }
+}
+
+static void dequant_q5_0(const block_q5_0 *b, float *y, int64_t nb) {
+    for (int64_t i = 0; i < nb; i++, y += QK32) {
+        const float d = ek_fp16_to_fp32(b[i].d);
+        uint32_t qh;
+        memcpy(&qh, b[i].qh, 4);
+        for (int j = 0; j < 16; j++) {
+            const int lo = (b[i].qs[j] & 0xF) | (int)(((qh >> j) & 1u) << 4);
+            const int hi = (b[i].qs[j] >> 4) | (int)(((qh >> (j + 16)) & 1u) << 4);
+            y[j] = d * (float)(lo - 16);
+            y[j + 16] = d * (float)(hi - 16);
+        }
+    }
+}
+
+static void dequant_q8_0(const block_q8_0 *b, float *y, int64_t nb) {
+    for (int64_t i = 0; i < nb; i++, y += QK32) {
+        const float d = ek_fp16_to_fp32(b[i].d);
+        for (int j = 0; j < QK32; j++) y[j] = d * (float)b[i].qs[j];
+    }
+}
+
+static void dequant_q4_k(const block_q4_k *b, float *y, int64_t nb) {
+    for (int64_t i = 0; i < nb; i++) {
+        const float d = ek_fp16_to_fp32(b[i].d), dmin = ek_fp16_to_fp32(b[i].dmin);
+        const uint8_t *q = b[i].qs;
+        for (int c = 0; c < 4; c++, q += 32) {
+            uint8_t sc0, m0, sc1, m1;
+            ek_q4_k_scale_min(2 * c, b[i].scales, &sc0, &m0);
+            ek_q4_k_scale_min(2 * c + 1, b[i].scales, &sc1, &m1);
+            const float d0 = d * sc0, min0 = dmin * m0, d1 = d * sc1, min1 = dmin * m1;
+            for (int l = 0; l < 32; l++) *y++ = d0 * (float)(q[l] & 0xF) - min0;
+            for (int l = 0; l < 32; l++) *y++ = d1 * (float)(q[l] >> 4) - min1;
+        }
+    }
+}
+
+static void dequant_q6_k(const block_q6_k *b, float *y, int64_t nb) {
+    for (int64_t i = 0; i < nb; i++) {
+        const float d = ek_fp16_to_fp32(b[i].d);
+        for (int h = 0; h < 2; h++, y += 128) {
+            const uint8_t *ql = b[i].ql + 64 * h, *qh = b[i].qh + 32 * h;
+            const int8_t *sc = b[i].scales + 8 * h;
+            for (int l = 0; l < 32; l++) {
+                const int is = l / 16;
+                const int q1 = ((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
+                const int q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
+                const int q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+                const int q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+                y[l] = d * (float)sc[is] * (float)q1;
+                y[l + 32] = d * (float)sc[is + 2] * (float)q2;
+                y[l + 64] = d * (float)sc[is + 4] * (float)q3;
+                y[l + 96] = d * (float)sc[is + 6] * (float)q4;
+            }
+        }
+    }
+}
+
+ek_status ek_dequantize(int type, const void *src, float *dst, int64_t n) {
+    const int64_t be = ek_type_block_elems(type);
+    if (be == 0) return EK_ERR_UNSUPPORTED;
+    if (n < 0 || n % be != 0) return EK_ERR_INVALID_ARG;
+    const int64_t nb = n / be;
+    switch (type) {
+    case EK_TYPE_F32: memcpy(dst, src, (size_t)n * 4); break;
+    case EK_TYPE_F16: {
+        const uint16_t *h = src;
+        for (int64_t i = 0; i < n; i++) dst[i] = ek_fp16_to_fp32(h[i]);
+        break;
+    }
+    case EK_TYPE_BF16: {
+        const uint16_t *h = src;
+        for (int64_t i = 0; i < n; i++) dst[i] = ek_bf16_to_fp32(h[i]);
+        break;
+    }
+    case EK_TYPE_Q4_0: dequant_q4_0(src, dst, nb); break;
+    case EK_TYPE_Q4_1: dequant_q4_1(src, dst, nb); break;
+    case EK_TYPE_Q5_0: dequant_q5_0(src, dst, nb); break;
+    case EK_TYPE_Q8_0: dequant_q8_0(src, dst, nb); break;
+    case EK_TYPE_Q4_K: dequant_q4_k(src, dst, nb); break;
+    case EK_TYPE_Q6_K: dequant_q6_k(src, dst, nb); break;
+    default: return EK_ERR_UNSUPPORTED;
+    }
+    return EK_OK;
+}
+
+/* ----------------------------------------------------------- quantize */
+
+static void quant_q4_0(const float *x, block_q4_0 *b, int64_t nb) {
+    for (int64_t i = 0; i < nb; i++, x += QK32) {
+        /* The value of largest magnitude maps to q = 0 (-8 * d), keeping its sign. */
+        float amax = 0.0f, vmax = 0.0f;
+        for (int j = 0; j < QK32; j++)
+            if (fabsf(x[j]) > amax) { amax = fabsf(x[j]); vmax = x[j]; }
+        const float d = vmax / -8.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+        b[i].d = ek_fp32_to_fp16(d);
+        for (int j = 0; j < 16; j++) {
+            int q0 = (int)floorf(x[j] * id + 8.5f), q1 = (int)floorf(x[j + 16] * id + 8.5f);
+            q0 = q0 < 0 ? 0 : q0 > 15 ? 15 : q0;
+            q1 = q1 < 0 ? 0 : q1 > 15 ? 15 : q1;
+            b[i].qs[j] = (uint8_t)(q0 | (q1 << 4));
+        }
+    }
+}
+
+static void quant_q4_1(const float *x, block_q4_1 *b, int64_t nb) {
+    for (int64_t i = 0; i < nb; i++, x += QK32) {
+        float lo = x[0], hi = x[0];
+        for (int j = 1; j < QK32; j++) {
+            lo = x[j] < lo ? x[j] : lo;
+            hi = x[j] > hi ? x[j] : hi;
+        }
+        const float d = (hi - lo) / 15.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+        b[i].d = ek_fp32_to_fp16(d);
+        b[i].m = ek_fp32_to_fp16(lo);
+        for (int j = 0; j < 16; j++) {
+            int q0 = (int)floorf((x[j] - lo) * id + 0.5f), q1 = (int)floorf((x[j + 16] - lo) * id + 0.5f);
+            q0 = q0 < 0 ? 0 : q0 > 15 ? 15 : q0;
+            q1 = q1 < 0 ? 0 : q1 > 15 ? 15 : q1;
+            b[i].qs[j] = (uint8_t)(q0 | (q1 << 4));
+        }
+    }
+}
+
+static void quant_q8_0(const float *x, block_q8_0 *b, int64_t nb) {
+    for (int64_t i = 0; i < nb; i++, x += QK32) {
+        float amax = 0.0f;
+        for (int j = 0; j < QK32; j++) amax = fabsf(x[j]) > amax ? fabsf(x[j]) : amax;
+        const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+        b[i].d = ek_fp32_to_fp16(d);
+        for (int j = 0; j < QK32; j++) b[i].qs[j] = (int8_t)lrintf(x[j] * id);
+    }
+}
+
+ek_status ek_quantize(int type, const float *src, void *dst, int64_t n) {
+    const int64_t be = ek_type_block_elems(type);
+    if (be == 0) return EK_ERR_UNSUPPORTED;
+    if (n < 0 || n % be != 0) return EK_ERR_INVALID_ARG;
+    switch (type) {
+    case EK_TYPE_F32: memcpy(dst, src, (size_t)n * 4); return EK_OK;
+    case EK_TYPE_F16: {
+        uint16_t *h = dst;
+        for (int64_t i = 0; i < n; i++) h[i] = ek_fp32_to_fp16(src[i]);
+        return EK_OK;
+    }
+    case EK_TYPE_Q4_0: quant_q4_0(src, dst, n / be); return EK_OK;
+    case EK_TYPE_Q4_1: quant_q4_1(src, dst, n / be); return EK_OK;
+    case EK_TYPE_Q8_0: quant_q8_0(src, dst, n / be); return EK_OK;
+    default: return EK_ERR_UNSUPPORTED;
+    }
+}
+
+/* ------------------------------------------------- activation formats */
+
+ek_act_format ek_act_format_for(int type) {
+    switch (type) {
+    case EK_TYPE_Q4_0: case EK_TYPE_Q4_1: case EK_TYPE_Q5_0: case EK_TYPE_Q8_0: return EK_ACT_Q8_32;
+    case EK_TYPE_Q4_K: case EK_TYPE_Q6_K: return EK_ACT_Q8_K;
+    default: return EK_ACT_F32;
+    }
+}
+
+size_t ek_act_row_bytes(int type, int64_t n_cols) {
+    switch (ek_act_format_for(type)) {
+    case EK_ACT_Q8_32: return (size_t)(n_cols / QK32) * sizeof(block_q8_32);
+    case EK_ACT_Q8_K: return (size_t)(n_cols / QK_K) * sizeof(block_q8_k);
+    default: return (size_t)n_cols * sizeof(float);
+    }
+}
+
+/* x ~= d * q with d = max|x| / 127; q = round-half-even(x / d), computed as
+   x * (1 / d) so that SIMD versions can reproduce it bit for bit. */
+void ek_quantize_q8_32_scalar(const float *x, void *xq, int64_t n) {
+    block_q8_32 *b = xq;
+    for (int64_t i = 0; i < n / QK32; i++, x += QK32) {
+        float amax = 0.0f;
+        for (int j = 0; j < QK32; j++) amax = fabsf(x[j]) > amax ? fabsf(x[j]) : amax;
+        const float d = amax / 127.0f, id = amax != 0.0f ? 127.0f / amax : 0.0f;
+        int32_t sum = 0;
+        for (int j = 0; j < QK32; j++) {
+            const int32_t q = (int32_t)nearbyintf(x[j] * id);
+            b[i].qs[j] = (int8_t)q;
+            sum += q;
+        }
+        b[i].d = d;
+        b[i].s = d * (float)sum;
+    }
+}
+
+void ek_quantize_q8_k_scalar(const float *x, void *xq, int64_t n) {
+    block_q8_k *b = xq;
+    for (int64_t i = 0; i < n / QK_K; i++, x += QK_K) {
+        float amax = 0.0f;
+        for (int j = 0; j < QK_K; j++) amax = fabsf(x[j]) > amax ? fabsf(x[j]) : amax;
+        const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+        for (int j = 0; j < QK_K; j++) b[i].qs[j] = (int8_t)nearbyintf(x[j] * id);
+        for (int k = 0; k < 16; k++) {
+            int32_t s = 0;
+            for (int j = 0; j < 16; j++) s += b[i].qs[16 * k + j];
+            b[i].bsums[k] = (int16_t)s;
+        }
+        b[i].d = amax / 127.0f;
+    }
+}
+
+/* ------------------------------------------------------------- repack */
+
+int ek_repack_supported(int type) {
+    return type == EK_TYPE_Q4_0 || type == EK_TYPE_Q4_1 || type == EK_TYPE_Q8_0;
+}
+
+static size_t slice_bytes(int type) {
+    switch (type) {
+    case EK_TYPE_Q4_0: return sizeof(block_q4_0x8);
+    case EK_TYPE_Q4_1: return sizeof(block_q4_1x8);
+    case EK_TYPE_Q8_0: return sizeof(block_q8_0x8);
+    default: return 0;
+    }
+}
+
+/* Copy one GGUF block of row `lane` into a slice, or (unpack) back out of it. */
+static void slice_copy(int type, void *slice, int lane, void *block, int unpack) {
+    uint16_t *d, *m = NULL;
+    uint8_t *qs, *bqs;
+    int n_qs;
+    switch (type) {
+    case EK_TYPE_Q4_0: {
+        block_q4_0x8 *s = slice;
+        block_q4_0 *q = block;
+        d = &s->d[lane], qs = s->qs, bqs = q->qs, n_qs = 16;
+        if (unpack) q->d = *d; else *d = q->d;
+        break;
+    }
+    case EK_TYPE_Q4_1: {
+        block_q4_1x8 *s = slice;
+        block_q4_1 *q = block;
+        d = &s->d[lane], m = &s->m[lane], qs = s->qs, bqs = q->qs, n_qs = 16;
+        if (unpack) q->d = *d, q->m = *m; else *d = q->d, *m = q->m;
+        break;
+    }
+    case EK_TYPE_Q8_0: {
+        block_q8_0x8 *s = slice;
+        block_q8_0 *q = block;
+        d = &s->d[lane], qs = (uint8_t *)s->qs, bqs = (uint8_t *)q->qs, n_qs = 32;
+        if (unpack) q->d = *d; else *d = q->d;
+        break;
+    }
+    default: return;
+    }
+    for (int j = 0; j < n_qs; j++) {
+        if (unpack) bqs[j] = qs[ek_repack_index(lane, j)];
+        else qs[ek_repack_index(lane, j)] = bqs[j];
+    }
+}
+
+void ek_repack(int type, const void *src, int64_t n_rows, int64_t n_cols, void *dst) {
+    const int64_t nb = n_cols / QK32;
+    const size_t bb = (size_t)ek_type_block_bytes(type), sb = slice_bytes(type);
+    const int64_t n_groups = (n_rows + EK_REPACK_ROWS - 1) / EK_REPACK_ROWS;
+    memset(dst, 0, (size_t)n_groups * (size_t)nb * sb); /* rows past n_rows: zero blocks */
+    for (int64_t r = 0; r < n_rows; r++) {
+        const uint8_t *row = (const uint8_t *)src + (size_t)r * (size_t)nb * bb;
+        uint8_t *group = (uint8_t *)dst + (size_t)(r / EK_REPACK_ROWS) * (size_t)nb * sb;
+        for (int64_t b = 0; b < nb; b++)
+            slice_copy(type, group + (size_t)b * sb, (int)(r % EK_REPACK_ROWS), (void *)(row + (size_t)b * bb), 0);
+    }
+}
+
+void ek_unpack_row(int type, const void *packed, int64_t row, int64_t n_cols, void *dst_row) {
+    const int64_t nb = n_cols / QK32;
+    const size_t bb = (size_t)ek_type_block_bytes(type), sb = slice_bytes(type);
+    const uint8_t *group = (const uint8_t *)packed + (size_t)(row / EK_REPACK_ROWS) * (size_t)nb * sb;
+    for (int64_t b = 0; b < nb; b++)
+        slice_copy(type, (void *)(group + (size_t)b * sb), (int)(row % EK_REPACK_ROWS), (uint8_t *)dst_row + (size_t)b * bb, 1);
+}

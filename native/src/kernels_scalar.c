@@ -1,0 +1,193 @@
+/* Portable C reference kernels: one dot product per weight type, and the
+ * GEMM built from it. Every SIMD kernel is tested against these.
+ * Dots take n_cols values of one weight row and one activation row in the
+ * weight type's activation format (see kernels.h).
+ */
+#include "kernels.h"
+
+#include <stdint.h>
+#include <string.h>
+
+typedef float (*row_dot_fn)(const void *w, const void *x, int64_t n);
+
+static float dot_f32_f32(const void *w, const void *x, int64_t n) {
+    const float *a = w, *b = x;
+    float sum = 0.0f;
+    for (int64_t i = 0; i < n; i++) sum += a[i] * b[i];
+    return sum;
+}
+
+static float dot_f16_f32(const void *w, const void *x, int64_t n) {
+    const uint16_t *a = w;
+    const float *b = x;
+    float sum = 0.0f;
+    for (int64_t i = 0; i < n; i++) sum += ek_fp16_to_fp32(a[i]) * b[i];
+    return sum;
+}
+
+static float dot_bf16_f32(const void *w, const void *x, int64_t n) {
+    const uint16_t *a = w;
+    const float *b = x;
+    float sum = 0.0f;
+    for (int64_t i = 0; i < n; i++) sum += ek_bf16_to_fp32(a[i]) * b[i];
+    return sum;
+}
+
+/* Integer dot of 16 packed nibble bytes (low: elements 0..15, high: 16..31) with 32 int8. */
+static inline int32_t nibble_dot(const uint8_t *qs, const int8_t *x) {
+    int32_t s = 0;
+    for (int j = 0; j < 16; j++) s += (qs[j] & 0xF) * x[j] + (qs[j] >> 4) * x[j + 16];
+    return s;
+}
+
+static float dot_q4_0_q8(const void *w, const void *x, int64_t n) {
+    const block_q4_0 *a = w;
+    const block_q8_32 *b = x;
+    float sum = 0.0f;
+    for (int64_t i = 0; i < n / QK32; i++)
+        sum += ek_fp16_to_fp32(a[i].d) * (b[i].d * (float)nibble_dot(a[i].qs, b[i].qs) - 8.0f * b[i].s);
+    return sum;
+}
+
+static float dot_q4_1_q8(const void *w, const void *x, int64_t n) {
+    const block_q4_1 *a = w;
+    const block_q8_32 *b = x;
+    float sum = 0.0f;
+    for (int64_t i = 0; i < n / QK32; i++)
+        sum += ek_fp16_to_fp32(a[i].d) * b[i].d * (float)nibble_dot(a[i].qs, b[i].qs) +
+               ek_fp16_to_fp32(a[i].m) * b[i].s;
+    return sum;
+}
+
+static float dot_q5_0_q8(const void *w, const void *x, int64_t n) {
+    const block_q5_0 *a = w;
+    const block_q8_32 *b = x;
+    float sum = 0.0f;
+    for (int64_t i = 0; i < n / QK32; i++) {
+        uint32_t qh;
+        memcpy(&qh, a[i].qh, 4);
+        int32_t s = 0;
+        for (int j = 0; j < 16; j++) {
+            const int lo = (a[i].qs[j] & 0xF) | (int)(((qh >> j) & 1u) << 4);
+            const int hi = (a[i].qs[j] >> 4) | (int)(((qh >> (j + 16)) & 1u) << 4);
+            s += lo * b[i].qs[j] + hi * b[i].qs[j + 16];
+        }
+        sum += ek_fp16_to_fp32(a[i].d) * (b[i].d * (float)s - 16.0f * b[i].s);
+    }
+    return sum;
+}
+
+static float dot_q8_0_q8(const void *w, const void *x, int64_t n) {
+    const block_q8_0 *a = w;
+    const block_q8_32 *b = x;
+    float sum = 0.0f;
+    for (int64_t i = 0; i < n / QK32; i++) {
+        int32_t s = 0;
+        for (int j = 0; j < QK32; j++) s += a[i].qs[j] * b[i].qs[j];
+        sum += ek_fp16_to_fp32(a[i].d) * b[i].d * (float)s;
+    }
+    return sum;
+}
+
+static float dot_q4_k_q8k(const void *w, const void *x, int64_t n) {
+    const block_q4_k *a = w;
+    const block_q8_k *b = x;
+    float sum = 0.0f;
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        int32_t sumi = 0, summ = 0;
+        const uint8_t *q = a[i].qs;
+        const int8_t *xq = b[i].qs;
+        for (int c = 0; c < 4; c++, q += 32, xq += 64) {
+            uint8_t sc0, m0, sc1, m1;
+            ek_q4_k_scale_min(2 * c, a[i].scales, &sc0, &m0);
+            ek_q4_k_scale_min(2 * c + 1, a[i].scales, &sc1, &m1);
+            int32_t s0 = 0, s1 = 0;
+            for (int l = 0; l < 32; l++) {
+                s0 += (q[l] & 0xF) * xq[l];
+                s1 += (q[l] >> 4) * xq[l + 32];
+            }
+            sumi += sc0 * s0 + sc1 * s1;
+            summ += m0 * (b[i].bsums[4 * c] + b[i].bsums[4 * c + 1]) +
+                    m1 * (b[i].bsums[4 * c + 2] + b[i].bsums[4 * c + 3]);
+        }
+        sum += b[i].d * (ek_fp16_to_fp32(a[i].d) * (float)sumi - ek_fp16_to_fp32(a[i].dmin) * (float)summ);
+    }
+    return sum;
+}
+
+static float dot_q6_k_q8k(const void *w, const void *x, int64_t n) {
+    const block_q6_k *a = w;
+    const block_q8_k *b = x;
+    float sum = 0.0f;
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        int32_t sub[16] = {0}; /* sum of q * x per sub-block of 16 */
+        for (int h = 0; h < 2; h++) {
+            const uint8_t *ql = a[i].ql + 64 * h, *qh = a[i].qh + 32 * h;
+            const int8_t *xq = b[i].qs + 128 * h;
+            for (int l = 0; l < 32; l++) {
+                const int k = 8 * h + l / 16;
+                sub[k] += ((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) * xq[l];
+                sub[k + 2] += ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) * xq[l + 32];
+                sub[k + 4] += ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) * xq[l + 64];
+                sub[k + 6] += ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) * xq[l + 96];
+            }
+        }
+        int32_t sumi = 0;
+        for (int k = 0; k < 16; k++) sumi += a[i].scales[k] * (sub[k] - 32 * b[i].bsums[k]);
+        sum += b[i].d * ek_fp16_to_fp32(a[i].d) * (float)sumi;
+    }
+    return sum;
+}
+
+static void gemm_by_rows(row_dot_fn dot, const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes,
+                         float *y, int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *wr = (const uint8_t *)w + (size_t)r * w_row_bytes;
+        for (int64_t i = 0; i < m; i++)
+            y[i * ldy + r] = dot(wr, (const uint8_t *)x + (size_t)i * x_row_bytes, n_cols);
+    }
+}
+
+#define SCALAR_GEMM(name, dot)                                                                         \
+    static void name(const void *w, size_t wrb, const void *x, size_t xrb, float *y, int64_t ldy,       \
+                     int64_t r0, int64_t r1, int64_t m, int64_t n) {                                    \
+        gemm_by_rows(dot, w, wrb, x, xrb, y, ldy, r0, r1, m, n);                                        \
+    }
+SCALAR_GEMM(gemm_f32_scalar, dot_f32_f32)
+SCALAR_GEMM(gemm_f16_scalar, dot_f16_f32)
+SCALAR_GEMM(gemm_bf16_scalar, dot_bf16_f32)
+SCALAR_GEMM(gemm_q4_0_q8_scalar, dot_q4_0_q8)
+SCALAR_GEMM(gemm_q4_1_q8_scalar, dot_q4_1_q8)
+SCALAR_GEMM(gemm_q5_0_q8_scalar, dot_q5_0_q8)
+SCALAR_GEMM(gemm_q8_0_q8_scalar, dot_q8_0_q8)
+SCALAR_GEMM(gemm_q4_k_q8k_scalar, dot_q4_k_q8k)
+SCALAR_GEMM(gemm_q6_k_q8k_scalar, dot_q6_k_q8k)
+
+static uint64_t read_sum_scalar(const void *p, size_t n) {
+    const uint64_t *u = p;
+    uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    for (size_t i = 0; i < n / 8; i += 4) {
+        s0 += u[i];
+        s1 += u[i + 1];
+        s2 += u[i + 2];
+        s3 += u[i + 3];
+    }
+    return s0 + s1 + s2 + s3;
+}
+
+void ek_fill_kernels_scalar(ek_kernels *k) {
+    memset(k, 0, sizeof *k);
+    k->isa = EK_ISA_SCALAR;
+    k->quantize_q8_32 = ek_quantize_q8_32_scalar;
+    k->quantize_q8_k = ek_quantize_q8_k_scalar;
+    k->gemm[EK_TYPE_F32] = gemm_f32_scalar;
+    k->gemm[EK_TYPE_F16] = gemm_f16_scalar;
+    k->gemm[EK_TYPE_BF16] = gemm_bf16_scalar;
+    k->gemm[EK_TYPE_Q4_0] = gemm_q4_0_q8_scalar;
+    k->gemm[EK_TYPE_Q4_1] = gemm_q4_1_q8_scalar;
+    k->gemm[EK_TYPE_Q5_0] = gemm_q5_0_q8_scalar;
+    k->gemm[EK_TYPE_Q8_0] = gemm_q8_0_q8_scalar;
+    k->gemm[EK_TYPE_Q4_K] = gemm_q4_k_q8k_scalar;
+    k->gemm[EK_TYPE_Q6_K] = gemm_q6_k_q8k_scalar;
+    k->read_sum = read_sum_scalar;
+}

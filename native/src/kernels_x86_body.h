@@ -1,0 +1,492 @@
+/* The x86 kernels, written once for 256-bit integer dot products and
+ * compiled twice: by kernels_avx2.c (maddubs + madd) and by kernels_avx512.c
+ * (AVX-512 VNNI's vpdpbusd on 256-bit registers). Not a standalone header.
+ *
+ * The including file defines, before including:
+ *   X86_SUFFIX(name)        name with the ISA suffix (gemm_q4_0_q8 -> gemm_q4_0_q8_avx2)
+ *   dot_u8s8(acc, u, s)     acc + (32-bit lane j: sum over bytes 4j..4j+3 of u8 * s8)
+ *   dot_u8s8_scaled(acc, u, s, sc)  the same with lanes 0..3 times sc's first and
+ *                           lanes 4..7 times its second scale, sc from make_scales
+ *   make_scales(a, b)       the scale vector for dot_u8s8_scaled
+ * and targets AVX2 + FMA + F16C or better. No product of a weight byte
+ * (<= 128 in magnitude) and an activation byte (|x| <= 127) overflows either.
+ *
+ * Every (activation row, weight row) result is accumulated in one fixed order
+ * whatever the tile it falls in, so the thread split never changes a bit.
+ */
+#include <immintrin.h>
+#include <string.h>
+
+#define ACT_TILE 4 /* activation rows sharing each decoded weight block */
+
+static inline float X86_SUFFIX(hsum)(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static inline float X86_SUFFIX(f16)(uint16_t h) { return _cvtsh_ss(h); }
+
+/* 16 bytes of nibbles -> 32 bytes: low nibbles (elements 0..15), then high (16..31). */
+static inline __m256i X86_SUFFIX(unpack_nibbles)(const uint8_t *qs) {
+    const __m128i v = _mm_loadu_si128((const __m128i *)qs);
+    return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(v, 4), v), _mm256_set1_epi8(0x0F));
+}
+
+/* Q5_0's 32 high bits -> byte j = 0x10 where bit j is set. */
+static inline __m256i X86_SUFFIX(q5_high_bits)(const uint8_t *qh4) {
+    uint32_t qh;
+    memcpy(&qh, qh4, 4);
+    const __m256i spread = _mm256_shuffle_epi8(_mm256_set1_epi32((int32_t)qh),
+        _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                         2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3));
+    const __m256i bit = _mm256_set1_epi64x((int64_t)0x8040201008040201ull);
+    const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+    return _mm256_and_si256(set, _mm256_set1_epi8(0x10));
+}
+
+/* ------------------------------------------------ activation quantizers */
+
+/* Same arithmetic as ek_quantize_q8_32_scalar (x * (127 / amax), round half
+   even), so every path sees the same activation bytes. */
+static inline float X86_SUFFIX(quantize32)(const float *x, int8_t *q, int32_t *sum) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 v[4], amax8 = _mm256_setzero_ps();
+    for (int k = 0; k < 4; k++) {
+        v[k] = _mm256_loadu_ps(x + 8 * k);
+        amax8 = _mm256_max_ps(amax8, _mm256_andnot_ps(sign, v[k]));
+    }
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax8), _mm256_extractf128_ps(amax8, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    const float amax = _mm_cvtss_f32(m4);
+    const __m256 id = _mm256_set1_ps(amax != 0.0f ? 127.0f / amax : 0.0f);
+    __m256i i[4];
+    for (int k = 0; k < 4; k++) i[k] = _mm256_cvtps_epi32(_mm256_mul_ps(v[k], id));
+    /* Pack 32 int32 to 32 int8 in order (packs interleave 128-bit lanes; undo it). */
+    const __m256i p16a = _mm256_packs_epi32(i[0], i[1]), p16b = _mm256_packs_epi32(i[2], i[3]);
+    __m256i p8 = _mm256_packs_epi16(p16a, p16b);
+    p8 = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256((__m256i *)q, p8);
+    const __m256i s = _mm256_add_epi32(_mm256_add_epi32(i[0], i[1]), _mm256_add_epi32(i[2], i[3]));
+    __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
+    *sum = _mm_cvtsi128_si32(s4);
+    return amax;
+}
+
+static void X86_SUFFIX(quantize_q8_32)(const float *x, void *xq, int64_t n) {
+    block_q8_32 *b = xq;
+    for (int64_t i = 0; i < n / QK32; i++) {
+        int32_t sum;
+        const float amax = X86_SUFFIX(quantize32)(x + i * QK32, b[i].qs, &sum);
+        b[i].d = amax / 127.0f;
+        b[i].s = b[i].d * (float)sum;
+    }
+}
+
+static void X86_SUFFIX(quantize_q8_k)(const float *x, void *xq, int64_t n) {
+    block_q8_k *b = xq;
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (int64_t i = 0; i < n / QK_K; i++, x += QK_K) {
+        __m256 amax8 = _mm256_setzero_ps();
+        for (int k = 0; k < QK_K; k += 8) amax8 = _mm256_max_ps(amax8, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + k)));
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax8), _mm256_extractf128_ps(amax8, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        const float amax = _mm_cvtss_f32(m4);
+        const __m256 id = _mm256_set1_ps(amax != 0.0f ? 127.0f / amax : 0.0f);
+        for (int c = 0; c < QK_K; c += 32) {
+            __m256i q[4];
+            for (int k = 0; k < 4; k++) q[k] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + c + 8 * k), id));
+            __m256i p8 = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+            p8 = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            _mm256_storeu_si256((__m256i *)(b[i].qs + c), p8);
+            /* bsums of elements c..c+15 and c+16..c+31 */
+            const __m256i s01 = _mm256_add_epi32(q[0], q[1]), s23 = _mm256_add_epi32(q[2], q[3]);
+            const __m256i h = _mm256_hadd_epi32(s01, s23); /* [s01 pairs | s23 pairs] per 128-bit lane */
+            const __m256i h2 = _mm256_hadd_epi32(h, h);
+            const __m128i t = _mm_add_epi32(_mm256_castsi256_si128(h2), _mm256_extracti128_si256(h2, 1));
+            b[i].bsums[c / 16] = (int16_t)_mm_cvtsi128_si32(t);
+            b[i].bsums[c / 16 + 1] = (int16_t)_mm_extract_epi32(t, 1);
+        }
+        b[i].d = amax / 127.0f;
+    }
+}
+
+/* --------------------------------------- plain layout, q8_32 activations */
+
+enum { FAM_Q4_0, FAM_Q4_1, FAM_Q5_0, FAM_Q8_0 };
+
+/* One weight block decoded for the dot: bytes u (unsigned, or |w| for Q8_0 with
+   the sign kept in w_sign), the integer-dot scale dw, and the coefficient of the
+   activation block's s (Q4_0: -8 dw, Q4_1: m, Q5_0: -16 dw, Q8_0: 0). */
+typedef struct { __m256i u, w_sign; float dw, coef_s; } X86_SUFFIX(decoded32);
+
+static inline __attribute__((always_inline)) X86_SUFFIX(decoded32)
+X86_SUFFIX(decode32)(int fam, const uint8_t *block) {
+    X86_SUFFIX(decoded32) r;
+    r.w_sign = _mm256_setzero_si256();
+    switch (fam) {
+    case FAM_Q4_0: {
+        const block_q4_0 *b = (const block_q4_0 *)block;
+        r.u = X86_SUFFIX(unpack_nibbles)(b->qs);
+        r.dw = X86_SUFFIX(f16)(b->d);
+        r.coef_s = -8.0f * r.dw;
+        break;
+    }
+    case FAM_Q4_1: {
+        const block_q4_1 *b = (const block_q4_1 *)block;
+        r.u = X86_SUFFIX(unpack_nibbles)(b->qs);
+        r.dw = X86_SUFFIX(f16)(b->d);
+        r.coef_s = X86_SUFFIX(f16)(b->m);
+        break;
+    }
+    case FAM_Q5_0: {
+        const block_q5_0 *b = (const block_q5_0 *)block;
+        r.u = _mm256_or_si256(X86_SUFFIX(unpack_nibbles)(b->qs), X86_SUFFIX(q5_high_bits)(b->qh));
+        r.dw = X86_SUFFIX(f16)(b->d);
+        r.coef_s = -16.0f * r.dw;
+        break;
+    }
+    default: {
+        const block_q8_0 *b = (const block_q8_0 *)block;
+        r.w_sign = _mm256_loadu_si256((const __m256i *)b->qs);
+        r.u = _mm256_abs_epi8(r.w_sign);
+        r.dw = X86_SUFFIX(f16)(b->d);
+        r.coef_s = 0.0f;
+        break;
+    }
+    }
+    return r;
+}
+
+static inline __attribute__((always_inline)) void
+X86_SUFFIX(accumulate32)(int fam, const X86_SUFFIX(decoded32) *w, const block_q8_32 *x, __m256 *acc, float *corr) {
+    __m256i xs = _mm256_loadu_si256((const __m256i *)x->qs);
+    if (fam == FAM_Q8_0) xs = _mm256_sign_epi8(xs, w->w_sign);
+    const __m256i isum = dot_u8s8(_mm256_setzero_si256(), w->u, xs);
+    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(w->dw * x->d), *acc);
+    if (fam != FAM_Q8_0) *corr += w->coef_s * x->s;
+}
+
+static inline __attribute__((always_inline)) void
+X86_SUFFIX(gemm_q8_32_family)(int fam, size_t block_bytes, const void *w, size_t w_row_bytes, const void *x,
+                              size_t x_row_bytes, float *y, int64_t ldy, int64_t r0, int64_t r1, int64_t m,
+                              int64_t n_cols) {
+    const int64_t nb = n_cols / QK32;
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *wr = (const uint8_t *)w + (size_t)r * w_row_bytes;
+        int64_t i = 0;
+        for (; i + ACT_TILE <= m; i += ACT_TILE) {
+            const block_q8_32 *xb[ACT_TILE];
+            __m256 acc[ACT_TILE];
+            float corr[ACT_TILE];
+            for (int t = 0; t < ACT_TILE; t++) {
+                xb[t] = (const block_q8_32 *)((const uint8_t *)x + (size_t)(i + t) * x_row_bytes);
+                acc[t] = _mm256_setzero_ps();
+                corr[t] = 0.0f;
+            }
+            for (int64_t b = 0; b < nb; b++) {
+                const X86_SUFFIX(decoded32) wd = X86_SUFFIX(decode32)(fam, wr + (size_t)b * block_bytes);
+                for (int t = 0; t < ACT_TILE; t++) X86_SUFFIX(accumulate32)(fam, &wd, &xb[t][b], &acc[t], &corr[t]);
+            }
+            for (int t = 0; t < ACT_TILE; t++) y[(i + t) * ldy + r] = X86_SUFFIX(hsum)(acc[t]) + corr[t];
+        }
+        for (; i < m; i++) {
+            const block_q8_32 *xb = (const block_q8_32 *)((const uint8_t *)x + (size_t)i * x_row_bytes);
+            __m256 acc = _mm256_setzero_ps();
+            float corr = 0.0f;
+            for (int64_t b = 0; b < nb; b++) {
+                const X86_SUFFIX(decoded32) wd = X86_SUFFIX(decode32)(fam, wr + (size_t)b * block_bytes);
+                X86_SUFFIX(accumulate32)(fam, &wd, &xb[b], &acc, &corr);
+            }
+            y[i * ldy + r] = X86_SUFFIX(hsum)(acc) + corr;
+        }
+    }
+}
+
+#define X86_GEMM_Q8_32(type_lower, fam, block_type)                                                           \
+    static void X86_SUFFIX(gemm_##type_lower##_q8)(const void *w, size_t wrb, const void *x, size_t xrb,      \
+                                                   float *y, int64_t ldy, int64_t r0, int64_t r1, int64_t m,  \
+                                                   int64_t n) {                                               \
+        X86_SUFFIX(gemm_q8_32_family)(fam, sizeof(block_type), w, wrb, x, xrb, y, ldy, r0, r1, m, n);         \
+    }
+X86_GEMM_Q8_32(q4_0, FAM_Q4_0, block_q4_0)
+X86_GEMM_Q8_32(q4_1, FAM_Q4_1, block_q4_1)
+X86_GEMM_Q8_32(q5_0, FAM_Q5_0, block_q5_0)
+X86_GEMM_Q8_32(q8_0, FAM_Q8_0, block_q8_0)
+#undef X86_GEMM_Q8_32
+
+/* ------------------------------------------- K-quants, q8_k activations */
+
+/* A Q4_K super-block decoded once: 8 sub-blocks of 32 nibbles as bytes, their
+   6-bit scales, and the mins repeated per 16 (to meet the bsums of 16). */
+typedef struct { __m256i q[8]; uint8_t sc[8]; __m256i mins16; float d, dmin; } X86_SUFFIX(decoded_q4_k);
+
+static inline void X86_SUFFIX(decode_q4_k)(const block_q4_k *b, X86_SUFFIX(decoded_q4_k) *r) {
+    uint32_t s0, s1, s2;
+    memcpy(&s0, b->scales, 4);
+    memcpy(&s1, b->scales + 4, 4);
+    memcpy(&s2, b->scales + 8, 4);
+    /* Sub-blocks 0..3 keep 6 bits in bytes 0..3 (scale) and 4..7 (min); 4..7 take
+       4 bits from bytes 8..11 and their top 2 bits from bytes 0..7's top bits. */
+    const uint32_t sc_lo = s0 & 0x3F3F3F3Fu, m_lo = s1 & 0x3F3F3F3Fu;
+    const uint32_t sc_hi = (s2 & 0x0F0F0F0Fu) | (((s0 >> 6) & 0x03030303u) << 4);
+    const uint32_t m_hi = ((s2 >> 4) & 0x0F0F0F0Fu) | (((s1 >> 6) & 0x03030303u) << 4);
+    uint8_t mins[8];
+    memcpy(r->sc, &sc_lo, 4);
+    memcpy(r->sc + 4, &sc_hi, 4);
+    memcpy(mins, &m_lo, 4);
+    memcpy(mins + 4, &m_hi, 4);
+    const __m128i m8 = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)mins));
+    r->mins16 = _mm256_set_m128i(_mm_unpackhi_epi16(m8, m8), _mm_unpacklo_epi16(m8, m8));
+    const __m256i low = _mm256_set1_epi8(0x0F);
+    for (int c = 0; c < 4; c++) {
+        const __m256i v = _mm256_loadu_si256((const __m256i *)(b->qs + 32 * c));
+        r->q[2 * c] = _mm256_and_si256(v, low);
+        r->q[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+    }
+    r->d = X86_SUFFIX(f16)(b->d);
+    r->dmin = X86_SUFFIX(f16)(b->dmin);
+}
+
+static inline __m256 X86_SUFFIX(dot_q4_k_block)(const X86_SUFFIX(decoded_q4_k) *w, const block_q8_k *x, __m256 acc) {
+    __m256i isum = _mm256_setzero_si256();
+    for (int j = 0; j < 8; j++)
+        isum = dot_u8s8_scaled(isum, w->q[j], _mm256_loadu_si256((const __m256i *)(x->qs + 32 * j)),
+                               make_scales(w->sc[j], w->sc[j]));
+    const __m256i msum = _mm256_madd_epi16(w->mins16, _mm256_loadu_si256((const __m256i *)x->bsums));
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(w->d * x->d), acc);
+    return _mm256_fnmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_set1_ps(w->dmin * x->d), acc);
+}
+
+/* A Q6_K super-block decoded once: 8 vectors of 32 six-bit values (two
+   sub-blocks of 16 each, in element order) and the 16 scales as int16. */
+typedef struct { __m256i q[8]; int8_t sc[16]; __m256i scales16; float d; } X86_SUFFIX(decoded_q6_k);
+
+static inline void X86_SUFFIX(decode_q6_k)(const block_q6_k *b, X86_SUFFIX(decoded_q6_k) *r) {
+    const __m256i low = _mm256_set1_epi8(0x0F), two = _mm256_set1_epi8(0x03);
+    for (int h = 0; h < 2; h++) {
+        const __m256i ql0 = _mm256_loadu_si256((const __m256i *)(b->ql + 64 * h));
+        const __m256i ql1 = _mm256_loadu_si256((const __m256i *)(b->ql + 64 * h + 32));
+        const __m256i qh = _mm256_loadu_si256((const __m256i *)(b->qh + 32 * h));
+        const __m256i hi0 = _mm256_slli_epi16(_mm256_and_si256(qh, two), 4);
+        const __m256i hi1 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), two), 4);
+        const __m256i hi2 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), two), 4);
+        const __m256i hi3 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), two), 4);
+        r->q[4 * h + 0] = _mm256_or_si256(_mm256_and_si256(ql0, low), hi0);
+        r->q[4 * h + 1] = _mm256_or_si256(_mm256_and_si256(ql1, low), hi1);
+        r->q[4 * h + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low), hi2);
+        r->q[4 * h + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low), hi3);
+    }
+    memcpy(r->sc, b->scales, 16);
+    r->scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)b->scales));
+    r->d = X86_SUFFIX(f16)(b->d);
+}
+
+static inline __m256 X86_SUFFIX(dot_q6_k_block)(const X86_SUFFIX(decoded_q6_k) *w, const block_q8_k *x, __m256 acc) {
+    __m256i isum = _mm256_setzero_si256();
+    for (int j = 0; j < 8; j++) /* vector j holds sub-blocks 2j and 2j+1 */
+        isum = dot_u8s8_scaled(isum, w->q[j], _mm256_loadu_si256((const __m256i *)(x->qs + 32 * j)),
+                               make_scales(w->sc[2 * j], w->sc[2 * j + 1]));
+    /* q is stored + 32: subtract 32 * scale * (sum of x) per sub-block. */
+    const __m256i offset = _mm256_slli_epi32(_mm256_madd_epi16(w->scales16, _mm256_loadu_si256((const __m256i *)x->bsums)), 5);
+    isum = _mm256_sub_epi32(isum, offset);
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(w->d * x->d), acc);
+}
+
+#define X86_GEMM_K(type_lower, block_type)                                                                    \
+    static void X86_SUFFIX(gemm_##type_lower##_q8k)(const void *w, size_t wrb, const void *x, size_t xrb,     \
+                                                    float *y, int64_t ldy, int64_t r0, int64_t r1, int64_t m, \
+                                                    int64_t n_cols) {                                         \
+        const int64_t nb = n_cols / QK_K;                                                                     \
+        X86_SUFFIX(decoded_##type_lower) wd;                                                                  \
+        for (int64_t r = r0; r < r1; r++) {                                                                   \
+            const block_type *wr = (const block_type *)((const uint8_t *)w + (size_t)r * wrb);                \
+            for (int64_t i0 = 0; i0 < m; i0 += ACT_TILE) {                                                    \
+                const int tile = (int)(m - i0 < ACT_TILE ? m - i0 : ACT_TILE);                                \
+                __m256 acc[ACT_TILE] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),        \
+                                        _mm256_setzero_ps()};                                                 \
+                for (int64_t b = 0; b < nb; b++) {                                                            \
+                    X86_SUFFIX(decode_##type_lower)(&wr[b], &wd);                                             \
+                    for (int t = 0; t < tile; t++) {                                                          \
+                        const block_q8_k *xb = (const block_q8_k *)((const uint8_t *)x + (size_t)(i0 + t) * xrb); \
+                        acc[t] = X86_SUFFIX(dot_##type_lower##_block)(&wd, &xb[b], acc[t]);                   \
+                    }                                                                                         \
+                }                                                                                             \
+                for (int t = 0; t < tile; t++) y[(i0 + t) * ldy + r] = X86_SUFFIX(hsum)(acc[t]);              \
+            }                                                                                                 \
+        }                                                                                                     \
+    }
+X86_GEMM_K(q4_k, block_q4_k)
+X86_GEMM_K(q6_k, block_q6_k)
+#undef X86_GEMM_K
+
+/* ------------------------------------------------ float weights, f32 x */
+
+static inline __m256 X86_SUFFIX(load8_f32)(const void *w, int64_t k) { return _mm256_loadu_ps((const float *)w + k); }
+static inline __m256 X86_SUFFIX(load8_f16)(const void *w, int64_t k) {
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)w + k)));
+}
+static inline __m256 X86_SUFFIX(load8_bf16)(const void *w, int64_t k) {
+    const __m256i u = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)w + k)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(u, 16));
+}
+static inline float X86_SUFFIX(load1_f32)(const void *w, int64_t k) { return ((const float *)w)[k]; }
+static inline float X86_SUFFIX(load1_f16)(const void *w, int64_t k) { return X86_SUFFIX(f16)(((const uint16_t *)w)[k]); }
+static inline float X86_SUFFIX(load1_bf16)(const void *w, int64_t k) { return ek_bf16_to_fp32(((const uint16_t *)w)[k]); }
+
+#define X86_GEMM_FLOAT(type_lower)                                                                            \
+    static void X86_SUFFIX(gemm_##type_lower)(const void *w, size_t wrb, const void *x, size_t xrb, float *y, \
+                                              int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n) {    \
+        const int64_t n8 = n - n % 8;                                                                         \
+        for (int64_t r = r0; r < r1; r++) {                                                                   \
+            const uint8_t *wr = (const uint8_t *)w + (size_t)r * wrb;                                         \
+            for (int64_t i0 = 0; i0 < m; i0 += ACT_TILE) {                                                    \
+                const int tile = (int)(m - i0 < ACT_TILE ? m - i0 : ACT_TILE);                                \
+                const float *xr[ACT_TILE];                                                                    \
+                __m256 acc[ACT_TILE];                                                                         \
+                for (int t = 0; t < ACT_TILE; t++) {                                                          \
+                    xr[t] = (const float *)((const uint8_t *)x + (size_t)(i0 + (t < tile ? t : 0)) * xrb);    \
+                    acc[t] = _mm256_setzero_ps();                                                             \
+                }                                                                                             \
+                for (int64_t k = 0; k < n8; k += 8) {                                                         \
+                    const __m256 wv = X86_SUFFIX(load8_##type_lower)(wr, k);                                  \
+                    for (int t = 0; t < tile; t++) acc[t] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xr[t] + k), acc[t]); \
+                }                                                                                             \
+                for (int t = 0; t < tile; t++) {                                                              \
+                    float sum = X86_SUFFIX(hsum)(acc[t]);                                                     \
+                    for (int64_t k = n8; k < n; k++) sum += X86_SUFFIX(load1_##type_lower)(wr, k) * xr[t][k]; \
+                    y[(i0 + t) * ldy + r] = sum;                                                              \
+                }                                                                                             \
+            }                                                                                                 \
+        }                                                                                                     \
+    }
+X86_GEMM_FLOAT(f32)
+X86_GEMM_FLOAT(f16)
+X86_GEMM_FLOAT(bf16)
+#undef X86_GEMM_FLOAT
+
+/* ------------------------------------------- repacked 8-row interleave */
+
+/* One slice of 8 rows decoded: the 8 (Q4) or 8 (Q8_0, |w|) byte vectors, the
+   8 rows' scales, and the s coefficients (Q4_0: -8 d, Q4_1: m). */
+typedef struct { __m256i u[8], w_sign[8]; __m256 dw, coef_s; } X86_SUFFIX(decoded_x8);
+
+static inline __attribute__((always_inline)) void
+X86_SUFFIX(decode_x8)(int fam, const uint8_t *slice, X86_SUFFIX(decoded_x8) *r) {
+    const __m256i low = _mm256_set1_epi8(0x0F);
+    const uint16_t *d = (const uint16_t *)slice;
+    r->dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)d));
+    if (fam == FAM_Q8_0) {
+        const int8_t *qs = ((const block_q8_0x8 *)slice)->qs;
+        for (int k = 0; k < 8; k++) {
+            r->w_sign[k] = _mm256_loadu_si256((const __m256i *)(qs + 32 * k));
+            r->u[k] = _mm256_abs_epi8(r->w_sign[k]);
+        }
+        r->coef_s = _mm256_setzero_ps();
+        return;
+    }
+    const uint8_t *qs = fam == FAM_Q4_0 ? ((const block_q4_0x8 *)slice)->qs : ((const block_q4_1x8 *)slice)->qs;
+    /* vector k holds bytes 4k..4k+3 of each row: elements 4k.. (low) and 16+4k.. (high) */
+    for (int k = 0; k < 4; k++) {
+        const __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * k));
+        r->u[k] = _mm256_and_si256(v, low);
+        r->u[4 + k] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+    }
+    r->coef_s = fam == FAM_Q4_0 ? _mm256_mul_ps(r->dw, _mm256_set1_ps(-8.0f))
+                                : _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const block_q4_1x8 *)slice)->m));
+}
+
+static inline __attribute__((always_inline)) __m256
+X86_SUFFIX(dot_x8)(int fam, const X86_SUFFIX(decoded_x8) *w, const block_q8_32 *x, __m256 acc) {
+    __m256i isum = _mm256_setzero_si256();
+    int32_t piece[8];
+    memcpy(piece, x->qs, 32);
+    for (int k = 0; k < 8; k++) {
+        /* Q4: u[k] (k < 4) meets x[4k..], u[4 + k] meets x[16 + 4k..] = piece 4 + k. Q8_0: piece k. */
+        __m256i xs = _mm256_set1_epi32(piece[k]);
+        if (fam == FAM_Q8_0) xs = _mm256_sign_epi8(xs, w->w_sign[k]);
+        isum = dot_u8s8(isum, w->u[k], xs);
+    }
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(w->dw, _mm256_set1_ps(x->d)), acc);
+    if (fam != FAM_Q8_0) acc = _mm256_fmadd_ps(w->coef_s, _mm256_set1_ps(x->s), acc);
+    return acc;
+}
+
+static inline __attribute__((always_inline)) void
+X86_SUFFIX(gemm_x8_family)(int fam, size_t slice_bytes, const void *w, size_t w_row_bytes, const void *x,
+                           size_t x_row_bytes, float *y, int64_t ldy, int64_t r0, int64_t r1, int64_t m,
+                           int64_t n_cols) {
+    const int64_t nb = n_cols / QK32;
+    X86_SUFFIX(decoded_x8) wd;
+    for (int64_t g0 = r0; g0 < r1; g0 += EK_REPACK_ROWS) {
+        const uint8_t *group = (const uint8_t *)w + (size_t)g0 * w_row_bytes;
+        const int n_valid = (int)(r1 - g0 < EK_REPACK_ROWS ? r1 - g0 : EK_REPACK_ROWS);
+        for (int64_t i0 = 0; i0 < m; i0 += ACT_TILE) {
+            const int tile = (int)(m - i0 < ACT_TILE ? m - i0 : ACT_TILE);
+            __m256 acc[ACT_TILE] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+            for (int64_t b = 0; b < nb; b++) {
+                X86_SUFFIX(decode_x8)(fam, group + (size_t)b * slice_bytes, &wd);
+                for (int t = 0; t < tile; t++) {
+                    const block_q8_32 *xb = (const block_q8_32 *)((const uint8_t *)x + (size_t)(i0 + t) * x_row_bytes);
+                    acc[t] = X86_SUFFIX(dot_x8)(fam, &wd, &xb[b], acc[t]);
+                }
+            }
+            for (int t = 0; t < tile; t++) {
+                float lanes[8];
+                _mm256_storeu_ps(lanes, acc[t]);
+                memcpy(y + (i0 + t) * ldy + g0, lanes, (size_t)n_valid * sizeof(float));
+            }
+        }
+    }
+}
+
+#define X86_GEMM_X8(type_lower, fam, slice_type)                                                              \
+    static void X86_SUFFIX(gemm_##type_lower##x8_q8)(const void *w, size_t wrb, const void *x, size_t xrb,    \
+                                                     float *y, int64_t ldy, int64_t r0, int64_t r1, int64_t m, \
+                                                     int64_t n) {                                             \
+        X86_SUFFIX(gemm_x8_family)(fam, sizeof(slice_type), w, wrb, x, xrb, y, ldy, r0, r1, m, n);            \
+    }
+X86_GEMM_X8(q4_0, FAM_Q4_0, block_q4_0x8)
+X86_GEMM_X8(q4_1, FAM_Q4_1, block_q4_1x8)
+X86_GEMM_X8(q8_0, FAM_Q8_0, block_q8_0x8)
+#undef X86_GEMM_X8
+
+/* ------------------------------------------------------ bandwidth probe */
+
+static uint64_t X86_SUFFIX(read_sum)(const void *p, size_t n) {
+    const __m256i *v = p;
+    __m256i s0 = _mm256_setzero_si256(), s1 = s0, s2 = s0, s3 = s0;
+    for (size_t i = 0; i < n / 32; i += 4) {
+        s0 = _mm256_add_epi64(s0, _mm256_load_si256(v + i));
+        s1 = _mm256_add_epi64(s1, _mm256_load_si256(v + i + 1));
+        s2 = _mm256_add_epi64(s2, _mm256_load_si256(v + i + 2));
+        s3 = _mm256_add_epi64(s3, _mm256_load_si256(v + i + 3));
+    }
+    const __m256i s = _mm256_add_epi64(_mm256_add_epi64(s0, s1), _mm256_add_epi64(s2, s3));
+    uint64_t lanes[4];
+    _mm256_storeu_si256((__m256i *)lanes, s);
+    return lanes[0] + lanes[1] + lanes[2] + lanes[3];
+}
+
+static void X86_SUFFIX(fill_table)(ek_kernels *k) {
+    k->quantize_q8_32 = X86_SUFFIX(quantize_q8_32);
+    k->quantize_q8_k = X86_SUFFIX(quantize_q8_k);
+    k->gemm[EK_TYPE_F32] = X86_SUFFIX(gemm_f32);
+    k->gemm[EK_TYPE_F16] = X86_SUFFIX(gemm_f16);
+    k->gemm[EK_TYPE_BF16] = X86_SUFFIX(gemm_bf16);
+    k->gemm[EK_TYPE_Q4_0] = X86_SUFFIX(gemm_q4_0_q8);
+    k->gemm[EK_TYPE_Q4_1] = X86_SUFFIX(gemm_q4_1_q8);
+    k->gemm[EK_TYPE_Q5_0] = X86_SUFFIX(gemm_q5_0_q8);
+    k->gemm[EK_TYPE_Q8_0] = X86_SUFFIX(gemm_q8_0_q8);
+    k->gemm[EK_TYPE_Q4_K] = X86_SUFFIX(gemm_q4_k_q8k);
+    k->gemm[EK_TYPE_Q6_K] = X86_SUFFIX(gemm_q6_k_q8k);
+    k->gemm_repacked[EK_TYPE_Q4_0] = X86_SUFFIX(gemm_q4_0x8_q8);
+    k->gemm_repacked[EK_TYPE_Q4_1] = X86_SUFFIX(gemm_q4_1x8_q8);
+    k->gemm_repacked[EK_TYPE_Q8_0] = X86_SUFFIX(gemm_q8_0x8_q8);
+    k->read_sum = X86_SUFFIX(read_sum);
+}

@@ -1,0 +1,217 @@
+/* Quantized weights (ek_weight), the matrix product over the thread pool,
+ * embedding row lookup, single-row dots, and the memory read-bandwidth probe.
+ *
+ * Threads split the weight's rows in units of ROW_UNIT; each output element is
+ * computed by exactly one thread with the same sequence of operations whatever
+ * the split, so results are bit-identical for any thread count.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "kernels.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define ROW_UNIT 16     /* rows per scheduling unit; a multiple of EK_REPACK_ROWS */
+#define ROW_CHUNK 64    /* rows a thread runs against one activation chunk */
+#define ACT_CHUNK 64    /* activation rows per chunk: their q8 rows stay in L2 */
+#define SIMD_ALIGN 64
+
+struct ek_weight {
+    int type;
+    int64_t n_rows, n_cols;
+    size_t row_bytes;         /* bytes of one row in the GGUF layout */
+    const void *data;         /* GGUF layout (not owned), or NULL when repacked */
+    void *packed;             /* owned interleaved copy, or NULL */
+    size_t packed_bytes;
+    const ek_kernels *kernels; /* the ISA the weight was prepared for */
+};
+
+static void *aligned_alloc_bytes(size_t n) {
+    void *p = NULL;
+    if (posix_memalign(&p, SIMD_ALIGN, n ? n : SIMD_ALIGN) != 0) return NULL;
+    return p;
+}
+
+ek_status ek_weight_create(int type, int64_t n_rows, int64_t n_cols, const void *data, uint32_t flags,
+                           ek_weight **out) {
+    *out = NULL;
+    const int64_t be = ek_type_block_elems(type);
+    if (be == 0) return EK_ERR_UNSUPPORTED;
+    if (n_rows <= 0 || n_cols <= 0 || n_cols % be != 0 || !data) return EK_ERR_INVALID_ARG;
+    const ek_kernels *k = ek_kernels_active();
+    if (!k->gemm[type]) return EK_ERR_UNSUPPORTED;
+    ek_weight *w = calloc(1, sizeof *w);
+    if (!w) return EK_ERR_NO_MEMORY;
+    w->type = type;
+    w->n_rows = n_rows;
+    w->n_cols = n_cols;
+    w->row_bytes = (size_t)(n_cols / be) * (size_t)ek_type_block_bytes(type);
+    w->data = data;
+    w->kernels = k;
+    if ((flags & EK_WEIGHT_ALLOW_REPACK) && ek_repack_supported(type) && k->gemm_repacked[type]) {
+        const int64_t n_groups = (n_rows + EK_REPACK_ROWS - 1) / EK_REPACK_ROWS;
+        w->packed_bytes = (size_t)n_groups * EK_REPACK_ROWS * w->row_bytes;
+        w->packed = aligned_alloc_bytes(w->packed_bytes);
+        if (!w->packed) { free(w); return EK_ERR_NO_MEMORY; }
+        ek_repack(type, data, n_rows, n_cols, w->packed);
+        w->data = NULL;
+    }
+    *out = w;
+    return EK_OK;
+}
+
+void ek_weight_free(ek_weight *w) {
+    if (!w) return;
+    free(w->packed);
+    free(w);
+}
+
+size_t ek_weight_owned_bytes(const ek_weight *w) { return w->packed ? w->packed_bytes : 0; }
+
+int ek_weight_isa(const ek_weight *w) { return w->kernels->isa; }
+
+/* ------------------------------------------------------------ matmul */
+
+typedef struct {
+    const ek_weight *w;
+    const float *x;  /* (m, n_cols) */
+    void *xq;        /* (m, act_row_bytes): x in the weight's activation format */
+    size_t act_row_bytes;
+    int64_t m;
+    float *y;        /* (m, n_rows) */
+} matmul_job;
+
+static void split(int64_t n_units, int ith, int nth, int64_t *u0, int64_t *u1) {
+    *u0 = n_units * ith / nth;
+    *u1 = n_units * (ith + 1) / nth;
+}
+
+static void quantize_task(void *ctx, int ith, int nth) {
+    matmul_job *job = ctx;
+    const ek_kernels *k = job->w->kernels;
+    const ek_quantize_act_fn quantize =
+        ek_act_format_for(job->w->type) == EK_ACT_Q8_K ? k->quantize_q8_k : k->quantize_q8_32;
+    int64_t i0, i1;
+    split(job->m, ith, nth, &i0, &i1);
+    for (int64_t i = i0; i < i1; i++)
+        quantize(job->x + i * job->w->n_cols, (uint8_t *)job->xq + (size_t)i * job->act_row_bytes, job->w->n_cols);
+}
+
+static void gemm_task(void *ctx, int ith, int nth) {
+    const matmul_job *job = ctx;
+    const ek_weight *w = job->w;
+    const ek_gemm_fn gemm = w->packed ? w->kernels->gemm_repacked[w->type] : w->kernels->gemm[w->type];
+    const void *wdata = w->packed ? w->packed : w->data;
+    int64_t u0, u1;
+    split((w->n_rows + ROW_UNIT - 1) / ROW_UNIT, ith, nth, &u0, &u1);
+    const int64_t r_begin = u0 * ROW_UNIT, r_end = u1 * ROW_UNIT < w->n_rows ? u1 * ROW_UNIT : w->n_rows;
+    for (int64_t i0 = 0; i0 < job->m; i0 += ACT_CHUNK) {
+        const int64_t mi = job->m - i0 < ACT_CHUNK ? job->m - i0 : ACT_CHUNK;
+        const uint8_t *x = (const uint8_t *)job->xq + (size_t)i0 * job->act_row_bytes;
+        for (int64_t r0 = r_begin; r0 < r_end; r0 += ROW_CHUNK) {
+            const int64_t r1 = r0 + ROW_CHUNK < r_end ? r0 + ROW_CHUNK : r_end;
+            gemm(wdata, w->row_bytes, x, job->act_row_bytes, job->y + i0 * w->n_rows, w->n_rows, r0, r1, mi,
+                 w->n_cols);
+        }
+    }
+}
+
+ek_status ek_matmul(const ek_weight *w, const float *x, int64_t m, float *y, ek_pool *pool) {
+    if (m <= 0) return EK_ERR_INVALID_ARG;
+    matmul_job job = {w, x, NULL, ek_act_row_bytes(w->type, w->n_cols), m, y};
+    void *scratch = NULL;
+    if (ek_act_format_for(w->type) == EK_ACT_F32) {
+        job.xq = (void *)x;
+    } else {
+        scratch = aligned_alloc_bytes((size_t)m * job.act_row_bytes);
+        if (!scratch) return EK_ERR_NO_MEMORY;
+        job.xq = scratch;
+        if (m == 1) quantize_task(&job, 0, 1); /* not worth waking the pool */
+        else ek_pool_run(pool, quantize_task, &job);
+    }
+    ek_pool_run(pool, gemm_task, &job);
+    free(scratch);
+    return EK_OK;
+}
+
+/* ---------------------------------------------------- rows and dots */
+
+ek_status ek_weight_get_rows(const ek_weight *w, const int32_t *ids, int64_t n, float *out) {
+    void *row = NULL;
+    if (w->packed && !(row = malloc(w->row_bytes))) return EK_ERR_NO_MEMORY;
+    ek_status status = EK_OK;
+    for (int64_t i = 0; i < n && status == EK_OK; i++) {
+        if (ids[i] < 0 || ids[i] >= w->n_rows) { status = EK_ERR_INVALID_ARG; break; }
+        const void *src;
+        if (w->packed) {
+            ek_unpack_row(w->type, w->packed, ids[i], w->n_cols, row);
+            src = row;
+        } else {
+            src = (const uint8_t *)w->data + (size_t)ids[i] * w->row_bytes;
+        }
+        status = ek_dequantize(w->type, src, out + i * w->n_cols, w->n_cols);
+    }
+    free(row);
+    return status;
+}
+
+ek_status ek_vec_dot(int type, const void *w, const float *x, int64_t n, float *out) {
+    const int64_t be = ek_type_block_elems(type);
+    if (be == 0) return EK_ERR_UNSUPPORTED;
+    if (n <= 0 || n % be != 0) return EK_ERR_INVALID_ARG;
+    ek_weight *weight;
+    ek_status status = ek_weight_create(type, 1, n, w, 0, &weight);
+    if (status != EK_OK) return status;
+    status = ek_matmul(weight, x, 1, out, NULL);
+    ek_weight_free(weight);
+    return status;
+}
+
+/* ------------------------------------------------------ bandwidth */
+
+typedef struct {
+    const uint8_t *buf;
+    size_t bytes;
+    uint64_t (*read_sum)(const void *, size_t);
+    uint64_t sums[256]; /* per thread, so the reads are not optimized away */
+} read_job;
+
+static void read_task(void *ctx, int ith, int nth) {
+    read_job *job = ctx;
+    const size_t n_lines = job->bytes / 64;
+    const size_t l0 = n_lines * (size_t)ith / (size_t)nth, l1 = n_lines * (size_t)(ith + 1) / (size_t)nth;
+    job->sums[ith % 256] += job->read_sum(job->buf + l0 * 64, (l1 - l0) * 64);
+}
+
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int compare_doubles(const void *a, const void *b) {
+    const double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+double ek_measure_read_bandwidth(size_t bytes, int repeats, ek_pool *pool) {
+    bytes -= bytes % 64;
+    if (bytes == 0 || repeats <= 0) return 0.0;
+    uint8_t *buf = aligned_alloc_bytes(bytes);
+    double *times = malloc((size_t)repeats * sizeof(double));
+    if (!buf || !times) { free(buf); free(times); return 0.0; }
+    memset(buf, 1, bytes); /* fault every page in before timing */
+    read_job job = {buf, bytes, ek_kernels_active()->read_sum, {0}};
+    ek_pool_run(pool, read_task, &job); /* warm-up pass */
+    for (int i = 0; i < repeats; i++) {
+        const double t0 = now_seconds();
+        ek_pool_run(pool, read_task, &job);
+        times[i] = now_seconds() - t0;
+    }
+    qsort(times, (size_t)repeats, sizeof(double), compare_doubles);
+    const double median = repeats % 2 ? times[repeats / 2] : 0.5 * (times[repeats / 2 - 1] + times[repeats / 2]);
+    free(buf);
+    free(times);
+    return median > 0.0 ? (double)bytes / median : 0.0;
+}

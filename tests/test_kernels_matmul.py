@@ -1,0 +1,157 @@
+"""GEMV, GEMM, dots and row lookup on every ISA path this CPU has, against
+float64 numpy of dequantize-then-matmul; fast paths against the scalar path;
+results independent of the thread count; the repacked layout."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgesdk import _native, kernels
+from kernel_reference import BLOCKS, dequantize as ref_dequantize, matmul_error_bound, random_blocks
+
+WEIGHT_TYPES = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q6_K"]
+AVAILABLE_ISAS = _native.isa_available()
+# Fast paths quantize activations exactly like the scalar path and sum in a different order:
+# differences are float32 re-association only, relative to the magnitude of the terms.
+FAST_VS_SCALAR_RTOL = 2e-5
+
+
+@pytest.fixture
+def isa(request):
+    """Switch the active kernel family for one test, then restore it."""
+    previous = _native.isa_current()
+    _native.isa_set(request.param)
+    yield request.param
+    _native.isa_set(previous)
+
+
+@pytest.fixture(scope="module")
+def pool2():
+    with kernels.Pool(2) as pool:
+        yield pool
+
+
+def make_weight_data(type_name, n_rows, n_cols, rng):
+    raw = random_blocks(type_name, n_rows * n_cols, rng)
+    return raw, ref_dequantize(type_name, raw).reshape(n_rows, n_cols)
+
+
+def assert_matmul_close(type_name, y, w64, x):
+    expected = x.astype(np.float64) @ w64.T
+    bound = matmul_error_bound(type_name, w64, np.atleast_2d(x))
+    error = np.abs(np.atleast_2d(y) - np.atleast_2d(expected))
+    assert np.all(error <= bound), f"max error/bound {np.max(error / bound):.3f}"
+
+
+def cols_for(type_name):
+    """An odd number of blocks, so no kernel can assume pairs or quads of blocks."""
+    block_elems = BLOCKS[type_name][0]
+    if block_elems > 1:
+        return block_elems * (5 if block_elems == 256 else 7)
+    return 227  # plain floats: not a multiple of any vector width
+
+
+@pytest.mark.parametrize("isa", AVAILABLE_ISAS, indirect=True)
+@pytest.mark.parametrize("type_name", WEIGHT_TYPES)
+@pytest.mark.parametrize("m", [1, 3, 70])
+def test_matmul_matches_float64_numpy_on_odd_shapes(isa, type_name, m, rng, pool2):
+    n_rows, n_cols = 37, cols_for(type_name)  # 37 rows: not a multiple of any tile, more than threads
+    raw, w64 = make_weight_data(type_name, n_rows, n_cols, rng)
+    x = rng.normal(size=(m, n_cols)).astype(np.float32)
+    weight = kernels.Weight(type_name, n_rows, n_cols, raw)
+    assert weight.isa == isa
+    assert_matmul_close(type_name, weight.matmul(x, pool=pool2), w64, x)
+    assert_matmul_close(type_name, weight.matmul(x[0]), w64, x[:1])
+
+
+@pytest.mark.parametrize("isa", AVAILABLE_ISAS, indirect=True)
+@pytest.mark.parametrize("type_name", WEIGHT_TYPES)
+def test_vec_dot_matches_float64_numpy(isa, type_name, rng):
+    n_cols = cols_for(type_name)
+    raw, w64 = make_weight_data(type_name, 1, n_cols, rng)
+    x = rng.normal(size=n_cols).astype(np.float32)
+    assert_matmul_close(type_name, np.array([kernels.vec_dot(type_name, raw, x)]), w64, x[None])
+
+
+@pytest.mark.parametrize("isa", [i for i in AVAILABLE_ISAS if i != "scalar"], indirect=True)
+@pytest.mark.parametrize("type_name", WEIGHT_TYPES)
+@pytest.mark.parametrize("repack", [False, True])
+def test_fast_path_matches_scalar_within_float_reassociation(isa, type_name, repack, rng, pool2):
+    n_rows, n_cols, m = 45, cols_for(type_name), 9
+    raw, w64 = make_weight_data(type_name, n_rows, n_cols, rng)
+    x = rng.normal(size=(m, n_cols)).astype(np.float32)
+    fast = kernels.Weight(type_name, n_rows, n_cols, raw, repack=repack).matmul(x, pool=pool2)
+    _native.isa_set("scalar")
+    try:
+        scalar = kernels.Weight(type_name, n_rows, n_cols, raw).matmul(x)
+    finally:
+        _native.isa_set(isa)
+    magnitude = np.abs(x.astype(np.float64)) @ np.abs(w64).T
+    assert np.all(np.abs(fast - scalar) <= FAST_VS_SCALAR_RTOL * magnitude + 1e-6)
+
+
+@pytest.mark.parametrize("isa", AVAILABLE_ISAS, indirect=True)
+@pytest.mark.parametrize("type_name", ["Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q6_K", "F16"])
+@pytest.mark.parametrize("m", [1, 67])
+def test_result_is_bit_identical_for_1_and_2_threads(isa, type_name, m, rng, pool2):
+    n_rows, n_cols = 83, cols_for(type_name)
+    raw, _ = make_weight_data(type_name, n_rows, n_cols, rng)
+    x = rng.normal(size=(m, n_cols)).astype(np.float32)
+    for repack in (False, True):
+        weight = kernels.Weight(type_name, n_rows, n_cols, raw, repack=repack)
+        with kernels.Pool(1) as pool1:
+            one = weight.matmul(x, pool=pool1)
+        np.testing.assert_array_equal(one, weight.matmul(x, pool=pool2))
+
+
+@pytest.mark.parametrize("isa", AVAILABLE_ISAS, indirect=True)
+@pytest.mark.parametrize("type_name", ["Q4_0", "Q4_1", "Q8_0"])
+def test_repacked_weight_gives_the_plain_result_and_owns_its_copy(isa, type_name, rng, pool2):
+    n_rows, n_cols = 29, 32 * 9
+    raw, w64 = make_weight_data(type_name, n_rows, n_cols, rng)
+    x = rng.normal(size=(11, n_cols)).astype(np.float32)
+    plain = kernels.Weight(type_name, n_rows, n_cols, raw)
+    packed = kernels.Weight(type_name, n_rows, n_cols, raw, repack=True)
+    assert plain.owned_bytes == 0
+    if isa != "scalar":  # the x86 families repack Q4_0/Q4_1/Q8_0 into 8-row slices
+        assert packed.owned_bytes == 32 * raw.size // 29  # 29 rows padded to 32
+    y = packed.matmul(x, pool=pool2)
+    assert_matmul_close(type_name, y, w64, x)
+    magnitude = np.abs(x.astype(np.float64)) @ np.abs(w64).T
+    assert np.all(np.abs(y - plain.matmul(x, pool=pool2)) <= FAST_VS_SCALAR_RTOL * magnitude + 1e-6)
+    np.testing.assert_array_equal(packed.get_rows([0, 28, 7]), w64[[0, 28, 7]].astype(np.float32))
+
+
+@pytest.mark.parametrize("type_name", WEIGHT_TYPES)
+def test_get_rows_returns_dequantized_rows(type_name, rng):
+    n_rows, n_cols = 19, cols_for(type_name)
+    raw, w64 = make_weight_data(type_name, n_rows, n_cols, rng)
+    ids = [18, 0, 5, 5]
+    rows = kernels.Weight(type_name, n_rows, n_cols, raw).get_rows(ids)
+    np.testing.assert_allclose(rows, w64[ids], rtol=2e-7, atol=1e-12)
+
+
+def test_weight_keeps_the_isa_it_was_prepared_for(rng):
+    raw, w64 = make_weight_data("Q4_0", 16, 64, rng)
+    previous = _native.isa_current()
+    weight = kernels.Weight("Q4_0", 16, 64, raw, repack=True)
+    try:
+        _native.isa_set("scalar")
+        x = rng.normal(size=(2, 64)).astype(np.float32)
+        assert weight.isa == previous
+        assert_matmul_close("Q4_0", weight.matmul(x), w64, x)
+    finally:
+        _native.isa_set(previous)
+
+
+def test_pool_reports_its_threads():
+    with kernels.Pool(2) as pool:
+        assert pool.threads == 2
+    with kernels.Pool(0) as pool:
+        assert pool.threads >= 1
+
+
+def test_read_bandwidth_is_positive_and_plausible():
+    with kernels.Pool(2) as pool:
+        bandwidth = kernels.measure_read_bandwidth(16 << 20, 3, pool)
+    assert 1e8 < bandwidth < 1e13
