@@ -50,11 +50,15 @@ LLAMACPP_VOCAB_BYTES_PER_TOKEN = 123  # llama.cpp's id->token, token->id and pie
 LLAMACPP_ACTIVATION_FACTOR = 1.5
 LLAMACPP_THREAD_ADDRESS_SPACE = 72 * MIB   # per compute thread: an 8 MiB stack + a 64 MiB malloc arena
 LLAMACPP_LIBRARY_ADDRESS_SPACE = 64 * MIB  # code and data mappings of the libraries, plus the main arena
-NATIVE_RUNTIME_RSS = 4 * MIB         # edgesdk's modules and the native library, above python + numpy
-# Python's tokenizer tables per vocabulary entry: the str, its bytes, dict slots both ways and the
-# score/type arrays (~115 bytes measured for the gguf reader's lists alone).
-PYTHON_TOKENIZER_BYTES_PER_TOKEN = 400
-PYTHON_TOKENIZER_BYTES_PER_MERGE = 200
+# edgesdk's modules, the native library and the code pages an eval pages in, above python + numpy:
+# 33 MiB RSS measured after a SmolLM2 eval with nothing else alive.
+NATIVE_RUNTIME_RSS = 5 * MIB
+# The native backend keeps its GGUFFile open: every token and merge string of the vocabulary as a
+# Python str in a list (~90 bytes traced per item, ~110 with the allocator's slack), the per-token
+# score/type arrays, and the header's pages of the mapping. Measured 12.6 MiB (SmolLM2: 49k tokens,
+# 49k merges) and 35.9 MiB (Gemma-3: 262k tokens, scores, types).
+GGUF_BYTES_PER_STRING = 110
+GGUF_BYTES_PER_ARRAY_ITEM = 4
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,8 @@ class ModelShape:
     head_dim_v: int
     n_vocab: int
     n_merges: int
+    n_token_arrays: int          # per-token numeric arrays in the metadata (scores, token types)
+    header_bytes: int            # metadata and tensor index: the file before the tensor data
     context_length: Optional[int]
     sliding_window: Optional[int]
     tensor_bytes: int
@@ -170,6 +176,8 @@ def read_shape(file: gguf.GGUFFile) -> ModelShape:
         head_dim_k=_meta_int(meta, f"{arch}.attention.key_length", default_head_dim) or default_head_dim,
         head_dim_v=_meta_int(meta, f"{arch}.attention.value_length", default_head_dim) or default_head_dim,
         n_vocab=int(n_vocab or 0), n_merges=len(merges) if merges is not None else 0,
+        n_token_arrays=sum(1 for key in ("tokenizer.ggml.scores", "tokenizer.ggml.token_type") if key in meta),
+        header_bytes=file.data_offset,
         context_length=_meta_int(meta, f"{arch}.context_length"),
         sliding_window=_meta_int(meta, f"{arch}.attention.sliding_window"),
         tensor_bytes=sum(t.nbytes for t in file.tensors.values()), file_bytes=file.file_size,
@@ -203,6 +211,21 @@ def _ggml_floats_per_token(shape: ModelShape) -> int:
     return 2 * shape.n_embd + shape.n_head * shape.head_dim_k + 2 * shape.n_head_kv * shape.head_dim_k + 3 * shape.n_ff
 
 
+def gguf_metadata_bytes(shape: ModelShape) -> int:
+    """Resident bytes of an open GGUFFile's vocabulary: the strings as Python objects, the numeric arrays, the header pages."""
+    return ((shape.n_vocab + shape.n_merges) * GGUF_BYTES_PER_STRING
+            + shape.n_token_arrays * shape.n_vocab * GGUF_BYTES_PER_ARRAY_ITEM + shape.header_bytes)
+
+
+def native_formula(shape: ModelShape, n_ctx: int, kv_type: str, n_batch: int, threads: int) -> Dict[str, int]:
+    """The native engine's allocations as native/src/model.c lays them out, from the header alone: the
+    fallback when edgesdk.backends.native is not importable, and a cross-check of its memory_requirements."""
+    # Activation buffers for n_batch tokens plus one attention row of n_ctx per thread.
+    scratch_floats = n_batch * _native_floats_per_token(shape) + threads * n_ctx
+    return {"weights_mapped": shape.tensor_bytes, "weights_owned": 0,
+            "kv_cache": kv_cache_bytes(shape, n_ctx, kv_type), "scratch": 4 * scratch_floats}
+
+
 def _native_parts(file: gguf.GGUFFile, shape: ModelShape, n_ctx: int, kv_type: str, n_batch: int,
                   threads: int) -> Dict[str, int]:
     try:
@@ -213,15 +236,10 @@ def _native_parts(file: gguf.GGUFFile, shape: ModelShape, n_ctx: int, kv_type: s
     if requirements is not None:
         parts = dict(requirements(file, n_ctx, kv_type, n_batch, threads=threads))
     else:
-        # The engine's own layout (native/src/model.c) until its memory_requirements is merged:
-        # the activation buffers for n_batch tokens plus one attention row of n_ctx per thread.
-        scratch_floats = n_batch * _native_floats_per_token(shape) + threads * n_ctx
-        parts = {"weights_mapped": shape.tensor_bytes, "weights_owned": 0,
-                 "kv_cache": kv_cache_bytes(shape, n_ctx, kv_type), "scratch": 4 * scratch_floats}
+        parts = native_formula(shape, n_ctx, kv_type, n_batch, threads)
     # The logits of the last token come back as a numpy row.
     parts["scratch"] += 4 * shape.n_vocab
-    parts["tokenizer"] = (shape.n_vocab * PYTHON_TOKENIZER_BYTES_PER_TOKEN
-                          + shape.n_merges * PYTHON_TOKENIZER_BYTES_PER_MERGE)
+    parts["tokenizer"] = gguf_metadata_bytes(shape)
     parts["runtime"] = PYTHON_NUMPY_RSS + NATIVE_RUNTIME_RSS
     # Virtual memory: the whole file is mapped; everything else is allocated as planned.
     parts["address_space"] = (shape.file_bytes + parts["weights_owned"] + parts["kv_cache"] + parts["scratch"]

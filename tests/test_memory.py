@@ -27,8 +27,7 @@ PLAN_VS_RSS_TOLERANCE = 0.10
 
 # Backends whose peak RSS is checked against the plan. "llamacpp-direct" drives llama.cpp's
 # low-level API with the settings of edgesdk.backends.llamacpp (see tests/memory_child.py).
-# Add "native" here once edgesdk.backends.native is on main.
-MEASURED_BACKENDS = ["llamacpp-direct"]
+MEASURED_BACKENDS = ["llamacpp-direct", "native"]
 # Away from the 512/2048/4096 runs the constants were measured at, and small enough that filling
 # the context stays within ~30 s of CPU per run on a 2-core CI machine.
 MEASURED_CONTEXTS = [768, 1536]
@@ -48,6 +47,8 @@ def write_header_only_model(path: Path, *, n_layer=4, n_embd=256, n_ff=768, n_he
     w.add_head_count(n_head)
     w.add_head_count_kv(n_head_kv)
     w.add_context_length(context_length)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_freq_base(10000.0)
     if key_length:
         w.add_key_length(key_length)
         w.add_value_length(key_length)
@@ -57,7 +58,7 @@ def write_header_only_model(path: Path, *, n_layer=4, n_embd=256, n_ff=768, n_he
     q8 = gguf_pkg.GGMLQuantizationType.Q8_0
     shapes = {"token_embd.weight": (n_vocab, n_embd), "output_norm.weight": (n_embd,)}
     for i in range(n_layer):
-        shapes.update({f"blk.{i}.attn_q.weight": (n_head * head_dim, n_embd),
+        shapes.update({f"blk.{i}.attn_norm.weight": (n_embd,), f"blk.{i}.ffn_norm.weight": (n_embd,),f"blk.{i}.attn_q.weight": (n_head * head_dim, n_embd),
                        f"blk.{i}.attn_k.weight": (n_head_kv * head_dim, n_embd),
                        f"blk.{i}.attn_v.weight": (n_head_kv * head_dim, n_embd),
                        f"blk.{i}.attn_output.weight": (n_embd, n_head * head_dim),
@@ -170,6 +171,25 @@ def test_a_model_without_its_hyperparameters_is_unsupported(tmp_path):
         f.write(bytes(64))   # up to the (empty) data section's alignment
     with pytest.raises(UnsupportedModelError, match="llama.embedding_length"):
         memory.plan(tmp_path / "bare.gguf")
+
+
+@pytest.mark.parametrize("n_ctx,kv_type,n_batch,threads", [(512, "f16", 512, 1), (1536, "q8_0", 64, 2),
+                                                          (4096, "f16", 128, 3)])
+def test_native_engine_s_memory_requirements_match_the_header_formula(smollm2_path, gemma3_path, small_model,
+                                                                      n_ctx, kv_type, n_batch, threads):
+    from edgesdk import gguf
+    from edgesdk.backends import native
+
+    for path in (smollm2_path, gemma3_path, small_model):
+        with gguf.open(path) as f:
+            engine = native.memory_requirements(f, n_ctx, kv_type, n_batch, threads=threads)
+            formula = memory.native_formula(memory.read_shape(f), n_ctx, kv_type, n_batch, threads)
+        assert engine["kv_cache"] == formula["kv_cache"]
+        assert engine["weights_mapped"] == formula["weights_mapped"]
+        # The engine rounds each buffer up to 64 bytes (8 buffers); the formula does not.
+        assert 0 <= engine["scratch"] - formula["scratch"] <= 9 * 64
+        # Owned copies: only norm vectors converted to f32 (the engine does not repack by default).
+        assert engine["weights_owned"] < 0.01 * engine["weights_mapped"]
 
 
 # -- sizes -------------------------------------------------------------------------
