@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Dict, Optional, Tuple, Union
 
 from . import gguf, hardware
@@ -212,7 +212,8 @@ def _ggml_floats_per_token(shape: ModelShape) -> int:
 
 
 def gguf_metadata_bytes(shape: ModelShape) -> int:
-    """Resident bytes of an open GGUFFile's vocabulary: the strings as Python objects, the numeric arrays, the header pages."""
+    """Resident bytes of an open GGUFFile's vocabulary: its strings as Python objects, its numeric
+    arrays, and the header's pages of the mapping."""
     return ((shape.n_vocab + shape.n_merges) * GGUF_BYTES_PER_STRING
             + shape.n_token_arrays * shape.n_vocab * GGUF_BYTES_PER_ARRAY_ITEM + shape.header_bytes)
 
