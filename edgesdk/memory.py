@@ -17,6 +17,7 @@ MemoryBudgetError with the numbers and the ways out. It only reads the header.
 """
 from __future__ import annotations
 
+import errno
 import math
 import os
 import re
@@ -275,11 +276,24 @@ def _llamacpp_parts(shape: ModelShape, n_ctx: int, kv_type: str, n_batch: int, t
 ModelArg = Union[str, os.PathLike, gguf.GGUFFile]
 
 
-def _open_model(model: ModelArg) -> Tuple[gguf.GGUFFile, bool]:
+def _open_model(model: ModelArg, budget: Optional["Budget"] = None) -> Tuple[gguf.GGUFFile, bool]:
+    """The opened file, and whether we opened it (and so close it). Reading the header maps the whole
+    file: under an address-space limit smaller than the file that mapping itself is refused."""
     if isinstance(model, gguf.GGUFFile):
         return model, False
     from . import registry
-    return gguf.open(registry.resolve(model)), True
+    path = registry.resolve(model)
+    file_bytes = os.path.getsize(path)
+    room = budget.address_space if budget is not None else None
+    if room is not None and file_bytes > room:
+        raise _mapping_error(path, file_bytes, room, budget.address_space_source)
+    try:
+        return gguf.open(path), True
+    except OSError as exc:   # mmap's ENOMEM: the address space ran out before our estimate did
+        if exc.errno != errno.ENOMEM:
+            raise
+        raise _mapping_error(path, file_bytes, room, budget.address_space_source if budget else "the kernel") \
+            from None
 
 
 def _check_args(backend: str, kv_type: str, n_batch: int, n_ctx: Optional[int], threads: Optional[int]) -> None:
@@ -424,7 +438,7 @@ def fit(model: ModelArg, n_ctx: Optional[int] = None, kv_type: str = "f16",
     _check_args(backend, kv_type, n_batch, n_ctx, threads)
     threads = threads or hardware.default_threads(root)
     budget = device_budget(max_memory, root)
-    file, owned = _open_model(model)
+    file, owned = _open_model(model, budget)
     try:
         shape = read_shape(file)
 
@@ -496,6 +510,17 @@ def _budget_error(p: MemoryPlan, budget: Budget, make, shape: ModelShape) -> Mem
         ways.append("closing other programs to free memory")
     lines.append("Ways out: " + "; ".join(ways) + ".")
     return MemoryBudgetError("\n".join(lines))
+
+
+def _mapping_error(path, file_bytes: int, room: Optional[int], source: str) -> MemoryBudgetError:
+    ways = [f"a smaller model: {', '.join(f'{n} ({_mib(b)})' for n, b in _smaller_registry_models(file_bytes))}"]
+    if not _smaller_registry_models(file_bytes):
+        ways = []
+    ways.append("a higher address-space limit (ulimit -v / RLIMIT_AS)")
+    return MemoryBudgetError(
+        f"{os.path.basename(os.fspath(path))} does not fit: mapping the file needs {_mib(file_bytes)} of address "
+        f"space before anything else, {_mib(room)} available (limit from {source}).\nWays out: "
+        + "; ".join(ways) + ".")
 
 
 def _smaller_registry_models(tensor_bytes: int):

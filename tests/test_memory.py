@@ -275,6 +275,17 @@ def test_fit_counts_an_address_space_limit(tmp_path, smollm2_path):
     assert 256 <= p.n_ctx < 8192 and p.address_space <= 450 * MIB
 
 
+def test_an_address_space_limit_below_the_file_size_is_refused_before_mapping(tmp_path, smollm2_path):
+    root = tmp_path / "x86"
+    shutil.copytree(FIXTURES / "x86-box", root, symlinks=True)
+    limit = 1024 * MIB + 50 * MIB          # 50 MiB above the fixture's VmSize; the file is 94 MiB
+    limits = (root / "proc/self/limits").read_text()
+    (root / "proc/self/limits").write_text(limits.replace("8589934592           8589934592",
+                                                          f"{limit:<20} {limit:<20}"))
+    with pytest.raises(MemoryBudgetError, match="(?s)mapping the file needs 94 MiB.*50 MiB available.*ulimit -v"):
+        memory.fit(smollm2_path, backend="native", threads=2, root=str(root))
+
+
 # -- against the real thing ------------------------------------------------------------
 
 def run_child(*args, timeout=600) -> dict:
