@@ -22,7 +22,7 @@ import math
 import os
 import re
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 from . import gguf, hardware
 from .errors import InvalidArgumentError, MemoryBudgetError, ModelFormatError, UnsupportedModelError
@@ -534,18 +534,22 @@ def _smaller_registry_models(tensor_bytes: int):
 
 # -- reporting -------------------------------------------------------------------------
 
-def format_plan(p: MemoryPlan) -> str:
-    """The plan as `edgesdk info MODEL` prints it."""
-    rows = [(name.replace("_", " "), value) for name, value in p.parts().items()]
-    lines = [f"model:    {p.model}", f"backend:  {p.backend}, {p.threads} threads, n_batch {p.n_batch}",
-             f"context:  n_ctx {p.n_ctx}" + (f" (model maximum {p.context_length})" if p.context_length else "")
-             + f", KV cache {p.kv_type}"]
-    lines += [f"  {name:<15} {value / MIB:10,.1f} MiB" for name, value in rows]
-    lines.append(f"  {'total':<15} {p.total / MIB:10,.1f} MiB resident, {p.address_space / MIB:,.1f} MiB address space")
+def plan_rows(p: MemoryPlan) -> List[Tuple[str, str]]:
+    """The plan as (label, value) rows, for `edgesdk info MODEL`."""
+    context = f"n_ctx {p.n_ctx}" + (f" (model maximum {p.context_length})" if p.context_length else "")
+    rows = [("backend", f"{p.backend}, {p.threads} threads, n_batch {p.n_batch}"),
+            ("context", f"{context}, KV cache {p.kv_type}")]
+    rows += [(name.replace("_", " "), f"{value / MIB:10,.1f} MiB") for name, value in p.parts().items()]
+    rows.append(("total", f"{p.total / MIB:10,.1f} MiB resident, {p.address_space / MIB:,.1f} MiB address space"))
     if p.budget is not None:
-        lines.append(f"budget:   {_mib(p.budget)} ({p.budget_source})")
-    return "\n".join(lines)
+        rows.append(("budget", f"{_mib(p.budget)} ({p.budget_source})"))
+    return rows
+
+
+def format_plan(p: MemoryPlan) -> str:
+    """The plan as text."""
+    return "\n".join([f"model:    {p.model}"] + [f"{label + ':':16}{value}" for label, value in plan_rows(p)])
 
 
 __all__ = ["Budget", "KV_TYPES", "MemoryPlan", "ModelShape", "device_budget", "fit", "format_plan",
-           "kv_cache_bytes", "parse_size", "plan", "read_shape"]
+           "kv_cache_bytes", "parse_size", "plan", "plan_rows", "read_shape"]
