@@ -54,12 +54,16 @@ LLAMACPP_LIBRARY_ADDRESS_SPACE = 64 * MIB  # code and data mappings of the libra
 # edgesdk's modules, the native library and the code pages an eval pages in, above python + numpy:
 # 33 MiB RSS measured after a SmolLM2 eval with nothing else alive.
 NATIVE_RUNTIME_RSS = 5 * MIB
-# The native backend keeps its GGUFFile open: every token and merge string of the vocabulary as a
-# Python str in a list (~90 bytes traced per item, ~110 with the allocator's slack), the per-token
+# A parsed GGUF header (the native backend keeps its GGUFFile open; the tokenizer is built from one):
+# every token and merge string of the vocabulary as a Python str in a list (~90 bytes traced per item, ~110 with the allocator's slack), the per-token
 # score/type arrays, and the header's pages of the mapping. Measured 12.6 MiB (SmolLM2: 49k tokens,
 # 49k merges) and 35.9 MiB (Gemma-3: 262k tokens, scores, types).
 GGUF_BYTES_PER_STRING = 110
 GGUF_BYTES_PER_ARRAY_ITEM = 4
+# edgesdk.tokenizer.Tokenizer's tables above the metadata it is built from: +16.6 MiB (SmolLM2,
+# 49k tokens + 49k merges) and +33.6 MiB (Gemma-3, 262k tokens) measured.
+TOKENIZER_BYTES_PER_TOKEN = 135
+TOKENIZER_BYTES_PER_MERGE = 220
 
 
 @dataclass(frozen=True)
@@ -228,6 +232,11 @@ def native_formula(shape: ModelShape, n_ctx: int, kv_type: str, n_batch: int, th
             "kv_cache": kv_cache_bytes(shape, n_ctx, kv_type), "scratch": 4 * scratch_floats}
 
 
+def tokenizer_table_bytes(shape: ModelShape) -> int:
+    """edgesdk.tokenizer's own tables (both directions of the vocabulary, merge ranks), any backend."""
+    return shape.n_vocab * TOKENIZER_BYTES_PER_TOKEN + shape.n_merges * TOKENIZER_BYTES_PER_MERGE
+
+
 def _native_parts(file: gguf.GGUFFile, shape: ModelShape, n_ctx: int, kv_type: str, n_batch: int,
                   threads: int) -> Dict[str, int]:
     try:
@@ -241,7 +250,7 @@ def _native_parts(file: gguf.GGUFFile, shape: ModelShape, n_ctx: int, kv_type: s
         parts = native_formula(shape, n_ctx, kv_type, n_batch, threads)
     # The logits of the last token come back as a numpy row.
     parts["scratch"] += 4 * shape.n_vocab
-    parts["tokenizer"] = gguf_metadata_bytes(shape)
+    parts["tokenizer"] = gguf_metadata_bytes(shape) + tokenizer_table_bytes(shape)
     parts["runtime"] = PYTHON_NUMPY_RSS + NATIVE_RUNTIME_RSS
     # Virtual memory: the whole file is mapped; everything else is allocated as planned.
     parts["address_space"] = (shape.file_bytes + parts["weights_owned"] + parts["kv_cache"] + parts["scratch"]
@@ -260,7 +269,10 @@ def _llamacpp_parts(shape: ModelShape, n_ctx: int, kv_type: str, n_batch: int, t
     activations = int(LLAMACPP_ACTIVATION_FACTOR * 4 * n_ubatch * _ggml_floats_per_token(shape))
     logits_row = 4 * shape.n_vocab
     scratch = activations + mask + logits_row
-    vocab = shape.n_vocab * LLAMACPP_VOCAB_BYTES_PER_TOKEN
+    # llama.cpp's own vocabulary, and edgesdk.tokenizer's (it tokenizes for every backend) with the
+    # parsed header it is built from (freed afterwards, but its pages stay with the process).
+    vocab = (shape.n_vocab * LLAMACPP_VOCAB_BYTES_PER_TOKEN + gguf_metadata_bytes(shape)
+             + tokenizer_table_bytes(shape))
     runtime = PYTHON_NUMPY_RSS + LLAMACPP_LIBRARY_RSS + LLAMACPP_LOADER_RSS
     kv = kv_cache_bytes(shape, n_ctx, kv_type)
     # llama.cpp reserves its compute buffer for the worst case, logits of every token of a ubatch.
