@@ -111,9 +111,13 @@ def _cmd_models(args: argparse.Namespace) -> int:
 # -- info ----------------------------------------------------------------------
 
 def _add_info(sub) -> None:
-    p = sub.add_parser("info", help="describe a model file and how this machine would run it")
-    p.add_argument("model", help="registry name or path to a .gguf file")
+    p = sub.add_parser("info", help="this device; with MODEL, the model and how this machine would run it")
+    p.add_argument("model", nargs="?", help="registry name or path to a .gguf file")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--backend", default="native", choices=["native", "llamacpp"], help="backend to plan memory for")
+    p.add_argument("--n-ctx", type=int, default=None, help="context size (default: the largest that fits)")
+    p.add_argument("--kv-type", default="f16", choices=["f16", "q8_0"], help="KV cache type to plan for")
+    p.add_argument("--max-memory", default=None, help="memory budget such as 1.5GB or 800MiB (default: what is free)")
     p.set_defaults(func=_cmd_info)
 
 
@@ -153,15 +157,23 @@ def _native_rows(n) -> List[Tuple[str, Any]]:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from . import modelinfo
+    from . import hardware, memory, modelinfo
 
     # Sections in print order: name -> (record, rows for the text output).
-    sections: List[Tuple[str, Any, Callable[[Any], List[Tuple[str, Any]]]]] = [
-        ("model", modelinfo.describe_model(args.model), _model_rows),
-        ("native", modelinfo.describe_native(), _native_rows),
-    ]
+    sections: List[Tuple[str, Any, Callable[[Any], List[Tuple[str, Any]]]]] = []
+    if args.model:
+        sections += [
+            ("model", modelinfo.describe_model(args.model), _model_rows),
+            ("native", modelinfo.describe_native(), _native_rows),
+        ]
+    sections.append(("device", hardware.probe(), hardware.device_rows))
+    if args.model:
+        plan = memory.fit(args.model, n_ctx=args.n_ctx, kv_type=args.kv_type, max_memory=args.max_memory,
+                          backend=args.backend)
+        sections.append(("memory", plan, memory.plan_rows))
     if args.json:
-        print(json.dumps({name: asdict(record) for name, record, _ in sections}, indent=2))
+        # frozensets (CPU features) become sorted lists.
+        print(json.dumps({name: asdict(record) for name, record, _ in sections}, indent=2, default=sorted))
         return 0
     for i, (_name, record, rows) in enumerate(sections):
         if i:

@@ -583,37 +583,41 @@ def _mib(n: Optional[int]) -> str:
     return "unknown" if n is None else f"{n / 2**20:,.0f} MiB"
 
 
-def format_device(info: DeviceInfo) -> str:
-    """The device report `edgesdk info` prints."""
+def device_rows(info: DeviceInfo) -> List[Tuple[str, str]]:
+    """The device report as (label, value) rows, for `edgesdk info`."""
     cpu, mem, board, acc = info.cpu, info.memory, info.board, info.accelerators
-    lines = [
-        f"cpu:      {cpu.architecture}, {cpu.model}",
-        f"cores:    {cpu.physical_cores} physical ({cpu.logical_cores} logical), "
-        f"{cpu.performance_cores} performance -> default threads {info.default_threads()}",
-        f"features: {' '.join(sorted(cpu.features)) or 'none detected'}",
-        f"memory:   {_mib(mem.total_bytes)} total, {_mib(mem.available_bytes)} available, "
-        f"swap {_mib(mem.swap_total_bytes)} ({_mib(mem.swap_free_bytes)} free)",
+    rows = [
+        ("cpu", f"{cpu.architecture}, {cpu.model}"),
+        ("cores", f"{cpu.physical_cores} physical ({cpu.logical_cores} logical), {cpu.performance_cores} "
+                  f"performance -> default threads {info.default_threads()}"),
+        ("features", " ".join(sorted(cpu.features)) or "none detected"),
+        ("memory", f"{_mib(mem.total_bytes)} total, {_mib(mem.available_bytes)} available, "
+                   f"swap {_mib(mem.swap_total_bytes)} ({_mib(mem.swap_free_bytes)} free)"),
     ]
     if mem.cgroup_version is not None:
         limit = "no limit" if mem.cgroup_limit_bytes is None else _mib(mem.cgroup_limit_bytes)
-        lines.append(f"cgroup:   v{mem.cgroup_version}, limit {limit}, using {_mib(mem.cgroup_usage_bytes)}")
+        rows.append(("cgroup", f"v{mem.cgroup_version}, limit {limit}, using {_mib(mem.cgroup_usage_bytes)}"))
     if mem.address_space_limit_bytes is not None:
-        lines.append(f"rlimit:   address space {_mib(mem.address_space_limit_bytes)}, "
-                     f"{_mib(mem.address_space_used_bytes)} mapped now")
-    lines.append(f"budget:   {_mib(mem.budget_bytes)} (from {mem.limit_source})")
-    board_line = f"board:    {board.kind}" + (f", {board.model}" if board.model else "")
+        rows.append(("rlimit", f"address space {_mib(mem.address_space_limit_bytes)}, "
+                               f"{_mib(mem.address_space_used_bytes)} mapped now"))
+    rows.append(("budget", f"{_mib(mem.budget_bytes)} (from {mem.limit_source})"))
+    board_text = board.kind + (f", {board.model}" if board.model else "")
     if board.unified_memory:
-        board_line += ", unified CPU/GPU memory"
-    lines.append(board_line)
+        board_text += ", unified CPU/GPU memory"
+    rows.append(("board", board_text))
     if board.l4t_release or board.cuda_version or board.cuda_libraries:
-        lines.append(f"cuda:     L4T {board.l4t_release or 'unknown'}, CUDA {board.cuda_version or 'unknown'}, "
-                     f"{len(board.cuda_libraries)} libcudart file(s)")
-    npus = ", ".join(f"{d.vendor} ({d.path})" for d in acc.npu_devices) or "none found"
-    lines.append(f"npu:      {npus}")
+        rows.append(("cuda", f"L4T {board.l4t_release or 'unknown'}, CUDA {board.cuda_version or 'unknown'}, "
+                             f"{len(board.cuda_libraries)} libcudart file(s)"))
+    rows.append(("npu", ", ".join(f"{d.vendor} ({d.path})" for d in acc.npu_devices) or "none found"))
     if acc.onnx_providers:
-        lines.append(f"onnx:     {', '.join(acc.onnx_providers)}")
-    return "\n".join(lines)
+        rows.append(("onnx", ", ".join(acc.onnx_providers)))
+    return rows
+
+
+def format_device(info: DeviceInfo) -> str:
+    """The device report as text."""
+    return "\n".join(f"{label + ':':10}{value}" for label, value in device_rows(info))
 
 
 __all__ = ["AcceleratorInfo", "BoardInfo", "CPUInfo", "DeviceInfo", "MemoryInfo", "NPUDevice",
-           "default_threads", "format_device", "probe"]
+           "default_threads", "device_rows", "format_device", "probe"]

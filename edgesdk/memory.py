@@ -17,11 +17,12 @@ MemoryBudgetError with the numbers and the ways out. It only reads the header.
 """
 from __future__ import annotations
 
+import errno
 import math
 import os
 import re
-from dataclasses import dataclass, replace
-from typing import Dict, Optional, Tuple, Union
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple, Union
 
 from . import gguf, hardware
 from .errors import InvalidArgumentError, MemoryBudgetError, ModelFormatError, UnsupportedModelError
@@ -50,11 +51,19 @@ LLAMACPP_VOCAB_BYTES_PER_TOKEN = 123  # llama.cpp's id->token, token->id and pie
 LLAMACPP_ACTIVATION_FACTOR = 1.5
 LLAMACPP_THREAD_ADDRESS_SPACE = 72 * MIB   # per compute thread: an 8 MiB stack + a 64 MiB malloc arena
 LLAMACPP_LIBRARY_ADDRESS_SPACE = 64 * MIB  # code and data mappings of the libraries, plus the main arena
-NATIVE_RUNTIME_RSS = 4 * MIB         # edgesdk's modules and the native library, above python + numpy
-# Python's tokenizer tables per vocabulary entry: the str, its bytes, dict slots both ways and the
-# score/type arrays (~115 bytes measured for the gguf reader's lists alone).
-PYTHON_TOKENIZER_BYTES_PER_TOKEN = 400
-PYTHON_TOKENIZER_BYTES_PER_MERGE = 200
+# edgesdk's modules, the native library and the code pages an eval pages in, above python + numpy:
+# 33 MiB RSS measured after a SmolLM2 eval with nothing else alive.
+NATIVE_RUNTIME_RSS = 5 * MIB
+# A parsed GGUF header (the native backend keeps its GGUFFile open; the tokenizer is built from one):
+# every token and merge string of the vocabulary as a Python str in a list (~90 bytes traced per item, ~110 with the allocator's slack), the per-token
+# score/type arrays, and the header's pages of the mapping. Measured 12.6 MiB (SmolLM2: 49k tokens,
+# 49k merges) and 35.9 MiB (Gemma-3: 262k tokens, scores, types).
+GGUF_BYTES_PER_STRING = 110
+GGUF_BYTES_PER_ARRAY_ITEM = 4
+# edgesdk.tokenizer.Tokenizer's tables above the metadata it is built from: +16.6 MiB (SmolLM2,
+# 49k tokens + 49k merges) and +33.6 MiB (Gemma-3, 262k tokens) measured.
+TOKENIZER_BYTES_PER_TOKEN = 135
+TOKENIZER_BYTES_PER_MERGE = 220
 
 
 @dataclass(frozen=True)
@@ -70,6 +79,8 @@ class ModelShape:
     head_dim_v: int
     n_vocab: int
     n_merges: int
+    n_token_arrays: int          # per-token numeric arrays in the metadata (scores, token types)
+    header_bytes: int            # metadata and tensor index: the file before the tensor data
     context_length: Optional[int]
     sliding_window: Optional[int]
     tensor_bytes: int
@@ -170,6 +181,8 @@ def read_shape(file: gguf.GGUFFile) -> ModelShape:
         head_dim_k=_meta_int(meta, f"{arch}.attention.key_length", default_head_dim) or default_head_dim,
         head_dim_v=_meta_int(meta, f"{arch}.attention.value_length", default_head_dim) or default_head_dim,
         n_vocab=int(n_vocab or 0), n_merges=len(merges) if merges is not None else 0,
+        n_token_arrays=sum(1 for key in ("tokenizer.ggml.scores", "tokenizer.ggml.token_type") if key in meta),
+        header_bytes=file.data_offset,
         context_length=_meta_int(meta, f"{arch}.context_length"),
         sliding_window=_meta_int(meta, f"{arch}.attention.sliding_window"),
         tensor_bytes=sum(t.nbytes for t in file.tensors.values()), file_bytes=file.file_size,
@@ -203,6 +216,27 @@ def _ggml_floats_per_token(shape: ModelShape) -> int:
     return 2 * shape.n_embd + shape.n_head * shape.head_dim_k + 2 * shape.n_head_kv * shape.head_dim_k + 3 * shape.n_ff
 
 
+def gguf_metadata_bytes(shape: ModelShape) -> int:
+    """Resident bytes of an open GGUFFile's vocabulary: its strings as Python objects, its numeric
+    arrays, and the header's pages of the mapping."""
+    return ((shape.n_vocab + shape.n_merges) * GGUF_BYTES_PER_STRING
+            + shape.n_token_arrays * shape.n_vocab * GGUF_BYTES_PER_ARRAY_ITEM + shape.header_bytes)
+
+
+def native_formula(shape: ModelShape, n_ctx: int, kv_type: str, n_batch: int, threads: int) -> Dict[str, int]:
+    """The native engine's allocations as native/src/model.c lays them out, from the header alone: the
+    fallback when edgesdk.backends.native is not importable, and a cross-check of its memory_requirements."""
+    # Activation buffers for n_batch tokens plus one attention row of n_ctx per thread.
+    scratch_floats = n_batch * _native_floats_per_token(shape) + threads * n_ctx
+    return {"weights_mapped": shape.tensor_bytes, "weights_owned": 0,
+            "kv_cache": kv_cache_bytes(shape, n_ctx, kv_type), "scratch": 4 * scratch_floats}
+
+
+def tokenizer_table_bytes(shape: ModelShape) -> int:
+    """edgesdk.tokenizer's own tables (both directions of the vocabulary, merge ranks), any backend."""
+    return shape.n_vocab * TOKENIZER_BYTES_PER_TOKEN + shape.n_merges * TOKENIZER_BYTES_PER_MERGE
+
+
 def _native_parts(file: gguf.GGUFFile, shape: ModelShape, n_ctx: int, kv_type: str, n_batch: int,
                   threads: int) -> Dict[str, int]:
     try:
@@ -213,15 +247,10 @@ def _native_parts(file: gguf.GGUFFile, shape: ModelShape, n_ctx: int, kv_type: s
     if requirements is not None:
         parts = dict(requirements(file, n_ctx, kv_type, n_batch, threads=threads))
     else:
-        # The engine's own layout (native/src/model.c) until its memory_requirements is merged:
-        # the activation buffers for n_batch tokens plus one attention row of n_ctx per thread.
-        scratch_floats = n_batch * _native_floats_per_token(shape) + threads * n_ctx
-        parts = {"weights_mapped": shape.tensor_bytes, "weights_owned": 0,
-                 "kv_cache": kv_cache_bytes(shape, n_ctx, kv_type), "scratch": 4 * scratch_floats}
+        parts = native_formula(shape, n_ctx, kv_type, n_batch, threads)
     # The logits of the last token come back as a numpy row.
     parts["scratch"] += 4 * shape.n_vocab
-    parts["tokenizer"] = (shape.n_vocab * PYTHON_TOKENIZER_BYTES_PER_TOKEN
-                          + shape.n_merges * PYTHON_TOKENIZER_BYTES_PER_MERGE)
+    parts["tokenizer"] = gguf_metadata_bytes(shape) + tokenizer_table_bytes(shape)
     parts["runtime"] = PYTHON_NUMPY_RSS + NATIVE_RUNTIME_RSS
     # Virtual memory: the whole file is mapped; everything else is allocated as planned.
     parts["address_space"] = (shape.file_bytes + parts["weights_owned"] + parts["kv_cache"] + parts["scratch"]
@@ -240,7 +269,10 @@ def _llamacpp_parts(shape: ModelShape, n_ctx: int, kv_type: str, n_batch: int, t
     activations = int(LLAMACPP_ACTIVATION_FACTOR * 4 * n_ubatch * _ggml_floats_per_token(shape))
     logits_row = 4 * shape.n_vocab
     scratch = activations + mask + logits_row
-    vocab = shape.n_vocab * LLAMACPP_VOCAB_BYTES_PER_TOKEN
+    # llama.cpp's own vocabulary, and edgesdk.tokenizer's (it tokenizes for every backend) with the
+    # parsed header it is built from (freed afterwards, but its pages stay with the process).
+    vocab = (shape.n_vocab * LLAMACPP_VOCAB_BYTES_PER_TOKEN + gguf_metadata_bytes(shape)
+             + tokenizer_table_bytes(shape))
     runtime = PYTHON_NUMPY_RSS + LLAMACPP_LIBRARY_RSS + LLAMACPP_LOADER_RSS
     kv = kv_cache_bytes(shape, n_ctx, kv_type)
     # llama.cpp reserves its compute buffer for the worst case, logits of every token of a ubatch.
@@ -256,11 +288,24 @@ def _llamacpp_parts(shape: ModelShape, n_ctx: int, kv_type: str, n_batch: int, t
 ModelArg = Union[str, os.PathLike, gguf.GGUFFile]
 
 
-def _open_model(model: ModelArg) -> Tuple[gguf.GGUFFile, bool]:
+def _open_model(model: ModelArg, budget: Optional["Budget"] = None) -> Tuple[gguf.GGUFFile, bool]:
+    """The opened file, and whether we opened it (and so close it). Reading the header maps the whole
+    file: under an address-space limit smaller than the file that mapping itself is refused."""
     if isinstance(model, gguf.GGUFFile):
         return model, False
     from . import registry
-    return gguf.open(registry.resolve(model)), True
+    path = registry.resolve(model)
+    file_bytes = os.path.getsize(path)
+    room = budget.address_space if budget is not None else None
+    if room is not None and file_bytes > room:
+        raise _mapping_error(path, file_bytes, room, budget.address_space_source)
+    try:
+        return gguf.open(path), True
+    except OSError as exc:   # mmap's ENOMEM: the address space ran out before our estimate did
+        if exc.errno != errno.ENOMEM:
+            raise
+        raise _mapping_error(path, file_bytes, room, budget.address_space_source if budget else "the kernel") \
+            from None
 
 
 def _check_args(backend: str, kv_type: str, n_batch: int, n_ctx: Optional[int], threads: Optional[int]) -> None:
@@ -405,7 +450,7 @@ def fit(model: ModelArg, n_ctx: Optional[int] = None, kv_type: str = "f16",
     _check_args(backend, kv_type, n_batch, n_ctx, threads)
     threads = threads or hardware.default_threads(root)
     budget = device_budget(max_memory, root)
-    file, owned = _open_model(model)
+    file, owned = _open_model(model, budget)
     try:
         shape = read_shape(file)
 
@@ -479,6 +524,17 @@ def _budget_error(p: MemoryPlan, budget: Budget, make, shape: ModelShape) -> Mem
     return MemoryBudgetError("\n".join(lines))
 
 
+def _mapping_error(path, file_bytes: int, room: Optional[int], source: str) -> MemoryBudgetError:
+    ways = [f"a smaller model: {', '.join(f'{n} ({_mib(b)})' for n, b in _smaller_registry_models(file_bytes))}"]
+    if not _smaller_registry_models(file_bytes):
+        ways = []
+    ways.append("a higher address-space limit (ulimit -v / RLIMIT_AS)")
+    return MemoryBudgetError(
+        f"{os.path.basename(os.fspath(path))} does not fit: mapping the file needs {_mib(file_bytes)} of address "
+        f"space before anything else, {_mib(room)} available (limit from {source}).\nWays out: "
+        + "; ".join(ways) + ".")
+
+
 def _smaller_registry_models(tensor_bytes: int):
     try:
         from . import registry
@@ -490,18 +546,22 @@ def _smaller_registry_models(tensor_bytes: int):
 
 # -- reporting -------------------------------------------------------------------------
 
-def format_plan(p: MemoryPlan) -> str:
-    """The plan as `edgesdk info MODEL` prints it."""
-    rows = [(name.replace("_", " "), value) for name, value in p.parts().items()]
-    lines = [f"model:    {p.model}", f"backend:  {p.backend}, {p.threads} threads, n_batch {p.n_batch}",
-             f"context:  n_ctx {p.n_ctx}" + (f" (model maximum {p.context_length})" if p.context_length else "")
-             + f", KV cache {p.kv_type}"]
-    lines += [f"  {name:<15} {value / MIB:10,.1f} MiB" for name, value in rows]
-    lines.append(f"  {'total':<15} {p.total / MIB:10,.1f} MiB resident, {p.address_space / MIB:,.1f} MiB address space")
+def plan_rows(p: MemoryPlan) -> List[Tuple[str, str]]:
+    """The plan as (label, value) rows, for `edgesdk info MODEL`."""
+    context = f"n_ctx {p.n_ctx}" + (f" (model maximum {p.context_length})" if p.context_length else "")
+    rows = [("backend", f"{p.backend}, {p.threads} threads, n_batch {p.n_batch}"),
+            ("context", f"{context}, KV cache {p.kv_type}")]
+    rows += [(name.replace("_", " "), f"{value / MIB:10,.1f} MiB") for name, value in p.parts().items()]
+    rows.append(("total", f"{p.total / MIB:10,.1f} MiB resident, {p.address_space / MIB:,.1f} MiB address space"))
     if p.budget is not None:
-        lines.append(f"budget:   {_mib(p.budget)} ({p.budget_source})")
-    return "\n".join(lines)
+        rows.append(("budget", f"{_mib(p.budget)} ({p.budget_source})"))
+    return rows
+
+
+def format_plan(p: MemoryPlan) -> str:
+    """The plan as text."""
+    return "\n".join([f"model:    {p.model}"] + [f"{label + ':':16}{value}" for label, value in plan_rows(p)])
 
 
 __all__ = ["Budget", "KV_TYPES", "MemoryPlan", "ModelShape", "device_budget", "fit", "format_plan",
-           "kv_cache_bytes", "parse_size", "plan", "read_shape"]
+           "kv_cache_bytes", "parse_size", "plan", "plan_rows", "read_shape"]

@@ -2,7 +2,7 @@
 
     python tests/memory_child.py BACKEND MODEL N_CTX [--as-factor F]
 
-It does what edgesdk.load does — memory.fit() first, then the backend — and
+It does what edgesdk.load does — memory.fit() first, then edgesdk's tokenizer and the backend — and
 evaluates the whole context (a prompt of n_ctx - GENERATED tokens in batches,
 then GENERATED greedy tokens one by one), then prints one JSON line: the plan,
 the peak RSS (VmHWM), and whether fit() refused. With --as-factor it first sets
@@ -89,9 +89,9 @@ class LlamaCppDirect:
 
 
 class Native:
-    def __init__(self, path: str, n_ctx: int):
+    def __init__(self, source, n_ctx: int):
         from edgesdk.backends.native import NativeBackend
-        self.backend = NativeBackend(path, n_ctx=n_ctx, threads=THREADS, kv_type="f16", n_batch=N_BATCH)
+        self.backend = NativeBackend(source, n_ctx=n_ctx, threads=THREADS, kv_type="f16", n_batch=N_BATCH)
         self.pos = 0
 
     def eval(self, ids) -> np.ndarray:
@@ -121,7 +121,13 @@ def main() -> None:
         print(json.dumps(result))
         return
     result.update(refused=False, planned=plan.total, parts=plan.parts(), address_space=plan.address_space)
-    model = (LlamaCppDirect if backend == "llamacpp-direct" else Native)(path, n_ctx)
+    from edgesdk import gguf
+    from edgesdk.tokenizer import Tokenizer
+    # edgesdk tokenizes for every backend; the native backend shares the tokenizer's opened file.
+    source = gguf.open(path) if backend == "native" else path
+    tokenizer = Tokenizer.from_gguf(source)
+    assert tokenizer.encode("Hello")
+    model = LlamaCppDirect(path, n_ctx) if backend == "llamacpp-direct" else Native(source, n_ctx)
     rng = np.random.default_rng(0)
     prompt = rng.integers(100, 1000, size=n_ctx - GENERATED).tolist()
     logits = model.eval(prompt)

@@ -255,7 +255,9 @@ def test_a_directory_where_a_file_should_be_is_tolerated(tree):
 
 
 FUZZED_FILES = ("proc/cpuinfo", "proc/meminfo", "proc/self/cgroup", "proc/self/mountinfo", "proc/self/limits",
-                "proc/self/status", "sys/devices/system/cpu/online", "sys/fs/cgroup/system.slice/edge-chat.service/memory.max",
+                "proc/self/status", "sys/devices/system/cpu/online",
+                "sys/fs/cgroup/system.slice/edge-chat.service/memory.max",
+                "sys/fs/cgroup/system.slice/edge-chat.service/memory.stat",
                 "sys/firmware/devicetree/base/model", "sys/devices/system/cpu/cpu2/topology/core_cpus_list")
 
 

@@ -27,9 +27,11 @@ PLAN_VS_RSS_TOLERANCE = 0.10
 
 # Backends whose peak RSS is checked against the plan. "llamacpp-direct" drives llama.cpp's
 # low-level API with the settings of edgesdk.backends.llamacpp (see tests/memory_child.py).
-# Add "native" here once edgesdk.backends.native is on main.
-MEASURED_BACKENDS = ["llamacpp-direct"]
-MEASURED_CONTEXTS = [1024, 3072]    # away from the 512/2048/4096 runs the constants were measured at
+MEASURED_BACKENDS = ["llamacpp-direct", "native"]
+# Away from the 512/2048/4096 runs the constants were measured at (384 also checks a batch
+# smaller than 512), and small enough that filling the context stays cheap on a 2-core CI machine.
+MEASURED_CONTEXTS = [384, 1024]
+RLIMIT_CONTEXT = 256
 
 
 # -- a synthetic model, header only ----------------------------------------------------
@@ -45,6 +47,8 @@ def write_header_only_model(path: Path, *, n_layer=4, n_embd=256, n_ff=768, n_he
     w.add_head_count(n_head)
     w.add_head_count_kv(n_head_kv)
     w.add_context_length(context_length)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_freq_base(10000.0)
     if key_length:
         w.add_key_length(key_length)
         w.add_value_length(key_length)
@@ -54,7 +58,8 @@ def write_header_only_model(path: Path, *, n_layer=4, n_embd=256, n_ff=768, n_he
     q8 = gguf_pkg.GGMLQuantizationType.Q8_0
     shapes = {"token_embd.weight": (n_vocab, n_embd), "output_norm.weight": (n_embd,)}
     for i in range(n_layer):
-        shapes.update({f"blk.{i}.attn_q.weight": (n_head * head_dim, n_embd),
+        shapes.update({f"blk.{i}.attn_norm.weight": (n_embd,), f"blk.{i}.ffn_norm.weight": (n_embd,),
+                       f"blk.{i}.attn_q.weight": (n_head * head_dim, n_embd),
                        f"blk.{i}.attn_k.weight": (n_head_kv * head_dim, n_embd),
                        f"blk.{i}.attn_v.weight": (n_head_kv * head_dim, n_embd),
                        f"blk.{i}.attn_output.weight": (n_embd, n_head * head_dim),
@@ -169,6 +174,25 @@ def test_a_model_without_its_hyperparameters_is_unsupported(tmp_path):
         memory.plan(tmp_path / "bare.gguf")
 
 
+@pytest.mark.parametrize("n_ctx,kv_type,n_batch,threads", [(512, "f16", 512, 1), (1536, "q8_0", 64, 2),
+                                                          (4096, "f16", 128, 3)])
+def test_native_engine_s_memory_requirements_match_the_header_formula(smollm2_path, gemma3_path, small_model,
+                                                                      n_ctx, kv_type, n_batch, threads):
+    from edgesdk import gguf
+    from edgesdk.backends import native
+
+    for path in (smollm2_path, gemma3_path, small_model):
+        with gguf.open(path) as f:
+            engine = native.memory_requirements(f, n_ctx, kv_type, n_batch, threads=threads)
+            formula = memory.native_formula(memory.read_shape(f), n_ctx, kv_type, n_batch, threads)
+        assert engine["kv_cache"] == formula["kv_cache"]
+        assert engine["weights_mapped"] == formula["weights_mapped"]
+        # The engine rounds each buffer up to 64 bytes (8 buffers); the formula does not.
+        assert 0 <= engine["scratch"] - formula["scratch"] <= 9 * 64
+        # Owned copies: only norm vectors converted to f32 (the engine does not repack by default).
+        assert engine["weights_owned"] < 0.01 * engine["weights_mapped"]
+
+
 # -- sizes -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("text,expected", [
@@ -251,6 +275,17 @@ def test_fit_counts_an_address_space_limit(tmp_path, smollm2_path):
     assert 256 <= p.n_ctx < 8192 and p.address_space <= 450 * MIB
 
 
+def test_an_address_space_limit_below_the_file_size_is_refused_before_mapping(tmp_path, smollm2_path):
+    root = tmp_path / "x86"
+    shutil.copytree(FIXTURES / "x86-box", root, symlinks=True)
+    limit = 1024 * MIB + 50 * MIB          # 50 MiB above the fixture's VmSize; the file is 94 MiB
+    limits = (root / "proc/self/limits").read_text()
+    (root / "proc/self/limits").write_text(limits.replace("8589934592           8589934592",
+                                                          f"{limit:<20} {limit:<20}"))
+    with pytest.raises(MemoryBudgetError, match="(?s)mapping the file needs 94 MiB.*50 MiB available.*ulimit -v"):
+        memory.fit(smollm2_path, backend="native", threads=2, root=str(root))
+
+
 # -- against the real thing ------------------------------------------------------------
 
 def run_child(*args, timeout=600) -> dict:
@@ -280,9 +315,29 @@ def test_plan_total_is_within_10_percent_of_the_peak_rss_of_a_full_context_run(r
 @pytest.mark.parametrize("model", ["smollm2_path", "gemma3_path"])
 def test_an_address_space_limit_below_the_plan_is_refused_and_one_at_the_plan_loads(request, model, backend):
     path = request.getfixturevalue(model)
-    refused = run_child(backend, path, 1024, "--as-factor", 0.5)
+    refused = run_child(backend, path, RLIMIT_CONTEXT, "--as-factor", 0.5)
     assert refused["refused"] is True
     assert "RLIMIT_AS" in refused["message"] and "Ways out" in refused["message"]
-    loaded = run_child(backend, path, 1024, "--as-factor", 1.0)
-    assert loaded["refused"] is False and loaded["positions"] == 1024
+    loaded = run_child(backend, path, RLIMIT_CONTEXT, "--as-factor", 1.0)
+    assert loaded["refused"] is False and loaded["positions"] == RLIMIT_CONTEXT
     assert loaded["vm_peak"] <= loaded["rlimit_as"]
+
+
+# -- edgesdk info ------------------------------------------------------------------
+
+def test_cli_info_prints_the_device_and_with_a_model_its_plan(capsys, smollm2_path):
+    from edgesdk import cli
+
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "cores " in out and "budget " in out and "architecture" not in out
+    assert cli.main(["info", str(smollm2_path), "--backend", "llamacpp", "--max-memory", "1GB"]) == 0
+    out = capsys.readouterr().out
+    assert "kv cache" in out and "total" in out and "n_ctx 8192" in out and "max_memory" in out
+
+
+def test_cli_info_reports_a_model_that_does_not_fit_as_an_error(capsys, gemma3_path):
+    from edgesdk import cli
+
+    assert cli.main(["info", str(gemma3_path), "--max-memory", "100MB"]) == 2
+    assert "does not fit" in capsys.readouterr().err
