@@ -149,7 +149,8 @@ def _enable_readline() -> None:
         return
     from . import registry
 
-    history = registry.home() / "chat_history"
+    # EDGESDK_CHAT_HISTORY moves the readline history alone (tests, read-only homes).
+    history = Path(os.environ.get("EDGESDK_CHAT_HISTORY") or registry.home() / "chat_history")
     try:
         readline.read_history_file(history)
     except OSError:

@@ -21,6 +21,7 @@ def _env(tmp_path):
     env["TERM"] = "dumb"
     # The model cache stays where it is; readline history goes to the test's directory.
     env.setdefault("EDGESDK_HOME", str(Path.home() / ".cache" / "edgesdk"))
+    env["EDGESDK_CHAT_HISTORY"] = str(tmp_path / "chat_history")
     return env
 
 
