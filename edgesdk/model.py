@@ -49,7 +49,7 @@ class GenerationStats:
         return self.completion_tokens / decode_s if decode_s > 0 else 0.0
 
 
-def _load_tokenizer(path: Path):
+def _load_tokenizer(file: gguf.GGUFFile, path: Path):
     """edgesdk's own tokenizer; llama.cpp's vocabulary while edgesdk.tokenizer is not installed."""
     try:
         from .tokenizer import Tokenizer
@@ -57,10 +57,10 @@ def _load_tokenizer(path: Path):
         from .backends.llamacpp import LlamaCppTokenizer
         log.info("edgesdk.tokenizer is not available; using llama.cpp's tokenizer")
         return LlamaCppTokenizer.from_gguf(path)
-    return Tokenizer.from_gguf(path)
+    return Tokenizer.from_gguf(file)
 
 
-def _plan_context(path: Path, n_ctx: Optional[int], kv_type: str, max_memory, backend: str, threads: int,
+def _plan_context(file: gguf.GGUFFile, n_ctx: Optional[int], kv_type: str, max_memory, backend: str, threads: int,
                   context_length: int):
     """(n_ctx, plan) from edgesdk.memory's planner; without it, the asked n_ctx or min(trained, 4096)."""
     try:
@@ -68,7 +68,7 @@ def _plan_context(path: Path, n_ctx: Optional[int], kv_type: str, max_memory, ba
     except ImportError:
         memory = None
     if memory is not None:
-        plan = memory.fit(path, n_ctx=n_ctx, kv_type=kv_type, max_memory=max_memory, backend=backend,
+        plan = memory.fit(file, n_ctx=n_ctx, kv_type=kv_type, max_memory=max_memory, backend=backend,
                           threads=threads)
         return int(plan.n_ctx), plan
     if n_ctx is None:
@@ -95,7 +95,7 @@ def _resolve_backend(name: str) -> str:
     return "native"
 
 
-def _make_backend(name: str, path: Path, n_ctx: int, threads: int, kv_type: str) -> Backend:
+def _make_backend(name: str, file: gguf.GGUFFile, path: Path, n_ctx: int, threads: int, kv_type: str) -> Backend:
     if name == "native":
         try:
             from .backends.native import NativeBackend
@@ -103,7 +103,7 @@ def _make_backend(name: str, path: Path, n_ctx: int, threads: int, kv_type: str)
             raise BackendUnavailableError(
                 f"the native backend is not available in this installation ({exc}); use backend='llamacpp'"
             ) from None
-        return NativeBackend(path, n_ctx=n_ctx, threads=threads, kv_type=kv_type)
+        return NativeBackend(file, n_ctx=n_ctx, threads=threads, kv_type=kv_type)
     if name == "llamacpp":
         from .backends.llamacpp import LlamaCppBackend
         return LlamaCppBackend(path, n_ctx=n_ctx, threads=threads, kv_type=kv_type)
@@ -128,19 +128,28 @@ def load(model: Optional[Union[str, os.PathLike]] = None, backend: str = "native
         raise InvalidArgumentError(f"threads must be a positive int, got {threads!r}")
     name = model if model is not None else registry.default_model()
     path = registry.resolve(name)
-    with gguf.open(path) as file:
+    # Opened and parsed once: the planner, the tokenizer and the native backend share this
+    # header (the memory plan counts one parsed copy; each reopen costs time and RSS).
+    file = gguf.open(path)
+    try:
         metadata = {k: v for k, v in file.metadata.items() if not k.startswith("tokenizer.ggml.")}
         special_tokens = special_tokens_from_gguf(file.metadata)
         header = bytes(file.data[:file.data_offset])
         arch = file.architecture or ""
         context_length = int(file.get(f"{arch}.context_length", 0) or 0)
-    backend = _resolve_backend(backend)
-    threads = threads or _default_threads()
-    n_ctx, plan = _plan_context(path, n_ctx, kv_type, max_memory, backend, threads, context_length)
-    tokenizer = _load_tokenizer(path)
-    backend_obj = _make_backend(backend, path, n_ctx, threads, kv_type)
+        backend = _resolve_backend(backend)
+        threads = threads or _default_threads()
+        n_ctx, plan = _plan_context(file, n_ctx, kv_type, max_memory, backend, threads, context_length)
+        tokenizer = _load_tokenizer(file, path)
+        backend_obj = _make_backend(backend, file, path, n_ctx, threads, kv_type)
+    except BaseException:
+        file.close()
+        raise
+    if backend != "native":
+        file.close()
+        file = None
     return Model(path=path, backend=backend_obj, tokenizer=tokenizer, metadata=metadata, header=header,
-                 memory_plan=plan, name=os.fspath(name), special_tokens=special_tokens)
+                 memory_plan=plan, name=os.fspath(name), special_tokens=special_tokens, file=file)
 
 
 class _StopScanner:
@@ -190,8 +199,10 @@ class Model:
     """A loaded model: tokenizer, backend (with its KV cache), scoring and generation."""
 
     def __init__(self, path: Path, backend: Backend, tokenizer, metadata: Dict[str, Any], header: bytes,
-                 memory_plan=None, name: Optional[str] = None, special_tokens: Optional[Dict[str, int]] = None):
+                 memory_plan=None, name: Optional[str] = None, special_tokens: Optional[Dict[str, int]] = None,
+                 file: Optional[gguf.GGUFFile] = None):
         self.path = Path(path)
+        self._file = file               # the mapped GGUF the backend reads weights from, if it shares ours
         self.backend = backend
         self.tokenizer = tokenizer
         self.metadata = metadata
@@ -360,6 +371,9 @@ class Model:
 
     def close(self) -> None:
         self.backend.close()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
     def __enter__(self) -> "Model":
         return self

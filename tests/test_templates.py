@@ -8,7 +8,7 @@ import pytest
 
 from edgesdk.errors import ChatFormatError, TemplateError
 from edgesdk import gguf
-from edgesdk.model import _load_tokenizer
+from edgesdk.tokenizer import Tokenizer
 from edgesdk.templates import (RENDER_TIME_LIMIT_S, ChatFormatter, ChatTemplate, builtin_family,
                                special_tokens_from_gguf, validate_messages)
 
@@ -47,7 +47,7 @@ def _formatter(path, template="from the file", arch=None):
             template = f.metadata.get("tokenizer.chat_template")
         special = special_tokens_from_gguf(f.metadata)
         arch = arch or f.architecture
-    tok = _load_tokenizer(path)
+        tok = Tokenizer.from_gguf(f)
     return ChatFormatter(tok, template, arch, special), tok
 
 
