@@ -7,7 +7,6 @@ import resource
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import gguf as gguf_pkg
@@ -141,14 +140,13 @@ def test_plan_reads_only_the_header_of_a_4_gib_sparse_model(tmp_path):
                                    n_head_kv=8, n_vocab=32000, pad_to=0)
     assert path.stat().st_size > 3 * 1024 * MIB
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    t0 = time.perf_counter()
     p = memory.plan(path, n_ctx=4096, backend="native", threads=2)
-    elapsed = time.perf_counter() - t0
     rss_growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before
     assert p.weights_mapped == independent_tensor_bytes(path)
     assert p.kv_cache == 32 * 4096 * 8 * 128 * 2 * 2
-    # Touching the 3+ GiB of (sparse) tensor data would take seconds and show in the RSS.
-    assert elapsed < 2.0 and rss_growth < 64 * MIB
+    # Touching the 3+ GiB of (sparse) tensor data would show in the peak RSS. (No wall-clock
+    # bound: this machine is shared, and timings belong in benchmarks.)
+    assert rss_growth < 64 * MIB
 
 
 def test_unknown_backend_kv_type_and_bad_sizes_are_rejected(small_model):
