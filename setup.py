@@ -67,7 +67,7 @@ setup(
         "pyserial>=3.5",
         "onnxruntime>=1.16",
         "jinja2>=3.1",
-        "regex>=2022.1.18",
+        "regex>=2023.10.3",  # Unicode 15.1 tables or newer (see edgesdk/tokenizer/pretokenize.py)
     ],
     extras_require={
         "llamacpp": ["llama-cpp-python>=0.3.0"],

@@ -41,6 +41,39 @@ CPU_FEATURE_BITS = {
 }
 
 
+# -- engine structs (mirror native/include/edgekern.h, "inference engine") --
+
+EK_ARCH_LLAMA, EK_ARCH_QWEN2, EK_ARCH_GEMMA3 = 0, 1, 2
+EK_ROPE_NORM, EK_ROPE_NEOX = 0, 2
+EK_ACT_SILU, EK_ACT_GELU = 0, 1
+EK_WEIGHT_ALLOW_REPACK = 1
+# enum ek_layer_tensor, in order
+LAYER_TENSOR_SLOTS = (
+    "attn_norm", "q", "k", "v", "o", "q_bias", "k_bias", "v_bias", "q_norm", "k_norm",
+    "post_attn_norm", "ffn_norm", "gate", "up", "down", "post_ffn_norm",
+)
+
+
+class EkTensorDesc(ctypes.Structure):
+    _fields_ = [("data", c_void_p), ("n_rows", c_int64), ("n_cols", c_int64), ("type", c_int32),
+                ("reserved", c_int32)]
+
+
+class EkModelDesc(ctypes.Structure):
+    _fields_ = [(name, c_int32) for name in (
+        "arch", "n_vocab", "n_embd", "n_layer", "n_ff", "n_head", "n_head_kv", "head_dim", "n_rot", "rope_mode")] + \
+        [(name, c_float) for name in (
+            "rope_base", "rope_freq_scale", "rope_base_swa", "rope_freq_scale_swa", "norm_eps", "embd_scale",
+            "attn_scale")] + \
+        [(name, c_int32) for name in ("n_swa", "swa_pattern", "act", "n_ctx", "n_batch", "n_threads", "kv_type")] + \
+        [("weight_flags", c_uint32), ("tok_embd", EkTensorDesc), ("output_norm", EkTensorDesc),
+         ("output", EkTensorDesc), ("rope_freqs", c_float_p), ("layers", POINTER(EkTensorDesc))]
+
+
+class EkModelMemory(ctypes.Structure):
+    _fields_ = [("kv_cache", c_uint64), ("scratch", c_uint64), ("weights_owned", c_uint64)]
+
+
 def _library_path() -> str:
     spec = importlib.util.find_spec("edgesdk._edgekern")
     if spec is None or spec.origin is None or not os.path.exists(spec.origin):
@@ -89,6 +122,24 @@ def _load() -> ctypes.CDLL:
     proto("ek_measure_read_bandwidth", c_double, c_size_t, c_int, c_void_p)
 
     # -- f32 building blocks and the inference engine (engine work)
+    proto("ek_rmsnorm", None, c_float_p, c_float_p, c_float_p, c_int64, c_float)
+    proto("ek_rope", None, c_float_p, c_int64, c_int64, c_int64, c_int64, c_float, c_float, c_float_p, c_int)
+    proto("ek_softmax", None, c_float_p, c_int64)
+    proto("ek_silu_mul", None, c_float_p, c_float_p, c_float_p, c_int64)
+    proto("ek_gelu_mul", None, c_float_p, c_float_p, c_float_p, c_int64)
+    proto("ek_kv_row_bytes", c_int64, c_int, c_int64)
+    proto("ek_kv_store", None, c_int, c_float_p, c_void_p, c_int64)
+    proto("ek_kv_load", None, c_int, c_void_p, c_float_p, c_int64)
+    proto("ek_attention_head", None, c_float_p, c_void_p, c_void_p, c_int, c_size_t, c_int64, c_int64, c_float,
+          c_float_p, c_float_p)
+    proto("ek_model_memory_needs", c_int, POINTER(EkModelDesc), POINTER(EkModelMemory))
+    proto("ek_model_create", c_int, POINTER(EkModelDesc), POINTER(c_void_p))
+    proto("ek_model_free", None, c_void_p)
+    proto("ek_model_memory_used", None, c_void_p, POINTER(EkModelMemory))
+    proto("ek_model_eval", c_int, c_void_p, c_int32_p, c_int64, c_int64, c_float_p, c_int)
+    proto("ek_model_state_bytes", c_uint64, c_void_p, c_int64)
+    proto("ek_model_state_save", None, c_void_p, c_int64, c_void_p)
+    proto("ek_model_state_load", None, c_void_p, c_int64, c_void_p)
 
     # -- tokenizer hot loops, if any (tokenizer work)
     proto("ek_tok_table_create", c_int, c_char_p, POINTER(c_int64), c_int32_p, c_float_p, c_int32_p,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import asdict
@@ -171,7 +172,13 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 # -- entry point -----------------------------------------------------------------
 
-SUBCOMMANDS = [_add_pull, _add_models, _add_info]
+def _add_chat(sub) -> None:
+    """`chat` and `run`: declared and run in chat_cli.py."""
+    from .chat_cli import add_chat_commands
+    add_chat_commands(sub)
+
+
+SUBCOMMANDS = [_add_pull, _add_models, _add_info, _add_chat]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -193,6 +200,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("edgesdk: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`edgesdk info X | head`): not an error of ours.
+        # Point stdout at /dev/null so the interpreter's final flush stays quiet.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -463,7 +463,7 @@ class GGUFFile:
         if pos > size or (text_bytes > MAX_STRING_BYTES and max(map(len, items)) > MAX_STRING_BYTES):
             self._locate_bad_string_item(cur.pos, key, count)
         try:
-            strings = [raw.decode("utf-8") for raw in items]
+            strings = list(map(bytes.decode, items))  # UTF-8, strict; map skips a Python-level loop
         except UnicodeDecodeError:
             strings = self._locate_bad_utf8_item(cur.pos, key, items)
         cur.pos = pos

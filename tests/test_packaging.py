@@ -40,3 +40,11 @@ def test_missing_c_compiler_gives_a_clear_message(source_copy):
     assert "no C compiler found (looked for '/nonexistent/cc')" in out.stderr
     assert "build-essential" in out.stderr
     assert not list(source_copy.glob("edgesdk/_edgekern*.so"))
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    readme = (REPO_ROOT / "README.md").read_text()
+    ci = (REPO_ROOT / ".ci" / "run").read_text()
+    command = "bash tools/test.sh"
+    assert f"```sh\n{command}\n```" in readme
+    assert [line for line in ci.splitlines() if line and not line.startswith(("#", "set ", "cd "))] == [command]

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import heapq
 from functools import lru_cache
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
-from ..errors import TokenizerError
 from . import native_loops
 from .pretokenize import pre_tokenizer
 from .vocab import Vocab

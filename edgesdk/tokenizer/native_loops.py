@@ -11,7 +11,7 @@ loading a tokenizer stays fast for text that never needs it.
 from __future__ import annotations
 
 import ctypes
-from typing import Iterable, List, Optional, Tuple
+from typing import Iterable, List, Tuple
 
 import numpy as np
 

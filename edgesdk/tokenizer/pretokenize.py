@@ -26,29 +26,44 @@ _WS = r"\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000
 _S = f"[{_WS}]"
 _NOT_S = f"[^{_WS}]"
 
+# llama.cpp's character tables predate Unicode 16.0, whose new digits and punctuation are
+# "other" to it; the `regex` package knows them. Found by comparing the two over every code
+# point (the bench of scripts in tests/test_tokenizer_unicode.py checks them). New letters
+# and symbols of 16.0 need no entry: a character llama.cpp does not know splits the same
+# way as a letter or symbol it does not merge with.
+_UNICODE_16_DIGITS = (r"\U00010D40-\U00010D49\U000116D0-\U000116E3\U00011BF0-\U00011BF9\U00011DE0-\U00011DE9"
+                      r"\U00016130-\U00016139\U00016D70-\U00016D79\U00016FF4-\U00016FF6\U0001CCF0-\U0001CCF9"
+                      r"\U0001E5F1-\U0001E5FA")
+_UNICODE_16_PUNCTUATION = (r"\u1B4E\u1B4F\u1B7F\U00010D6E\U00010ED0\U000113D4\U000113D5\U000113D7\U000113D8"
+                           r"\U00011BE1\U00016D6D-\U00016D6F\U0001E5FF")
+# Unicode classes as llama.cpp sees them (patterns are compiled with regex.V1 for "--").
+_L = r"\p{L}"
+_N = rf"[\p{{N}}--[{_UNICODE_16_DIGITS}]]"
+_P = rf"[\p{{P}}--[{_UNICODE_16_PUNCTUATION}]]"
+
 # GPT-2: contractions, letters, numbers, other symbols, each with an optional leading space.
-GPT2 = (rf"'s|'t|'re|'ve|'m|'ll|'d| ?\p{{L}}+| ?\p{{N}}+| ?[^{_WS}\p{{L}}\p{{N}}]+"
+GPT2 = (rf"'s|'t|'re|'ve|'m|'ll|'d| ?{_L}+| ?{_N}+| ?[^{_WS}{_L}{_N}]+"
         rf"|{_S}+(?!{_NOT_S})|{_S}+")
 
 # SmolLM / StarCoder: "\p{N}" first (every digit its own piece), then GPT-2 inside the pieces.
 # Equivalent single expression: a digit is a piece, and a piece boundary before a digit
 # counts as the end of text for the whitespace look-ahead.
-DIGITS_THEN_GPT2 = (rf"\p{{N}}|'s|'t|'re|'ve|'m|'ll|'d| ?\p{{L}}+| ?[^{_WS}\p{{L}}\p{{N}}]+"
-                    rf"|{_S}+(?![^{_WS}\p{{N}}])|{_S}+")
+DIGITS_THEN_GPT2 = (rf"{_N}|'s|'t|'re|'ve|'m|'ll|'d| ?{_L}+| ?[^{_WS}{_L}{_N}]+"
+                    rf"|{_S}+(?![^{_WS}{_N}])|{_S}+")
 
 # Llama-3: case-insensitive contractions, letters with one leading non-letter, up to three digits.
-LLAMA3 = (rf"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{{L}}\p{{N}}]?\p{{L}}+"
-          rf"|\p{{N}}{{1,3}}| ?[^{_WS}\p{{L}}\p{{N}}]+[\r\n]*|{_S}*[\r\n]+|{_S}+(?!{_NOT_S})|{_S}+")
+LLAMA3 = (rf"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n{_L}{_N}]?{_L}+"
+          rf"|{_N}{{1,3}}| ?[^{_WS}{_L}{_N}]+[\r\n]*|{_S}*[\r\n]+|{_S}+(?!{_NOT_S})|{_S}+")
 
 # Qwen2: as Llama-3 but single digits.
-QWEN2 = (rf"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{{L}}\p{{N}}]?\p{{L}}+"
-         rf"|\p{{N}}| ?[^{_WS}\p{{L}}\p{{N}}]+[\r\n]*|{_S}*[\r\n]+|{_S}+(?!{_NOT_S})|{_S}+")
+QWEN2 = (rf"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n{_L}{_N}]?{_L}+"
+         rf"|{_N}| ?[^{_WS}{_L}{_N}]+[\r\n]*|{_S}*[\r\n]+|{_S}+(?!{_NOT_S})|{_S}+")
 
 # llama.cpp's default for BPE vocabularies without a known pre-tokenizer: four expressions in turn.
 DEFAULT_CHAIN = (
-    r"[\p{P}\$\+<=>\^~\|]+",
+    rf"[{_P}\$\+<=>\^~\|]+",
     GPT2,
-    r"\p{N}+",
+    rf"{_N}+",
     r"[0-9][0-9][0-9]",
 )
 
@@ -94,5 +109,5 @@ def pre_tokenizer(pre: str) -> Callable[[str], List[str]]:
             f"tokenizer.ggml.pre = {pre!r} is not a pre-tokenizer we know; known: {', '.join(sorted(PRE_TOKENIZERS))}"
         )
     if isinstance(spec, str):
-        return regex.compile(spec).findall
-    return _split_in_turn([regex.compile(p) for p in spec])
+        return regex.compile(spec, regex.V1).findall
+    return _split_in_turn([regex.compile(p, regex.V1) for p in spec])

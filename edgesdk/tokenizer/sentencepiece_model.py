@@ -12,7 +12,7 @@ from typing import List, Tuple, Union
 
 from ..errors import TokenizerError
 from .spm import SPACE_MARK
-from .vocab import (ATTR_BYTE, ATTR_CONTROL, ATTR_NORMAL, ATTR_UNKNOWN, ATTR_UNUSED, ATTR_USER_DEFINED,
+from .vocab import (ATTR_BYTE, ATTR_CONTROL, ATTR_NORMAL, ATTR_UNKNOWN, ATTR_UNUSED,
                     END_OF_GENERATION_TEXTS, MODEL_SPM, Vocab)
 
 

@@ -54,15 +54,21 @@ class SpecialMatcher:
             return [text] if text else []
         occurrences: Dict[str, List[int]] = {}
         rank = self.rank
+        lengths_by_prefix = self.lengths_by_prefix
         for match in self._finder.finditer(text):
             pos = match.start()
             prefix = match.group(1)
-            for length in self.lengths_by_prefix[prefix]:
+            for length in lengths_by_prefix[prefix]:
+                # Near the end of text the slice is shorter than length; if it is then a token,
+                # it is found again at its own length, and duplicates are dropped below.
                 candidate = text[pos:pos + length]
-                if len(candidate) == length and candidate in rank:
-                    occurrences.setdefault(candidate, []).append(pos)
-            # A one-character token's prefix is itself; a longer prefix at the same place may hide it.
-            if len(prefix) == 2 and prefix[0] in self.lengths_by_prefix and prefix[0] in rank:
+                if candidate in rank:
+                    if candidate in occurrences:
+                        occurrences[candidate].append(pos)
+                    else:
+                        occurrences[candidate] = [pos]
+            # A one-character token's prefix is itself; a longer prefix at the same place hides it.
+            if len(prefix) == 2 and prefix[0] in rank:
                 occurrences.setdefault(prefix[0], []).append(pos)
         if not occurrences:
             return [text]

@@ -9,13 +9,18 @@ Input that cannot be UTF-8: `encode` accepts str (lone surrogates, which have
 no UTF-8 form, are replaced by U+FFFD) or bytes (invalid sequences are replaced
 by U+FFFD). `decode` replaces byte sequences that are not valid UTF-8 with
 U+FFFD. Ids outside [0, n_vocab) raise InvalidArgumentError.
+
+Decoding is lossless: it does not apply llama.cpp's optional "clean spaces"
+rewriting (" ," -> ","), so decode(encode(x)) == x for every text the
+vocabulary can spell. eot_ids is llama.cpp's end-of-generation set, quirks
+included (e.g. Gemma-3's HTML "</s>" token is in it, as in llama.cpp).
 """
 from __future__ import annotations
 
 import os
-from typing import Any, FrozenSet, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, FrozenSet, Iterable, List, Optional, Tuple, Union
 
-from ..errors import InvalidArgumentError, TokenizerError
+from ..errors import InvalidArgumentError
 from .bpe import BPEModel
 from .special import build_matchers
 from .spm import SPMModel

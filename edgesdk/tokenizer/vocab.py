@@ -12,7 +12,7 @@ the reference our token ids are compared with.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Sequence
+from typing import Any, Dict, FrozenSet, List, Mapping, Optional
 
 from ..errors import TokenizerError
 

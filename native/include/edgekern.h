@@ -165,10 +165,118 @@ EK_API ek_status ek_vec_dot(int type, const void *w, const float *x, int64_t n, 
 EK_API double ek_measure_read_bandwidth(size_t bytes, int repeats, ek_pool *pool);
 
 /* ------------------------------------- f32 transformer building blocks */
-/* (declared by the engine work: rmsnorm, rope, softmax, activations, attention) */
+/* Each op has a scalar reference; the active ISA (ek_isa_current) picks a
+   vectorized variant where one exists. All sizes are element counts. */
+
+/* y[i] = x[i] / sqrt(mean(x^2) + eps) * (w ? w[i] : 1); y may equal x. */
+EK_API void ek_rmsnorm(const float *x, const float *w, float *y, int64_t n, float eps);
+
+/* RoPE layouts: NORM rotates pairs (x[2i], x[2i+1]) (llama), NEOX rotates
+   (x[i], x[i + n_rot/2]) (qwen2, gemma3). */
+#define EK_ROPE_NORM 0
+#define EK_ROPE_NEOX 2
+
+/* Rotate the first n_rot dims of each of n_heads vectors of head_dim floats
+   (contiguous) in place for position pos: angle_i = pos * freq_scale *
+   base^(-2i/n_rot) / (freq_factors ? freq_factors[i] : 1), i in [0, n_rot/2). */
+EK_API void ek_rope(float *x, int64_t n_heads, int64_t head_dim, int64_t n_rot, int64_t pos,
+                    float base, float freq_scale, const float *freq_factors, int mode);
+
+EK_API void ek_softmax(float *x, int64_t n); /* in place, max-subtracted */
+
+/* out[i] = act(gate[i]) * up[i] (up may be NULL: out = act(gate)); out may equal gate.
+   SiLU(x) = x / (1 + e^-x); GELU is the tanh form 0.5x(1 + tanh(sqrt(2/pi)(x + 0.044715x^3))). */
+EK_API void ek_silu_mul(const float *gate, const float *up, float *out, int64_t n);
+EK_API void ek_gelu_mul(const float *gate, const float *up, float *out, int64_t n);
+
+/* KV cache rows: EK_TYPE_F16 (n halves) or EK_TYPE_Q8_0 (n/32 blocks {f16 d; int8 q[32]}). */
+EK_API int64_t ek_kv_row_bytes(int kv_type, int64_t n);
+EK_API void ek_kv_store(int kv_type, const float *src, void *dst, int64_t n);
+EK_API void ek_kv_load(int kv_type, const void *src, float *dst, int64_t n); /* for tests/export */
+
+/* One attention head for one query over n_pos cached positions:
+   out (head_dim) = sum_j softmax_j(scale * q.k_j) v_j, where k_j = row j of k
+   and v_j = row j of v, rows row_bytes apart, each starting with this head's
+   head_dim values in kv_type. scores: n_pos floats of scratch. */
+EK_API void ek_attention_head(const float *q, const void *k, const void *v, int kv_type, size_t row_bytes,
+                              int64_t n_pos, int64_t head_dim, float scale, float *scores, float *out);
 
 /* ------------------------------------------------------ inference engine */
-/* (declared by the engine work: model description, create/eval/free, KV cache) */
+
+#define EK_ARCH_LLAMA 0  /* llama, mistral, smollm: GQA, SwiGLU, RoPE NORM */
+#define EK_ARCH_QWEN2 1  /* llama + QKV biases, RoPE NEOX */
+#define EK_ARCH_GEMMA3 2 /* embedding scale, GeGLU, pre+post norms, QK-norm, local/global layers */
+
+#define EK_ACT_SILU 0
+#define EK_ACT_GELU 1
+
+/* A tensor in the mapped file: data NULL means absent. Matrices are
+   (n_rows, n_cols) with n_cols = GGUF ne[0]; vectors (norms, biases) are F32
+   with n_rows = 1. */
+typedef struct ek_tensor_desc {
+    const void *data;
+    int64_t n_rows;
+    int64_t n_cols;
+    int32_t type;
+    int32_t reserved;
+} ek_tensor_desc;
+
+/* Per-layer tensors, indexing ek_model_desc.layers[il * EK_LT_COUNT + k]. */
+enum ek_layer_tensor {
+    EK_LT_ATTN_NORM, EK_LT_Q, EK_LT_K, EK_LT_V, EK_LT_O,
+    EK_LT_Q_BIAS, EK_LT_K_BIAS, EK_LT_V_BIAS, EK_LT_Q_NORM, EK_LT_K_NORM,
+    EK_LT_POST_ATTN_NORM, EK_LT_FFN_NORM, EK_LT_GATE, EK_LT_UP, EK_LT_DOWN,
+    EK_LT_POST_FFN_NORM, EK_LT_COUNT
+};
+
+/* Everything the engine needs; filled and validated by the caller (shapes
+   agree with the hyperparameters, types supported, vectors F32). */
+typedef struct ek_model_desc {
+    int32_t arch;
+    int32_t n_vocab, n_embd, n_layer, n_ff;
+    int32_t n_head, n_head_kv, head_dim; /* head_dim for K, Q and V */
+    int32_t n_rot, rope_mode;
+    float rope_base, rope_freq_scale;         /* global layers */
+    float rope_base_swa, rope_freq_scale_swa; /* sliding-window layers */
+    float norm_eps;
+    float embd_scale;  /* inputs are multiplied by it (gemma3: sqrt(n_embd)); 1 otherwise */
+    float attn_scale;  /* multiplies q.k */
+    int32_t n_swa;       /* sliding window (positions seen incl. self); 0 = none */
+    int32_t swa_pattern; /* layer il is sliding iff n_swa > 0 and (il + 1) % swa_pattern != 0 */
+    int32_t act;         /* EK_ACT_* applied to the gate */
+    int32_t n_ctx, n_batch, n_threads;
+    int32_t kv_type;     /* EK_TYPE_F16 or EK_TYPE_Q8_0 */
+    uint32_t weight_flags; /* EK_WEIGHT_* passed to ek_weight_create for matrices */
+    ek_tensor_desc tok_embd, output_norm, output; /* output.data NULL: tied to tok_embd */
+    const float *rope_freqs; /* n_rot/2 frequency divisors, or NULL */
+    const ek_tensor_desc *layers; /* n_layer * EK_LT_COUNT */
+} ek_model_desc;
+
+typedef struct ek_model ek_model;
+
+/* Bytes the engine allocates for desc besides the mapped weights. */
+typedef struct ek_model_memory {
+    uint64_t kv_cache;      /* K and V of every layer for n_ctx positions */
+    uint64_t scratch;       /* activations for n_batch tokens, attention scores per thread */
+    uint64_t weights_owned; /* repacked weight copies (filled by ek_model_create's result only) */
+} ek_model_memory;
+
+EK_API ek_status ek_model_memory_needs(const ek_model_desc *desc, ek_model_memory *out);
+EK_API ek_status ek_model_create(const ek_model_desc *desc, ek_model **out);
+EK_API void ek_model_free(ek_model *model);
+EK_API void ek_model_memory_used(const ek_model *model, ek_model_memory *out);
+
+/* Evaluate ids[0..n) at positions start.. (start + n <= n_ctx, ids < n_vocab:
+   the caller checked). Positions >= start in the cache are overwritten; each
+   token attends to positions <= its own. logits: (n, n_vocab) when
+   all_logits, else (n_vocab) for the last token. */
+EK_API ek_status ek_model_eval(ek_model *model, const int32_t *ids, int64_t n, int64_t start,
+                               float *logits, int all_logits);
+
+/* KV cache of positions [0, n_past) as one blob, and back. */
+EK_API uint64_t ek_model_state_bytes(const ek_model *model, int64_t n_past);
+EK_API void ek_model_state_save(const ek_model *model, int64_t n_past, void *dst);
+EK_API void ek_model_state_load(ek_model *model, int64_t n_past, const void *src);
 
 /* ------------------------------------------------------------- tokenizer */
 

@@ -1,0 +1,319 @@
+/* The inference engine: one forward pass for the llama family (llama, qwen2)
+ * and gemma3, on the kernel layer's ek_matmul and the ops of ops.c.
+ *
+ * Names follow llama2.c once mapped here:
+ *   x    (n, n_embd)          residual stream of the n tokens in this batch
+ *   xb   (n, n_embd)          normed input of a block, then a block's output
+ *   q    (n, n_head*hd)       queries; k, v (n, n_head_kv*hd) keys and values
+ *   att  (n, n_head*hd)       attention output before the output projection
+ *   hb, hb2 (n, n_ff)         gate and up projections of the feed-forward block
+ *   scores (n_threads, n_ctx) attention weights, one row per worker
+ * A prompt goes through in batches of at most n_batch tokens (GEMM, m > 1);
+ * generation is the same path with n = 1 (GEMV).
+ */
+#include "edgekern.h"
+#include "ops_internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct layer {
+    ek_weight *wq, *wk, *wv, *wo, *w_gate, *w_up, *w_down;
+    const float *attn_norm, *q_bias, *k_bias, *v_bias, *q_norm, *k_norm;
+    const float *post_attn_norm, *ffn_norm, *post_ffn_norm;
+    int is_swa;
+} layer;
+
+struct ek_model {
+    ek_model_desc d; /* copy; d.layers is not kept */
+    ek_pool *pool;
+    ek_weight *tok_embd, *output; /* output == tok_embd when tied */
+    const float *output_norm;
+    layer *layers;
+    int64_t kv_dim;          /* n_head_kv * head_dim */
+    int64_t kv_row_bytes;    /* one position of one layer's K (or V) */
+    int64_t kv_head_bytes;   /* one head's slice of such a row */
+    uint8_t *k_cache, *v_cache; /* (n_layer, n_ctx, kv_row_bytes) */
+    float *scratch;             /* one block holding the buffers below */
+    float *x, *xb, *q, *k, *v, *att, *hb, *hb2, *scores;
+    uint64_t weights_owned;
+};
+
+/* ------------------------------------------------------------ sizes */
+
+static int64_t q_dim(const ek_model_desc *d) { return (int64_t)d->n_head * d->head_dim; }
+static int64_t kv_dim(const ek_model_desc *d) { return (int64_t)d->n_head_kv * d->head_dim; }
+
+/* Float counts of each scratch buffer, rounded up to 64 bytes so every buffer stays aligned. */
+static int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }
+
+static int64_t scratch_floats(const ek_model_desc *d) {
+    const int64_t nb = d->n_batch;
+    return 2 * round16(nb * d->n_embd) + 2 * round16(nb * q_dim(d)) + 2 * round16(nb * kv_dim(d)) +
+           2 * round16(nb * d->n_ff) + round16((int64_t)d->n_threads * d->n_ctx);
+}
+
+static uint64_t kv_cache_bytes(const ek_model_desc *d) {
+    return 2ull * (uint64_t)d->n_layer * (uint64_t)d->n_ctx * (uint64_t)ek_kv_row_bytes(d->kv_type, kv_dim(d));
+}
+
+ek_status ek_model_memory_needs(const ek_model_desc *desc, ek_model_memory *out) {
+    if (!desc || !out) return EK_ERR_INVALID_ARG;
+    out->kv_cache = kv_cache_bytes(desc);
+    out->scratch = (uint64_t)scratch_floats(desc) * sizeof(float);
+    out->weights_owned = 0; /* known once the kernels have prepared the weights */
+    return EK_OK;
+}
+
+/* ------------------------------------------------------- create / free */
+
+static ek_status make_weight(const ek_tensor_desc *t, uint32_t flags, ek_weight **out, uint64_t *owned) {
+    *out = NULL;
+    if (!t->data) return EK_OK;
+    ek_status st = ek_weight_create(t->type, t->n_rows, t->n_cols, t->data, flags, out);
+    if (st == EK_OK) *owned += ek_weight_owned_bytes(*out);
+    return st;
+}
+
+static const float *vec(const ek_tensor_desc *t) { return (const float *)t->data; }
+
+void ek_model_free(ek_model *m) {
+    if (!m) return;
+    if (m->layers) {
+        for (int il = 0; il < m->d.n_layer; il++) {
+            layer *L = &m->layers[il];
+            ek_weight *ws[] = {L->wq, L->wk, L->wv, L->wo, L->w_gate, L->w_up, L->w_down};
+            for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++) ek_weight_free(ws[i]);
+        }
+        free(m->layers);
+    }
+    if (m->output != m->tok_embd) ek_weight_free(m->output);
+    ek_weight_free(m->tok_embd);
+    ek_pool_free(m->pool);
+    free(m->k_cache);
+    free(m->v_cache);
+    free(m->scratch);
+    free(m);
+}
+
+ek_status ek_model_create(const ek_model_desc *desc, ek_model **out) {
+    *out = NULL;
+    if (desc->kv_type != EK_TYPE_F16 && desc->kv_type != EK_TYPE_Q8_0) return EK_ERR_UNSUPPORTED;
+    if (desc->head_dim > 1024 || desc->n_rot > desc->head_dim) return EK_ERR_INVALID_ARG;
+    if (desc->kv_type == EK_TYPE_Q8_0 && desc->head_dim % 32) return EK_ERR_UNSUPPORTED;
+    ek_model *m = calloc(1, sizeof *m);
+    if (!m) return EK_ERR_NO_MEMORY;
+    m->d = *desc;
+    m->d.layers = NULL;
+    ek_status st = ek_pool_create(desc->n_threads, &m->pool);
+    if (st != EK_OK) goto fail;
+
+    const uint32_t flags = desc->weight_flags;
+    if ((st = make_weight(&desc->tok_embd, flags, &m->tok_embd, &m->weights_owned)) != EK_OK) goto fail;
+    if (desc->output.data) {
+        if ((st = make_weight(&desc->output, flags, &m->output, &m->weights_owned)) != EK_OK) goto fail;
+    } else {
+        m->output = m->tok_embd;
+    }
+    m->output_norm = vec(&desc->output_norm);
+
+    m->layers = calloc((size_t)desc->n_layer, sizeof(layer));
+    if (!m->layers) { st = EK_ERR_NO_MEMORY; goto fail; }
+    for (int il = 0; il < desc->n_layer; il++) {
+        const ek_tensor_desc *t = desc->layers + (size_t)il * EK_LT_COUNT;
+        layer *L = &m->layers[il];
+        ek_weight **mats[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+        const int idx[] = {EK_LT_Q, EK_LT_K, EK_LT_V, EK_LT_O, EK_LT_GATE, EK_LT_UP, EK_LT_DOWN};
+        for (int i = 0; i < 7; i++)
+            if ((st = make_weight(&t[idx[i]], flags, mats[i], &m->weights_owned)) != EK_OK) goto fail;
+        L->attn_norm = vec(&t[EK_LT_ATTN_NORM]);
+        L->q_bias = vec(&t[EK_LT_Q_BIAS]);
+        L->k_bias = vec(&t[EK_LT_K_BIAS]);
+        L->v_bias = vec(&t[EK_LT_V_BIAS]);
+        L->q_norm = vec(&t[EK_LT_Q_NORM]);
+        L->k_norm = vec(&t[EK_LT_K_NORM]);
+        L->post_attn_norm = vec(&t[EK_LT_POST_ATTN_NORM]);
+        L->ffn_norm = vec(&t[EK_LT_FFN_NORM]);
+        L->post_ffn_norm = vec(&t[EK_LT_POST_FFN_NORM]);
+        L->is_swa = desc->n_swa > 0 && desc->swa_pattern > 0 && (il + 1) % desc->swa_pattern != 0;
+    }
+
+    m->kv_dim = kv_dim(desc);
+    m->kv_row_bytes = ek_kv_row_bytes(desc->kv_type, m->kv_dim);
+    m->kv_head_bytes = ek_kv_row_bytes(desc->kv_type, desc->head_dim);
+    /* malloc, not calloc+touch: pages of positions never used stay unmapped. */
+    const size_t kv_bytes = (size_t)desc->n_layer * (size_t)desc->n_ctx * (size_t)m->kv_row_bytes;
+    m->k_cache = malloc(kv_bytes);
+    m->v_cache = malloc(kv_bytes);
+    const size_t scratch_bytes = (size_t)scratch_floats(desc) * sizeof(float);
+    m->scratch = aligned_alloc(64, (scratch_bytes + 63) / 64 * 64);
+    if (!m->k_cache || !m->v_cache || !m->scratch) { st = EK_ERR_NO_MEMORY; goto fail; }
+
+    const int64_t nb = desc->n_batch;
+    float *p = m->scratch;
+    m->x = p;   p += round16(nb * desc->n_embd);
+    m->xb = p;  p += round16(nb * desc->n_embd);
+    m->q = p;   p += round16(nb * q_dim(desc));
+    m->att = p; p += round16(nb * q_dim(desc));
+    m->k = p;   p += round16(nb * m->kv_dim);
+    m->v = p;   p += round16(nb * m->kv_dim);
+    m->hb = p;  p += round16(nb * desc->n_ff);
+    m->hb2 = p; p += round16(nb * desc->n_ff);
+    m->scores = p;
+    *out = m;
+    return EK_OK;
+fail:
+    ek_model_free(m);
+    return st;
+}
+
+void ek_model_memory_used(const ek_model *m, ek_model_memory *out) {
+    out->kv_cache = kv_cache_bytes(&m->d);
+    out->scratch = (uint64_t)scratch_floats(&m->d) * sizeof(float);
+    out->weights_owned = m->weights_owned;
+}
+
+/* ------------------------------------------------------------ attention */
+
+typedef struct attn_job {
+    ek_model *m;
+    int il;
+    int64_t n, start;
+} attn_job;
+
+/* Work items are (token, head) pairs, dealt round-robin so that the long
+   (late) causal rows spread over all workers. */
+static void attn_task(void *ctx, int ith, int nth) {
+    const attn_job *job = ctx;
+    ek_model *m = job->m;
+    const ek_model_desc *d = &m->d;
+    const layer *L = &m->layers[job->il];
+    const int64_t hd = d->head_dim, group = d->n_head / d->n_head_kv;
+    const uint8_t *kc = m->k_cache + (size_t)job->il * d->n_ctx * m->kv_row_bytes;
+    const uint8_t *vc = m->v_cache + (size_t)job->il * d->n_ctx * m->kv_row_bytes;
+    float *scores = m->scores + (size_t)ith * d->n_ctx;
+    for (int64_t item = ith; item < job->n * d->n_head; item += nth) {
+        const int64_t i = item / d->n_head, h = item % d->n_head;
+        const int64_t pos = job->start + i;
+        /* Sliding window: positions pos - n_swa + 1 .. pos (llama.cpp masks p_q - p_k >= n_swa). */
+        const int64_t lo = L->is_swa && pos - d->n_swa + 1 > 0 ? pos - d->n_swa + 1 : 0;
+        const size_t head_off = (size_t)(h / group) * m->kv_head_bytes;
+        ek_attention_head(m->q + i * q_dim(d) + h * hd, kc + lo * m->kv_row_bytes + head_off,
+                          vc + lo * m->kv_row_bytes + head_off, d->kv_type, (size_t)m->kv_row_bytes,
+                          pos - lo + 1, hd, d->attn_scale, scores, m->att + i * q_dim(d) + h * hd);
+    }
+}
+
+/* ------------------------------------------------------------ forward */
+
+static void add_rows(float *y, const float *b, int64_t n, int64_t dim) {
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t j = 0; j < dim; j++) y[i * dim + j] += b[j];
+}
+
+static void norm_rows(const float *x, const float *w, float *y, int64_t n, int64_t dim, float eps) {
+    for (int64_t i = 0; i < n; i++) ek_rmsnorm(x + i * dim, w, y + i * dim, dim, eps);
+}
+
+/* One transformer block for n tokens at positions start..start+n-1; x updated in place. */
+static ek_status block_forward(ek_model *m, int il, int64_t n, int64_t start) {
+    const ek_model_desc *d = &m->d;
+    const layer *L = &m->layers[il];
+    const int64_t E = d->n_embd, QD = q_dim(d), KD = m->kv_dim, hd = d->head_dim;
+    ek_status st;
+
+    norm_rows(m->x, L->attn_norm, m->xb, n, E, d->norm_eps);
+    if ((st = ek_matmul(L->wq, m->xb, n, m->q, m->pool)) != EK_OK) return st;
+    if ((st = ek_matmul(L->wk, m->xb, n, m->k, m->pool)) != EK_OK) return st;
+    if ((st = ek_matmul(L->wv, m->xb, n, m->v, m->pool)) != EK_OK) return st;
+    if (L->q_bias) add_rows(m->q, L->q_bias, n, QD);
+    if (L->k_bias) add_rows(m->k, L->k_bias, n, KD);
+    if (L->v_bias) add_rows(m->v, L->v_bias, n, KD);
+    if (L->q_norm) norm_rows(m->q, L->q_norm, m->q, n * d->n_head, hd, d->norm_eps);
+    if (L->k_norm) norm_rows(m->k, L->k_norm, m->k, n * d->n_head_kv, hd, d->norm_eps);
+
+    const float base = L->is_swa ? d->rope_base_swa : d->rope_base;
+    const float fscale = L->is_swa ? d->rope_freq_scale_swa : d->rope_freq_scale;
+    uint8_t *kc = m->k_cache + (size_t)il * d->n_ctx * m->kv_row_bytes;
+    uint8_t *vc = m->v_cache + (size_t)il * d->n_ctx * m->kv_row_bytes;
+    for (int64_t i = 0; i < n; i++) {
+        const int64_t pos = start + i;
+        ek_rope(m->q + i * QD, d->n_head, hd, d->n_rot, pos, base, fscale, d->rope_freqs, d->rope_mode);
+        ek_rope(m->k + i * KD, d->n_head_kv, hd, d->n_rot, pos, base, fscale, d->rope_freqs, d->rope_mode);
+        ek_kv_store(d->kv_type, m->k + i * KD, kc + pos * m->kv_row_bytes, KD);
+        ek_kv_store(d->kv_type, m->v + i * KD, vc + pos * m->kv_row_bytes, KD);
+    }
+
+    attn_job job = {m, il, n, start};
+    ek_pool_run(m->pool, attn_task, &job);
+    if ((st = ek_matmul(L->wo, m->att, n, m->xb, m->pool)) != EK_OK) return st;
+    if (L->post_attn_norm) norm_rows(m->xb, L->post_attn_norm, m->xb, n, E, d->norm_eps);
+    for (int64_t j = 0; j < n * E; j++) m->x[j] += m->xb[j];
+
+    norm_rows(m->x, L->ffn_norm, m->xb, n, E, d->norm_eps);
+    if ((st = ek_matmul(L->w_gate, m->xb, n, m->hb, m->pool)) != EK_OK) return st;
+    if ((st = ek_matmul(L->w_up, m->xb, n, m->hb2, m->pool)) != EK_OK) return st;
+    if (d->act == EK_ACT_GELU) ek_gelu_mul(m->hb, m->hb2, m->hb, n * d->n_ff);
+    else ek_silu_mul(m->hb, m->hb2, m->hb, n * d->n_ff);
+    if ((st = ek_matmul(L->w_down, m->hb, n, m->xb, m->pool)) != EK_OK) return st;
+    if (L->post_ffn_norm) norm_rows(m->xb, L->post_ffn_norm, m->xb, n, E, d->norm_eps);
+    for (int64_t j = 0; j < n * E; j++) m->x[j] += m->xb[j];
+    return EK_OK;
+}
+
+/* One batch of n <= n_batch tokens. logits: (n, n_vocab) when all_logits, else
+   (n_vocab) for the last token; NULL when the caller needs none from this batch. */
+static ek_status batch_forward(ek_model *m, const int32_t *ids, int64_t n, int64_t start, float *logits,
+                               int all_logits) {
+    const ek_model_desc *d = &m->d;
+    const int64_t E = d->n_embd;
+    ek_status st = ek_weight_get_rows(m->tok_embd, ids, n, m->x);
+    if (st != EK_OK) return st;
+    if (d->embd_scale != 1.0f)
+        for (int64_t j = 0; j < n * E; j++) m->x[j] *= d->embd_scale;
+    for (int il = 0; il < d->n_layer; il++)
+        if ((st = block_forward(m, il, n, start)) != EK_OK) return st;
+    if (!logits) return EK_OK;
+    const int64_t first = all_logits ? 0 : n - 1, rows = n - first;
+    norm_rows(m->x + first * E, m->output_norm, m->xb, rows, E, d->norm_eps);
+    return ek_matmul(m->output, m->xb, rows, logits, m->pool);
+}
+
+ek_status ek_model_eval(ek_model *m, const int32_t *ids, int64_t n, int64_t start, float *logits, int all_logits) {
+    if (n <= 0 || start < 0 || start + n > m->d.n_ctx) return EK_ERR_CONTEXT_FULL;
+    for (int64_t done = 0; done < n;) {
+        const int64_t chunk = n - done < m->d.n_batch ? n - done : m->d.n_batch;
+        const int last = done + chunk == n;
+        float *out = all_logits ? logits + done * m->d.n_vocab : (last ? logits : NULL);
+        ek_status st = batch_forward(m, ids + done, chunk, start + done, out, all_logits);
+        if (st != EK_OK) return st;
+        done += chunk;
+    }
+    return EK_OK;
+}
+
+/* ------------------------------------------------------------ state */
+
+uint64_t ek_model_state_bytes(const ek_model *m, int64_t n_past) {
+    return 2ull * (uint64_t)m->d.n_layer * (uint64_t)n_past * (uint64_t)m->kv_row_bytes;
+}
+
+/* Layout: for each layer, K rows 0..n_past-1 then V rows 0..n_past-1. */
+void ek_model_state_save(const ek_model *m, int64_t n_past, void *dst) {
+    uint8_t *p = dst;
+    const size_t part = (size_t)n_past * m->kv_row_bytes, layer_stride = (size_t)m->d.n_ctx * m->kv_row_bytes;
+    for (int il = 0; il < m->d.n_layer; il++) {
+        memcpy(p, m->k_cache + il * layer_stride, part); p += part;
+        memcpy(p, m->v_cache + il * layer_stride, part); p += part;
+    }
+}
+
+void ek_model_state_load(ek_model *m, int64_t n_past, const void *src) {
+    const uint8_t *p = src;
+    const size_t part = (size_t)n_past * m->kv_row_bytes, layer_stride = (size_t)m->d.n_ctx * m->kv_row_bytes;
+    for (int il = 0; il < m->d.n_layer; il++) {
+        memcpy(m->k_cache + il * layer_stride, p, part); p += part;
+        memcpy(m->v_cache + il * layer_stride, p, part); p += part;
+    }
+}
