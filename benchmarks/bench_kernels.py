@@ -16,7 +16,7 @@ llama.cpp: a one-layer llama model with the same matrices (n_embd 2048, ff
 5632, 16 heads, 16 KV heads, vocab 64) is written with gguf.GGUFWriter in the
 weight type, and llama-cpp-python's eval() of a batch of m tokens is timed
 with the same thread count (loaded without llama.cpp's extra buffer types:
-their AMX path crashes on this CPU; see load_llama_without_extra_buffers). Its per-token matmuls are q, k, v, o (2048x2048),
+their AMX path crashes on this CPU; see tests/llamacpp_ref.py). Its per-token matmuls are q, k, v, o (2048x2048),
 gate and up (5632x2048), down (2048x5632); our time is the sum of ek_matmul on
 those seven. llama.cpp's time also covers norms, RoPE, attention and the tiny
 output layer (a few % at these sizes), which flatters our ratio slightly.
@@ -168,35 +168,16 @@ def write_llama_layer_gguf(path: str, type_name: str, rng) -> None:
     writer.close()
 
 
-def load_llama_without_extra_buffers(path: str, threads: int):
-    """llama-cpp-python 0.3.36 segfaults in its AMX "extra buffer" path on this CPU (AMX-capable
-    Xeon), so models load with use_extra_bufts = False: llama.cpp's plain CPU kernels, which also
-    leaves out its load-time repack. Results are compared against that path."""
-    import llama_cpp
-    import llama_cpp.llama as llama_module
-
-    default_params = llama_module.llama_cpp.llama_model_default_params
-
-    def params_without_extra_buffers():
-        params = default_params()
-        params.use_extra_bufts = False
-        return params
-
-    llama_module.llama_cpp.llama_model_default_params = params_without_extra_buffers
-    try:
-        return llama_cpp.Llama(model_path=path, n_ctx=1024, n_batch=512, n_ubatch=512, n_threads=threads,
-                               n_threads_batch=threads, verbose=False)
-    finally:
-        llama_module.llama_cpp.llama_model_default_params = default_params
-
-
 def llama_cpp_layer_seconds(type_name: str, m_values, threads: int, rng) -> dict:
     """Seconds llama.cpp takes to eval a batch of m tokens through the one-layer model."""
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, f"layer-{type_name}.gguf")
         write_llama_layer_gguf(path, type_name, rng)
-        llm = load_llama_without_extra_buffers(path, threads)
+        # llama-cpp-python 0.3.36's AMX "extra buffer" path segfaults on this CPU; load_llama turns
+        # extra buffer types off (llama.cpp's plain CPU kernels, without its load-time repack).
+        from llamacpp_ref import load_llama
+        llm = load_llama(path, n_ctx=1024, logits_all=False, n_threads=threads, n_batch=512, n_ubatch=512)
         tokens = [int(t) for t in rng.integers(3, N_VOCAB, size=max(m_values))]
         for m in m_values:
             def run():
