@@ -16,7 +16,7 @@ llama.cpp: a one-layer llama model with the same matrices (n_embd 2048, ff
 5632, 16 heads, 16 KV heads, vocab 64) is written with gguf.GGUFWriter in the
 weight type, and llama-cpp-python's eval() of a batch of m tokens is timed
 with the same thread count (loaded without llama.cpp's extra buffer types:
-their AMX path crashes on this CPU; see load_llama_without_extra_buffers). Its per-token matmuls are q, k, v, o (2048x2048),
+their AMX path crashes on this CPU; see tests/llamacpp_ref.py). Its per-token matmuls are q, k, v, o (2048x2048),
 gate and up (5632x2048), down (2048x5632); our time is the sum of ek_matmul on
 those seven. llama.cpp's time also covers norms, RoPE, attention and the tiny
 output layer (a few % at these sizes), which flatters our ratio slightly.
@@ -67,10 +67,14 @@ def median_time(fn, repeats: int) -> float:
 
 
 def raw_matmul(weight: kernels.Weight, x: np.ndarray, y: np.ndarray, pool: kernels.Pool):
-    """ek_matmul without Python-side validation (done once by the caller): times the kernel."""
+    """ek_matmul without Python-side validation (done once by the caller): times the kernel.
+    The closure holds weight, x and y, so the raw pointers stay valid as long as it lives."""
     args = (weight.handle, x.ctypes.data, 1 if x.ndim == 1 else x.shape[0], y.ctypes.data, pool.handle)
     fn = _native.lib.ek_matmul
-    return lambda: fn(*args)
+
+    def call(_keep_alive=(weight, x, y)):
+        return fn(*args)
+    return call
 
 
 def bench_gemv(pool: kernels.Pool, cold_bytes: int, rng, types, shapes) -> None:
@@ -109,12 +113,11 @@ def bench_gemv(pool: kernels.Pool, cold_bytes: int, rng, types, shapes) -> None:
             del working_set
 
 
-def bench_gemm(pool: kernels.Pool, rng, types, m_values) -> dict:
-    """GOP/s per (type, m, layout) and our seconds for one llama layer's seven matmuls."""
+def bench_gemm(pool: kernels.Pool, rng, types, m_values) -> None:
+    """GOP/s per (type, m, layout) per shape, and our seconds for one llama layer's seven matmuls."""
     print(f"\nGEMM (prompt processing), cache-resident weights, {pool.threads} threads, ISA {_native.isa_current()}")
     print(f"{'type':6s} {'m':>4s} {'layout':8s} " + " ".join(f"{r}x{c:<5d}".rjust(11) for r, c in GEMV_SHAPES)
           + "  (GOP/s)   layer ms")
-    layer_seconds = {}
     for type_name in types:
         mats = {shape: random_blocks(type_name, shape[0] * shape[1], rng) for shape in GEMV_SHAPES}
         for m in m_values:
@@ -129,14 +132,12 @@ def bench_gemm(pool: kernels.Pool, rng, types, m_values) -> dict:
                     seconds[(n_rows, n_cols)] = median_time(call, 3)
                 gops = [2 * m * r * c / seconds[(r, c)] / 1e9 for r, c in GEMV_SHAPES]
                 layer = sum(seconds[shape] for shape in LAYER_MATRICES)
-                layer_seconds[(type_name, m, repack)] = layer
                 print(f"{type_name:6s} {m:4d} {'repacked' if repack else 'plain':8s} "
                       + " ".join(f"{g:11.1f}" for g in gops) + f"  {layer * 1e3:9.2f}")
-    return layer_seconds
 
 
-def write_llama_layer_gguf(path: str, type_name: str, rng) -> None:
-    """A one-layer llama model whose matmuls have the benchmark's shapes, in `type_name`."""
+def write_llama_layer_gguf(path: str, type_name: str, matrices: list, rng) -> None:
+    """A one-layer llama model whose matmuls are `matrices` (raw bytes, LAYER_MATRICES shapes)."""
     import gguf
 
     writer = gguf.GGUFWriter(path, "llama")
@@ -159,53 +160,54 @@ def write_llama_layer_gguf(path: str, type_name: str, rng) -> None:
     writer.add_tensor("output_norm.weight", np.ones(N_EMBD, dtype=np.float32))
     writer.add_tensor("blk.0.attn_norm.weight", np.ones(N_EMBD, dtype=np.float32))
     writer.add_tensor("blk.0.ffn_norm.weight", np.ones(N_EMBD, dtype=np.float32))
-    for name, (n_rows, n_cols) in zip(LAYER_NAMES, LAYER_MATRICES):
-        raw = random_blocks(type_name, n_rows * n_cols, rng).reshape(n_rows, -1)
-        writer.add_tensor(f"blk.0.{name}.weight", raw, raw_dtype=qtype)  # (rows, row bytes)
+    for name, (n_rows, _), raw in zip(LAYER_NAMES, LAYER_MATRICES, matrices):
+        writer.add_tensor(f"blk.0.{name}.weight", raw.reshape(n_rows, -1), raw_dtype=qtype)  # (rows, row bytes)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
 
 
-def load_llama_without_extra_buffers(path: str, threads: int):
-    """llama-cpp-python 0.3.36 segfaults in its AMX "extra buffer" path on this CPU (AMX-capable
-    Xeon), so models load with use_extra_bufts = False: llama.cpp's plain CPU kernels, which also
-    leaves out its load-time repack. Results are compared against that path."""
-    import llama_cpp
-    import llama_cpp.llama as llama_module
+def compare_with_llama_cpp(pool: kernels.Pool, type_name: str, m_values, rng) -> None:
+    """llama.cpp's eval of m tokens through the one-layer model against our seven matmuls on the
+    same weight bytes, timed alternately (3 rounds, medians) so load changes hit both alike."""
+    from llamacpp_ref import load_llama  # extra buffer types off: their AMX path crashes on this CPU
 
-    default_params = llama_module.llama_cpp.llama_model_default_params
-
-    def params_without_extra_buffers():
-        params = default_params()
-        params.use_extra_bufts = False
-        return params
-
-    llama_module.llama_cpp.llama_model_default_params = params_without_extra_buffers
-    try:
-        return llama_cpp.Llama(model_path=path, n_ctx=1024, n_batch=512, n_ubatch=512, n_threads=threads,
-                               n_threads_batch=threads, verbose=False)
-    finally:
-        llama_module.llama_cpp.llama_model_default_params = default_params
-
-
-def llama_cpp_layer_seconds(type_name: str, m_values, threads: int, rng) -> dict:
-    """Seconds llama.cpp takes to eval a batch of m tokens through the one-layer model."""
-    results = {}
+    matrices = [random_blocks(type_name, r * c, rng) for r, c in LAYER_MATRICES]
+    layer_ops = sum(2 * r * c for r, c in LAYER_MATRICES)
+    layouts = [False, True] if type_name in ("Q4_0", "Q4_1", "Q8_0") else [False]
+    weights = {repack: [kernels.Weight(type_name, r, c, raw, repack=repack)
+                        for (r, c), raw in zip(LAYER_MATRICES, matrices)] for repack in layouts}
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, f"layer-{type_name}.gguf")
-        write_llama_layer_gguf(path, type_name, rng)
-        llm = load_llama_without_extra_buffers(path, threads)
+        write_llama_layer_gguf(path, type_name, matrices, rng)
+        llm = load_llama(path, n_ctx=1024, logits_all=False, n_threads=pool.threads, n_batch=512, n_ubatch=512)
         tokens = [int(t) for t in rng.integers(3, N_VOCAB, size=max(m_values))]
         for m in m_values:
-            def run():
+            def llama_eval():
                 llm.reset()
                 llm.eval(tokens[:m])
-            run()
-            results[m] = median_time(run, 3)
+            calls = {}
+            for repack, layer in weights.items():
+                xs = [rng.normal(size=(m, w.n_cols)).astype(np.float32) for w in layer]
+                ys = [np.empty((m, w.n_rows), dtype=np.float32) for w in layer]
+                matmuls = [raw_matmul(w, x, y, pool) for w, x, y in zip(layer, xs, ys)]
+                calls[repack] = lambda matmuls=matmuls: [call() for call in matmuls]
+            llama_eval()
+            for call in calls.values():
+                call()
+            theirs, ours = [], {repack: [] for repack in calls}
+            for _ in range(3):
+                theirs.append(median_time(llama_eval, 1))
+                for repack, call in calls.items():
+                    ours[repack].append(median_time(call, 1))
+            t_llama = float(np.median(theirs))
+            for repack in calls:
+                t_ours = float(np.median(ours[repack]))
+                print(f"{type_name:6s} {m:4d} {t_llama * 1e3:12.2f} {m * layer_ops / t_llama / 1e9:7.1f} "
+                      f"{t_ours * 1e3:8.2f} {m * layer_ops / t_ours / 1e9:7.1f} {t_llama / t_ours:6.2f}  "
+                      f"{'repacked' if repack else 'plain'}")
         del llm
-    return results
 
 
 def main() -> None:
@@ -231,24 +233,17 @@ def main() -> None:
                    GEMV_SHAPES)
         if args.no_gemm:
             return
-        ours = bench_gemm(pool, rng, gemm_types, m_values)
-    print(f"load average now {os.getloadavg()[0]:.1f}")
-    if args.no_llama:
-        return
-    print(f"\nGEMM vs llama.cpp prompt processing (one llama layer: 4x 2048x2048, 2x 5632x2048, 1x 2048x5632), "
-          f"{args.threads} threads, GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')}")
-    print(f"{'type':6s} {'m':>4s} {'llama.cpp ms':>12s} {'GOP/s':>7s} {'ours ms':>8s} {'GOP/s':>7s} {'ratio':>6s}  layout")
-    layer_ops = sum(2 * r * c for r, c in LAYER_MATRICES)
-    for type_name in gemm_types:
-        theirs = llama_cpp_layer_seconds(type_name, m_values, args.threads, rng)
-        for m in m_values:
-            for repack in (False, True):
-                if (type_name, m, repack) not in ours:
-                    continue
-                mine = ours[(type_name, m, repack)]
-                print(f"{type_name:6s} {m:4d} {theirs[m] * 1e3:12.2f} {m * layer_ops / theirs[m] / 1e9:7.1f} "
-                      f"{mine * 1e3:8.2f} {m * layer_ops / mine / 1e9:7.1f} {theirs[m] / mine:6.2f}  "
-                      f"{'repacked' if repack else 'plain'}")
+        bench_gemm(pool, rng, gemm_types, m_values)
+        print(f"load average now {os.getloadavg()[0]:.1f}")
+        if args.no_llama:
+            return
+        print(f"\nGEMM vs llama.cpp prompt processing (one llama layer: 4x 2048x2048, 2x 5632x2048, "
+              f"1x 2048x5632), {pool.threads} threads, GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')}")
+        print(f"{'type':6s} {'m':>4s} {'llama.cpp ms':>12s} {'GOP/s':>7s} {'ours ms':>8s} {'GOP/s':>7s} "
+              f"{'ratio':>6s}  layout")
+        for type_name in gemm_types:
+            compare_with_llama_cpp(pool, type_name, m_values, rng)
+        print(f"load average now {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS_DIR = os.path.join(ROOT, "native", "tests")
-HAS_NEON_KERNELS = os.path.exists(os.path.join(ROOT, "native", "src", "kernels_neon.c"))
 MAKE_TIMEOUT_S = 600  # first builds plus qemu emulation of every kernel
 
 
@@ -39,17 +38,11 @@ def test_c_kernel_tests_pass_for_aarch64_scalar_under_qemu():
     assert_target_passes("test-aarch64-scalar")
 
 
-neon_pending = pytest.mark.xfail(not HAS_NEON_KERNELS, strict=True,
-                                 reason="native/src/kernels_neon.c lands from the NEON branch")
-
-
 @pytest.mark.slow
-@neon_pending
 def test_c_kernel_tests_pass_for_aarch64_neon_without_dotprod_under_qemu():
     assert_target_passes("test-aarch64-neon")
 
 
 @pytest.mark.slow
-@neon_pending
 def test_c_kernel_tests_pass_for_aarch64_neon_dotprod_under_qemu():
     assert_target_passes("test-aarch64-neon_dotprod")
