@@ -455,12 +455,17 @@ X86_GEMM_FOR_TYPE(gemm_q8_0x8_q8, gemm_x8_family, FAM_Q8_0, block_q8_0x8)
 static uint64_t X86_SUFFIX(read_sum)(const void *p, size_t n) {
     const __m256i *v = p;
     __m256i s0 = _mm256_setzero_si256(), s1 = s0, s2 = s0, s3 = s0;
-    for (size_t i = 0; i < n / 32; i += 4) {
+    /* n is a multiple of 64 (whole cache lines), not necessarily of 128: the last
+       line may be the only one left for the 4-way unrolled loop. */
+    const size_t n_vec = n / 32;
+    size_t i = 0;
+    for (; i + 4 <= n_vec; i += 4) {
         s0 = _mm256_add_epi64(s0, _mm256_load_si256(v + i));
         s1 = _mm256_add_epi64(s1, _mm256_load_si256(v + i + 1));
         s2 = _mm256_add_epi64(s2, _mm256_load_si256(v + i + 2));
         s3 = _mm256_add_epi64(s3, _mm256_load_si256(v + i + 3));
     }
+    for (; i < n_vec; i++) s0 = _mm256_add_epi64(s0, _mm256_load_si256(v + i));
     const __m256i s = _mm256_add_epi64(_mm256_add_epi64(s0, s1), _mm256_add_epi64(s2, s3));
     uint64_t lanes[4];
     _mm256_storeu_si256((__m256i *)lanes, s);
