@@ -8,6 +8,7 @@
  *   att  (n, n_head*hd)       attention output before the output projection
  *   hb, hb2 (n, n_ff)         gate and up projections of the feed-forward block
  *   scores (n_threads, n_ctx) attention weights, one row per worker
+ *   rope (2, n, n_rot)        cos|sin of each position, for global then sliding layers
  * A prompt goes through in batches of at most n_batch tokens (GEMM, m > 1);
  * generation is the same path with n = 1 (GEMV).
  */
@@ -36,7 +37,7 @@ struct ek_model {
     int64_t kv_head_bytes;   /* one head's slice of such a row */
     uint8_t *k_cache, *v_cache; /* (n_layer, n_ctx, kv_row_bytes) */
     float *scratch;             /* one block holding the buffers below */
-    float *x, *xb, *q, *k, *v, *att, *hb, *hb2, *scores;
+    float *x, *xb, *q, *k, *v, *att, *hb, *hb2, *scores, *rope;
     uint64_t weights_owned;
 };
 
@@ -51,7 +52,7 @@ static int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }
 static int64_t scratch_floats(const ek_model_desc *d) {
     const int64_t nb = d->n_batch;
     return 2 * round16(nb * d->n_embd) + 2 * round16(nb * q_dim(d)) + 2 * round16(nb * kv_dim(d)) +
-           2 * round16(nb * d->n_ff) + round16((int64_t)d->n_threads * d->n_ctx);
+           2 * round16(nb * d->n_ff) + round16((int64_t)d->n_threads * d->n_ctx) + round16(2 * nb * d->n_rot);
 }
 
 static uint64_t kv_cache_bytes(const ek_model_desc *d) {
@@ -160,7 +161,8 @@ ek_status ek_model_create(const ek_model_desc *desc, ek_model **out) {
     m->v = p;   p += round16(nb * m->kv_dim);
     m->hb = p;  p += round16(nb * desc->n_ff);
     m->hb2 = p; p += round16(nb * desc->n_ff);
-    m->scores = p;
+    m->scores = p; p += round16((int64_t)desc->n_threads * desc->n_ctx);
+    m->rope = p;
     *out = m;
     return EK_OK;
 fail:
@@ -233,14 +235,14 @@ static ek_status block_forward(ek_model *m, int il, int64_t n, int64_t start) {
     if (L->q_norm) norm_rows(m->q, L->q_norm, m->q, n * d->n_head, hd, d->norm_eps);
     if (L->k_norm) norm_rows(m->k, L->k_norm, m->k, n * d->n_head_kv, hd, d->norm_eps);
 
-    const float base = L->is_swa ? d->rope_base_swa : d->rope_base;
-    const float fscale = L->is_swa ? d->rope_freq_scale_swa : d->rope_freq_scale;
+    const float *angles = m->rope + (L->is_swa ? n * d->n_rot : 0);
     uint8_t *kc = m->k_cache + (size_t)il * d->n_ctx * m->kv_row_bytes;
     uint8_t *vc = m->v_cache + (size_t)il * d->n_ctx * m->kv_row_bytes;
     for (int64_t i = 0; i < n; i++) {
         const int64_t pos = start + i;
-        ek_rope(m->q + i * QD, d->n_head, hd, d->n_rot, pos, base, fscale, d->rope_freqs, d->rope_mode);
-        ek_rope(m->k + i * KD, d->n_head_kv, hd, d->n_rot, pos, base, fscale, d->rope_freqs, d->rope_mode);
+        const float *cosv = angles + i * d->n_rot, *sinv = cosv + d->n_rot / 2;
+        ops_rope_apply(m->q + i * QD, d->n_head, hd, d->n_rot, cosv, sinv, d->rope_mode);
+        ops_rope_apply(m->k + i * KD, d->n_head_kv, hd, d->n_rot, cosv, sinv, d->rope_mode);
         ek_kv_store(d->kv_type, m->k + i * KD, kc + pos * m->kv_row_bytes, KD);
         ek_kv_store(d->kv_type, m->v + i * KD, vc + pos * m->kv_row_bytes, KD);
     }
@@ -272,6 +274,14 @@ static ek_status batch_forward(ek_model *m, const int32_t *ids, int64_t n, int64
     if (st != EK_OK) return st;
     if (d->embd_scale != 1.0f)
         for (int64_t j = 0; j < n * E; j++) m->x[j] *= d->embd_scale;
+    for (int64_t i = 0; i < n; i++) {
+        float *global = m->rope + i * d->n_rot, *sliding = m->rope + (n + i) * d->n_rot;
+        ops_rope_angles(start + i, d->n_rot, d->rope_base, d->rope_freq_scale, d->rope_freqs, global,
+                        global + d->n_rot / 2);
+        if (d->n_swa > 0)
+            ops_rope_angles(start + i, d->n_rot, d->rope_base_swa, d->rope_freq_scale_swa, d->rope_freqs, sliding,
+                            sliding + d->n_rot / 2);
+    }
     for (int il = 0; il < d->n_layer; il++)
         if ((st = block_forward(m, il, n, start)) != EK_OK) return st;
     if (!logits) return EK_OK;
