@@ -92,7 +92,7 @@ def llama_1b_path() -> Path:
     Q4_0 = gguf.GGMLQuantizationType.Q4_0
 
     def add_q(name, rows, cols):
-        w.add_tensor(name, q4_0(rows, cols), raw_shape=(rows, cols), raw_dtype=Q4_0)
+        w.add_tensor(name, q4_0(rows, cols), raw_shape=(rows, cols // 32 * 18), raw_dtype=Q4_0)
 
     add_q("token_embd.weight", c["n_vocab"], E)
     w.add_tensor("output_norm.weight", np.ones(E, np.float32))
@@ -174,6 +174,15 @@ class LlamaRunner:
         return self._last()
 
 
+def peak_rss() -> int:
+    """This process's peak resident set (VmHWM). Not ru_maxrss: Linux carries that over exec
+    from the parent, so every worker would report at least the parent's peak."""
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def worker(engine: str, path: str, threads: int, what: str) -> dict:
     cls = NativeRunner if engine == "native" else LlamaRunner
     t0 = time.perf_counter()
@@ -182,7 +191,7 @@ def worker(engine: str, path: str, threads: int, what: str) -> dict:
         logits = runner.prompt(prompt_ids(runner.n_vocab, TTFT_PROMPT_TOKENS, 1))
         int(np.argmax(logits))
         return {"ttft_s": time.perf_counter() - t0,
-                "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+                "peak_rss": peak_rss()}
     if what == "pp":
         ids = prompt_ids(runner.n_vocab, PROMPT_TOKENS, 2)
         runner.prompt(ids[:16])  # warm-up: page in the weights
@@ -198,7 +207,7 @@ def worker(engine: str, path: str, threads: int, what: str) -> dict:
             logits = runner.step(int(np.argmax(logits)), pos)
             pos += 1
         return {"gen_tok_s": GEN_TOKENS / (time.perf_counter() - t),
-                "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+                "peak_rss": peak_rss()}
     raise SystemExit(f"unknown measurement {what}")
 
 
