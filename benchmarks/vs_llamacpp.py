@@ -269,6 +269,7 @@ def main() -> None:
     from edgesdk import kernels
 
     paths = model_paths(args.models.split(","))
+    load_before = os.getloadavg()[0]
     rows = []
     for name, path in paths.items():
         res = {"native": {}, "llamacpp": {}}
@@ -290,6 +291,10 @@ def main() -> None:
         "# Native engine vs llama.cpp",
         "",
         f"Machine: {machine_description()}.",
+        "",
+        f"Load average (1 min) at start {load_before:.1f}, at end {os.getloadavg()[0]:.1f} on "
+        f"{os.cpu_count()} CPUs: other processes running during the benchmark slow both engines, llama.cpp's "
+        "spinning workers more.",
         "",
         f"Threads: {args.threads} for both engines; medians of {args.runs} runs, each measurement in its own "
         f"process. Prompt: {PROMPT_TOKENS} tokens; generation: {GEN_TOKENS} greedy tokens; time to first token: "

@@ -276,6 +276,11 @@ def test_greedy_generation_equals_llama_cpp_until_a_tie(engines, prompt):
           f" leading tokens equal")
 
 
+# Same engine, different float rounding (kernels' SIMD accumulation order, the vector exp):
+# logits move by ~1e-3; a flip is only acceptable where scalar's top two are this close.
+ISA_TIE_MARGIN = 0.05
+
+
 @pytest.mark.slow
 def test_every_isa_path_gives_the_scalar_greedy_text(smollm2_path, gemma3_path):
     from llamacpp_ref import load_llama
@@ -284,11 +289,19 @@ def test_every_isa_path_gives_the_scalar_greedy_text(smollm2_path, gemma3_path):
     try:
         for path in (smollm2_path, gemma3_path):
             ids = load_llama(path, n_ctx=64, vocab_only=True).tokenize(b"The weather today is")
-            texts = {}
+            runs = {}
             for isa in _native.isa_available():
                 _native.isa_set(isa)
                 with NativeBackend(path, n_ctx=64, threads=2) as be:
-                    texts[isa], _ = greedy(lambda t, s: be.eval(t, s), ids, 8)
-            assert all(t == texts["scalar"] for t in texts.values()), texts
+                    runs[isa] = greedy(lambda t, s: be.eval(t, s), ids, 8)
+            scalar_tokens, scalar_logits = runs["scalar"]
+            for isa, (tokens, _) in runs.items():
+                for i, (a, b) in enumerate(zip(scalar_tokens, tokens)):
+                    if a != b:
+                        margin = scalar_logits[i][a] - scalar_logits[i][b]
+                        print(f"{path.name if hasattr(path, 'name') else path} {isa}: token {i} differs "
+                              f"({a} vs {b}), scalar margin {margin:.4f}")
+                        assert margin < ISA_TIE_MARGIN, (isa, i, a, b, margin)
+                        break
     finally:
         _native.isa_set(before)

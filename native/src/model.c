@@ -13,6 +13,7 @@
  * generation is the same path with n = 1 (GEMV).
  */
 #include "edgekern.h"
+#include "kernels.h" /* ek_act_row_bytes: the kernels' per-call activation buffer */
 #include "ops_internal.h"
 
 #include <math.h>
@@ -39,6 +40,7 @@ struct ek_model {
     float *scratch;             /* one block holding the buffers below */
     float *x, *xb, *q, *k, *v, *att, *hb, *hb2, *scores, *rope;
     uint64_t weights_owned;
+    uint64_t matmul_act_bytes;
 };
 
 /* ------------------------------------------------------------ sizes */
@@ -59,10 +61,29 @@ static uint64_t kv_cache_bytes(const ek_model_desc *d) {
     return 2ull * (uint64_t)d->n_layer * (uint64_t)d->n_ctx * (uint64_t)ek_kv_row_bytes(d->kv_type, kv_dim(d));
 }
 
+/* ek_matmul quantizes its input into a buffer it allocates per call: the largest
+   one (n_batch rows of the widest activation format) is part of the engine's peak. */
+static uint64_t matmul_act_bytes(const ek_model_desc *d) {
+    uint64_t worst = 0;
+    const ek_tensor_desc *heads[] = {&d->tok_embd, &d->output};
+    for (int i = 0; i < 2; i++)
+        if (heads[i]->data && ek_act_format_for(heads[i]->type) != EK_ACT_F32) {
+            const uint64_t b = ek_act_row_bytes(heads[i]->type, heads[i]->n_cols);
+            worst = b > worst ? b : worst;
+        }
+    for (int64_t t = 0; d->layers && t < (int64_t)d->n_layer * EK_LT_COUNT; t++) {
+        const ek_tensor_desc *w = &d->layers[t];
+        if (!w->data || w->n_rows <= 1 || ek_act_format_for(w->type) == EK_ACT_F32) continue;
+        const uint64_t b = ek_act_row_bytes(w->type, w->n_cols);
+        worst = b > worst ? b : worst;
+    }
+    return worst * (uint64_t)d->n_batch;
+}
+
 ek_status ek_model_memory_needs(const ek_model_desc *desc, ek_model_memory *out) {
     if (!desc || !out) return EK_ERR_INVALID_ARG;
     out->kv_cache = kv_cache_bytes(desc);
-    out->scratch = (uint64_t)scratch_floats(desc) * sizeof(float);
+    out->scratch = (uint64_t)scratch_floats(desc) * sizeof(float) + matmul_act_bytes(desc);
     out->weights_owned = 0; /* known once the kernels have prepared the weights */
     return EK_OK;
 }
@@ -107,6 +128,7 @@ ek_status ek_model_create(const ek_model_desc *desc, ek_model **out) {
     if (!m) return EK_ERR_NO_MEMORY;
     m->d = *desc;
     m->d.layers = NULL;
+    m->matmul_act_bytes = matmul_act_bytes(desc);
     ek_status st = ek_pool_create(desc->n_threads, &m->pool);
     if (st != EK_OK) goto fail;
 
@@ -172,7 +194,7 @@ fail:
 
 void ek_model_memory_used(const ek_model *m, ek_model_memory *out) {
     out->kv_cache = kv_cache_bytes(&m->d);
-    out->scratch = (uint64_t)scratch_floats(&m->d) * sizeof(float);
+    out->scratch = (uint64_t)scratch_floats(&m->d) * sizeof(float) + m->matmul_act_bytes;
     out->weights_owned = m->weights_owned;
 }
 
