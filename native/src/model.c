@@ -313,7 +313,8 @@ static ek_status batch_forward(ek_model *m, const int32_t *ids, int64_t n, int64
 }
 
 ek_status ek_model_eval(ek_model *m, const int32_t *ids, int64_t n, int64_t start, float *logits, int all_logits) {
-    if (n <= 0 || start < 0 || start + n > m->d.n_ctx) return EK_ERR_CONTEXT_FULL;
+    if (n <= 0 || start < 0) return EK_ERR_INVALID_ARG;
+    if (start + n > m->d.n_ctx) return EK_ERR_CONTEXT_FULL;
     for (int64_t done = 0; done < n;) {
         const int64_t chunk = n - done < m->d.n_batch ? n - done : m->d.n_batch;
         const int last = done + chunk == n;
