@@ -21,7 +21,8 @@ class BuildNative(build_ext):
     """build_ext that fails early, in words, when no C compiler is installed."""
 
     def run(self):
-        compiler = os.environ.get("CC") or (sysconfig.get_config_var("CC") or "cc").split()[0]
+        # CC may carry arguments ("ccache gcc"); the first word is the program.
+        compiler = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()[0]
         if shutil.which(compiler) is None:
             sys.exit(
                 f"edgesdk: no C compiler found (looked for '{compiler}'). edgesdk compiles its "
@@ -52,8 +53,11 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.9",
-    packages=find_packages(include=["edgesdk", "edgesdk.*"]),
-    package_data={"edgesdk": ["registry.json"]},
+    # models/ is data, not code: it installs as edgesdk/models so that
+    # edgesdk.registry finds registry.json beside itself once installed.
+    packages=find_packages(include=["edgesdk", "edgesdk.*"]) + ["edgesdk.models"],
+    package_dir={"edgesdk.models": "models"},
+    package_data={"edgesdk.models": ["*.json"]},
     ext_modules=[extension],
     cmdclass={"build_ext": BuildNative},
     install_requires=[
@@ -63,13 +67,14 @@ setup(
         "pyserial>=3.5",
         "onnxruntime>=1.16",
         "jinja2>=3.1",
+        "regex>=2023.10.3",  # Unicode 15.1 tables or newer (see edgesdk/tokenizer/pretokenize.py)
     ],
     extras_require={
         "llamacpp": ["llama-cpp-python>=0.3.0"],
         "test": [
             "pytest>=7.4",
             "llama-cpp-python>=0.3.0",
-            "gguf>=0.10.0",
+            "gguf>=0.17.0",
             "pexpect>=4.8",
         ],
     },

@@ -9,4 +9,16 @@ from .errors import EdgeSDKError
 
 __version__ = "0.1.0"
 
-__all__ = ["errors", "EdgeSDKError", "__version__"]
+
+def __getattr__(name):
+    # load/Model/ChatSession import numpy and the backends: only when asked for.
+    if name in ("load", "Model"):
+        from . import model
+        return getattr(model, name)
+    if name == "ChatSession":
+        from .chat import ChatSession
+        return ChatSession
+    raise AttributeError(f"module 'edgesdk' has no attribute {name!r}")
+
+
+__all__ = ["errors", "EdgeSDKError", "load", "Model", "ChatSession", "__version__"]

@@ -111,6 +111,7 @@ def _load() -> ctypes.CDLL:
     proto("ek_pool_create", c_int, c_int, POINTER(c_void_p))
     proto("ek_pool_free", None, c_void_p)
     proto("ek_pool_threads", c_int, c_void_p)
+    proto("ek_default_threads", c_int)
     proto("ek_weight_create", c_int, c_int, c_int64, c_int64, c_void_p, c_uint32, POINTER(c_void_p))
     proto("ek_weight_free", None, c_void_p)
     proto("ek_weight_owned_bytes", c_size_t, c_void_p)
@@ -141,6 +142,11 @@ def _load() -> ctypes.CDLL:
     proto("ek_model_state_load", None, c_void_p, c_int64, c_void_p)
 
     # -- tokenizer hot loops, if any (tokenizer work)
+    proto("ek_tok_table_create", c_int, c_char_p, POINTER(c_int64), c_int32_p, c_float_p, c_int32_p,
+          c_int64, POINTER(c_void_p))
+    proto("ek_tok_table_free", None, c_void_p)
+    proto("ek_tok_merge", c_int, c_void_p, c_int32, c_char_p, c_int32_p, c_int32, c_int32_p, c_int32_p,
+          c_int32_p)
 
     return lib
 

@@ -1,43 +1,192 @@
-"""The edgesdk command line: argument parsing and printing only; the logic lives in the package."""
+"""The edgesdk command line: argument parsing and printing only; the logic lives in the package.
+
+Each subcommand is a pair: `_add_NAME(sub)` declares its arguments and
+`_cmd_NAME(args) -> int` runs it; SUBCOMMANDS lists the pairs in help order.
+Errors edgesdk raises on purpose print one line and exit with status 2.
+"""
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
-from typing import List, Optional
+import time
+from dataclasses import asdict
+from typing import Any, Callable, Iterable, List, Optional, Tuple
 
 from . import __version__
 from .errors import EdgeSDKError
+
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+MIB = 1 << 20
+
+
+def _print_rows(rows: Iterable[Tuple[str, Any]], out=None) -> None:
+    out = out or sys.stdout
+    for label, value in rows:
+        print(f"{label:15} {value}", file=out)
+
+
+# -- pull ----------------------------------------------------------------------
+
+class _PullPrinter:
+    """Progress of a pull on stderr: one updating line on a terminal, a line every few seconds otherwise."""
+
+    LOG_INTERVAL_S = 5.0
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.last_stage: Optional[str] = None
+        self.last_line_at = 0.0
+
+    def __call__(self, p) -> None:
+        if p.stage == "download":
+            text = f"{p.model}: downloading {p.package}: {p.done_bytes / MIB:.1f} of ~{p.total_bytes / MIB:.1f} MiB"
+            now = time.monotonic()
+            if self.tty:
+                print("\r" + text, end="", file=self.stream, flush=True)
+            elif now - self.last_line_at >= self.LOG_INTERVAL_S:
+                print(text, file=self.stream, flush=True)
+                self.last_line_at = now
+        else:
+            if self.tty and self.last_stage == "download":
+                print(file=self.stream)
+            if p.stage == "extract":
+                print(f"{p.model}: {p.package}: {p.done_bytes} bytes downloaded", file=self.stream)
+            elif p.stage == "verify":
+                print(f"{p.model}: checking sha256 of {p.done_bytes} bytes", file=self.stream)
+            elif p.stage == "done":
+                if self.last_stage is None:
+                    print(f"{p.model}: already cached ({p.total_bytes} bytes), nothing downloaded", file=self.stream)
+                else:
+                    print(f"{p.model}: {p.total_bytes} bytes, sha256 verified, saved", file=self.stream)
+            self.stream.flush()
+        self.last_stage = p.stage
+
+
+def _add_pull(sub) -> None:
+    p = sub.add_parser("pull", help="download a registry model into the cache and verify it")
+    p.add_argument("model", help="registry name (see: edgesdk models)")
+    p.add_argument("--verify", action="store_true", help="re-check the sha256 of an already cached file")
+    p.set_defaults(func=_cmd_pull)
 
 
 def _cmd_pull(args: argparse.Namespace) -> int:
     from . import registry
 
-    path = registry.pull(args.model, progress=lambda msg: print(f"{args.model}: {msg}", file=sys.stderr))
+    path = registry.pull(args.model, progress=_PullPrinter(sys.stderr), verify_cached=args.verify)
     print(path)
     return 0
+
+
+# -- models --------------------------------------------------------------------
+
+def _add_models(sub) -> None:
+    p = sub.add_parser("models", help="list known models and what is cached")
+    p.set_defaults(func=_cmd_models)
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
     from . import registry
 
+    default = registry.default_model()
+    print(f"{'NAME':24} {'ARCH':8} {'QUANT':7} {'SIZE':>10}  CACHED")
+    known_files = set()
     for name, entry in registry.load_registry().items():
         cached = registry.cached_path(name)
-        state = "cached" if cached else "not downloaded"
-        print(f"{name:24} {entry.architecture:8} {entry.quantization:7} {entry.size / 2**20:7.1f} MiB  {state}")
+        known_files.add(entry.file)
+        label = name + (" *" if name == default else "")
+        print(f"{label:24} {entry.architecture:8} {entry.quantization:7} {entry.size / MIB:6.1f} MiB  {cached or '-'}")
+    others = [p for p in registry.cache_listing() if p.name not in known_files]
+    if others:
+        print(f"\nother .gguf files in {registry.models_dir()}:")
+        for path in others:
+            print(f"  {path}")
+    print(f"\n* default model; cache: {registry.models_dir()}")
     return 0
+
+
+# -- info ----------------------------------------------------------------------
+
+def _add_info(sub) -> None:
+    p = sub.add_parser("info", help="describe a model file and how this machine would run it")
+    p.add_argument("model", help="registry name or path to a .gguf file")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.set_defaults(func=_cmd_info)
+
+
+def _model_rows(m) -> List[Tuple[str, Any]]:
+    def opt(value):
+        return "-" if value is None else value
+
+    rows = [
+        ("model", m.name or "-"),
+        ("file", f"{m.path} ({m.file_size / MIB:.1f} MiB, GGUF v{m.gguf_version}, {m.n_tensors} tensors)"),
+        ("architecture", opt(m.architecture)),
+        ("parameters", f"{m.parameters / 1e6:.1f} M ({m.parameters})"),
+        ("layers", opt(m.n_layers)),
+        ("heads", f"{opt(m.n_heads)} (kv heads {opt(m.n_kv_heads)}, head dim {opt(m.head_dim)})"),
+        ("embedding", opt(m.embedding_length)),
+        ("feed-forward", opt(m.feed_forward_length)),
+        ("context", opt(m.context_length)),
+    ]
+    if m.sliding_window:
+        rows.append(("sliding window", m.sliding_window))
+    rows.append(("quantization", f"{m.file_type or '-'}, {m.bits_per_weight:.2f} bits per weight"))
+    for u in m.quantization:
+        rows.append(("", f"{u.type_name:6} {u.n_tensors:4} tensors {u.n_elements:>12} weights "
+                         f"{u.nbytes:>12} bytes ({u.nbytes / MIB:.1f} MiB)"))
+    rows += [
+        ("tokenizer", f"{m.tokenizer_kind}, vocabulary {opt(m.vocab_size)}"),
+        ("chat template", "yes" if m.has_chat_template else "no"),
+    ]
+    return rows
+
+
+def _native_rows(n) -> List[Tuple[str, Any]]:
+    return [
+        ("cpu features", " ".join(n.cpu_features) or "none"),
+        ("kernel ISA", f"{n.isa_current} (available: {', '.join(n.isa_available)})"),
+    ]
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from . import modelinfo
+
+    # Sections in print order: name -> (record, rows for the text output).
+    sections: List[Tuple[str, Any, Callable[[Any], List[Tuple[str, Any]]]]] = [
+        ("model", modelinfo.describe_model(args.model), _model_rows),
+        ("native", modelinfo.describe_native(), _native_rows),
+    ]
+    if args.json:
+        print(json.dumps({name: asdict(record) for name, record, _ in sections}, indent=2))
+        return 0
+    for i, (_name, record, rows) in enumerate(sections):
+        if i:
+            print()
+        _print_rows(rows(record))
+    return 0
+
+
+# -- entry point -----------------------------------------------------------------
+
+def _add_chat(sub) -> None:
+    """`chat` and `run`: declared and run in chat_cli.py."""
+    from .chat_cli import add_chat_commands
+    add_chat_commands(sub)
+
+
+SUBCOMMANDS = [_add_pull, _add_models, _add_info, _add_chat]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgesdk", description="Run language models offline, on this device.")
     parser.add_argument("--version", action="version", version=f"edgesdk {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("pull", help="download a registry model into the cache")
-    p.add_argument("model")
-    p.set_defaults(func=_cmd_pull)
-
-    p = sub.add_parser("models", help="list known models and what is cached")
-    p.set_defaults(func=_cmd_models)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(sub)
     return parser
 
 
@@ -47,7 +196,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         return args.func(args)
     except EdgeSDKError as exc:
         print(f"edgesdk: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("edgesdk: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`edgesdk info X | head`): not an error of ours.
+        # Point stdout at /dev/null so the interpreter's final flush stays quiet.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ buffer alive as long as the Weight (the Weight holds a reference to it).
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import threading
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
@@ -119,6 +121,11 @@ def quantize(type_: Union[int, str], x: np.ndarray) -> np.ndarray:
     return out
 
 
+def default_threads() -> int:
+    """Threads a Pool(0) starts: one per physical performance core."""
+    return int(_native.lib.ek_default_threads())
+
+
 class Pool:
     """A persistent native thread pool; `threads=0` means one per physical performance core."""
 
@@ -128,6 +135,8 @@ class Pool:
         handle = ctypes.c_void_p()
         _native.check(_native.lib.ek_pool_create(int(threads), ctypes.byref(handle)), f"ek_pool_create({threads})")
         self._handle: Optional[int] = handle.value
+        # A native pool runs one job at a time; Python threads sharing it take turns.
+        self.lock = threading.Lock()
 
     @property
     def handle(self) -> Optional[int]:
@@ -152,6 +161,9 @@ class Pool:
 
     def __del__(self) -> None:
         self.close()
+
+
+_NO_LOCK = contextlib.nullcontext()
 
 
 def _pool_handle(pool: Optional[Pool]) -> Optional[int]:
@@ -197,6 +209,8 @@ class Weight:
             raise UnsupportedModelError(f"no {lay.name} matmul kernel on ISA {_native.isa_current()}")
         _native.check(status, f"ek_weight_create({lay.name}, {n_rows}x{n_cols})")
         self._handle: Optional[int] = handle.value
+        if self.owned_bytes:
+            self._data = None  # repacked into native memory: the source may go
 
     @classmethod
     def from_gguf(cls, gguf_file, name: str, repack: bool = False) -> "Weight":
@@ -248,8 +262,9 @@ class Weight:
             if np.shares_memory(out, x):
                 raise InvalidArgumentError("out must not overlap x")
         pool_handle = _pool_handle(pool)
-        _native.check(_native.lib.ek_matmul(self.handle, x.ctypes.data, m, out.ctypes.data, pool_handle),
-                      f"ek_matmul({self.type_name}, {self.n_rows}x{self.n_cols}, m={m})")
+        with pool.lock if pool is not None else _NO_LOCK:
+            status = _native.lib.ek_matmul(self.handle, x.ctypes.data, m, out.ctypes.data, pool_handle)
+        _native.check(status, f"ek_matmul({self.type_name}, {self.n_rows}x{self.n_cols}, m={m})")
         return out
 
     def get_rows(self, ids: Sequence[int]) -> np.ndarray:
@@ -304,7 +319,9 @@ def measure_read_bandwidth(n_bytes: int = 1 << 30, repeats: int = 5, pool: Optio
     """Bytes/second the pool's threads read from a buffer of n_bytes (median of repeats)."""
     if n_bytes < 64 or repeats < 1:
         raise InvalidArgumentError(f"need n_bytes >= 64 and repeats >= 1, got {n_bytes} and {repeats}")
-    bandwidth = float(_native.lib.ek_measure_read_bandwidth(n_bytes, repeats, _pool_handle(pool)))
+    pool_handle = _pool_handle(pool)
+    with pool.lock if pool is not None else _NO_LOCK:
+        bandwidth = float(_native.lib.ek_measure_read_bandwidth(n_bytes, repeats, pool_handle))
     if bandwidth <= 0.0:
         raise MemoryError(f"could not allocate {n_bytes} bytes to measure read bandwidth")
     return bandwidth

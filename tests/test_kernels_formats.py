@@ -11,14 +11,12 @@ from edgesdk.errors import InvalidArgumentError
 from kernel_reference import BLOCKS, dequantize as ref_dequantize, random_blocks
 
 ALL_TYPES = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q6_K"]
-# A quantizer may pick either neighbour when a value sits on a rounding boundary;
-# the decoded value then differs by at most one step (d) of that block.
-ROUNDING_STEPS = 1.0
 
 
 @pytest.mark.parametrize("type_name", ALL_TYPES)
 def test_dequantize_matches_numpy_reference_exactly(type_name, rng):
-    raw = random_blocks(type_name, 7 * BLOCKS[type_name][0] * (1 if BLOCKS[type_name][0] > 1 else 37), rng)
+    block_elems = BLOCKS[type_name][0]
+    raw = random_blocks(type_name, 7 * block_elems if block_elems > 1 else 259, rng)  # 7 blocks / odd length
     ours = kernels.dequantize(type_name, raw)
     expected = ref_dequantize(type_name, raw)
     # f32 arithmetic in C vs float64 here: one rounding of each product.
@@ -33,18 +31,10 @@ def test_dequantize_agrees_with_gguf_package(type_name, rng):
 
 
 @pytest.mark.parametrize("type_name", ["Q4_0", "Q4_1", "Q8_0", "F16"])
-def test_quantize_agrees_with_gguf_package(type_name, rng):
+def test_quantize_is_byte_identical_to_gguf_package(type_name, rng):
     x = rng.normal(size=32 * 45).astype(np.float32)
-    ours = kernels.quantize(type_name, x)
     expected = quants.quantize(x.reshape(1, -1), getattr(GGMLQuantizationType, type_name)).reshape(-1).view(np.uint8)
-    decoded_ours = ref_dequantize(type_name, ours)
-    decoded_ref = ref_dequantize(type_name, expected)
-    if type_name == "F16":
-        np.testing.assert_array_equal(ours, expected)
-        return
-    step = np.repeat(np.abs(ref_dequantize(type_name, expected)).reshape(-1, 32).max(axis=1) / 7, 32)
-    assert np.all(np.abs(decoded_ours - decoded_ref) <= ROUNDING_STEPS * step + 1e-7)
-    assert np.mean(ours == expected) > 0.99
+    np.testing.assert_array_equal(kernels.quantize(type_name, x), expected)
 
 
 @pytest.mark.parametrize("type_name, max_error_steps", [("Q8_0", 0.5), ("Q4_0", 1.0), ("Q4_1", 0.5)])

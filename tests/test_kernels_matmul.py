@@ -148,7 +148,19 @@ def test_pool_reports_its_threads():
     with kernels.Pool(2) as pool:
         assert pool.threads == 2
     with kernels.Pool(0) as pool:
-        assert pool.threads >= 1
+        assert pool.threads == kernels.default_threads() >= 1
+
+
+def test_python_threads_sharing_a_pool_get_correct_results(rng, pool2):
+    import concurrent.futures
+
+    raw, w64 = make_weight_data("Q4_0", 64, 256, rng)
+    weight = kernels.Weight("Q4_0", 64, 256, raw, repack=True)
+    xs = [rng.normal(size=(3, 256)).astype(np.float32) for _ in range(8)]
+    with concurrent.futures.ThreadPoolExecutor(4) as executor:
+        results = list(executor.map(lambda x: weight.matmul(x, pool=pool2), xs))
+    for x, y in zip(xs, results):
+        assert_matmul_close("Q4_0", y, w64, x)
 
 
 def test_read_bandwidth_is_positive_and_plausible():

@@ -57,7 +57,11 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def load_state(self, blob: bytes, n_past: int) -> None:
-        """Restore a cache produced by save_state of the same model and backend."""
+        """Restore a cache produced by save_state of the same model and backend.
+
+        Raises SessionFileError when the blob does not restore n_past positions
+        of this model, InvalidArgumentError for an n_past outside [0, n_ctx].
+        """
 
     @abc.abstractmethod
     def info(self) -> BackendInfo:

@@ -117,11 +117,16 @@ EK_API int ek_isa_from_name(const char *name);
 typedef struct ek_pool ek_pool;
 typedef void (*ek_task_fn)(void *ctx, int ith, int nth);
 
+/* n_threads <= 0: ek_default_threads(). */
 EK_API ek_status ek_pool_create(int n_threads, ek_pool **out);
+/* Physical performance cores: SMT siblings counted once, and on big.LITTLE only
+   the cores of the highest cpu_capacity; the online CPU count if unknown. */
+EK_API int ek_default_threads(void);
 EK_API void ek_pool_free(ek_pool *pool);
 EK_API int ek_pool_threads(const ek_pool *pool);
 /* Run fn(ctx, ith, nth) for ith in [0, nth) across the pool; returns when all are done.
-   pool may be NULL: then fn(ctx, 0, 1) runs on the caller. */
+   pool may be NULL: then fn(ctx, 0, 1) runs on the caller. One job at a time:
+   callers sharing a pool across threads serialize their calls. */
 EK_API void ek_pool_run(ek_pool *pool, ek_task_fn fn, void *ctx);
 
 /* ------------------------------------------- quantized weights and matmul */
@@ -131,7 +136,9 @@ EK_API void ek_pool_run(ek_pool *pool, ek_task_fn fn, void *ctx);
    which must outlive it, unless it was repacked into an owned buffer. */
 typedef struct ek_weight ek_weight;
 
-#define EK_WEIGHT_ALLOW_REPACK 1u /* may build an owned, interleaved copy that suits the ISA */
+/* May build an owned copy interleaving 8 rows per block (x86: Q4_0, Q4_1, Q8_0),
+   2-3x faster for m > 1 and faster GEMV; other types/ISAs stay mapped. */
+#define EK_WEIGHT_ALLOW_REPACK 1u
 
 EK_API ek_status ek_weight_create(int type, int64_t n_rows, int64_t n_cols, const void *data,
                                   uint32_t flags, ek_weight **out);
@@ -140,7 +147,9 @@ EK_API size_t ek_weight_owned_bytes(const ek_weight *w); /* bytes of a repacked 
 EK_API int ek_weight_isa(const ek_weight *w);            /* family it was prepared for */
 
 /* y (m, n_rows) = x (m, n_cols) @ W^T. m == 1 is the GEMV of token generation,
-   m > 1 the GEMM of prompt processing. x is quantized internally as the kernel needs. */
+   m > 1 the GEMM of prompt processing. x is quantized internally as the kernel needs
+   (8-bit blocks for the quantized types). Runs on w's ISA, split across pool (NULL:
+   the caller alone); the result is bit-identical for any thread count. */
 EK_API ek_status ek_matmul(const ek_weight *w, const float *x, int64_t m, float *y, ek_pool *pool);
 
 /* out (n, n_cols) = rows ids[0..n) of W, dequantized: the embedding lookup. */
@@ -269,6 +278,30 @@ EK_API ek_status ek_model_eval(ek_model *model, const int32_t *ids, int64_t n, i
 EK_API uint64_t ek_model_state_bytes(const ek_model *model, int64_t n_past);
 EK_API void ek_model_state_save(const ek_model *model, int64_t n_past, void *dst);
 EK_API void ek_model_state_load(ek_model *model, int64_t n_past, const void *src);
+
+/* ------------------------------------------------------------- tokenizer */
+
+/* A hash table from byte strings to (priority, id) for the tokenizer's pair merging.
+   Entry k is the bytes blob[offsets[k], offsets[k+1]) with an int split: byte-level BPE keys
+   a merge by its concatenation and the left part's byte length (split > 0) and every token by
+   its text (split 0); SentencePiece keys every token by its text (split 0) with priority
+   -score. A key given twice keeps its first entry. ids[k] may be -1 (a merge whose result
+   is not a token). The table copies the blob. */
+typedef struct ek_tok_table ek_tok_table;
+
+EK_API ek_status ek_tok_table_create(const char *blob, const int64_t *offsets, const int32_t *splits,
+                                     const float *priorities, const int32_t *ids, int64_t n,
+                                     ek_tok_table **out);
+EK_API void ek_tok_table_free(ek_tok_table *table);
+
+/* Merge one word: text holds n initial symbols of symbol_bytes[i] bytes each. Adjacent
+   symbols whose concatenation (split_keys = 1: and left length) is in the table merge,
+   lowest priority first, leftmost on ties, until none can. Writes the final symbols' token
+   ids (-1 when a symbol is not a token) and byte lengths to out_ids/out_bytes (n entries
+   each, caller-allocated) and their count to *n_out. O(n log n) time, O(n) memory. */
+EK_API ek_status ek_tok_merge(const ek_tok_table *table, int32_t split_keys, const char *text,
+                              const int32_t *symbol_bytes, int32_t n, int32_t *out_ids,
+                              int32_t *out_bytes, int32_t *n_out);
 
 #ifdef __cplusplus
 }

@@ -108,10 +108,7 @@ static int isa_compiled(int isa) {
     case EK_ISA_AVX2: case EK_ISA_AVX512: return 1;
 #endif
 #ifdef __aarch64__
-    /* Weak until the NEON file is linked in, so an ARM build never runs a
-       table that does not exist. */
-    case EK_ISA_NEON: return ek_fill_kernels_neon != NULL;
-    case EK_ISA_NEON_DOTPROD: return ek_fill_kernels_neon_dotprod != NULL;
+    case EK_ISA_NEON: case EK_ISA_NEON_DOTPROD: return 1; /* kernels_neon.c, both tables */
 #endif
     default: return 0;
     }
@@ -180,11 +177,6 @@ int ek_isa_current(void) {
 }
 
 /* ------------------------------------------------------ the kernel table */
-
-#ifdef __aarch64__
-__attribute__((weak)) void ek_fill_kernels_neon(ek_kernels *k);
-__attribute__((weak)) void ek_fill_kernels_neon_dotprod(ek_kernels *k);
-#endif
 
 /* One table per family, filled once on first use; read-only afterwards. */
 static ek_kernels kernel_tables[EK_ISA_NEON_DOTPROD + 1];

@@ -10,26 +10,107 @@
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")
 #include <immintrin.h>
+#include <string.h>
 
 #define X86_SUFFIX(name) name##_avx512vnni
 
 static inline __m256i dot_u8s8(__m256i acc, __m256i u, __m256i s) { return _mm256_dpbusd_epi32(acc, u, s); }
 
-/* 32-bit lanes 0..3 get a, 4..7 get b. */
+/* For the K-quants' per-sub-block scales, maddubs + madd-by-scales (2 uops)
+   beats vpdpbusd + vpmulld + add (4 uops, vpmulld's 10-cycle latency); the
+   weights there are at most 63, so maddubs' int16 pairs cannot saturate.
+   int16 lanes 0..7 (32-bit lanes 0..3 after madd) get a, 8..15 get b. */
 static inline __m256i make_scales(int a, int b) {
-    return _mm256_set_m128i(_mm_set1_epi32(b), _mm_set1_epi32(a));
+    return _mm256_set_m128i(_mm_set1_epi16((int16_t)b), _mm_set1_epi16((int16_t)a));
 }
 
 static inline __m256i dot_u8s8_scaled(__m256i acc, __m256i u, __m256i s, __m256i scales) {
-    return _mm256_add_epi32(acc, _mm256_mullo_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s), scales));
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), scales));
 }
 
 #include "kernels_x86_body.h"
+
+/* Repacked Q4_0/Q4_1/Q8_0 on 512-bit registers: two 8-row groups side by side,
+   so each vpdpbusd does 16 rows x 4 bytes. A last lone group reads itself
+   twice and stores 8 lanes, so every row goes through the same operations
+   whatever the thread split. Q8_0 weights become unsigned as w + 128 (x ^ 0x80)
+   and the 128 * sum(x) that adds is taken back through the block's s, like
+   Q4_0's -8 offset. */
+static inline __attribute__((always_inline)) void
+gemm_x16(int fam, size_t slice_bytes, const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes,
+         float *y, int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    const int64_t nb = n_cols / QK32;
+    const size_t group_bytes = EK_REPACK_ROWS * w_row_bytes;
+    const __m512i low = _mm512_set1_epi8(0x0F), bias = _mm512_set1_epi8((char)0x80);
+    for (int64_t g0 = r0; g0 < r1; g0 += 2 * EK_REPACK_ROWS) {
+        const uint8_t *group0 = (const uint8_t *)w + (size_t)g0 * w_row_bytes;
+        const uint8_t *group1 = g0 + EK_REPACK_ROWS < r1 ? group0 + group_bytes : group0;
+        const int n_valid = (int)(r1 - g0 < 16 ? r1 - g0 : 16);
+        for (int64_t i0 = 0; i0 < m; i0 += ACT_TILE) {
+            const int tile = (int)(m - i0 < ACT_TILE ? m - i0 : ACT_TILE);
+            __m512 acc[ACT_TILE] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+            for (int64_t b = 0; b < nb; b++) {
+                const uint8_t *s0 = group0 + (size_t)b * slice_bytes, *s1 = group1 + (size_t)b * slice_bytes;
+                __m512i u[8];
+                __m512 coef_s;
+                const __m512 dw = _mm512_cvtph_ps(_mm256_inserti128_si256(
+                    _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)s0)), _mm_loadu_si128((const __m128i *)s1), 1));
+                if (fam == FAM_Q8_0) {
+                    const int8_t *qs0 = ((const block_q8_0x8 *)s0)->qs, *qs1 = ((const block_q8_0x8 *)s1)->qs;
+                    for (int k = 0; k < 8; k++)
+                        u[k] = _mm512_xor_si512(_mm512_inserti64x4(
+                            _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(qs0 + 32 * k))),
+                            _mm256_loadu_si256((const __m256i *)(qs1 + 32 * k)), 1), bias);
+                    coef_s = _mm512_mul_ps(dw, _mm512_set1_ps(-128.0f));
+                } else {
+                    const uint8_t *qs0 = fam == FAM_Q4_0 ? ((const block_q4_0x8 *)s0)->qs : ((const block_q4_1x8 *)s0)->qs;
+                    const uint8_t *qs1 = fam == FAM_Q4_0 ? ((const block_q4_0x8 *)s1)->qs : ((const block_q4_1x8 *)s1)->qs;
+                    for (int k = 0; k < 4; k++) {
+                        const __m512i v = _mm512_inserti64x4(
+                            _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(qs0 + 32 * k))),
+                            _mm256_loadu_si256((const __m256i *)(qs1 + 32 * k)), 1);
+                        u[k] = _mm512_and_si512(v, low);
+                        u[4 + k] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+                    }
+                    coef_s = fam == FAM_Q4_0
+                        ? _mm512_mul_ps(dw, _mm512_set1_ps(-8.0f))
+                        : _mm512_cvtph_ps(_mm256_inserti128_si256(
+                              _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)((const block_q4_1x8 *)s0)->m)),
+                              _mm_loadu_si128((const __m128i *)((const block_q4_1x8 *)s1)->m), 1));
+                }
+                for (int t = 0; t < tile; t++) {
+                    const block_q8_32 *xb = (const block_q8_32 *)((const uint8_t *)x + (size_t)(i0 + t) * x_row_bytes) + b;
+                    int32_t piece[8];
+                    memcpy(piece, xb->qs, 32);
+                    __m512i isum = _mm512_setzero_si512();
+                    for (int k = 0; k < 8; k++) isum = _mm512_dpbusd_epi32(isum, u[k], _mm512_set1_epi32(piece[k]));
+                    acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(dw, _mm512_set1_ps(xb->d)), acc[t]);
+                    acc[t] = _mm512_fmadd_ps(coef_s, _mm512_set1_ps(xb->s), acc[t]);
+                }
+            }
+            for (int t = 0; t < tile; t++)
+                _mm512_mask_storeu_ps(y + (i0 + t) * ldy + g0, (__mmask16)((1u << n_valid) - 1u), acc[t]);
+        }
+    }
+}
+
+#define GEMM_X16_FOR_TYPE(name, fam, slice_type)                                                               \
+    static void name(const void *w, size_t wrb, const void *x, size_t xrb, float *y, int64_t ldy, int64_t r0,  \
+                     int64_t r1, int64_t m, int64_t n) {                                                       \
+        gemm_x16(fam, sizeof(slice_type), w, wrb, x, xrb, y, ldy, r0, r1, m, n);                               \
+    }
+GEMM_X16_FOR_TYPE(gemm_q4_0x16_q8_avx512vnni, FAM_Q4_0, block_q4_0x8)
+GEMM_X16_FOR_TYPE(gemm_q4_1x16_q8_avx512vnni, FAM_Q4_1, block_q4_1x8)
+GEMM_X16_FOR_TYPE(gemm_q8_0x16_q8_avx512vnni, FAM_Q8_0, block_q8_0x8)
+#undef GEMM_X16_FOR_TYPE
 
 void ek_fill_kernels_avx512_vnni(ek_kernels *k) {
     ek_fill_kernels_scalar(k);
     k->isa = EK_ISA_AVX512;
     fill_table_avx512vnni(k);
+    k->gemm_repacked[EK_TYPE_Q4_0] = gemm_q4_0x16_q8_avx512vnni;
+    k->gemm_repacked[EK_TYPE_Q4_1] = gemm_q4_1x16_q8_avx512vnni;
+    k->gemm_repacked[EK_TYPE_Q8_0] = gemm_q8_0x16_q8_avx512vnni;
 }
 #pragma GCC pop_options
 

@@ -208,17 +208,17 @@ X86_SUFFIX(gemm_q8_32_family)(int fam, size_t block_bytes, const void *w, size_t
     }
 }
 
-#define X86_GEMM_Q8_32(type_lower, fam, block_type)                                                           \
-    static void X86_SUFFIX(gemm_##type_lower##_q8)(const void *w, size_t wrb, const void *x, size_t xrb,      \
-                                                   float *y, int64_t ldy, int64_t r0, int64_t r1, int64_t m,  \
-                                                   int64_t n) {                                               \
-        X86_SUFFIX(gemm_q8_32_family)(fam, sizeof(block_type), w, wrb, x, xrb, y, ldy, r0, r1, m, n);         \
+/* An ek_gemm_fn for one weight type: its family kernel with the type fixed,
+   so the always-inline family body is specialised per type. */
+#define X86_GEMM_FOR_TYPE(name, family, fam, unit_type)                                                      \
+    static void X86_SUFFIX(name)(const void *w, size_t wrb, const void *x, size_t xrb, float *y, int64_t ldy, \
+                                 int64_t r0, int64_t r1, int64_t m, int64_t n) {                              \
+        X86_SUFFIX(family)(fam, sizeof(unit_type), w, wrb, x, xrb, y, ldy, r0, r1, m, n);                      \
     }
-X86_GEMM_Q8_32(q4_0, FAM_Q4_0, block_q4_0)
-X86_GEMM_Q8_32(q4_1, FAM_Q4_1, block_q4_1)
-X86_GEMM_Q8_32(q5_0, FAM_Q5_0, block_q5_0)
-X86_GEMM_Q8_32(q8_0, FAM_Q8_0, block_q8_0)
-#undef X86_GEMM_Q8_32
+X86_GEMM_FOR_TYPE(gemm_q4_0_q8, gemm_q8_32_family, FAM_Q4_0, block_q4_0)
+X86_GEMM_FOR_TYPE(gemm_q4_1_q8, gemm_q8_32_family, FAM_Q4_1, block_q4_1)
+X86_GEMM_FOR_TYPE(gemm_q5_0_q8, gemm_q8_32_family, FAM_Q5_0, block_q5_0)
+X86_GEMM_FOR_TYPE(gemm_q8_0_q8, gemm_q8_32_family, FAM_Q8_0, block_q8_0)
 
 /* ------------------------------------------- K-quants, q8_k activations */
 
@@ -445,16 +445,10 @@ X86_SUFFIX(gemm_x8_family)(int fam, size_t slice_bytes, const void *w, size_t w_
     }
 }
 
-#define X86_GEMM_X8(type_lower, fam, slice_type)                                                              \
-    static void X86_SUFFIX(gemm_##type_lower##x8_q8)(const void *w, size_t wrb, const void *x, size_t xrb,    \
-                                                     float *y, int64_t ldy, int64_t r0, int64_t r1, int64_t m, \
-                                                     int64_t n) {                                             \
-        X86_SUFFIX(gemm_x8_family)(fam, sizeof(slice_type), w, wrb, x, xrb, y, ldy, r0, r1, m, n);            \
-    }
-X86_GEMM_X8(q4_0, FAM_Q4_0, block_q4_0x8)
-X86_GEMM_X8(q4_1, FAM_Q4_1, block_q4_1x8)
-X86_GEMM_X8(q8_0, FAM_Q8_0, block_q8_0x8)
-#undef X86_GEMM_X8
+X86_GEMM_FOR_TYPE(gemm_q4_0x8_q8, gemm_x8_family, FAM_Q4_0, block_q4_0x8)
+X86_GEMM_FOR_TYPE(gemm_q4_1x8_q8, gemm_x8_family, FAM_Q4_1, block_q4_1x8)
+X86_GEMM_FOR_TYPE(gemm_q8_0x8_q8, gemm_x8_family, FAM_Q8_0, block_q8_0x8)
+#undef X86_GEMM_FOR_TYPE
 
 /* ------------------------------------------------------ bandwidth probe */
 

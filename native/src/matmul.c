@@ -1,20 +1,25 @@
 /* Quantized weights (ek_weight), the matrix product over the thread pool,
  * embedding row lookup, single-row dots, and the memory read-bandwidth probe.
  *
- * Threads split the weight's rows in units of ROW_UNIT; each output element is
- * computed by exactly one thread with the same sequence of operations whatever
- * the split, so results are bit-identical for any thread count.
+ * The product is cut into work items (an activation chunk x a row chunk whose
+ * bounds are multiples of ROW_UNIT) that threads claim from a shared counter:
+ * a thread the OS pauses (a busy device, a little core) leaves its share to
+ * the others instead of holding everyone up. Each output element is computed
+ * by exactly one thread with the same operations whatever the item bounds, so
+ * results are bit-identical for any thread count and any claiming order.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "kernels.h"
 
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-#define ROW_UNIT 16     /* rows per scheduling unit; a multiple of EK_REPACK_ROWS */
-#define ROW_CHUNK 64    /* rows a thread runs against one activation chunk */
-#define ACT_CHUNK 64    /* activation rows per chunk: their q8 rows stay in L2 */
+#define ROW_UNIT 16       /* row chunks are multiples of this; a multiple of 2 * EK_REPACK_ROWS */
+#define ROW_CHUNK_MAX 64  /* rows of an item when there are plenty */
+#define ITEMS_PER_THREAD 8 /* enough items that an early finisher can take over work */
+#define ACT_CHUNK 64      /* activation rows per chunk: their q8 rows stay in L2 */
 #define SIMD_ALIGN 64
 
 struct ek_weight {
@@ -80,6 +85,9 @@ typedef struct {
     size_t act_row_bytes;
     int64_t m;
     float *y;        /* (m, n_rows) */
+    int64_t row_chunk;          /* rows per work item, a multiple of ROW_UNIT */
+    int64_t n_row_chunks, n_items;
+    atomic_int_fast64_t next_item; /* items are claimed in order: activation chunk major */
 } matmul_job;
 
 static void split(int64_t n_units, int ith, int nth, int64_t *u0, int64_t *u1) {
@@ -99,27 +107,36 @@ static void quantize_task(void *ctx, int ith, int nth) {
 }
 
 static void gemm_task(void *ctx, int ith, int nth) {
-    const matmul_job *job = ctx;
+    (void)ith, (void)nth;
+    matmul_job *job = ctx;
     const ek_weight *w = job->w;
     const ek_gemm_fn gemm = w->packed ? w->kernels->gemm_repacked[w->type] : w->kernels->gemm[w->type];
     const void *wdata = w->packed ? w->packed : w->data;
-    int64_t u0, u1;
-    split((w->n_rows + ROW_UNIT - 1) / ROW_UNIT, ith, nth, &u0, &u1);
-    const int64_t r_begin = u0 * ROW_UNIT, r_end = u1 * ROW_UNIT < w->n_rows ? u1 * ROW_UNIT : w->n_rows;
-    for (int64_t i0 = 0; i0 < job->m; i0 += ACT_CHUNK) {
+    for (int64_t item; (item = atomic_fetch_add(&job->next_item, 1)) < job->n_items;) {
+        const int64_t i0 = item / job->n_row_chunks * ACT_CHUNK, r0 = item % job->n_row_chunks * job->row_chunk;
         const int64_t mi = job->m - i0 < ACT_CHUNK ? job->m - i0 : ACT_CHUNK;
-        const uint8_t *x = (const uint8_t *)job->xq + (size_t)i0 * job->act_row_bytes;
-        for (int64_t r0 = r_begin; r0 < r_end; r0 += ROW_CHUNK) {
-            const int64_t r1 = r0 + ROW_CHUNK < r_end ? r0 + ROW_CHUNK : r_end;
-            gemm(wdata, w->row_bytes, x, job->act_row_bytes, job->y + i0 * w->n_rows, w->n_rows, r0, r1, mi,
-                 w->n_cols);
-        }
+        const int64_t r1 = r0 + job->row_chunk < w->n_rows ? r0 + job->row_chunk : w->n_rows;
+        gemm(wdata, w->row_bytes, (const uint8_t *)job->xq + (size_t)i0 * job->act_row_bytes, job->act_row_bytes,
+             job->y + i0 * w->n_rows, w->n_rows, r0, r1, mi, w->n_cols);
     }
+}
+
+/* Rows per item: at most ROW_CHUNK_MAX, small enough for ITEMS_PER_THREAD items each. */
+static int64_t row_chunk_for(int64_t n_rows, int64_t n_act_chunks, int n_threads) {
+    const int64_t want_row_chunks = (ITEMS_PER_THREAD * (int64_t)n_threads + n_act_chunks - 1) / n_act_chunks;
+    int64_t chunk = (n_rows + want_row_chunks - 1) / want_row_chunks;
+    chunk = (chunk + ROW_UNIT - 1) / ROW_UNIT * ROW_UNIT;
+    return chunk < ROW_CHUNK_MAX ? chunk : ROW_CHUNK_MAX;
 }
 
 ek_status ek_matmul(const ek_weight *w, const float *x, int64_t m, float *y, ek_pool *pool) {
     if (m <= 0) return EK_ERR_INVALID_ARG;
-    matmul_job job = {w, x, NULL, ek_act_row_bytes(w->type, w->n_cols), m, y};
+    matmul_job job = {w, x, NULL, ek_act_row_bytes(w->type, w->n_cols), m, y, 0, 0, 0, 0};
+    const int64_t n_act_chunks = (m + ACT_CHUNK - 1) / ACT_CHUNK;
+    job.row_chunk = row_chunk_for(w->n_rows, n_act_chunks, ek_pool_threads(pool));
+    job.n_row_chunks = (w->n_rows + job.row_chunk - 1) / job.row_chunk;
+    job.n_items = n_act_chunks * job.n_row_chunks;
+    atomic_init(&job.next_item, 0);
     void *scratch = NULL;
     if (ek_act_format_for(w->type) == EK_ACT_F32) {
         job.xq = (void *)x;

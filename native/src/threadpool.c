@@ -15,9 +15,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
-#define SPIN_ITERATIONS 20000 /* ~20-50 us on a desktop core before sleeping */
+#define SPIN_NS 50000 /* spin at most 50 us before sleeping */
 
 struct ek_pool {
     int n_threads;
@@ -42,13 +43,38 @@ static inline void cpu_relax(void) {
 #endif
 }
 
+static uint64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* Spin until *generation differs from seen (workers) or *pending is 0 (caller),
+   for at most SPIN_NS; the callers then sleep on their condition variable.
+   Time-based because a pause instruction costs 10 to 140 cycles by CPU. */
+static void spin_until_changed(atomic_uint_fast64_t *generation, uint64_t seen) {
+    const uint64_t deadline = now_ns() + SPIN_NS;
+    for (int i = 1; atomic_load(generation) == seen; i++) {
+        cpu_relax();
+        if (i % 64 == 0 && now_ns() > deadline) return;
+    }
+}
+
+static void spin_until_zero(atomic_int *pending) {
+    const uint64_t deadline = now_ns() + SPIN_NS;
+    for (int i = 1; atomic_load(pending) > 0; i++) {
+        cpu_relax();
+        if (i % 64 == 0 && now_ns() > deadline) return;
+    }
+}
+
 static void *worker_main(void *arg_) {
     worker_arg arg = *(worker_arg *)arg_;
     free(arg_);
     ek_pool *p = arg.pool;
     uint64_t seen = 0;
     for (;;) {
-        for (int spin = 0; spin < SPIN_ITERATIONS && atomic_load(&p->generation) == seen; spin++) cpu_relax();
+        spin_until_changed(&p->generation, seen);
         pthread_mutex_lock(&p->lock);
         while (atomic_load(&p->generation) == seen && !p->shutdown) pthread_cond_wait(&p->wake, &p->lock);
         if (p->shutdown) {
@@ -70,9 +96,7 @@ static void *worker_main(void *arg_) {
     }
 }
 
-/* Physical cores, and on big.LITTLE only the fastest ones (highest
-   cpu_capacity); falls back to the online CPU count. */
-static int performance_core_count(void) {
+int ek_default_threads(void) {
     char path[160];
     int n_cpus = (int)sysconf(_SC_NPROCESSORS_ONLN);
     if (n_cpus < 1) return 1;
@@ -108,7 +132,7 @@ static int performance_core_count(void) {
 
 ek_status ek_pool_create(int n_threads, ek_pool **out) {
     *out = NULL;
-    if (n_threads <= 0) n_threads = performance_core_count();
+    if (n_threads <= 0) n_threads = ek_default_threads();
     ek_pool *p = calloc(1, sizeof *p);
     if (!p) return EK_ERR_NO_MEMORY;
     p->n_threads = n_threads;
@@ -167,7 +191,7 @@ void ek_pool_run(ek_pool *pool, ek_task_fn fn, void *ctx) {
 
     fn(ctx, 0, pool->n_threads);
 
-    for (int spin = 0; spin < SPIN_ITERATIONS && atomic_load(&pool->pending) > 0; spin++) cpu_relax();
+    spin_until_zero(&pool->pending);
     pthread_mutex_lock(&pool->lock);
     while (atomic_load(&pool->pending) > 0) pthread_cond_wait(&pool->done, &pool->lock);
     pthread_mutex_unlock(&pool->lock);

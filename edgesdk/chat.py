@@ -1,0 +1,271 @@
+"""Conversations: OpenAI-shaped chat completions and ChatSession, which remembers and resumes.
+
+`chat_completion(model, messages)` renders the messages with the model's chat
+template (edgesdk.templates), generates, and returns a dict shaped like an
+OpenAI chat completion, or an iterator of "chat.completion.chunk" dicts.
+
+A `ChatSession` keeps the history. Every turn renders the whole conversation,
+and the model evaluates only the ids after the longest prefix its KV cache
+already holds, so a turn prefills just the new user message (plus the few
+template tokens around it).
+
+Context overflow policy: when the rendered conversation plus room for the
+answer (`reserve` tokens, default min(max_tokens, n_ctx // 4)) does not fit
+n_ctx, the oldest turns are dropped, a user message together with the replies
+that follow it, until it fits. The system prompt always stays. Because the
+conversation's beginning changed, the cache is rebuilt once (from the end of
+the system prompt on); later turns reuse it again. If even the system prompt
+and the new message do not fit, ContextOverflowError is raised and the history
+is left as it was.
+
+Sessions are saved as one file: magic, a JSON header (model identity, history,
+the ids in the cache), the backend's KV cache blob, and a sha256 of everything
+before it. It is written to a temporary file in the same directory and moved
+into place with os.replace, so a crash never leaves a half-written session.
+Loading checks length, checksum and model identity (sha256 of the GGUF header,
+backend name, n_ctx, KV type) before anything is changed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Union
+
+from .errors import ContextOverflowError, InvalidArgumentError, SessionFileError
+from .model import GenerationStats, Model
+from .sampling import SamplingParams
+from .templates import validate_messages
+
+SESSION_MAGIC = b"EDGESDK-SESSION\x00"
+SESSION_VERSION = 1
+_SAMPLING_KEYS = ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n")
+
+
+def _split_sampling(options: Dict[str, Any]):
+    """(SamplingParams, max_tokens, seed, stop) from keyword options; unknown names are an error."""
+    options = dict(options)
+    max_tokens = options.pop("max_tokens", 256)
+    seed = options.pop("seed", None)
+    stop = options.pop("stop", None)
+    params = {k: options.pop(k) for k in _SAMPLING_KEYS if k in options}
+    if options:
+        raise InvalidArgumentError(f"unknown option(s) {', '.join(sorted(options))}; "
+                                   f"known: max_tokens, seed, stop, {', '.join(_SAMPLING_KEYS)}")
+    return SamplingParams(**params), max_tokens, seed, stop
+
+
+def _completion(model: Model, content: str, stats: GenerationStats, completion_id: str, created: int) -> dict:
+    return {
+        "id": completion_id, "object": "chat.completion", "created": created, "model": model.name,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                     "finish_reason": stats.finish_reason}],
+        "usage": {"prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.completion_tokens,
+                  "total_tokens": stats.prompt_tokens + stats.completion_tokens},
+    }
+
+
+def _chunks(model: Model, pieces: Iterator[str], stats: GenerationStats, completion_id: str,
+            created: int) -> Iterator[dict]:
+    def chunk(delta: dict, finish_reason: Optional[str]) -> dict:
+        return {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model.name,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
+
+    yield chunk({"role": "assistant"}, None)
+    for piece in pieces:
+        yield chunk({"content": piece}, None)
+    yield chunk({}, stats.finish_reason)
+
+
+def chat_completion(model: Model, messages, stream: bool = False, **sampling) -> Union[dict, Iterator[dict]]:
+    """Answer OpenAI-style messages; a chat.completion dict, or chat.completion.chunk dicts when stream."""
+    messages = validate_messages(messages)
+    params, max_tokens, seed, stop = _split_sampling(sampling)
+    ids = model.chat_formatter.encode(messages, add_generation_prompt=True)
+    stats = GenerationStats()
+    pieces = model.stream_ids(ids, params, max_tokens=max_tokens, seed=seed, stop=stop, stats=stats)
+    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+    created = int(time.time())
+    if stream:
+        return _chunks(model, pieces, stats, completion_id, created)
+    return _completion(model, "".join(pieces), stats, completion_id, created)
+
+
+class ChatSession:
+    """A conversation with a model that reuses the KV cache between turns (see the module docstring)."""
+
+    def __init__(self, model: Model, system: Optional[str] = None, reserve: Optional[int] = None, **sampling):
+        if system is not None and not isinstance(system, str):
+            raise InvalidArgumentError(f"system must be a string, got {type(system).__name__}")
+        self.model = model
+        self.system = system
+        self.sampling = dict(sampling)
+        _split_sampling(self.sampling)          # validate now, not at the first turn
+        self.reserve = reserve
+        self.history: List[Dict[str, str]] = []  # user/assistant turns, oldest first, system not included
+        self.last_stats = GenerationStats()
+        self.dropped_turns = 0                   # turns removed by the overflow policy so far
+
+    # -- conversation -----------------------------------------------------------------------
+
+    @property
+    def messages(self) -> List[Dict[str, str]]:
+        head = [{"role": "system", "content": self.system}] if self.system else []
+        return head + [dict(m) for m in self.history]
+
+    def reset(self, system: Optional[str] = None) -> None:
+        """Forget the turns (and set a new system prompt if given); the cache is reused where it matches."""
+        self.history = []
+        if system is not None:
+            self.system = system or None
+
+    def _fit(self, history: List[Dict[str, str]], max_tokens: int) -> "tuple[List[Dict[str, str]], List[int]]":
+        """The history (oldest turns dropped as needed) and its prompt ids, fitting with room to answer."""
+        reserve = self.reserve if self.reserve is not None else min(max_tokens, self.model.n_ctx // 4)
+        budget = self.model.n_ctx - max(reserve, 1)
+        head = [{"role": "system", "content": self.system}] if self.system else []
+        formatter = self.model.chat_formatter
+        while True:
+            ids = formatter.encode(head + history, add_generation_prompt=True)
+            if len(ids) <= budget:
+                return history, ids
+            # Drop the oldest user turn and every reply up to the next user turn.
+            users = [i for i, m in enumerate(history) if m["role"] == "user"]
+            if len(users) < 2:
+                raise ContextOverflowError(
+                    f"the system prompt and the new message take {len(ids)} tokens; with {reserve} reserved for "
+                    f"the answer the context of {self.model.n_ctx} cannot hold them"
+                )
+            history = history[users[1]:]
+
+    def send(self, text: str, stream: bool = False) -> Union[str, Iterator[str]]:
+        """Add a user turn and answer it: the reply text, or an iterator of its pieces when stream.
+
+        The reply is recorded in the history when the answer finishes (or the
+        iterator is closed early: what was produced is kept).
+        """
+        if not isinstance(text, str) or not text:
+            raise InvalidArgumentError("the message must be a non-empty string")
+        params, max_tokens, seed, stop = _split_sampling(self.sampling)
+        candidate = self.history + [{"role": "user", "content": text}]
+        validate_messages(candidate)
+        fitted, ids = self._fit(candidate, max_tokens)
+        stats = GenerationStats()
+        pieces = self.model.stream_ids(ids, params, max_tokens=max_tokens, seed=seed, stop=stop, stats=stats)
+        self.dropped_turns += sum(1 for m in candidate[:len(candidate) - len(fitted)] if m["role"] == "user")
+        self.history = fitted
+        self.last_stats = stats
+        turn = self._turn(pieces)
+        if stream:
+            return turn
+        return "".join(turn)
+
+    def _turn(self, pieces: Iterator[str]) -> Iterator[str]:
+        produced: List[str] = []
+        try:
+            for piece in pieces:
+                produced.append(piece)
+                yield piece
+        finally:
+            self.history.append({"role": "assistant", "content": "".join(produced)})
+
+    # -- persistence ---------------------------------------------------------------------------
+
+    def save(self, path: Union[str, os.PathLike]) -> None:
+        """Write history + KV cache atomically (temp file in the same directory, then os.replace)."""
+        target = Path(path)
+        model = self.model
+        cache_ids = model.cached_ids[:model.backend.n_past]
+        if cache_ids and model.backend.n_past != len(cache_ids):
+            # An interrupted eval left positions we cannot name: evaluating the last
+            # known id again drops them (eval forgets every position >= start).
+            model._eval(cache_ids[-1:], len(cache_ids) - 1)
+        n_past = len(cache_ids)
+        state = model.backend.save_state() if n_past else b""
+        header = json.dumps({
+            "version": SESSION_VERSION, "identity": model.identity, "model": model.name,
+            "system": self.system, "history": self.history, "sampling": self.sampling, "reserve": self.reserve,
+            "cache_ids": cache_ids, "n_past": n_past,
+        }).encode("utf-8")
+        body = SESSION_MAGIC + struct.pack("<IQ", SESSION_VERSION, len(header)) + header
+        body += struct.pack("<Q", len(state)) + state
+        body += hashlib.sha256(body).digest()
+        directory = target.parent if str(target.parent) else Path(".")
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(body)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp_name, target)
+        except BaseException:
+            try:
+                os.unlink(tmp_name)
+            except FileNotFoundError:
+                pass
+            raise
+
+    @classmethod
+    def load(cls, path: Union[str, os.PathLike], model: Model) -> "ChatSession":
+        """A session saved by save(), checked against this model, with its KV cache restored."""
+        try:
+            raw = Path(path).read_bytes()
+        except OSError as exc:
+            raise SessionFileError(f"cannot read session file {path}: {exc.strerror}") from None
+        header, state = _parse_session(raw, path)
+        if header.get("identity") != model.identity:
+            raise SessionFileError(
+                f"session file {path} was saved with another model or settings ({header.get('model')!r}); "
+                f"it does not match {model.name!r} on backend {model.backend.info().name} with n_ctx {model.n_ctx}"
+            )
+        try:
+            history = validate_messages(header["history"]) if header["history"] else []
+            system = header["system"]
+            cache_ids = [int(i) for i in header["cache_ids"]]
+            n_past = int(header["n_past"])
+            if n_past != len(cache_ids) or (system is not None and not isinstance(system, str)):
+                raise ValueError("n_past and cache_ids disagree")
+            session = cls(model, system=system, reserve=header.get("reserve"), **header["sampling"])
+        except (KeyError, TypeError, ValueError, InvalidArgumentError) as exc:
+            raise SessionFileError(f"session file {path} has an invalid header: {exc}") from None
+        session.history = history
+        if n_past:
+            try:
+                model.backend.load_state(state, n_past)
+            except (InvalidArgumentError, SessionFileError) as exc:
+                model.reset()
+                raise SessionFileError(f"session file {path}: the KV cache does not load: {exc}") from None
+            model._cache_ids = cache_ids
+        return session
+
+
+def _parse_session(raw: bytes, path) -> "tuple[dict, bytes]":
+    fixed = len(SESSION_MAGIC) + 12
+    if len(raw) < fixed + 8 + 32 or not raw.startswith(SESSION_MAGIC):
+        raise SessionFileError(f"{path} is not an edgesdk session file (or is truncated: {len(raw)} bytes)")
+    if hashlib.sha256(raw[:-32]).digest() != raw[-32:]:
+        raise SessionFileError(f"{path} is corrupt or truncated: its sha256 does not match ({len(raw)} bytes)")
+    version, header_len = struct.unpack_from("<IQ", raw, len(SESSION_MAGIC))
+    if version != SESSION_VERSION:
+        raise SessionFileError(f"{path} is session format version {version}; this edgesdk reads {SESSION_VERSION}")
+    if fixed + header_len + 8 > len(raw) - 32:
+        raise SessionFileError(f"{path}: header length {header_len} runs past the end of the file")
+    try:
+        header = json.loads(raw[fixed:fixed + header_len].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SessionFileError(f"{path}: the header is not valid JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise SessionFileError(f"{path}: the header is not a JSON object")
+    (state_len,) = struct.unpack_from("<Q", raw, fixed + header_len)
+    state_at = fixed + header_len + 8
+    if state_at + state_len != len(raw) - 32:
+        raise SessionFileError(f"{path}: the KV cache of {state_len} bytes does not match the file size {len(raw)}")
+    return header, raw[state_at:state_at + state_len]
+
+
+__all__ = ["ChatSession", "chat_completion", "SESSION_MAGIC"]

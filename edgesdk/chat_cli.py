@@ -1,0 +1,218 @@
+"""`edgesdk chat` and `edgesdk run`: the terminal faces of edgesdk.chat (parsing and printing only).
+
+chat: an interactive conversation that streams tokens, shows tokens/s after
+each answer, keeps history, and takes /commands; Ctrl-C stops the current
+answer (what was said so far stays in the history), Ctrl-D or /quit exits.
+run: one answer to one prompt, streamed to stdout, or a JSON completion.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+from .errors import EdgeSDKError
+
+HELP = """commands:
+  /reset         forget the conversation (the system prompt stays)
+  /system TEXT   set the system prompt and start over
+  /save PATH     save the conversation and its KV cache
+  /load PATH     resume a saved conversation
+  /help          this help
+  /quit          leave (Ctrl-D works too); Ctrl-C stops an answer"""
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", default="auto", choices=["auto", "native", "llamacpp"],
+                   help="inference backend (auto: native when installed, else llama.cpp)")
+    p.add_argument("--n-ctx", type=int, default=None, help="context size in tokens (default: the memory plan's)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: this device's choice)")
+    p.add_argument("--kv-type", default="f16", help="KV cache element type (f16, q8_0)")
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--top-k", type=int, default=40)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--min-p", type=float, default=0.05)
+    p.add_argument("--repeat-penalty", type=float, default=1.1)
+    p.add_argument("--max-tokens", type=int, default=512, help="longest answer in tokens")
+    p.add_argument("--seed", type=int, default=None)
+
+
+def add_chat_commands(sub) -> None:
+    """Register `chat` and `run` on the CLI's subparsers."""
+    p = sub.add_parser("chat", help="chat with a model in the terminal (pulls the default model on first use)")
+    p.add_argument("model", nargs="?", default=None, help="registry name or .gguf path (default: the registry's)")
+    p.add_argument("--system", default=None, help="system prompt")
+    _add_model_options(p)
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("run", help="answer one prompt, streamed to stdout")
+    p.add_argument("model", help="registry name or .gguf path")
+    p.add_argument("prompt")
+    p.add_argument("--system", default=None, help="system prompt")
+    p.add_argument("--json", action="store_true", help="print an OpenAI-shaped chat completion as JSON")
+    _add_model_options(p)
+    p.set_defaults(func=cmd_run)
+
+
+def _sampling(args: argparse.Namespace) -> dict:
+    return dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                repeat_penalty=args.repeat_penalty, max_tokens=args.max_tokens, seed=args.seed)
+
+
+def _open_model(name: Optional[str], args: argparse.Namespace):
+    from . import registry
+    from .model import load
+
+    name = name or registry.default_model()
+    if name in registry.load_registry() and registry.cached_path(name) is None:
+        print(f"{name}: not downloaded yet, pulling it once", file=sys.stderr)
+        registry.pull(name, progress=lambda msg: print(f"{name}: {msg}", file=sys.stderr))
+    return load(name, backend=args.backend, n_ctx=args.n_ctx, threads=args.threads, kv_type=args.kv_type)
+
+
+def _plan_line(model) -> str:
+    """One line: model, backend, memory plan and the chosen context."""
+    info = model.backend.info()
+    weights_mib = model.path.stat().st_size / 2**20
+    plan = model.memory_plan
+    plan_text = str(plan.summary()) if plan is not None and hasattr(plan, "summary") else (
+        str(plan) if plan is not None else f"weights {weights_mib:.0f} MiB")
+    return (f"{model.name} · {info.name} backend, {info.device} · memory plan: {plan_text} · "
+            f"context {model.n_ctx} tokens")
+
+
+def _stream_answer(session, text: str) -> None:
+    pieces = session.send(text, stream=True)
+    interrupted = False
+    try:
+        for piece in pieces:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        pieces.close()     # records what was said so far in the history
+    stats = session.last_stats
+    if interrupted:
+        sys.stdout.write(" [stopped]")
+    sys.stdout.write("\n")
+    print(f"[{stats.completion_tokens} tokens, {stats.tokens_per_s:.1f} tokens/s, "
+          f"first token after {stats.time_to_first_token_s:.2f} s, {stats.reused_tokens} prompt tokens reused]")
+    sys.stdout.flush()
+
+
+def _command(session, line: str):
+    """Run a /command; returns the (possibly new) session, or None to quit."""
+    from .chat import ChatSession
+
+    name, _, rest = line.partition(" ")
+    rest = rest.strip()
+    if name in ("/quit", "/exit"):
+        return None
+    if name == "/help":
+        print(HELP)
+    elif name == "/reset":
+        session.reset()
+        print("[conversation cleared]")
+    elif name == "/system":
+        if not rest:
+            print(f"[system prompt: {session.system!r}]")
+        else:
+            session.reset(system=rest)
+            print("[system prompt set; conversation cleared]")
+    elif name == "/save":
+        if not rest:
+            print("usage: /save PATH")
+        else:
+            session.save(Path(rest).expanduser())
+            print(f"[saved {len(session.history)} messages to {rest}]")
+    elif name == "/load":
+        if not rest:
+            print("usage: /load PATH")
+        else:
+            loaded = ChatSession.load(Path(rest).expanduser(), session.model)
+            print(f"[loaded {len(loaded.history)} messages from {rest}]")
+            return loaded
+    else:
+        print(f"unknown command {name}; /help lists them")
+    return session
+
+
+def _enable_readline() -> None:
+    try:
+        import atexit
+        import readline
+    except ImportError:       # no readline on this Python: plain input() still works
+        return
+    from . import registry
+
+    history = registry.home() / "chat_history"
+    try:
+        readline.read_history_file(history)
+    except OSError:
+        pass
+    readline.set_history_length(1000)
+
+    def save_history():
+        try:
+            history.parent.mkdir(parents=True, exist_ok=True)
+            readline.write_history_file(history)
+        except OSError:
+            pass
+    atexit.register(save_history)
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from .chat import ChatSession
+
+    model = _open_model(args.model, args)
+    print(_plan_line(model))
+    print("type a message, /help for commands, Ctrl-D to leave")
+    session = ChatSession(model, system=args.system, **_sampling(args))
+    if sys.stdin.isatty():
+        _enable_readline()
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            print()
+            return 0
+        except KeyboardInterrupt:
+            print()
+            continue
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            if line.startswith("/"):
+                session = _command(session, line)
+                if session is None:
+                    return 0
+                continue
+            _stream_answer(session, line)
+        except EdgeSDKError as exc:
+            print(f"error: {exc}")
+        except KeyboardInterrupt:
+            print(" [stopped]")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    model = _open_model(args.model, args)
+    messages = ([{"role": "system", "content": args.system}] if args.system else []) + \
+        [{"role": "user", "content": args.prompt}]
+    if args.json:
+        print(json.dumps(model.chat(messages, **_sampling(args)), ensure_ascii=False))
+        return 0
+    for chunk in model.chat(messages, stream=True, **_sampling(args)):
+        piece = chunk["choices"][0]["delta"].get("content")
+        if piece:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+__all__ = ["add_chat_commands", "cmd_chat", "cmd_run"]

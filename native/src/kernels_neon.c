@@ -1,0 +1,380 @@
+/* ARMv8 NEON kernels, and the ARMv8.2 dot-product (SDOT) variants of the 8-bit ones.
+ *
+ * One aarch64 build serves a Raspberry Pi 4 (Cortex-A72: ASIMD only) and a Pi 5
+ * (Cortex-A76: ASIMD + dotprod): this file is compiled for baseline ARMv8-A, and only the
+ * 8-bit kernels of the second table are compiled for armv8.2-a+dotprod (a pragma around them;
+ * the float kernels and activation quantizers are shared by both tables).
+ * dispatch.c calls ek_fill_kernels_neon_dotprod only when getauxval reports ASIMDDP, so an
+ * SDOT instruction never reaches a CPU without it.
+ *
+ * The integer kernels are written once in kernels_neon_int8.h, which is included twice: with
+ * DOT_I8 / DOT_I8X2_SMALL as widening multiplies + a pairwise add (plain NEON) and as
+ * vdotq_s32 (SDOT).
+ * Layouts and the kernel contract are in kernels.h; the scalar kernels are the reference.
+ * On other architectures this file compiles to nothing but the header.
+ */
+#include "kernels.h"
+
+#if defined(__aarch64__)
+#include <arm_neon.h>
+#include <string.h>
+
+/* GGUF data is little-endian and the loads below read it in place. */
+_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the NEON kernels need little-endian aarch64");
+
+/* ------------------------------------------------------------- conversions */
+
+static inline float fp16_to_f32(uint16_t h) {
+    __fp16 v; /* FCVT: ARMv8 converts half to single in hardware */
+    memcpy(&v, &h, sizeof v);
+    return (float)v;
+}
+
+static inline float32x4_t fp16x4_to_f32(const uint16_t *p) { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))); }
+
+static inline float32x4_t bf16x4_to_f32(uint16x4_t v) { return vreinterpretq_f32_u32(vshll_n_u16(v, 16)); }
+
+/* --------------------------------------------------- activation quantizers
+ * Bit for bit what ek_quantize_q8_32_scalar / ek_quantize_q8_k_scalar produce:
+ * the same float products x * (127 / amax), rounded half to even (FCVTNS = nearbyintf). */
+
+static inline float32x4_t abs_max_f32x4(const float *x, int n) {
+    float32x4_t m = vdupq_n_f32(0.0f);
+    for (int j = 0; j < n; j += 4) m = vmaxq_f32(m, vabsq_f32(vld1q_f32(x + j)));
+    return m;
+}
+
+/* qs[0..16) = round(x[0..16) * id); returns the 16 values as int8. */
+static inline int8x16_t quantize_16(const float *x, float id) {
+    const int32x4_t q0 = vcvtnq_s32_f32(vmulq_n_f32(vld1q_f32(x), id));
+    const int32x4_t q1 = vcvtnq_s32_f32(vmulq_n_f32(vld1q_f32(x + 4), id));
+    const int32x4_t q2 = vcvtnq_s32_f32(vmulq_n_f32(vld1q_f32(x + 8), id));
+    const int32x4_t q3 = vcvtnq_s32_f32(vmulq_n_f32(vld1q_f32(x + 12), id));
+    const int16x8_t h0 = vcombine_s16(vmovn_s32(q0), vmovn_s32(q1)); /* |q| <= 127: narrowing is exact */
+    const int16x8_t h1 = vcombine_s16(vmovn_s32(q2), vmovn_s32(q3));
+    return vcombine_s8(vmovn_s16(h0), vmovn_s16(h1));
+}
+
+static void quantize_q8_32_neon(const float *x, void *xq, int64_t n) {
+    block_q8_32 *b = xq;
+    for (int64_t i = 0; i < n / QK32; i++, x += QK32) {
+        const float amax = vmaxvq_f32(abs_max_f32x4(x, QK32));
+        const float d = amax / 127.0f, id = amax != 0.0f ? 127.0f / amax : 0.0f;
+        const int8x16_t q0 = quantize_16(x, id), q1 = quantize_16(x + 16, id);
+        vst1q_s8(b[i].qs, q0);
+        vst1q_s8(b[i].qs + 16, q1);
+        const int32_t sum = vaddlvq_s16(vaddq_s16(vpaddlq_s8(q0), vpaddlq_s8(q1)));
+        b[i].d = d;
+        b[i].s = d * (float)sum;
+    }
+}
+
+static void quantize_q8_k_neon(const float *x, void *xq, int64_t n) {
+    block_q8_k *b = xq;
+    for (int64_t i = 0; i < n / QK_K; i++, x += QK_K) {
+        const float amax = vmaxvq_f32(abs_max_f32x4(x, QK_K));
+        const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+        for (int k = 0; k < 16; k++) {
+            const int8x16_t q = quantize_16(x + 16 * k, id);
+            vst1q_s8(b[i].qs + 16 * k, q);
+            b[i].bsums[k] = vaddlvq_s8(q);
+        }
+        b[i].d = amax / 127.0f;
+    }
+}
+
+/* ------------------------------------------------------- float weights
+ * y[i, r] = dot(W[r], x[i]) with f32 activations. Each (i, r) is summed the same way whatever
+ * the tile (two vector accumulators over 8-wide steps, one 4-wide step, a scalar tail), so the
+ * result never depends on how rows or activation rows were split. */
+
+/* Up to 4 activation rows share each load of the weight row. */
+#define FLOAT_TILE 4
+
+static inline __attribute__((always_inline)) void gemm_f32_tile(const float *w, const float *const *x, float *const *y,
+                                                               int mt, int64_t n) {
+    float32x4_t acc0[FLOAT_TILE], acc1[FLOAT_TILE];
+    for (int i = 0; i < mt; i++) acc0[i] = acc1[i] = vdupq_n_f32(0.0f);
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+        const float32x4_t w0 = vld1q_f32(w + j), w1 = vld1q_f32(w + j + 4);
+        for (int i = 0; i < mt; i++) {
+            acc0[i] = vfmaq_f32(acc0[i], w0, vld1q_f32(x[i] + j));
+            acc1[i] = vfmaq_f32(acc1[i], w1, vld1q_f32(x[i] + j + 4));
+        }
+    }
+    if (j + 4 <= n) {
+        const float32x4_t w0 = vld1q_f32(w + j);
+        for (int i = 0; i < mt; i++) acc0[i] = vfmaq_f32(acc0[i], w0, vld1q_f32(x[i] + j));
+        j += 4;
+    }
+    for (int i = 0; i < mt; i++) {
+        float s = vaddvq_f32(vaddq_f32(acc0[i], acc1[i]));
+        for (int64_t k = j; k < n; k++) s += w[k] * x[i][k];
+        *y[i] = s;
+    }
+}
+
+/* The f16 and bf16 versions widen 8 weights at a time to f32 and then do what the f32 one does. */
+static inline __attribute__((always_inline)) void gemm_half_tile(const uint16_t *w, int is_bf16, const float *const *x,
+                                                                float *const *y, int mt, int64_t n) {
+    float32x4_t acc0[FLOAT_TILE], acc1[FLOAT_TILE];
+    for (int i = 0; i < mt; i++) acc0[i] = acc1[i] = vdupq_n_f32(0.0f);
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+        const uint16x8_t h = vld1q_u16(w + j);
+        float32x4_t w0, w1;
+        if (is_bf16) {
+            w0 = bf16x4_to_f32(vget_low_u16(h));
+            w1 = bf16x4_to_f32(vget_high_u16(h));
+        } else {
+            w0 = vcvt_f32_f16(vreinterpret_f16_u16(vget_low_u16(h)));
+            w1 = vcvt_f32_f16(vreinterpret_f16_u16(vget_high_u16(h)));
+        }
+        for (int i = 0; i < mt; i++) {
+            acc0[i] = vfmaq_f32(acc0[i], w0, vld1q_f32(x[i] + j));
+            acc1[i] = vfmaq_f32(acc1[i], w1, vld1q_f32(x[i] + j + 4));
+        }
+    }
+    if (j + 4 <= n) {
+        const float32x4_t w0 = is_bf16 ? bf16x4_to_f32(vld1_u16(w + j)) : fp16x4_to_f32(w + j);
+        for (int i = 0; i < mt; i++) acc0[i] = vfmaq_f32(acc0[i], w0, vld1q_f32(x[i] + j));
+        j += 4;
+    }
+    for (int i = 0; i < mt; i++) {
+        float s = vaddvq_f32(vaddq_f32(acc0[i], acc1[i]));
+        for (int64_t k = j; k < n; k++) s += (is_bf16 ? ek_bf16_to_fp32(w[k]) : fp16_to_f32(w[k])) * x[i][k];
+        *y[i] = s;
+    }
+}
+
+enum { WEIGHT_F32, WEIGHT_F16, WEIGHT_BF16 };
+
+/* Rows [r0, r1) of a float weight against m activation rows: for each chunk of FLOAT_ROW_CHUNK
+   weight rows, FLOAT_TILE activation rows at a time, so the tile's activations (4 x 2048 floats
+   are 32 KiB) stay cached while the chunk's rows stream past them. */
+#define FLOAT_ROW_CHUNK 16
+
+static inline __attribute__((always_inline)) void gemm_float(int kind, const void *w, size_t w_row_bytes, const void *x,
+                                                            size_t x_row_bytes, float *y, int64_t ldy, int64_t r0,
+                                                            int64_t r1, int64_t m, int64_t n) {
+    for (int64_t rc = r0; rc < r1; rc += FLOAT_ROW_CHUNK) {
+        const int64_t rc_end = rc + FLOAT_ROW_CHUNK < r1 ? rc + FLOAT_ROW_CHUNK : r1;
+        for (int64_t i0 = 0; i0 < m; i0 += FLOAT_TILE) {
+            const int mt = m - i0 < FLOAT_TILE ? (int)(m - i0) : FLOAT_TILE;
+            const float *xs[FLOAT_TILE];
+            for (int i = 0; i < mt; i++) xs[i] = (const float *)((const char *)x + (i0 + i) * x_row_bytes);
+            for (int64_t r = rc; r < rc_end; r++) {
+                const void *wr = (const char *)w + r * w_row_bytes;
+                float *ys[FLOAT_TILE];
+                for (int i = 0; i < mt; i++) ys[i] = y + (i0 + i) * ldy + r;
+                if (kind == WEIGHT_F32) gemm_f32_tile(wr, xs, ys, mt, n);
+                else gemm_half_tile(wr, kind == WEIGHT_BF16, xs, ys, mt, n);
+            }
+        }
+    }
+}
+
+static void gemm_f32_neon(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y, int64_t ldy,
+                          int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_float(WEIGHT_F32, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_f16_neon(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y, int64_t ldy,
+                          int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_float(WEIGHT_F16, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_bf16_neon(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                           int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_float(WEIGHT_BF16, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+/* ---------------------------------------------------- bandwidth probe */
+
+static uint64_t read_sum_neon(const void *p, size_t n) {
+    const uint64_t *q = p;
+    uint64x2_t a0 = vdupq_n_u64(0), a1 = a0, a2 = a0, a3 = a0;
+    for (size_t i = 0; i < n / 8; i += 8) {
+        a0 = vaddq_u64(a0, vld1q_u64(q + i));
+        a1 = vaddq_u64(a1, vld1q_u64(q + i + 2));
+        a2 = vaddq_u64(a2, vld1q_u64(q + i + 4));
+        a3 = vaddq_u64(a3, vld1q_u64(q + i + 6));
+    }
+    return vaddvq_u64(vaddq_u64(vaddq_u64(a0, a1), vaddq_u64(a2, a3)));
+}
+
+/* ----------------------------------------------------- weight decoders
+ * Each turns a block's packed integers into signed int8 lanes for the dot product. */
+
+/* Q4_0: 16 bytes -> q - 8 for elements 0..15 (low nibbles) and 16..31 (high nibbles). */
+static inline int8x16x2_t decode_q4_0(const uint8_t *qs) {
+    const uint8x16_t v = vld1q_u8(qs);
+    const int8x16_t eight = vdupq_n_s8(8);
+    int8x16x2_t r;
+    r.val[0] = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0f))), eight);
+    r.val[1] = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(v, 4)), eight);
+    return r;
+}
+
+/* Q4_1: the unsigned nibbles 0..15; the block minimum is added outside. */
+static inline int8x16x2_t decode_q4_1(const uint8_t *qs) {
+    const uint8x16_t v = vld1q_u8(qs);
+    int8x16x2_t r;
+    r.val[0] = vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0f)));
+    r.val[1] = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
+    return r;
+}
+
+/* Q5_0: q - 16, bit 4 of element j from bit j of the little-endian 32-bit qh.
+   Each qh byte is spread over 8 lanes and tested against that lane's bit. */
+static inline int8x16x2_t decode_q5_0(const uint8_t *qh, const uint8_t *qs) {
+    static const uint8_t lane_bit[16] = {1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128};
+    const uint8x16_t bits = vld1q_u8(lane_bit), b4 = vdupq_n_u8(0x10);
+    const uint8x16_t h0 = vcombine_u8(vdup_n_u8(qh[0]), vdup_n_u8(qh[1])); /* elements 0..15 */
+    const uint8x16_t h1 = vcombine_u8(vdup_n_u8(qh[2]), vdup_n_u8(qh[3])); /* elements 16..31 */
+    const uint8x16_t v = vld1q_u8(qs);
+    const uint8x16_t lo = vorrq_u8(vandq_u8(v, vdupq_n_u8(0x0f)), vandq_u8(vtstq_u8(h0, bits), b4));
+    const uint8x16_t hi = vorrq_u8(vshrq_n_u8(v, 4), vandq_u8(vtstq_u8(h1, bits), b4));
+    int8x16x2_t r;
+    r.val[0] = vsubq_s8(vreinterpretq_s8_u8(lo), vreinterpretq_s8_u8(b4));
+    r.val[1] = vsubq_s8(vreinterpretq_s8_u8(hi), vreinterpretq_s8_u8(b4));
+    return r;
+}
+
+static inline int8x16x2_t load_q8_0(const int8_t *qs) {
+    int8x16x2_t r;
+    r.val[0] = vld1q_s8(qs);
+    r.val[1] = vld1q_s8(qs + 16);
+    return r;
+}
+
+/* Q6_K, one half of 128 weights: the 8 groups of 16 values q - 32, in element order
+   (group g covers elements 16g..16g+16 of the half and has scale scales[g]).
+   Element l + 32s (l < 32) takes nibble (s >> 1) of ql[l + 32 (s & 1)] and bits 2s..2s+1 of qh[l]. */
+static inline void decode_q6_k_half(const uint8_t *ql, const uint8_t *qh, int8x16_t q[8]) {
+    const uint8x16_t m4 = vdupq_n_u8(0x0f), m2 = vdupq_n_u8(0x30);
+    const int8x16_t thirty_two = vdupq_n_s8(32);
+    for (int half16 = 0; half16 < 2; half16++) { /* l in [16 half16, 16 half16 + 16) */
+        const uint8x16_t h = vld1q_u8(qh + 16 * half16);
+        const uint8x16_t l0 = vld1q_u8(ql + 16 * half16), l1 = vld1q_u8(ql + 32 + 16 * half16);
+        const uint8x16_t s0 = vorrq_u8(vandq_u8(l0, m4), vandq_u8(vshlq_n_u8(h, 4), m2));
+        const uint8x16_t s1 = vorrq_u8(vandq_u8(l1, m4), vandq_u8(vshlq_n_u8(h, 2), m2));
+        const uint8x16_t s2 = vorrq_u8(vshrq_n_u8(l0, 4), vandq_u8(h, m2));
+        const uint8x16_t s3 = vorrq_u8(vshrq_n_u8(l1, 4), vandq_u8(vshrq_n_u8(h, 2), m2));
+        q[0 + half16] = vsubq_s8(vreinterpretq_s8_u8(s0), thirty_two);
+        q[2 + half16] = vsubq_s8(vreinterpretq_s8_u8(s1), thirty_two);
+        q[4 + half16] = vsubq_s8(vreinterpretq_s8_u8(s2), thirty_two);
+        q[6 + half16] = vsubq_s8(vreinterpretq_s8_u8(s3), thirty_two);
+    }
+}
+
+/* Q4_K's 8 six-bit scales and 8 six-bit mins (layout in kernels.h), four at a time in 32-bit
+   words: bytes 0-3 hold scales 0-3 in their low 6 bits, bytes 4-7 mins 0-3; bytes 8-11 hold the
+   low 4 bits of scales 4-7 (low nibbles) and mins 4-7 (high nibbles), whose top 2 bits are the
+   top 2 bits of bytes 0-3 (scales) and 4-7 (mins). */
+static inline void unpack_q4_k_scales(const uint8_t *packed, uint8_t sc[8], uint8_t mn[8]) {
+    uint32_t w[3], out[4];
+    memcpy(w, packed, sizeof w);
+    out[0] = w[0] & 0x3f3f3f3fu;                                                  /* scales 0-3 */
+    out[1] = (w[2] & 0x0f0f0f0fu) | (((w[0] >> 6) & 0x03030303u) << 4);           /* scales 4-7 */
+    out[2] = w[1] & 0x3f3f3f3fu;                                                  /* mins 0-3 */
+    out[3] = ((w[2] >> 4) & 0x0f0f0f0fu) | (((w[1] >> 6) & 0x03030303u) << 4);    /* mins 4-7 */
+    memcpy(sc, out, 8);
+    memcpy(mn, out + 2, 8);
+}
+
+/* Sums of 4 int32x4 vectors as one vector: lane k = horizontal sum of a[k]. */
+static inline int32x4_t hsum4_s32(int32x4_t a0, int32x4_t a1, int32x4_t a2, int32x4_t a3) {
+    return vpaddq_s32(vpaddq_s32(a0, a1), vpaddq_s32(a2, a3));
+}
+
+/* ------------------------------------------ the 8-bit kernels, twice */
+
+/* Plain ARMv8 stand-ins for SDOT, built from widening multiplies (SMULL/SMLAL into int16 lanes)
+ * and one pairwise add into int32 (SADALP). They put partial sums in different int32 lanes
+ * than SDOT would; every caller only uses the sum of the 4 lanes. Activations come from our
+ * quantizers, so |b| <= 127. */
+
+/* acc += a . b over 16 lanes, any int8 weights: each int16 lane takes 2 products,
+   |2 * 128 * 127| = 32512 fits. */
+static inline int32x4_t dot_i8_widening(int32x4_t acc, int8x16_t a, int8x16_t b) {
+    int16x8_t p = vmull_s8(vget_low_s8(a), vget_low_s8(b));
+    p = vmlal_high_s8(p, a, b);
+    return vpadalq_s16(acc, p);
+}
+
+/* acc += a0 . b0 + a1 . b1 over 32 lanes, for weights of at most 5 bits (|a| <= 16): each int16
+   lane takes 4 products, |4 * 16 * 127| = 8128 fits. */
+static inline int32x4_t dot_i8x2_small_widening(int32x4_t acc, int8x16_t a0, int8x16_t b0, int8x16_t a1, int8x16_t b1) {
+    int16x8_t p = vmull_s8(vget_low_s8(a0), vget_low_s8(b0));
+    p = vmlal_high_s8(p, a0, b0);
+    p = vmlal_s8(p, vget_low_s8(a1), vget_low_s8(b1));
+    p = vmlal_high_s8(p, a1, b1);
+    return vpadalq_s16(acc, p);
+}
+
+#define DOT_I8(acc, a, b) dot_i8_widening(acc, a, b)
+#define DOT_I8X2_SMALL(acc, a0, b0, a1, b1) dot_i8x2_small_widening(acc, a0, b0, a1, b1)
+#define NEON_HAS_SDOT 0
+#define NEON_KERNEL(name) name##_neon
+#include "kernels_neon_int8.h"
+#undef DOT_I8
+#undef DOT_I8X2_SMALL
+#undef NEON_HAS_SDOT
+#undef NEON_KERNEL
+
+#pragma GCC push_options
+#pragma GCC target("arch=armv8.2-a+dotprod")
+#define DOT_I8(acc, a, b) vdotq_s32(acc, a, b)
+#define DOT_I8X2_SMALL(acc, a0, b0, a1, b1) vdotq_s32(vdotq_s32(acc, a0, b0), a1, b1)
+#define NEON_HAS_SDOT 1
+#define NEON_KERNEL(name) name##_neon_dotprod
+#include "kernels_neon_int8.h"
+#undef DOT_I8
+#undef DOT_I8X2_SMALL
+#undef NEON_HAS_SDOT
+#undef NEON_KERNEL
+#pragma GCC pop_options
+
+/* ------------------------------------------------------------- tables */
+
+static void fill_common(ek_kernels *k) {
+    memset(k, 0, sizeof *k);
+    k->quantize_q8_32 = quantize_q8_32_neon;
+    k->quantize_q8_k = quantize_q8_k_neon;
+    k->gemm[EK_TYPE_F32] = gemm_f32_neon;
+    k->gemm[EK_TYPE_F16] = gemm_f16_neon;
+    k->gemm[EK_TYPE_BF16] = gemm_bf16_neon;
+    k->read_sum = read_sum_neon;
+}
+
+void ek_fill_kernels_neon(ek_kernels *k) {
+    fill_common(k);
+    k->isa = EK_ISA_NEON;
+    k->gemm[EK_TYPE_Q4_0] = gemm_q4_0_q8_neon;
+    k->gemm[EK_TYPE_Q4_1] = gemm_q4_1_q8_neon;
+    k->gemm[EK_TYPE_Q5_0] = gemm_q5_0_q8_neon;
+    k->gemm[EK_TYPE_Q8_0] = gemm_q8_0_q8_neon;
+    k->gemm[EK_TYPE_Q4_K] = gemm_q4_k_q8k_neon;
+    k->gemm[EK_TYPE_Q6_K] = gemm_q6_k_q8k_neon;
+    k->gemm_repacked[EK_TYPE_Q4_0] = gemm_q4_0x8_q8_neon;
+    k->gemm_repacked[EK_TYPE_Q4_1] = gemm_q4_1x8_q8_neon;
+    k->gemm_repacked[EK_TYPE_Q8_0] = gemm_q8_0x8_q8_neon;
+}
+
+void ek_fill_kernels_neon_dotprod(ek_kernels *k) {
+    fill_common(k);
+    k->isa = EK_ISA_NEON_DOTPROD;
+    k->gemm[EK_TYPE_Q4_0] = gemm_q4_0_q8_neon_dotprod;
+    k->gemm[EK_TYPE_Q4_1] = gemm_q4_1_q8_neon_dotprod;
+    k->gemm[EK_TYPE_Q5_0] = gemm_q5_0_q8_neon_dotprod;
+    k->gemm[EK_TYPE_Q8_0] = gemm_q8_0_q8_neon_dotprod;
+    k->gemm[EK_TYPE_Q4_K] = gemm_q4_k_q8k_neon_dotprod;
+    k->gemm[EK_TYPE_Q6_K] = gemm_q6_k_q8k_neon_dotprod;
+    k->gemm_repacked[EK_TYPE_Q4_0] = gemm_q4_0x8_q8_neon_dotprod;
+    k->gemm_repacked[EK_TYPE_Q4_1] = gemm_q4_1x8_q8_neon_dotprod;
+    k->gemm_repacked[EK_TYPE_Q8_0] = gemm_q8_0x8_q8_neon_dotprod;
+}
+
+#endif /* __aarch64__ */

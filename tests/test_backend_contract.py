@@ -1,0 +1,171 @@
+"""One contract for every installed backend: eval semantics, prefix reuse, state round trip, errors.
+
+A backend is added here by one entry in BACKEND_FACTORIES; backends whose
+module does not import on this machine are simply not parametrized.
+"""
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+
+from edgesdk.backends.base import Backend, BackendInfo
+from edgesdk.errors import ContextOverflowError, InvalidArgumentError, SessionFileError
+
+# Logits of the same position computed in a different batch split: the same
+# math, but matmul accumulation order differs between GEMM tiles and GEMV.
+REUSE_ATOL = 2e-2
+# Gemma-3's logits are ~10x wider and its activations large: a different batch
+# split moves logits by up to ~0.6 in llama.cpp itself, a KL of ~0.005 per row.
+SPLIT_KL_MAX = 0.02
+N_CTX = 160
+THREADS = 1       # the shared test machine: one thread per process is the fastest and least noisy
+
+BACKEND_FACTORIES = {
+    "llamacpp": ("edgesdk.backends.llamacpp", "LlamaCppBackend"),
+    "native": ("edgesdk.backends.native", "NativeBackend"),
+}
+
+
+def _installed():
+    names = []
+    for name, (module, _cls) in BACKEND_FACTORIES.items():
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            continue
+        names.append(name)
+    return names
+
+
+def _make(name, path, n_ctx=N_CTX, kv_type="f16") -> Backend:
+    module, cls = BACKEND_FACTORIES[name]
+    return getattr(importlib.import_module(module), cls)(path, n_ctx=n_ctx, threads=THREADS, kv_type=kv_type)
+
+
+@pytest.fixture(scope="module", params=_installed())
+def backend(request, smollm2_path):
+    b = _make(request.param, smollm2_path)
+    yield b
+    b.close()
+
+
+def _ids(rng, n, n_vocab=49152):
+    # Ordinary vocabulary ids (no control tokens at the low end).
+    return [int(i) for i in rng.integers(300, n_vocab, size=n)]
+
+
+def test_eval_returns_float32_logits_of_the_last_id_or_of_all(backend, rng):
+    ids = _ids(rng, 13)
+    last = backend.eval(ids, 0)
+    assert last.shape == (backend.n_vocab,) and last.dtype == np.float32
+    assert backend.n_past == 13
+    every = backend.eval(ids, 0, all_logits=True)
+    assert every.shape == (13, backend.n_vocab) and every.dtype == np.float32
+    assert np.isfinite(every).all()
+    np.testing.assert_allclose(every[-1], last, atol=REUSE_ATOL)
+    assert backend.n_past == 13
+
+
+def test_reusing_a_prefix_equals_a_fresh_eval(backend, rng):
+    prefix, tail, other = _ids(rng, 21), _ids(rng, 9), _ids(rng, 17)
+    fresh = backend.eval(prefix + tail, 0, all_logits=True)
+    backend.eval(prefix + other, 0)               # cache now holds a different continuation
+    reused = backend.eval(tail, len(prefix), all_logits=True)
+    assert backend.n_past == len(prefix) + len(tail)
+    np.testing.assert_allclose(reused, fresh[len(prefix):], atol=REUSE_ATOL)
+    # Token by token from the same prefix gives the same last logits too.
+    backend.eval(prefix, 0)
+    for k, t in enumerate(tail):
+        last = backend.eval([t], len(prefix) + k)
+    np.testing.assert_allclose(last, fresh[-1], atol=REUSE_ATOL)
+
+
+def test_state_round_trip_restores_the_cache(backend, rng):
+    prefix, tail = _ids(rng, 25), _ids(rng, 6)
+    fresh = backend.eval(prefix + tail, 0, all_logits=True)
+    backend.eval(prefix, 0)
+    blob = backend.save_state()
+    assert isinstance(blob, bytes) and blob
+    backend.eval(_ids(rng, 40), 0)                # overwrite every position
+    backend.load_state(blob, len(prefix))
+    assert backend.n_past == len(prefix)
+    restored = backend.eval(tail, len(prefix), all_logits=True)
+    np.testing.assert_allclose(restored, fresh[len(prefix):], atol=REUSE_ATOL)
+
+
+def test_eval_longer_than_one_batch_matches_token_by_token(smollm2_path, rng):
+    # 530 ids cross llama.cpp's 512-token batch; every backend must split or not, invisibly.
+    for name in _installed():
+        b = _make(name, smollm2_path, n_ctx=544)
+        try:
+            ids = _ids(rng, 530)
+            every = b.eval(ids, 0, all_logits=True)
+            assert every.shape == (530, b.n_vocab)
+            again = b.eval(ids[520:], 520, all_logits=True)
+            np.testing.assert_allclose(again, every[520:], atol=REUSE_ATOL)
+        finally:
+            b.close()
+
+
+def test_sliding_window_model_reuses_prefix_like_a_fresh_eval(gemma3_path, rng):
+    for name in _installed():
+        b = _make(name, gemma3_path, n_ctx=96)
+        try:
+            prefix, tail = _ids(rng, 30, 262144), _ids(rng, 5, 262144)
+            fresh = b.eval(prefix + tail, 0, all_logits=True)
+            b.eval(prefix + _ids(rng, 12, 262144), 0)
+            reused = b.eval(tail, len(prefix), all_logits=True)
+            expected = fresh[len(prefix):]
+            assert (reused.argmax(axis=1) == expected.argmax(axis=1)).all()
+            assert _kl_rows(expected, reused).max() < SPLIT_KL_MAX
+        finally:
+            b.close()
+
+
+def _kl_rows(p_logits, q_logits):
+    """KL(p || q) per row of two logit matrices, in float64."""
+    def log_softmax(x):
+        x = x.astype(np.float64)
+        x = x - x.max(axis=1, keepdims=True)
+        return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
+    lp, lq = log_softmax(p_logits), log_softmax(q_logits)
+    return (np.exp(lp) * (lp - lq)).sum(axis=1)
+
+
+def test_info_describes_the_backend(backend):
+    info = backend.info()
+    assert isinstance(info, BackendInfo)
+    assert info.name == type(backend).name and info.n_ctx == N_CTX and info.n_vocab == backend.n_vocab
+    assert info.threads == THREADS and info.kv_type == "f16"
+
+
+@pytest.mark.parametrize("ids", [[], [5, 49152], [-1], [[1, 2]]])
+def test_bad_ids_are_rejected_before_the_native_call(backend, ids):
+    with pytest.raises(InvalidArgumentError):
+        backend.eval(ids, 0)
+
+
+def test_eval_past_the_context_raises_context_overflow(backend, rng):
+    backend.eval(_ids(rng, 10), 0)
+    with pytest.raises(ContextOverflowError, match=str(N_CTX)):
+        backend.eval(_ids(rng, N_CTX - 5), 10)
+    assert backend.n_past == 10          # nothing was dropped or evaluated
+
+
+def test_start_beyond_the_cache_is_rejected(backend, rng):
+    backend.eval(_ids(rng, 4), 0)
+    with pytest.raises(InvalidArgumentError, match="start"):
+        backend.eval(_ids(rng, 2), 7)
+
+
+def test_state_that_does_not_fit_is_rejected_as_a_session_file_error(backend, rng):
+    backend.eval(_ids(rng, 12), 0)
+    blob = backend.save_state()
+    with pytest.raises(SessionFileError):
+        backend.load_state(blob, 11)
+    with pytest.raises(SessionFileError):
+        backend.load_state(blob[: len(blob) // 2], 12)
+    with pytest.raises(InvalidArgumentError):
+        backend.load_state(blob, -1)

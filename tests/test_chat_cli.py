@@ -1,0 +1,113 @@
+"""`edgesdk chat` and `edgesdk run` driven as a person would: in a pseudo-terminal, with pexpect."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pexpect
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT_S = 90      # model load + a short answer on a busy 2-core machine
+COMMON = ["--backend", "llamacpp", "--threads", "1", "--n-ctx", "1024", "--temperature", "0"]
+
+
+def _env(tmp_path):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["TERM"] = "dumb"
+    # The model cache stays where it is; readline history goes to the test's directory.
+    env.setdefault("EDGESDK_HOME", str(Path.home() / ".cache" / "edgesdk"))
+    return env
+
+
+def _spawn(args, tmp_path):
+    child = pexpect.spawn(sys.executable, ["-m", "edgesdk.cli", "chat", *args], cwd=str(tmp_path),
+                          env=_env(tmp_path), encoding="utf-8", timeout=TIMEOUT_S, dimensions=(40, 200))
+    child.expect(r"context (\d+) tokens")
+    assert child.match.group(1) == "1024"
+    child.expect("> ")
+    return child
+
+
+@pytest.mark.slow
+def test_chat_answers_streams_stats_interrupts_saves_and_reloads(smollm2_path, tmp_path):
+    child = _spawn([*COMMON, "--max-tokens", "400"], tmp_path)   # default model from the registry
+    child.sendline("What is 2 plus 2?")
+    child.expect(r"\[(\d+) tokens, ([\d.]+) tokens/s")
+    assert "4" in child.before
+    child.expect("> ")
+
+    # A long answer, interrupted with Ctrl-C: the answer stops, the program does not.
+    child.sendline("Write a very long essay about the history of the Roman Empire.")
+    child.expect_exact("Roman Empire.\r\n")     # the echo of what was typed
+    child.expect(r"\w+ \w+ \w+ \w+")          # then some words of the answer have streamed
+    child.sendintr()
+    child.expect(r"\[stopped\]|\] *\n")
+    child.expect("> ")
+
+    child.sendline("/save conversation.session")
+    child.expect(r"\[saved 4 messages")
+    child.expect("> ")
+    child.sendline("/quit")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    assert (tmp_path / "conversation.session").is_file()
+
+    # A new process resumes the conversation; Ctrl-D leaves.
+    child = _spawn([str(smollm2_path), *COMMON, "--max-tokens", "40"], tmp_path)
+    child.sendline("/load conversation.session")
+    child.expect(r"\[loaded 4 messages")
+    child.expect("> ")
+    child.sendline("/load missing.session")
+    child.expect("error: cannot read session file")
+    child.expect("> ")
+    child.sendline("/help")
+    child.expect("/system TEXT")
+    child.expect("> ")
+    child.sendeof()
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
+@pytest.mark.slow
+def test_chat_system_and_reset_commands(smollm2_path, tmp_path):
+    child = _spawn([str(smollm2_path), *COMMON, "--max-tokens", "30"], tmp_path)
+    child.sendline("/system You are a pirate.")
+    child.expect(r"system prompt set")
+    child.expect("> ")
+    child.sendline("/system")
+    child.expect("You are a pirate.")
+    child.expect("> ")
+    child.sendline("/reset")
+    child.expect("conversation cleared")
+    child.expect("> ")
+    child.sendline("/nonsense")
+    child.expect("unknown command")
+    child.expect("> ")
+    child.sendline("/quit")
+    child.expect(pexpect.EOF)
+
+
+@pytest.mark.slow
+def test_run_prints_one_answer_and_json(smollm2_path, tmp_path):
+    cmd = [sys.executable, "-m", "edgesdk.cli", "run", str(smollm2_path), "Name three primary colors.", *COMMON,
+           "--max-tokens", "48"]
+    out = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True, timeout=TIMEOUT_S, check=True)
+    assert "red" in out.stdout.lower()
+    out = subprocess.run(cmd + ["--json"], env=_env(tmp_path), capture_output=True, text=True, timeout=TIMEOUT_S,
+                         check=True)
+    reply = json.loads(out.stdout)
+    assert reply["object"] == "chat.completion"
+    assert "blue" in reply["choices"][0]["message"]["content"].lower()
+
+
+def test_run_with_unknown_model_fails_cleanly(tmp_path):
+    cmd = [sys.executable, "-m", "edgesdk.cli", "run", str(tmp_path / "nope.gguf"), "hi", "--backend", "llamacpp"]
+    out = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert out.returncode == 2 and "edgesdk: error:" in out.stderr and "Traceback" not in out.stderr

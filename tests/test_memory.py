@@ -1,0 +1,288 @@
+"""edgesdk.memory: plans from the GGUF header, budgets, fit(), and plans against measured peak RSS."""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import gguf as gguf_pkg
+import numpy as np
+import pytest
+
+from edgesdk import memory
+from edgesdk.errors import InvalidArgumentError, MemoryBudgetError, UnsupportedModelError
+
+MIB = 1 << 20
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).parent / "fixtures" / "hw"
+CHILD = Path(__file__).parent / "memory_child.py"
+
+# The plan predicts the peak RSS of a whole-context run; the issue asks for +-10%.
+PLAN_VS_RSS_TOLERANCE = 0.10
+
+# Backends whose peak RSS is checked against the plan. "llamacpp-direct" drives llama.cpp's
+# low-level API with the settings of edgesdk.backends.llamacpp (see tests/memory_child.py).
+# Add "native" here once edgesdk.backends.native is on main.
+MEASURED_BACKENDS = ["llamacpp-direct"]
+MEASURED_CONTEXTS = [1024, 3072]    # away from the 512/2048/4096 runs the constants were measured at
+
+
+# -- a synthetic model, header only ----------------------------------------------------
+
+def write_header_only_model(path: Path, *, n_layer=4, n_embd=256, n_ff=768, n_head=8, n_head_kv=2,
+                            n_vocab=1000, context_length=4096, pad_to: int = 0, arch="llama",
+                            key_length=None) -> Path:
+    """A llama-shaped GGUF whose tensor data is a hole: plan() must work from the header alone."""
+    w = gguf_pkg.GGUFWriter(str(path), arch)
+    w.add_block_count(n_layer)
+    w.add_embedding_length(n_embd)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
+    w.add_context_length(context_length)
+    if key_length:
+        w.add_key_length(key_length)
+        w.add_value_length(key_length)
+    w.add_tokenizer_model("llama")
+    w.add_token_list([f"tok{i}" for i in range(n_vocab)])
+    head_dim = key_length or n_embd // n_head
+    q8 = gguf_pkg.GGMLQuantizationType.Q8_0
+    shapes = {"token_embd.weight": (n_vocab, n_embd), "output_norm.weight": (n_embd,)}
+    for i in range(n_layer):
+        shapes.update({f"blk.{i}.attn_q.weight": (n_head * head_dim, n_embd),
+                       f"blk.{i}.attn_k.weight": (n_head_kv * head_dim, n_embd),
+                       f"blk.{i}.attn_v.weight": (n_head_kv * head_dim, n_embd),
+                       f"blk.{i}.attn_output.weight": (n_embd, n_head * head_dim),
+                       f"blk.{i}.ffn_gate.weight": (n_ff, n_embd), f"blk.{i}.ffn_up.weight": (n_ff, n_embd),
+                       f"blk.{i}.ffn_down.weight": (n_embd, n_ff)})
+    total = 0
+    for name, shape in shapes.items():
+        n = int(np.prod(shape))
+        if len(shape) == 1:
+            w.add_tensor_info(name, shape, np.dtype(np.float32), n * 4)
+            total += n * 4
+        else:
+            # With raw_dtype the writer takes the shape in bytes: rows of n_cols / 32 blocks of 34 bytes.
+            w.add_tensor_info(name, (shape[0], shape[1] // 32 * 34), np.dtype(np.uint8), n // 32 * 34, raw_dtype=q8)
+            total += n // 32 * 34
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    w.close()
+    data_start = path.stat().st_size
+    data_start = -(-data_start // 32) * 32
+    with open(path, "r+b") as f:
+        f.truncate(data_start + total + 32 * len(shapes) + pad_to)   # sparse: no bytes written
+    return path
+
+
+@pytest.fixture
+def small_model(tmp_path):
+    return write_header_only_model(tmp_path / "small.gguf")
+
+
+def independent_tensor_bytes(path) -> int:
+    reader = gguf_pkg.GGUFReader(str(path))
+    return sum(int(t.n_bytes) for t in reader.tensors)
+
+
+# -- the parts -------------------------------------------------------------------
+
+def test_kv_cache_of_smollm2_is_layers_times_context_times_kv_heads_times_head_dim(smollm2_path):
+    # 30 layers, 3 kv heads x 64 dims, K and V, 2 bytes (f16).
+    p = memory.plan(smollm2_path, n_ctx=2048, kv_type="f16", backend="llamacpp", threads=2)
+    assert p.kv_cache == 30 * 2048 * 3 * 64 * 2 * 2
+    # q8_0: 32 values in 34 bytes.
+    p8 = memory.plan(smollm2_path, n_ctx=2048, kv_type="q8_0", backend="llamacpp", threads=2)
+    assert p8.kv_cache == 30 * 2048 * (3 * 64 // 32 * 34) * 2
+
+
+def test_kv_cache_of_gemma3_uses_its_key_and_value_length(gemma3_path):
+    # 18 layers, 1 kv head, key_length = value_length = 256 (not n_embd / n_head = 160).
+    p = memory.plan(gemma3_path, n_ctx=1024, backend="llamacpp", threads=2)
+    assert p.kv_cache == 18 * 1024 * 256 * 2 * 2
+
+
+def test_weights_are_the_tensor_bytes_gguf_s_own_reader_counts(smollm2_path):
+    # gguf's reader takes ~40 s over Gemma-3's 262k-token vocabulary; SmolLM2 (and the synthetic
+    # models below) exercise the same sum.
+    expected = independent_tensor_bytes(smollm2_path)
+    for backend in memory.BACKENDS:
+        assert memory.plan(smollm2_path, n_ctx=512, backend=backend, threads=2).weights_mapped == expected
+
+
+def test_plan_defaults_to_the_model_s_context_length_and_f16(smollm2_path):
+    p = memory.plan(smollm2_path, backend="llamacpp", threads=2)
+    assert p.n_ctx == 8192 == p.context_length and p.kv_type == "f16"
+    assert p.total == sum(p.parts().values())
+    assert "SmolLM2-135M-Instruct.Q4_1.gguf" in p.summary() and "n_ctx=8192" in p.summary()
+
+
+def test_plan_grows_with_context_and_batch(small_model):
+    a = memory.plan(small_model, n_ctx=1024, backend="llamacpp", threads=2)
+    b = memory.plan(small_model, n_ctx=2048, backend="llamacpp", threads=2)
+    c = memory.plan(small_model, n_ctx=2048, backend="llamacpp", threads=2, n_batch=64)
+    assert b.kv_cache == 2 * a.kv_cache and b.total > a.total
+    assert c.scratch < b.scratch
+
+
+def test_plan_reads_only_the_header_of_a_4_gib_sparse_model(tmp_path):
+    path = write_header_only_model(tmp_path / "big.gguf", n_layer=32, n_embd=4096, n_ff=11008, n_head=32,
+                                   n_head_kv=8, n_vocab=32000, pad_to=0)
+    assert path.stat().st_size > 3 * 1024 * MIB
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    t0 = time.perf_counter()
+    p = memory.plan(path, n_ctx=4096, backend="native", threads=2)
+    elapsed = time.perf_counter() - t0
+    rss_growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before
+    assert p.weights_mapped == independent_tensor_bytes(path)
+    assert p.kv_cache == 32 * 4096 * 8 * 128 * 2 * 2
+    # Touching the 3+ GiB of (sparse) tensor data would take seconds and show in the RSS.
+    assert elapsed < 2.0 and rss_growth < 64 * MIB
+
+
+def test_unknown_backend_kv_type_and_bad_sizes_are_rejected(small_model):
+    with pytest.raises(InvalidArgumentError, match="backend 'gpu'"):
+        memory.plan(small_model, backend="gpu")
+    with pytest.raises(InvalidArgumentError, match="kv_type 'int3'"):
+        memory.plan(small_model, kv_type="int3")
+    for bad in (0, -5, True, 2.5):
+        with pytest.raises(InvalidArgumentError, match="n_ctx"):
+            memory.plan(small_model, n_ctx=bad)
+
+
+def test_a_model_without_its_hyperparameters_is_unsupported(tmp_path):
+    w = gguf_pkg.GGUFWriter(str(tmp_path / "bare.gguf"), "llama")
+    w.add_block_count(2)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    w.close()
+    with open(tmp_path / "bare.gguf", "ab") as f:
+        f.write(bytes(64))   # up to the (empty) data section's alignment
+    with pytest.raises(UnsupportedModelError, match="llama.embedding_length"):
+        memory.plan(tmp_path / "bare.gguf")
+
+
+# -- sizes -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text,expected", [
+    ("1.5GB", 1_500_000_000), ("800MiB", 800 * MIB), ("512", 512), (" 2 gib ", 2 << 30), ("64k", 64_000),
+    ("1TB", 10**12), (4096, 4096),
+])
+def test_sizes_parse_with_decimal_and_binary_units(text, expected):
+    assert memory.parse_size(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["", "GB", "-1GB", "1.5 GBs", "1,5GB", "nanGB", "1e9", "0.1B", 0, -1, True, 2.5,
+                                 None, "1.5 XB"])
+def test_bad_sizes_are_rejected(bad):
+    with pytest.raises(InvalidArgumentError):
+        memory.parse_size(bad)
+
+
+# -- fit ---------------------------------------------------------------------------
+
+def test_fit_with_room_gives_the_full_context(smollm2_path):
+    p = memory.fit(smollm2_path, backend="llamacpp", max_memory="4GiB", threads=2)
+    assert p.n_ctx == 8192 and p.budget == 4 << 30 and p.budget_source == "max_memory"
+
+
+def test_fit_picks_the_largest_multiple_of_256_that_fits(small_model):
+    def total(ctx):
+        return memory.plan(small_model, n_ctx=ctx, backend="llamacpp", threads=2).total
+    budget = (total(1792) + total(2048)) // 2          # 1792 fits, 2048 does not
+    p = memory.fit(small_model, backend="llamacpp", max_memory=budget, threads=2)
+    assert p.n_ctx == 1792 and p.n_ctx % 256 == 0
+    assert p.total <= budget < total(p.n_ctx + 256)
+
+
+def test_fit_refuses_with_the_numbers_and_the_ways_out(gemma3_path):
+    with pytest.raises(MemoryBudgetError) as err:
+        memory.fit(gemma3_path, n_ctx=32768, backend="llamacpp", max_memory="600MiB", threads=2)
+    message = str(err.value)
+    needed = memory.plan(gemma3_path, n_ctx=32768, backend="llamacpp", threads=2).total
+    assert f"{needed / MIB:,.0f} MiB" in message and "600 MiB available" in message
+    assert "max_memory" in message and "KV cache 576 MiB (f16)" in message
+    assert "n_ctx=" in message and 'kv_type="q8_0"' in message
+    # The way out it names really fits.
+    ctx = int(message.split("a smaller context: n_ctx=")[1].split()[0])
+    memory.fit(gemma3_path, n_ctx=ctx, backend="llamacpp", max_memory="600MiB", threads=2)
+
+
+def test_fit_suggests_a_smaller_registry_model_when_no_context_fits(gemma3_path):
+    with pytest.raises(MemoryBudgetError, match="smollm2-135m-instruct") as err:
+        memory.fit(gemma3_path, backend="llamacpp", max_memory="200MiB", threads=2)
+    assert "n_ctx=256" in str(err.value)        # it tried the smallest context
+
+
+def test_fit_uses_the_cgroup_limit_of_the_device(tmp_path, gemma3_path):
+    root = tmp_path / "rpi5"
+    shutil.copytree(FIXTURES / "rpi5", root, symlinks=True)
+    leaf = root / "sys/fs/cgroup/system.slice/edge-chat.service"
+    (leaf / "memory.max").write_text(f"{700 * MIB}\n")
+    (leaf / "memory.current").write_text(f"{40 * MIB}\n")
+    (leaf / "memory.stat").write_text("inactive_file 0\n")
+    p = memory.fit(gemma3_path, backend="llamacpp", threads=2, root=str(root))
+    assert p.budget_source == "cgroup v2 memory.max" and p.budget == 660 * MIB
+    assert 256 <= p.n_ctx < 32768 and p.n_ctx % 256 == 0
+    assert p.total * (1 + memory.SAFETY_MARGIN_FRACTION) <= 660 * MIB
+    (leaf / "memory.max").write_text(f"{300 * MIB}\n")
+    with pytest.raises(MemoryBudgetError, match="cgroup v2 memory.max"):
+        memory.fit(gemma3_path, backend="llamacpp", threads=2, root=str(root))
+
+
+def test_fit_counts_an_address_space_limit(tmp_path, smollm2_path):
+    root = tmp_path / "x86"
+    shutil.copytree(FIXTURES / "x86-box", root, symlinks=True)
+    limits = (root / "proc/self/limits").read_text()
+    (root / "proc/self/limits").write_text(limits.replace("8589934592           8589934592",
+                                                          f"{1024 * MIB + 450 * MIB:<20} {1024 * MIB + 450 * MIB:<20}"))
+    # 1 GiB is mapped already (VmSize in the fixture's status): 450 MiB of address space is left.
+    assert memory.plan(smollm2_path, n_ctx=8192, backend="llamacpp", threads=2).address_space > 450 * MIB
+    with pytest.raises(MemoryBudgetError, match="(?s)address space.*RLIMIT_AS.*ulimit -v"):
+        memory.fit(smollm2_path, n_ctx=8192, backend="llamacpp", threads=2, root=str(root))
+    p = memory.fit(smollm2_path, backend="llamacpp", threads=2, root=str(root))
+    assert 256 <= p.n_ctx < 8192 and p.address_space <= 450 * MIB
+
+
+# -- against the real thing ------------------------------------------------------------
+
+def run_child(*args, timeout=600) -> dict:
+    proc = subprocess.run([sys.executable, str(CHILD), *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+    # A child the kernel or a crash killed has a negative return code and no JSON: that is the failure.
+    assert proc.returncode == 0, f"child exited {proc.returncode}: {proc.stderr[-2000:]}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", MEASURED_BACKENDS)
+@pytest.mark.parametrize("n_ctx", MEASURED_CONTEXTS)
+@pytest.mark.parametrize("model", ["smollm2_path", "gemma3_path"])
+def test_plan_total_is_within_10_percent_of_the_peak_rss_of_a_full_context_run(request, model, n_ctx, backend):
+    path = request.getfixturevalue(model)
+    result = run_child(backend, path, n_ctx)
+    assert result["positions"] == n_ctx
+    error = (result["planned"] - result["peak_rss"]) / result["peak_rss"]
+    print(f"{os.path.basename(path)} {backend} n_ctx={n_ctx}: planned {result['planned'] / MIB:.1f} MiB, "
+          f"measured {result['peak_rss'] / MIB:.1f} MiB, error {100 * error:+.1f}%")
+    assert abs(error) <= PLAN_VS_RSS_TOLERANCE
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", MEASURED_BACKENDS)
+@pytest.mark.parametrize("model", ["smollm2_path", "gemma3_path"])
+def test_an_address_space_limit_below_the_plan_is_refused_and_one_at_the_plan_loads(request, model, backend):
+    path = request.getfixturevalue(model)
+    refused = run_child(backend, path, 1024, "--as-factor", 0.5)
+    assert refused["refused"] is True
+    assert "RLIMIT_AS" in refused["message"] and "Ways out" in refused["message"]
+    loaded = run_child(backend, path, 1024, "--as-factor", 1.0)
+    assert loaded["refused"] is False and loaded["positions"] == 1024
+    assert loaded["vm_peak"] <= loaded["rlimit_as"]
