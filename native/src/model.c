@@ -8,10 +8,12 @@
  *   att  (n, n_head*hd)       attention output before the output projection
  *   hb, hb2 (n, n_ff)         gate and up projections of the feed-forward block
  *   scores (n_threads, n_ctx) attention weights, one row per worker
+ *   rope (2, n, n_rot)        cos|sin of each position, for global then sliding layers
  * A prompt goes through in batches of at most n_batch tokens (GEMM, m > 1);
  * generation is the same path with n = 1 (GEMV).
  */
 #include "edgekern.h"
+#include "kernels.h" /* ek_act_row_bytes: the kernels' per-call activation buffer */
 #include "ops_internal.h"
 
 #include <math.h>
@@ -36,8 +38,9 @@ struct ek_model {
     int64_t kv_head_bytes;   /* one head's slice of such a row */
     uint8_t *k_cache, *v_cache; /* (n_layer, n_ctx, kv_row_bytes) */
     float *scratch;             /* one block holding the buffers below */
-    float *x, *xb, *q, *k, *v, *att, *hb, *hb2, *scores;
+    float *x, *xb, *q, *k, *v, *att, *hb, *hb2, *scores, *rope;
     uint64_t weights_owned;
+    uint64_t matmul_act_bytes;
 };
 
 /* ------------------------------------------------------------ sizes */
@@ -51,17 +54,36 @@ static int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }
 static int64_t scratch_floats(const ek_model_desc *d) {
     const int64_t nb = d->n_batch;
     return 2 * round16(nb * d->n_embd) + 2 * round16(nb * q_dim(d)) + 2 * round16(nb * kv_dim(d)) +
-           2 * round16(nb * d->n_ff) + round16((int64_t)d->n_threads * d->n_ctx);
+           2 * round16(nb * d->n_ff) + round16((int64_t)d->n_threads * d->n_ctx) + round16(2 * nb * d->n_rot);
 }
 
 static uint64_t kv_cache_bytes(const ek_model_desc *d) {
     return 2ull * (uint64_t)d->n_layer * (uint64_t)d->n_ctx * (uint64_t)ek_kv_row_bytes(d->kv_type, kv_dim(d));
 }
 
+/* ek_matmul quantizes its input into a buffer it allocates per call: the largest
+   one (n_batch rows of the widest activation format) is part of the engine's peak. */
+static uint64_t matmul_act_bytes(const ek_model_desc *d) {
+    uint64_t worst = 0;
+    const ek_tensor_desc *heads[] = {&d->tok_embd, &d->output};
+    for (int i = 0; i < 2; i++)
+        if (heads[i]->data && ek_act_format_for(heads[i]->type) != EK_ACT_F32) {
+            const uint64_t b = ek_act_row_bytes(heads[i]->type, heads[i]->n_cols);
+            worst = b > worst ? b : worst;
+        }
+    for (int64_t t = 0; d->layers && t < (int64_t)d->n_layer * EK_LT_COUNT; t++) {
+        const ek_tensor_desc *w = &d->layers[t];
+        if (!w->data || w->n_rows <= 1 || ek_act_format_for(w->type) == EK_ACT_F32) continue;
+        const uint64_t b = ek_act_row_bytes(w->type, w->n_cols);
+        worst = b > worst ? b : worst;
+    }
+    return worst * (uint64_t)d->n_batch;
+}
+
 ek_status ek_model_memory_needs(const ek_model_desc *desc, ek_model_memory *out) {
     if (!desc || !out) return EK_ERR_INVALID_ARG;
     out->kv_cache = kv_cache_bytes(desc);
-    out->scratch = (uint64_t)scratch_floats(desc) * sizeof(float);
+    out->scratch = (uint64_t)scratch_floats(desc) * sizeof(float) + matmul_act_bytes(desc);
     out->weights_owned = 0; /* known once the kernels have prepared the weights */
     return EK_OK;
 }
@@ -106,6 +128,7 @@ ek_status ek_model_create(const ek_model_desc *desc, ek_model **out) {
     if (!m) return EK_ERR_NO_MEMORY;
     m->d = *desc;
     m->d.layers = NULL;
+    m->matmul_act_bytes = matmul_act_bytes(desc);
     ek_status st = ek_pool_create(desc->n_threads, &m->pool);
     if (st != EK_OK) goto fail;
 
@@ -160,7 +183,8 @@ ek_status ek_model_create(const ek_model_desc *desc, ek_model **out) {
     m->v = p;   p += round16(nb * m->kv_dim);
     m->hb = p;  p += round16(nb * desc->n_ff);
     m->hb2 = p; p += round16(nb * desc->n_ff);
-    m->scores = p;
+    m->scores = p; p += round16((int64_t)desc->n_threads * desc->n_ctx);
+    m->rope = p;
     *out = m;
     return EK_OK;
 fail:
@@ -170,7 +194,7 @@ fail:
 
 void ek_model_memory_used(const ek_model *m, ek_model_memory *out) {
     out->kv_cache = kv_cache_bytes(&m->d);
-    out->scratch = (uint64_t)scratch_floats(&m->d) * sizeof(float);
+    out->scratch = (uint64_t)scratch_floats(&m->d) * sizeof(float) + m->matmul_act_bytes;
     out->weights_owned = m->weights_owned;
 }
 
@@ -233,14 +257,14 @@ static ek_status block_forward(ek_model *m, int il, int64_t n, int64_t start) {
     if (L->q_norm) norm_rows(m->q, L->q_norm, m->q, n * d->n_head, hd, d->norm_eps);
     if (L->k_norm) norm_rows(m->k, L->k_norm, m->k, n * d->n_head_kv, hd, d->norm_eps);
 
-    const float base = L->is_swa ? d->rope_base_swa : d->rope_base;
-    const float fscale = L->is_swa ? d->rope_freq_scale_swa : d->rope_freq_scale;
+    const float *angles = m->rope + (L->is_swa ? n * d->n_rot : 0);
     uint8_t *kc = m->k_cache + (size_t)il * d->n_ctx * m->kv_row_bytes;
     uint8_t *vc = m->v_cache + (size_t)il * d->n_ctx * m->kv_row_bytes;
     for (int64_t i = 0; i < n; i++) {
         const int64_t pos = start + i;
-        ek_rope(m->q + i * QD, d->n_head, hd, d->n_rot, pos, base, fscale, d->rope_freqs, d->rope_mode);
-        ek_rope(m->k + i * KD, d->n_head_kv, hd, d->n_rot, pos, base, fscale, d->rope_freqs, d->rope_mode);
+        const float *cosv = angles + i * d->n_rot, *sinv = cosv + d->n_rot / 2;
+        ops_rope_apply(m->q + i * QD, d->n_head, hd, d->n_rot, cosv, sinv, d->rope_mode);
+        ops_rope_apply(m->k + i * KD, d->n_head_kv, hd, d->n_rot, cosv, sinv, d->rope_mode);
         ek_kv_store(d->kv_type, m->k + i * KD, kc + pos * m->kv_row_bytes, KD);
         ek_kv_store(d->kv_type, m->v + i * KD, vc + pos * m->kv_row_bytes, KD);
     }
@@ -272,6 +296,14 @@ static ek_status batch_forward(ek_model *m, const int32_t *ids, int64_t n, int64
     if (st != EK_OK) return st;
     if (d->embd_scale != 1.0f)
         for (int64_t j = 0; j < n * E; j++) m->x[j] *= d->embd_scale;
+    for (int64_t i = 0; i < n; i++) {
+        float *global = m->rope + i * d->n_rot, *sliding = m->rope + (n + i) * d->n_rot;
+        ops_rope_angles(start + i, d->n_rot, d->rope_base, d->rope_freq_scale, d->rope_freqs, global,
+                        global + d->n_rot / 2);
+        if (d->n_swa > 0)
+            ops_rope_angles(start + i, d->n_rot, d->rope_base_swa, d->rope_freq_scale_swa, d->rope_freqs, sliding,
+                            sliding + d->n_rot / 2);
+    }
     for (int il = 0; il < d->n_layer; il++)
         if ((st = block_forward(m, il, n, start)) != EK_OK) return st;
     if (!logits) return EK_OK;
@@ -281,7 +313,8 @@ static ek_status batch_forward(ek_model *m, const int32_t *ids, int64_t n, int64
 }
 
 ek_status ek_model_eval(ek_model *m, const int32_t *ids, int64_t n, int64_t start, float *logits, int all_logits) {
-    if (n <= 0 || start < 0 || start + n > m->d.n_ctx) return EK_ERR_CONTEXT_FULL;
+    if (n <= 0 || start < 0) return EK_ERR_INVALID_ARG;
+    if (start + n > m->d.n_ctx) return EK_ERR_CONTEXT_FULL;
     for (int64_t done = 0; done < n;) {
         const int64_t chunk = n - done < m->d.n_batch ? n - done : m->d.n_batch;
         const int last = done + chunk == n;

@@ -110,27 +110,43 @@ void ek_rmsnorm(const float *x, const float *w, float *y, int64_t n, float eps) 
 
 /* ----------------------------------------------------------------- rope */
 
-void ek_rope(float *x, int64_t n_heads, int64_t head_dim, int64_t n_rot, int64_t pos, float base,
-             float freq_scale, const float *freq_factors, int mode) {
-    const int64_t half = n_rot / 2;
-    /* Angles once per call, shared by all heads; double for the reference accuracy. */
-    float cosv[512], sinv[512]; /* half <= 512: head_dim <= 1024 is checked by the caller */
-    for (int64_t i = 0; i < half; i++) {
+void ops_rope_angles(int64_t pos, int64_t n_rot, float base, float freq_scale, const float *freq_factors,
+                     float *cosv, float *sinv) {
+    /* double for the reference accuracy; once per position, shared by all heads and layers. */
+    for (int64_t i = 0; i < n_rot / 2; i++) {
         double theta = (double)pos * freq_scale * pow((double)base, -2.0 * (double)i / (double)n_rot);
         if (freq_factors) theta /= freq_factors[i];
         cosv[i] = (float)cos(theta);
         sinv[i] = (float)sin(theta);
     }
+}
+
+void ops_rope_apply(float *x, int64_t n_heads, int64_t head_dim, int64_t n_rot, const float *cosv,
+                    const float *sinv, int mode) {
+    const int64_t half = n_rot / 2;
     for (int64_t h = 0; h < n_heads; h++) {
         float *v = x + h * head_dim;
-        for (int64_t i = 0; i < half; i++) {
-            const int64_t a = mode == EK_ROPE_NEOX ? i : 2 * i;
-            const int64_t b = mode == EK_ROPE_NEOX ? i + half : 2 * i + 1;
-            const float x0 = v[a], x1 = v[b];
-            v[a] = x0 * cosv[i] - x1 * sinv[i];
-            v[b] = x0 * sinv[i] + x1 * cosv[i];
+        if (mode == EK_ROPE_NEOX) {
+            for (int64_t i = 0; i < half; i++) {
+                const float x0 = v[i], x1 = v[i + half];
+                v[i] = x0 * cosv[i] - x1 * sinv[i];
+                v[i + half] = x0 * sinv[i] + x1 * cosv[i];
+            }
+        } else {
+            for (int64_t i = 0; i < half; i++) {
+                const float x0 = v[2 * i], x1 = v[2 * i + 1];
+                v[2 * i] = x0 * cosv[i] - x1 * sinv[i];
+                v[2 * i + 1] = x0 * sinv[i] + x1 * cosv[i];
+            }
         }
     }
+}
+
+void ek_rope(float *x, int64_t n_heads, int64_t head_dim, int64_t n_rot, int64_t pos, float base,
+             float freq_scale, const float *freq_factors, int mode) {
+    float cosv[512], sinv[512]; /* n_rot <= head_dim <= 1024, checked by the caller */
+    ops_rope_angles(pos, n_rot, base, freq_scale, freq_factors, cosv, sinv);
+    ops_rope_apply(x, n_heads, head_dim, n_rot, cosv, sinv, mode);
 }
 
 /* -------------------------------------------------------------- softmax */

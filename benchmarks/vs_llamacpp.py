@@ -1,0 +1,330 @@
+"""edgesdk's native engine against llama.cpp (llama-cpp-python) on the same GGUF files.
+
+Both engines in one run, same file, same thread count; each measurement runs in
+its own subprocess (so peak RSS is per engine), several times; medians reported.
+
+  prompt processing  tok/s over a 512-token prompt
+  generation         tok/s over 128 greedy tokens after a short prompt
+  time to first token  from loading the file to the first token's logits (32-token prompt)
+  peak RSS           of the worker process
+plus generation as a fraction of the memory-bandwidth limit: weight bytes read per
+token x tok/s / read bandwidth measured in the same run (ek_measure_read_bandwidth).
+
+Models: SmolLM2-135M-Instruct (Q4_1), Gemma-3-270M (Q4_K_M), and a 1B-class llama
+with random Q4_0 weights (TinyLlama's shape), written by this script once under
+$EDGESDK_HOME/bench.
+
+  python benchmarks/vs_llamacpp.py [--runs 3] [--threads 2] [--models smollm2,gemma3,llama1b]
+Writes benchmarks/RESULTS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+PROMPT_TOKENS = 512
+GEN_TOKENS = 128
+TTFT_PROMPT_TOKENS = 32
+N_CTX = 1024
+
+
+# ------------------------------------------------------------ the 1B model
+
+LLAMA_1B = dict(n_embd=2048, n_layer=22, n_ff=5632, n_head=32, n_head_kv=4, n_vocab=32000)
+
+
+def llama_1b_path() -> Path:
+    """A TinyLlama-shaped model with random Q4_0 weights and a synthetic SentencePiece vocabulary."""
+    from edgesdk import registry
+
+    path = registry.home() / "bench" / "random-llama-1b-q4_0.gguf"
+    if path.exists():
+        return path
+    import gguf
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    c = LLAMA_1B
+    rng = np.random.default_rng(0)
+    w = gguf.GGUFWriter(str(tmp), "llama")
+    w.add_uint32("llama.context_length", 2048)
+    w.add_uint32("llama.embedding_length", c["n_embd"])
+    w.add_uint32("llama.block_count", c["n_layer"])
+    w.add_uint32("llama.feed_forward_length", c["n_ff"])
+    w.add_uint32("llama.attention.head_count", c["n_head"])
+    w.add_uint32("llama.attention.head_count_kv", c["n_head_kv"])
+    w.add_uint32("llama.rope.dimension_count", c["n_embd"] // c["n_head"])
+    w.add_float32("llama.attention.layer_norm_rms_epsilon", 1e-5)
+    w.add_float32("llama.rope.freq_base", 10000.0)
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    tokens += [f"\u2581tok{i}" for i in range(c["n_vocab"] - len(tokens))]
+    w.add_string("tokenizer.ggml.model", "llama")
+    w.add_array("tokenizer.ggml.tokens", tokens)
+    w.add_array("tokenizer.ggml.scores", [-float(i) for i in range(len(tokens))])
+    w.add_array("tokenizer.ggml.token_type", [2, 3, 3] + [6] * 256 + [1] * (len(tokens) - 259))
+    w.add_uint32("tokenizer.ggml.bos_token_id", 1)
+    w.add_uint32("tokenizer.ggml.eos_token_id", 2)
+    w.add_uint32("tokenizer.ggml.unknown_token_id", 0)
+
+    def q4_0(rows, cols):
+        # Random Q4_0 blocks: small f16 scales (weights ~ +-0.02), random nibbles.
+        blocks = rng.integers(0, 256, size=(rows, cols // 32, 18), dtype=np.uint8)
+        scales = (rng.uniform(0.5, 1.5, size=(rows, cols // 32)) * 0.003).astype(np.float16)
+        blocks[:, :, 0:2] = scales.view(np.uint8).reshape(rows, cols // 32, 2)
+        return blocks.reshape(rows, cols // 32 * 18)
+
+    E, F, kd = c["n_embd"], c["n_ff"], c["n_embd"] // c["n_head"] * c["n_head_kv"]
+    Q4_0 = gguf.GGMLQuantizationType.Q4_0
+
+    def add_q(name, rows, cols):
+        w.add_tensor(name, q4_0(rows, cols), raw_shape=(rows, cols // 32 * 18), raw_dtype=Q4_0)
+
+    add_q("token_embd.weight", c["n_vocab"], E)
+    w.add_tensor("output_norm.weight", np.ones(E, np.float32))
+    add_q("output.weight", c["n_vocab"], E)
+    for il in range(c["n_layer"]):
+        p = f"blk.{il}."
+        w.add_tensor(p + "attn_norm.weight", np.ones(E, np.float32))
+        w.add_tensor(p + "ffn_norm.weight", np.ones(E, np.float32))
+        add_q(p + "attn_q.weight", E, E)
+        add_q(p + "attn_k.weight", kd, E)
+        add_q(p + "attn_v.weight", kd, E)
+        add_q(p + "attn_output.weight", E, E)
+        add_q(p + "ffn_gate.weight", F, E)
+        add_q(p + "ffn_up.weight", F, E)
+        add_q(p + "ffn_down.weight", E, F)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    os.replace(tmp, path)
+    return path
+
+
+def model_paths(names):
+    from edgesdk import registry
+
+    paths = {}
+    for name in names:
+        if name == "smollm2":
+            paths[name] = Path(registry.pull("smollm2-135m-instruct"))
+        elif name == "gemma3":
+            paths[name] = Path(registry.pull("gemma3-270m"))
+        elif name == "llama1b":
+            paths[name] = llama_1b_path()
+        else:
+            raise SystemExit(f"unknown model {name!r}")
+    return paths
+
+
+# ------------------------------------------------------------ workers
+
+def prompt_ids(n_vocab: int, n: int, seed: int) -> list:
+    # Ids from the low, ordinary part of the vocabulary; the same for both engines.
+    return [int(t) for t in np.random.default_rng(seed).integers(300, min(n_vocab, 30000), n)]
+
+
+class NativeRunner:
+    def __init__(self, path, threads):
+        from edgesdk.backends.native import NativeBackend
+
+        self.be = NativeBackend(path, n_ctx=N_CTX, threads=threads)
+        self.n_vocab = self.be.n_vocab
+
+    def prompt(self, ids):
+        return self.be.eval(ids, 0)
+
+    def step(self, token, pos):
+        return self.be.eval([token], pos)
+
+
+class LlamaRunner:
+    def __init__(self, path, threads):
+        from llamacpp_ref import load_llama
+
+        self.llm = load_llama(path, n_ctx=N_CTX, logits_all=False, n_threads=threads, n_batch=PROMPT_TOKENS)
+        self.n_vocab = self.llm.n_vocab()
+
+    def _last(self):
+        return np.array(self.llm.scores[self.llm.n_tokens - 1], dtype=np.float32)
+
+    def prompt(self, ids):
+        self.llm.reset()
+        self.llm.eval(ids)
+        return self._last()
+
+    def step(self, token, pos):
+        assert self.llm.n_tokens == pos
+        self.llm.eval([token])
+        return self._last()
+
+
+def peak_rss() -> int:
+    """This process's peak resident set (VmHWM). Not ru_maxrss: Linux carries that over exec
+    from the parent, so every worker would report at least the parent's peak."""
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def worker(engine: str, path: str, threads: int, what: str) -> dict:
+    cls = NativeRunner if engine == "native" else LlamaRunner
+    t0 = time.perf_counter()
+    runner = cls(path, threads)
+    if what == "ttft":
+        logits = runner.prompt(prompt_ids(runner.n_vocab, TTFT_PROMPT_TOKENS, 1))
+        int(np.argmax(logits))
+        return {"ttft_s": time.perf_counter() - t0,
+                "peak_rss": peak_rss()}
+    if what == "pp":
+        ids = prompt_ids(runner.n_vocab, PROMPT_TOKENS, 2)
+        runner.prompt(ids[:16])  # warm-up: page in the weights
+        t = time.perf_counter()
+        runner.prompt(ids)
+        return {"pp_tok_s": PROMPT_TOKENS / (time.perf_counter() - t)}
+    if what == "gen":
+        ids = prompt_ids(runner.n_vocab, 8, 3)
+        logits = runner.prompt(ids)
+        pos = len(ids)
+        t = time.perf_counter()
+        for _ in range(GEN_TOKENS):
+            logits = runner.step(int(np.argmax(logits)), pos)
+            pos += 1
+        return {"gen_tok_s": GEN_TOKENS / (time.perf_counter() - t),
+                "peak_rss": peak_rss()}
+    raise SystemExit(f"unknown measurement {what}")
+
+
+def run_worker(engine, path, threads, what) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--worker", engine, str(path), str(threads), what],
+                         capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"{engine} {what} on {path} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------ report
+
+def weight_bytes_per_token(path) -> int:
+    """Bytes of every matrix a generated token reads: all layers plus the output head."""
+    from edgesdk import gguf
+
+    f = gguf.open(path)
+    try:
+        total = sum(t.nbytes for name, t in f.tensors.items() if name.startswith("blk."))
+        head = f.tensors.get("output.weight") or f.tensors["token_embd.weight"]
+        return total + head.nbytes
+    finally:
+        f.close()
+
+
+def machine_description() -> str:
+    from edgesdk import _native
+
+    cpu = platform.processor()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
+    import llama_cpp
+
+    return (f"{cpu}, {os.cpu_count()} logical CPUs, {mem:.1f} GiB RAM, {platform.system()} {platform.release()}; "
+            f"native ISA {_native.isa_current()}; llama-cpp-python {llama_cpp.__version__} "
+            "(loaded with use_extra_bufts=False: its AMX path crashes on Q4_1 on this CPU)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--worker", nargs=4, metavar=("ENGINE", "PATH", "THREADS", "WHAT"))
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--models", default="smollm2,gemma3,llama1b")
+    ap.add_argument("--out", default=str(HERE / "RESULTS.md"))
+    args = ap.parse_args()
+    if args.worker:
+        engine, path, threads, what = args.worker
+        print(json.dumps(worker(engine, path, int(threads), what)))
+        return
+
+    from edgesdk import kernels
+
+    paths = model_paths(args.models.split(","))
+    load_before = os.getloadavg()[0]
+    rows = []
+    for name, path in paths.items():
+        res = {"native": {}, "llamacpp": {}}
+        for run in range(args.runs):
+            # Alternate the engines within each run so drift in machine load hits both.
+            for what in ("pp", "gen", "ttft"):
+                for engine in ("native", "llamacpp"):
+                    for key, value in run_worker(engine, path, args.threads, what).items():
+                        res[engine].setdefault(key, []).append(value)
+            print(f"{name}: run {run + 1}/{args.runs} done", file=sys.stderr, flush=True)
+        with kernels.Pool(args.threads) as pool:
+            bandwidth = kernels.measure_read_bandwidth(1 << 29, 5, pool)
+        med = {e: {k: statistics.median(v) for k, v in r.items()} for e, r in res.items()}
+        per_token = weight_bytes_per_token(path)
+        rows.append((name, med, per_token, bandwidth))
+        print(name, json.dumps(med), file=sys.stderr, flush=True)
+
+    lines = [
+        "# Native engine vs llama.cpp",
+        "",
+        f"Machine: {machine_description()}.",
+        "",
+        f"Load average (1 min) at start {load_before:.1f}, at end {os.getloadavg()[0]:.1f} on "
+        f"{os.cpu_count()} CPUs: other processes running during the benchmark slow both engines, llama.cpp's "
+        "spinning workers more.",
+        "",
+        f"Threads: {args.threads} for both engines; medians of {args.runs} runs, each measurement in its own "
+        f"process. Prompt: {PROMPT_TOKENS} tokens; generation: {GEN_TOKENS} greedy tokens; time to first token: "
+        f"load + {TTFT_PROMPT_TOKENS}-token prompt. Ratios are native / llama.cpp (higher is better for speed, "
+        "lower for time and RSS). Bandwidth fraction: weight bytes per token x generation tok/s / read "
+        "bandwidth measured in the same run.",
+        "",
+        "| model | prompt tok/s native | llama.cpp | ratio | gen tok/s native | llama.cpp | ratio | "
+        "TTFT s native | llama.cpp | ratio | peak RSS MiB native | llama.cpp | ratio | gen % of BW limit native | llama.cpp |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, med, per_token, bandwidth in rows:
+        n, l = med["native"], med["llamacpp"]
+        rss_n, rss_l = n["peak_rss"] / 2 ** 20, l["peak_rss"] / 2 ** 20
+        limit = bandwidth / per_token
+        lines.append(
+            f"| {name} | {n['pp_tok_s']:.1f} | {l['pp_tok_s']:.1f} | {n['pp_tok_s'] / l['pp_tok_s']:.2f}x "
+            f"| {n['gen_tok_s']:.1f} | {l['gen_tok_s']:.1f} | {n['gen_tok_s'] / l['gen_tok_s']:.2f}x "
+            f"| {n['ttft_s']:.2f} | {l['ttft_s']:.2f} | {n['ttft_s'] / l['ttft_s']:.2f} "
+            f"| {rss_n:.0f} | {rss_l:.0f} | {rss_n / rss_l:.2f} "
+            f"| {100 * n['gen_tok_s'] / limit:.0f}% | {100 * l['gen_tok_s'] / limit:.0f}% |"
+        )
+    lines += ["", "Read bandwidth and weight bytes per token:", ""]
+    for name, _, per_token, bandwidth in rows:
+        lines.append(f"- {name}: {per_token / 2 ** 20:.1f} MiB per token, {bandwidth / 1e9:.2f} GB/s "
+                     f"-> limit {bandwidth / per_token:.1f} tok/s")
+    text = "\n".join(lines) + "\n"
+    Path(args.out).write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
