@@ -428,11 +428,13 @@ static ek_status run_matmul(const weight_case *wc, uint32_t flags, const float *
 }
 
 /* A weight is repacked when allowed and the family has a kernel for the interleaved layout.
-   The NEON families have one for every type the repack supports (Q4_0, Q4_1, Q8_0). */
+   The NEON families have one for Q4_0, Q4_1 and Q8_0; Q5_0, Q4_K and Q6_K stay plain there. */
 static int repack_expected(int type, int isa, uint32_t flags) {
     const ek_kernels *k = ek_kernels_for(isa);
     if (isa == EK_ISA_NEON || isa == EK_ISA_NEON_DOTPROD)
-        CHECK((k && k->gemm_repacked[type] != NULL) || !ek_repack_supported(type), "%s has no repacked kernel for type %d",
+        CHECK((k && k->gemm_repacked[type] != NULL) ||
+                  !(type == EK_TYPE_Q4_0 || type == EK_TYPE_Q4_1 || type == EK_TYPE_Q8_0),
+              "%s has no repacked kernel for type %d",
               ek_isa_name(isa), type);
     return (flags & EK_WEIGHT_ALLOW_REPACK) && ek_repack_supported(type) && k && k->gemm_repacked[type] != NULL;
 }
