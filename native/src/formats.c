@@ -424,8 +424,14 @@ static void slice_copy(int type, void *slice, int lane, void *block, int unpack)
             if (unpack) q->scales[k] = s->sc[ek_repack_pair_index(lane, k)];
             else s->sc[ek_repack_pair_index(lane, k)] = q->scales[k];
         }
-        interleave_bytes(s->ql, lane, q->ql, 128, unpack);
-        interleave_bytes(s->qh, lane, q->qh, 64, unpack);
+        for (int j = 0; j < 128; j++) {
+            if (unpack) q->ql[j] = s->q[ek_q6_kx8_index(lane, j, 0)];
+            else s->q[ek_q6_kx8_index(lane, j, 0)] = q->ql[j];
+        }
+        for (int j = 0; j < 64; j++) {
+            if (unpack) q->qh[j] = s->q[ek_q6_kx8_index(lane, j, 1)];
+            else s->q[ek_q6_kx8_index(lane, j, 1)] = q->qh[j];
+        }
         break;
     }
     default: return;

@@ -92,8 +92,10 @@ typedef enum { EK_ACT_F32 = 0, EK_ACT_Q8_32 = 1, EK_ACT_Q8_K = 2 } ek_act_format
  *     1152): the 6-bit scales and mins unpacked to bytes, sub-block j of row r at
  *     [ek_repack_pair_index(r, j)] (pairs of sub-blocks side by side per row, so one
  *     zero-extension gives the int16 pairs a madd wants); qs: the 128 GGUF bytes.
- *   q6_kx8 slice: d[8], sc[128], ql[1024], qh[512]  (1680 bytes = 8 Q6_K blocks):
- *     scales at [ek_repack_pair_index(r, k)], ql and qh interleaved like qs.
+ *   q6_kx8 slice: d[8], sc[128], q[1536]  (1680 bytes = 8 Q6_K blocks): scales at
+ *     [ek_repack_pair_index(r, k)]; q holds ql's 32 and qh's 16 interleaved 32-byte
+ *     vectors in the order the kernel reads them (ek_q6_kx8_index), so a GEMV
+ *     streams each slice front to back.
  * Nothing the GGUF blocks hold is lost: ek_unpack_row inverts exactly (Q4_K's
  * 12 scale bytes are 16 six-bit fields, packed back bit for bit). Rows of a
  * group are row_stride = slice bytes * blocks per row / 8 apart on average; the
@@ -104,13 +106,21 @@ typedef struct { uint16_t d[8]; uint16_t m[8]; uint8_t qs[128]; } block_q4_1x8;
 typedef struct { uint16_t d[8]; int8_t qs[256]; } block_q8_0x8;
 typedef struct { uint16_t d[8]; uint8_t qh[32]; uint8_t qs[128]; } block_q5_0x8;
 typedef struct { uint16_t d[8], dmin[8]; uint8_t sc[64]; uint8_t m[64]; uint8_t qs[1024]; } block_q4_kx8;
-typedef struct { uint16_t d[8]; int8_t sc[128]; uint8_t ql[1024]; uint8_t qh[512]; } block_q6_kx8;
+typedef struct { uint16_t d[8]; int8_t sc[128]; uint8_t q[1536]; } block_q6_kx8;
 
 _Static_assert(sizeof(block_q5_0x8) == 176, "q5_0x8 slice is 176 bytes");
 _Static_assert(sizeof(block_q4_kx8) == 1184, "q4_kx8 slice is 1184 bytes");
 _Static_assert(sizeof(block_q6_kx8) == 1680, "q6_kx8 slice is 1680 bytes");
 
 static inline size_t ek_repack_index(int row, int byte) { return (size_t)(byte / 4) * 32 + 4 * (size_t)row + byte % 4; }
+/* Q6_K slice: byte j of row r's ql (is_qh 0) or qh (is_qh 1) in q. Vectors come in
+   16 triples n = 8h + p (half h, 4-byte piece p): ql piece p, ql piece 8 + p of half
+   h, then qh piece p of half h, i.e. everything elements 4p.. of the half need. */
+static inline size_t ek_q6_kx8_index(int row, int byte, int is_qh) {
+    const int v = byte / 4;
+    const int n = is_qh ? v : 8 * (v / 16) + v % 8, which = is_qh ? 2 : (v % 16) / 8;
+    return (size_t)(96 * n + 32 * which + 4 * row + byte % 4);
+}
 /* Per-sub-block bytes (K-quant scales, mins) of 8 rows: sub-blocks 2p and 2p + 1 of row r side by side. */
 static inline size_t ek_repack_pair_index(int row, int sub) { return (size_t)(sub / 2) * 16 + 2 * (size_t)row + sub % 2; }
 
