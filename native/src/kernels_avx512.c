@@ -40,7 +40,7 @@ static inline __m256i sub_dot_scaled(__m256i acc, const __m256i *u, const __m256
 
 #include "kernels_x86_body.h"
 
-/* Repacked Q4_0/Q4_1/Q8_0 on 512-bit registers: two 8-row groups side by side,
+/* Repacked Q4_0/Q4_1/Q5_0/Q8_0 on 512-bit registers: two 8-row groups side by side,
    so each vpdpbusd does 16 rows x 4 bytes. A last lone group reads itself
    twice and stores 8 lanes, so every row goes through the same operations
    whatever the thread split. Q8_0 weights become unsigned as w + 128 (x ^ 0x80)
@@ -72,6 +72,24 @@ gemm_x16(int fam, size_t slice_bytes, const void *w, size_t w_row_bytes, const v
                             _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(qs0 + 32 * k))),
                             _mm256_loadu_si256((const __m256i *)(qs1 + 32 * k)), 1), bias);
                     coef_s = _mm512_mul_ps(dw, _mm512_set1_ps(-128.0f));
+                } else if (fam == FAM_Q5_0) {
+                    const block_q5_0x8 *q0 = (const block_q5_0x8 *)s0, *q1 = (const block_q5_0x8 *)s1;
+                    /* bit k of each qh byte is vector k's fifth bit (see block_q5_0x8): move it to bit 4 */
+                    const __m512i hv = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)q0->qh)),
+                                                          _mm256_loadu_si256((const __m256i *)q1->qh), 1);
+                    const __m512i bit4 = _mm512_set1_epi8(0x10);
+                    const __m512i high[8] = {_mm512_slli_epi16(hv, 4), _mm512_slli_epi16(hv, 3), _mm512_slli_epi16(hv, 2),
+                                             _mm512_slli_epi16(hv, 1), hv, _mm512_srli_epi16(hv, 1),
+                                             _mm512_srli_epi16(hv, 2), _mm512_srli_epi16(hv, 3)};
+                    for (int k = 0; k < 4; k++) {
+                        const __m512i v = _mm512_inserti64x4(
+                            _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(q0->qs + 32 * k))),
+                            _mm256_loadu_si256((const __m256i *)(q1->qs + 32 * k)), 1);
+                        /* (v & 0x0F) | (high & 0x10) in one ternary-logic op each */
+                        u[k] = _mm512_ternarylogic_epi32(_mm512_and_si512(v, low), high[k], bit4, 0xF8);
+                        u[4 + k] = _mm512_ternarylogic_epi32(_mm512_and_si512(_mm512_srli_epi16(v, 4), low), high[4 + k], bit4, 0xF8);
+                    }
+                    coef_s = _mm512_mul_ps(dw, _mm512_set1_ps(-16.0f));
                 } else {
                     const uint8_t *qs0 = fam == FAM_Q4_0 ? ((const block_q4_0x8 *)s0)->qs : ((const block_q4_1x8 *)s0)->qs;
                     const uint8_t *qs1 = fam == FAM_Q4_0 ? ((const block_q4_0x8 *)s1)->qs : ((const block_q4_1x8 *)s1)->qs;
@@ -112,6 +130,7 @@ gemm_x16(int fam, size_t slice_bytes, const void *w, size_t w_row_bytes, const v
 GEMM_X16_FOR_TYPE(gemm_q4_0x16_q8_avx512vnni, FAM_Q4_0, block_q4_0x8)
 GEMM_X16_FOR_TYPE(gemm_q4_1x16_q8_avx512vnni, FAM_Q4_1, block_q4_1x8)
 GEMM_X16_FOR_TYPE(gemm_q8_0x16_q8_avx512vnni, FAM_Q8_0, block_q8_0x8)
+GEMM_X16_FOR_TYPE(gemm_q5_0x16_q8_avx512vnni, FAM_Q5_0, block_q5_0x8)
 #undef GEMM_X16_FOR_TYPE
 
 /* ------------------------------------------- repacked K-quants, 16 rows
@@ -275,6 +294,7 @@ void ek_fill_kernels_avx512_vnni(ek_kernels *k) {
     k->gemm_repacked[EK_TYPE_Q4_0] = gemm_q4_0x16_q8_avx512vnni;
     k->gemm_repacked[EK_TYPE_Q4_1] = gemm_q4_1x16_q8_avx512vnni;
     k->gemm_repacked[EK_TYPE_Q8_0] = gemm_q8_0x16_q8_avx512vnni;
+    k->gemm_repacked[EK_TYPE_Q5_0] = gemm_q5_0x16_q8_avx512vnni;
     k->gemm_repacked[EK_TYPE_Q4_K] = gemm_q4_kx16_q8k_avx512vnni;
     k->gemm_repacked[EK_TYPE_Q6_K] = gemm_q6_kx16_q8k_avx512vnni;
 }
