@@ -140,6 +140,8 @@ GEMM_X16_FOR_TYPE(gemm_q5_0x16_q8_avx512vnni, FAM_Q5_0, block_q5_0x8)
  * itself twice and stores 8 lanes. Per row the operations are those of every other
  * tile and split, so results do not depend on the thread count. */
 
+#define K_TILE 8 /* activation rows per decoded K-quant slice pair */
+
 static inline __m256i join128(const void *a, const void *b) {
     return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)a)),
                                    _mm_loadu_si128((const __m128i *)b), 1);
@@ -167,18 +169,20 @@ static inline __attribute__((always_inline)) void
 q4_kx16_tile(const block_q4_kx8 *ga, const block_q4_kx8 *gb, int n_valid, int64_t row0, int64_t nb, const void *x,
              size_t x_row_bytes, int64_t i0, const int tile, float *y, int64_t ldy) {
     const __m512i low = _mm512_set1_epi8(0x0F), low16 = _mm512_set1_epi32(0xFFFF);
-    const block_q8_k *xr[ACT_TILE];
-    __m512 acc[ACT_TILE];
-    for (int t = 0; t < ACT_TILE; t++) {
+    const block_q8_k *xr[K_TILE];
+    __m512 acc[K_TILE];
+    for (int t = 0; t < K_TILE; t++) {
         xr[t] = (const block_q8_k *)((const uint8_t *)x + (size_t)(i0 + (t < tile ? t : 0)) * x_row_bytes);
         acc[t] = _mm512_setzero_ps();
     }
     for (int64_t b = 0; b < nb; b++) {
         const block_q4_kx8 *sa = &ga[b], *sb = &gb[b];
-        __m512i isum[ACT_TILE];
-        for (int t = 0; t < ACT_TILE; t++) isum[t] = _mm512_setzero_si512();
+        __m512i isum[K_TILE];
+        for (int t = 0; t < K_TILE; t++) isum[t] = _mm512_setzero_si512();
+        #pragma GCC unroll 8
         for (int c = 0; c < 4; c++) {
             const __m512i sp = _mm512_cvtepu8_epi16(join128(sa->sc + 16 * c, sb->sc + 16 * c)); /* sub-blocks 2c, 2c+1 */
+            #pragma GCC unroll 8
             for (int e = 0; e < 2; e++) { /* e = 0: low nibbles, sub-block 2c; 1: high, 2c + 1 */
                 const __m512i scl = e ? _mm512_srli_epi32(sp, 16) : _mm512_and_si512(sp, low16);
                 __m512i u[8];
@@ -186,6 +190,7 @@ q4_kx16_tile(const block_q4_kx8 *ga, const block_q4_kx8 *gb, int n_valid, int64_
                     const __m512i v = join256(sa->qs + 32 * (8 * c + k), sb->qs + 32 * (8 * c + k));
                     u[k] = _mm512_and_si512(e ? _mm512_srli_epi16(v, 4) : v, low);
                 }
+                #pragma GCC unroll 8
                 for (int t = 0; t < tile; t++) {
                     const int8_t *xq = xr[t][b].qs + 64 * c + 32 * e;
                     __m512i xs[8];
@@ -197,6 +202,7 @@ q4_kx16_tile(const block_q4_kx8 *ga, const block_q4_kx8 *gb, int n_valid, int64_
         const __m512 d = _mm512_cvtph_ps(join128(sa->d, sb->d)), dmin = _mm512_cvtph_ps(join128(sa->dmin, sb->dmin));
         __m512i mins[4];
         for (int p = 0; p < 4; p++) mins[p] = _mm512_cvtepu8_epi16(join128(sa->m + 16 * p, sb->m + 16 * p));
+        #pragma GCC unroll 8
         for (int t = 0; t < tile; t++) {
             const block_q8_k *xb = &xr[t][b];
             __m512i msum = _mm512_setzero_si512();
@@ -218,18 +224,20 @@ static inline __attribute__((always_inline)) void
 q6_kx16_tile(const block_q6_kx8 *ga, const block_q6_kx8 *gb, int n_valid, int64_t row0, int64_t nb, const void *x,
              size_t x_row_bytes, int64_t i0, const int tile, float *y, int64_t ldy) {
     const __m512i low = _mm512_set1_epi8(0x0F), two = _mm512_set1_epi8(0x30);
-    const block_q8_k *xr[ACT_TILE];
-    __m512 acc[ACT_TILE];
-    for (int t = 0; t < ACT_TILE; t++) {
+    const block_q8_k *xr[K_TILE];
+    __m512 acc[K_TILE];
+    for (int t = 0; t < K_TILE; t++) {
         xr[t] = (const block_q8_k *)((const uint8_t *)x + (size_t)(i0 + (t < tile ? t : 0)) * x_row_bytes);
         acc[t] = _mm512_setzero_ps();
     }
     for (int64_t b = 0; b < nb; b++) {
         const block_q6_kx8 *sa = &ga[b], *sb = &gb[b];
-        __m512i isum[ACT_TILE];
+        __m512i isum[K_TILE];
+        for (int t = 0; t < K_TILE; t++) isum[t] = _mm512_setzero_si512();
         { /* q is stored + 32: start from -32 * sum_k scale_k * bsums_k per row */
             __m512i pairs[8];
             for (int p = 0; p < 8; p++) pairs[p] = _mm512_cvtepi8_epi16(join128(sa->sc + 16 * p, sb->sc + 16 * p));
+            #pragma GCC unroll 8
             for (int t = 0; t < tile; t++) {
                 __m512i corr = _mm512_setzero_si512();
                 for (int p = 0; p < 8; p++)
@@ -237,8 +245,11 @@ q6_kx16_tile(const block_q6_kx8 *ga, const block_q6_kx8 *gb, int n_valid, int64_
                 isum[t] = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(corr, 5));
             }
         }
+        #pragma GCC unroll 8
         for (int h = 0; h < 2; h++)
+            #pragma GCC unroll 8
             for (int g = 0; g < 2; g++)
+                #pragma GCC unroll 8
                 for (int q = 0; q < 4; q++) { /* sub-block 8h + 2q + g: scale pair 4h + q, element g */
                     const __m512i sp = _mm512_cvtepi8_epi16(join128(sa->sc + 16 * (4 * h + q), sb->sc + 16 * (4 * h + q)));
                     const __m512i scl = g ? _mm512_srai_epi32(sp, 16) : _mm512_srai_epi32(_mm512_slli_epi32(sp, 16), 16);
@@ -252,6 +263,7 @@ q6_kx16_tile(const block_q6_kx8 *ga, const block_q6_kx8 *gb, int n_valid, int64_
                                          : q == 2 ? qh : _mm512_srli_epi16(qh, 2);
                         u[i] = _mm512_or_si512(lo, _mm512_and_si512(hi, two));
                     }
+                    #pragma GCC unroll 8
                     for (int t = 0; t < tile; t++) {
                         const int8_t *xq = xr[t][b].qs + 128 * h + 16 * g + 32 * q;
                         __m512i xs[4];
@@ -260,6 +272,7 @@ q6_kx16_tile(const block_q6_kx8 *ga, const block_q6_kx8 *gb, int n_valid, int64_
                     }
                 }
         const __m512 d = _mm512_cvtph_ps(join128(sa->d, sb->d));
+        #pragma GCC unroll 8
         for (int t = 0; t < tile; t++)
             acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t]), _mm512_mul_ps(d, _mm512_set1_ps(xr[t][b].d)), acc[t]);
     }
@@ -275,9 +288,9 @@ q6_kx16_tile(const block_q6_kx8 *ga, const block_q6_kx8 *gb, int n_valid, int64_
             const slice_type *ga = (const slice_type *)((const uint8_t *)w + (size_t)g0 * wrb);                \
             const slice_type *gb = g0 + EK_REPACK_ROWS < r1 ? ga + EK_REPACK_ROWS * wrb / sizeof(slice_type) : ga; \
             const int n_valid = (int)(r1 - g0 < 16 ? r1 - g0 : 16);                                            \
-            for (int64_t i0 = 0; i0 < m; i0 += ACT_TILE) {                                                     \
-                const int tile = (int)(m - i0 < ACT_TILE ? m - i0 : ACT_TILE);                                 \
-                if (tile == ACT_TILE) tile_fn(ga, gb, n_valid, g0, nb, x, xrb, i0, ACT_TILE, y, ldy);          \
+            for (int64_t i0 = 0; i0 < m; i0 += K_TILE) {                                                     \
+                const int tile = (int)(m - i0 < K_TILE ? m - i0 : K_TILE);                                 \
+                if (tile == K_TILE) tile_fn(ga, gb, n_valid, g0, nb, x, xrb, i0, K_TILE, y, ldy);          \
                 else if (tile == 1) tile_fn(ga, gb, n_valid, g0, nb, x, xrb, i0, 1, y, ldy);                   \
                 else tile_fn(ga, gb, n_valid, g0, nb, x, xrb, i0, tile, y, ldy);                               \
             }                                                                                                  \
