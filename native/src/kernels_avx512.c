@@ -46,78 +46,92 @@ static inline __m256i sub_dot_scaled(__m256i acc, const __m256i *u, const __m256
    whatever the thread split. Q8_0 weights become unsigned as w + 128 (x ^ 0x80)
    and the 128 * sum(x) that adds is taken back through the block's s, like
    Q4_0's -8 offset. */
+#define X16_TILE 8 /* activation rows per decoded slice pair */
+
+/* Activation rows [i0, i0 + tile) against the 16 rows of group0 and group1; always
+   inlined with tile a constant where it can be, so the tile loop unrolls into registers. */
+static inline __attribute__((always_inline)) void
+x16_tile(int fam, size_t slice_bytes, const uint8_t *group0, const uint8_t *group1, int n_valid, int64_t g0, int64_t nb,
+         const void *x, size_t x_row_bytes, int64_t i0, const int tile, float *y, int64_t ldy) {
+    const __m512i low = _mm512_set1_epi8(0x0F), bias = _mm512_set1_epi8((char)0x80);
+    __m512 acc[X16_TILE];
+    for (int t = 0; t < X16_TILE; t++) acc[t] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *s0 = group0 + (size_t)b * slice_bytes, *s1 = group1 + (size_t)b * slice_bytes;
+        __m512i u[8];
+        __m512 coef_s;
+        const __m512 dw = _mm512_cvtph_ps(_mm256_inserti128_si256(
+            _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)s0)), _mm_loadu_si128((const __m128i *)s1), 1));
+        if (fam == FAM_Q8_0) {
+            const int8_t *qs0 = ((const block_q8_0x8 *)s0)->qs, *qs1 = ((const block_q8_0x8 *)s1)->qs;
+            for (int k = 0; k < 8; k++)
+                u[k] = _mm512_xor_si512(_mm512_inserti64x4(
+                    _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(qs0 + 32 * k))),
+                    _mm256_loadu_si256((const __m256i *)(qs1 + 32 * k)), 1), bias);
+            coef_s = _mm512_mul_ps(dw, _mm512_set1_ps(-128.0f));
+        } else if (fam == FAM_Q5_0) {
+            const block_q5_0x8 *q0 = (const block_q5_0x8 *)s0, *q1 = (const block_q5_0x8 *)s1;
+            /* bit k of each qh byte is vector k's fifth bit (see block_q5_0x8): move it to bit 4 */
+            const __m512i hv = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)q0->qh)),
+                                                  _mm256_loadu_si256((const __m256i *)q1->qh), 1);
+            const __m512i bit4 = _mm512_set1_epi8(0x10);
+            const __m512i high[8] = {_mm512_slli_epi16(hv, 4), _mm512_slli_epi16(hv, 3), _mm512_slli_epi16(hv, 2),
+                                     _mm512_slli_epi16(hv, 1), hv, _mm512_srli_epi16(hv, 1),
+                                     _mm512_srli_epi16(hv, 2), _mm512_srli_epi16(hv, 3)};
+            for (int k = 0; k < 4; k++) {
+                const __m512i v = _mm512_inserti64x4(
+                    _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(q0->qs + 32 * k))),
+                    _mm256_loadu_si256((const __m256i *)(q1->qs + 32 * k)), 1);
+                /* (v & 0x0F) | (high & 0x10) in one ternary-logic op each */
+                u[k] = _mm512_ternarylogic_epi32(_mm512_and_si512(v, low), high[k], bit4, 0xF8);
+                u[4 + k] = _mm512_ternarylogic_epi32(_mm512_and_si512(_mm512_srli_epi16(v, 4), low), high[4 + k], bit4, 0xF8);
+            }
+            coef_s = _mm512_mul_ps(dw, _mm512_set1_ps(-16.0f));
+        } else {
+            const uint8_t *qs0 = fam == FAM_Q4_0 ? ((const block_q4_0x8 *)s0)->qs : ((const block_q4_1x8 *)s0)->qs;
+            const uint8_t *qs1 = fam == FAM_Q4_0 ? ((const block_q4_0x8 *)s1)->qs : ((const block_q4_1x8 *)s1)->qs;
+            for (int k = 0; k < 4; k++) {
+                const __m512i v = _mm512_inserti64x4(
+                    _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(qs0 + 32 * k))),
+                    _mm256_loadu_si256((const __m256i *)(qs1 + 32 * k)), 1);
+                u[k] = _mm512_and_si512(v, low);
+                u[4 + k] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+            }
+            coef_s = fam == FAM_Q4_0
+                ? _mm512_mul_ps(dw, _mm512_set1_ps(-8.0f))
+                : _mm512_cvtph_ps(_mm256_inserti128_si256(
+                      _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)((const block_q4_1x8 *)s0)->m)),
+                      _mm_loadu_si128((const __m128i *)((const block_q4_1x8 *)s1)->m), 1));
+        }
+        #pragma GCC unroll 8
+        for (int t = 0; t < tile; t++) {
+            const block_q8_32 *xb = (const block_q8_32 *)((const uint8_t *)x + (size_t)(i0 + t) * x_row_bytes) + b;
+            int32_t piece[8];
+            memcpy(piece, xb->qs, 32);
+            __m512i isum = _mm512_setzero_si512();
+            for (int k = 0; k < 8; k++) isum = _mm512_dpbusd_epi32(isum, u[k], _mm512_set1_epi32(piece[k]));
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(dw, _mm512_set1_ps(xb->d)), acc[t]);
+            acc[t] = _mm512_fmadd_ps(coef_s, _mm512_set1_ps(xb->s), acc[t]);
+        }
+    }
+    for (int t = 0; t < tile; t++)
+        _mm512_mask_storeu_ps(y + (i0 + t) * ldy + g0, (__mmask16)((1u << n_valid) - 1u), acc[t]);
+}
+
 static inline __attribute__((always_inline)) void
 gemm_x16(int fam, size_t slice_bytes, const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes,
          float *y, int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
     const int64_t nb = n_cols / QK32;
     const size_t group_bytes = EK_REPACK_ROWS * w_row_bytes;
-    const __m512i low = _mm512_set1_epi8(0x0F), bias = _mm512_set1_epi8((char)0x80);
     for (int64_t g0 = r0; g0 < r1; g0 += 2 * EK_REPACK_ROWS) {
         const uint8_t *group0 = (const uint8_t *)w + (size_t)g0 * w_row_bytes;
         const uint8_t *group1 = g0 + EK_REPACK_ROWS < r1 ? group0 + group_bytes : group0;
         const int n_valid = (int)(r1 - g0 < 16 ? r1 - g0 : 16);
-        for (int64_t i0 = 0; i0 < m; i0 += ACT_TILE) {
-            const int tile = (int)(m - i0 < ACT_TILE ? m - i0 : ACT_TILE);
-            __m512 acc[ACT_TILE] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-            for (int64_t b = 0; b < nb; b++) {
-                const uint8_t *s0 = group0 + (size_t)b * slice_bytes, *s1 = group1 + (size_t)b * slice_bytes;
-                __m512i u[8];
-                __m512 coef_s;
-                const __m512 dw = _mm512_cvtph_ps(_mm256_inserti128_si256(
-                    _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)s0)), _mm_loadu_si128((const __m128i *)s1), 1));
-                if (fam == FAM_Q8_0) {
-                    const int8_t *qs0 = ((const block_q8_0x8 *)s0)->qs, *qs1 = ((const block_q8_0x8 *)s1)->qs;
-                    for (int k = 0; k < 8; k++)
-                        u[k] = _mm512_xor_si512(_mm512_inserti64x4(
-                            _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(qs0 + 32 * k))),
-                            _mm256_loadu_si256((const __m256i *)(qs1 + 32 * k)), 1), bias);
-                    coef_s = _mm512_mul_ps(dw, _mm512_set1_ps(-128.0f));
-                } else if (fam == FAM_Q5_0) {
-                    const block_q5_0x8 *q0 = (const block_q5_0x8 *)s0, *q1 = (const block_q5_0x8 *)s1;
-                    /* bit k of each qh byte is vector k's fifth bit (see block_q5_0x8): move it to bit 4 */
-                    const __m512i hv = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)q0->qh)),
-                                                          _mm256_loadu_si256((const __m256i *)q1->qh), 1);
-                    const __m512i bit4 = _mm512_set1_epi8(0x10);
-                    const __m512i high[8] = {_mm512_slli_epi16(hv, 4), _mm512_slli_epi16(hv, 3), _mm512_slli_epi16(hv, 2),
-                                             _mm512_slli_epi16(hv, 1), hv, _mm512_srli_epi16(hv, 1),
-                                             _mm512_srli_epi16(hv, 2), _mm512_srli_epi16(hv, 3)};
-                    for (int k = 0; k < 4; k++) {
-                        const __m512i v = _mm512_inserti64x4(
-                            _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(q0->qs + 32 * k))),
-                            _mm256_loadu_si256((const __m256i *)(q1->qs + 32 * k)), 1);
-                        /* (v & 0x0F) | (high & 0x10) in one ternary-logic op each */
-                        u[k] = _mm512_ternarylogic_epi32(_mm512_and_si512(v, low), high[k], bit4, 0xF8);
-                        u[4 + k] = _mm512_ternarylogic_epi32(_mm512_and_si512(_mm512_srli_epi16(v, 4), low), high[4 + k], bit4, 0xF8);
-                    }
-                    coef_s = _mm512_mul_ps(dw, _mm512_set1_ps(-16.0f));
-                } else {
-                    const uint8_t *qs0 = fam == FAM_Q4_0 ? ((const block_q4_0x8 *)s0)->qs : ((const block_q4_1x8 *)s0)->qs;
-                    const uint8_t *qs1 = fam == FAM_Q4_0 ? ((const block_q4_0x8 *)s1)->qs : ((const block_q4_1x8 *)s1)->qs;
-                    for (int k = 0; k < 4; k++) {
-                        const __m512i v = _mm512_inserti64x4(
-                            _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(qs0 + 32 * k))),
-                            _mm256_loadu_si256((const __m256i *)(qs1 + 32 * k)), 1);
-                        u[k] = _mm512_and_si512(v, low);
-                        u[4 + k] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
-                    }
-                    coef_s = fam == FAM_Q4_0
-                        ? _mm512_mul_ps(dw, _mm512_set1_ps(-8.0f))
-                        : _mm512_cvtph_ps(_mm256_inserti128_si256(
-                              _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)((const block_q4_1x8 *)s0)->m)),
-                              _mm_loadu_si128((const __m128i *)((const block_q4_1x8 *)s1)->m), 1));
-                }
-                for (int t = 0; t < tile; t++) {
-                    const block_q8_32 *xb = (const block_q8_32 *)((const uint8_t *)x + (size_t)(i0 + t) * x_row_bytes) + b;
-                    int32_t piece[8];
-                    memcpy(piece, xb->qs, 32);
-                    __m512i isum = _mm512_setzero_si512();
-                    for (int k = 0; k < 8; k++) isum = _mm512_dpbusd_epi32(isum, u[k], _mm512_set1_epi32(piece[k]));
-                    acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(dw, _mm512_set1_ps(xb->d)), acc[t]);
-                    acc[t] = _mm512_fmadd_ps(coef_s, _mm512_set1_ps(xb->s), acc[t]);
-                }
-            }
-            for (int t = 0; t < tile; t++)
-                _mm512_mask_storeu_ps(y + (i0 + t) * ldy + g0, (__mmask16)((1u << n_valid) - 1u), acc[t]);
+        for (int64_t i0 = 0; i0 < m; i0 += X16_TILE) {
+            const int tile = (int)(m - i0 < X16_TILE ? m - i0 : X16_TILE);
+            if (tile == X16_TILE) x16_tile(fam, slice_bytes, group0, group1, n_valid, g0, nb, x, x_row_bytes, i0, X16_TILE, y, ldy);
+            else if (tile == 1) x16_tile(fam, slice_bytes, group0, group1, n_valid, g0, nb, x, x_row_bytes, i0, 1, y, ldy);
+            else x16_tile(fam, slice_bytes, group0, group1, n_valid, g0, nb, x, x_row_bytes, i0, tile, y, ldy);
         }
     }
 }
