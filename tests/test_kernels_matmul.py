@@ -54,11 +54,12 @@ def cols_for(type_name):
 @pytest.mark.parametrize("isa", AVAILABLE_ISAS, indirect=True)
 @pytest.mark.parametrize("type_name", WEIGHT_TYPES)
 @pytest.mark.parametrize("m", [1, 3, 70])
-def test_matmul_matches_float64_numpy_on_odd_shapes(isa, type_name, m, rng, pool2):
+@pytest.mark.parametrize("repack", [False, True])
+def test_matmul_matches_float64_numpy_on_odd_shapes(isa, type_name, m, repack, rng, pool2):
     n_rows, n_cols = 37, cols_for(type_name)  # 37 rows: not a multiple of any tile, more than threads
     raw, w64 = make_weight_data(type_name, n_rows, n_cols, rng)
     x = rng.normal(size=(m, n_cols)).astype(np.float32)
-    weight = kernels.Weight(type_name, n_rows, n_cols, raw)
+    weight = kernels.Weight(type_name, n_rows, n_cols, raw, repack=repack)
     assert weight.isa == isa
     assert_matmul_close(type_name, weight.matmul(x, pool=pool2), w64, x)
     assert_matmul_close(type_name, weight.matmul(x[0]), w64, x[:1])
