@@ -148,6 +148,14 @@ MIN_TOP1_AGREEMENT = 0.98   # issue 5's bar
 # 97.9% top-1, KL 0.003 on SmolLM2 prose). The bar is therefore 98% or llama.cpp's own
 # batch-vs-step agreement on the same text minus this slack (5 near-ties in 256), whichever
 # is lower; both figures are printed.
+# That is a noise floor, not a rounding mismatch we could fix: our own scalar and AVX-512
+# paths (same quantization, only the f32 summation order differs) agree 95.7% top-1, KL
+# 0.0035 on SmolLM2 prose (99.2%, 0.0032 on code) and 94.1%, 0.0070 on Gemma-3 prose: as
+# far apart as we are from llama.cpp (96.9%, 0.0035; 99.2%, 0.0038; 95.3%, 0.0069).
+# Re-quantizing activations to 8 bits turns any ulp-level difference into a flipped byte
+# here and there, which grows layer by layer until it saturates at this level. Matching
+# llama.cpp's f16 scale rounding, f16 Q/probabilities in attention, f16 GELU table and f32
+# RoPE angles moved the four figures only within this noise (measured), so they are not in.
 TOP1_SLACK = 0.02
 MAX_MEAN_KL = 0.01          # issue 5's bar
 PPL_TOKENS = 4096
