@@ -205,9 +205,10 @@ def kv_cache_bytes(shape: ModelShape, n_ctx: int, kv_type: str) -> int:
 
 
 def _native_floats_per_token(shape: ModelShape) -> int:
-    """The native engine's buffers per batch token: x, xb, q, att, k, v, hb, hb2 (native/src/model.c)."""
+    """The native engine's buffers per batch token: x, xb, q, att, k, v, hb, hb2, and the RoPE
+    cos/sin table (native/src/model.c; the rotated dimensions are at most head_dim)."""
     return (2 * shape.n_embd + 2 * shape.n_head * shape.head_dim_k + 2 * shape.n_head_kv * shape.head_dim_k
-            + 2 * shape.n_ff)
+            + 2 * shape.n_ff + 2 * shape.head_dim_k)
 
 
 def _ggml_floats_per_token(shape: ModelShape) -> int:
@@ -226,10 +227,13 @@ def gguf_metadata_bytes(shape: ModelShape) -> int:
 def native_formula(shape: ModelShape, n_ctx: int, kv_type: str, n_batch: int, threads: int) -> Dict[str, int]:
     """The native engine's allocations as native/src/model.c lays them out, from the header alone: the
     fallback when edgesdk.backends.native is not importable, and a cross-check of its memory_requirements."""
-    # Activation buffers for n_batch tokens plus one attention row of n_ctx per thread.
+    # Activation buffers for n_batch tokens plus one attention row of n_ctx per thread, and the
+    # matmul's quantized copy of its widest input: at most 40 bytes per 32 values (q8 blocks
+    # with their f32 scale and sum, native/src/kernels.h).
     scratch_floats = n_batch * _native_floats_per_token(shape) + threads * n_ctx
+    act_bytes = n_batch * max(shape.n_embd, shape.n_ff) * 40 // 32
     return {"weights_mapped": shape.tensor_bytes, "weights_owned": 0,
-            "kv_cache": kv_cache_bytes(shape, n_ctx, kv_type), "scratch": 4 * scratch_floats}
+            "kv_cache": kv_cache_bytes(shape, n_ctx, kv_type), "scratch": 4 * scratch_floats + act_bytes}
 
 
 def tokenizer_table_bytes(shape: ModelShape) -> int:

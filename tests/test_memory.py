@@ -185,8 +185,9 @@ def test_native_engine_s_memory_requirements_match_the_header_formula(smollm2_pa
             formula = memory.native_formula(memory.read_shape(f), n_ctx, kv_type, n_batch, threads)
         assert engine["kv_cache"] == formula["kv_cache"]
         assert engine["weights_mapped"] == formula["weights_mapped"]
-        # The engine rounds each buffer up to 64 bytes (8 buffers); the formula does not.
-        assert 0 <= engine["scratch"] - formula["scratch"] <= 9 * 64
+        # The formula does not know each tensor's activation format or the engine's buffer
+        # rounding, only their bounds: within 5% of the engine's exact figure.
+        assert abs(engine["scratch"] - formula["scratch"]) <= 0.05 * engine["scratch"]
         # Owned copies: only norm vectors converted to f32 (the engine does not repack by default).
         assert engine["weights_owned"] < 0.01 * engine["weights_mapped"]
 

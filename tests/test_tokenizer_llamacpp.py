@@ -14,7 +14,7 @@ import pytest
 from edgesdk.tokenizer import Tokenizer
 from tokenizer_corpus import build_corpus
 
-llama_cpp = pytest.importorskip("llama_cpp")
+import llama_cpp
 
 MIN_CORPUS_STRINGS = 2000
 # (add_special, parse_special) combinations every string is encoded with.

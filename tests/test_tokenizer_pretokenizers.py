@@ -13,8 +13,8 @@ from edgesdk import gguf as edgesdk_gguf
 from edgesdk.tokenizer import Tokenizer
 from tokenizer_corpus import build_corpus
 
-llama_cpp = pytest.importorskip("llama_cpp")
-gguf_writer = pytest.importorskip("gguf")
+import llama_cpp
+import gguf as gguf_writer
 
 PRE_TOKENIZERS = ["llama-bpe", "qwen2", "gpt-2", "default"]
 

@@ -19,8 +19,8 @@ import pytest
 from edgesdk.tokenizer import Tokenizer
 from tokenizer_corpus import CODE, EMOJI, SENTENCES, build_corpus
 
-sentencepiece = pytest.importorskip("sentencepiece")
-gguf_writer = pytest.importorskip("gguf")
+import sentencepiece
+import gguf as gguf_writer
 from sentencepiece import sentencepiece_model_pb2  # noqa: E402  (needs sentencepiece)
 
 # Enough pieces for every character of the training text plus merges; unigram training

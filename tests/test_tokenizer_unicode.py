@@ -17,7 +17,7 @@ from edgesdk import gguf as edgesdk_gguf
 from edgesdk.tokenizer import Tokenizer, pretokenize
 from test_tokenizer_pretokenizers import _write_vocab_gguf
 
-llama_cpp = pytest.importorskip("llama_cpp")
+import llama_cpp
 
 # Every SAMPLE_STRIDE-th code point of the whole range (a prime, so every block is hit
 # at varying offsets); the full scan (stride 1) was run once and gave no difference.
