@@ -50,7 +50,8 @@ from kernel_reference import random_blocks  # noqa: E402  (valid random blocks o
 
 GEMV_SHAPES = [(2048, 2048), (5632, 2048), (2048, 5632)]  # (n_rows, n_cols)
 GEMV_TYPES = ["Q4_0", "Q4_1", "Q4_K", "Q8_0", "Q6_K", "Q5_0"]
-GEMM_TYPES = ["Q4_0", "Q4_1", "Q8_0", "Q4_K"]
+GEMM_TYPES = ["Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q5_0", "Q6_K"]
+REPACKED_TYPES = ("Q4_0", "Q4_1", "Q8_0", "Q5_0", "Q4_K", "Q6_K")  # x86 repacks these at load
 GEMM_M = [64, 128, 256, 512]
 N_EMBD, N_FF, N_HEAD, N_VOCAB = 2048, 5632, 16, 64
 LAYER_MATRICES = [(N_EMBD, N_EMBD)] * 4 + [(N_FF, N_EMBD)] * 2 + [(N_EMBD, N_FF)]
@@ -90,7 +91,7 @@ def bench_gemv(pool: kernels.Pool, cold_bytes: int, rng, types, shapes) -> None:
             working_set = np.tile(raw, n_copies)  # one contiguous buffer, copy c at c * nbytes
             x = rng.normal(size=n_cols).astype(np.float32)
             y = np.empty(n_rows, dtype=np.float32)
-            layouts = [False, True] if type_name in ("Q4_0", "Q4_1", "Q8_0") else [False]
+            layouts = [False, True] if type_name in REPACKED_TYPES else [False]
             for repack in layouts:
                 weights = [kernels.Weight(type_name, n_rows, n_cols, working_set[c * raw.nbytes:(c + 1) * raw.nbytes],
                                           repack=repack) for c in range(n_copies)]
@@ -121,7 +122,7 @@ def bench_gemm(pool: kernels.Pool, rng, types, m_values) -> None:
     for type_name in types:
         mats = {shape: random_blocks(type_name, shape[0] * shape[1], rng) for shape in GEMV_SHAPES}
         for m in m_values:
-            for repack in ([False, True] if type_name in ("Q4_0", "Q4_1", "Q8_0") else [False]):
+            for repack in ([False, True] if type_name in REPACKED_TYPES else [False]):
                 seconds = {}
                 for (n_rows, n_cols), raw in mats.items():
                     weight = kernels.Weight(type_name, n_rows, n_cols, raw, repack=repack)
@@ -175,7 +176,7 @@ def compare_with_llama_cpp(pool: kernels.Pool, type_name: str, m_values, rng) ->
 
     matrices = [random_blocks(type_name, r * c, rng) for r, c in LAYER_MATRICES]
     layer_ops = sum(2 * r * c for r, c in LAYER_MATRICES)
-    layouts = [False, True] if type_name in ("Q4_0", "Q4_1", "Q8_0") else [False]
+    layouts = [False, True] if type_name in REPACKED_TYPES else [False]
     weights = {repack: [kernels.Weight(type_name, r, c, raw, repack=repack)
                         for (r, c), raw in zip(LAYER_MATRICES, matrices)] for repack in layouts}
     with tempfile.TemporaryDirectory() as tmp:
@@ -218,6 +219,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer types and sizes")
     parser.add_argument("--no-llama", action="store_true", help="skip the llama.cpp comparison")
     parser.add_argument("--no-gemm", action="store_true", help="GEMV only (and no llama.cpp comparison)")
+    parser.add_argument("--types", default=None, help="comma-separated weight types (default: all)")
     args = parser.parse_args()
     if args.isa:
         _native.isa_set(args.isa)
@@ -225,11 +227,15 @@ def main() -> None:
     gemv_types = GEMV_TYPES[:4]
     gemm_types = GEMM_TYPES[:2] if args.quick else GEMM_TYPES
     m_values = [64, 512] if args.quick else GEMM_M
+    if args.types:
+        chosen = args.types.split(",")
+        gemv_types = [t for t in GEMV_TYPES if t in chosen]
+        gemm_types = [t for t in GEMM_TYPES if t in chosen]
     with kernels.Pool(args.threads) as pool:
         bandwidth = kernels.measure_read_bandwidth(1 << 30, 5, pool)
         print(f"read bandwidth, {pool.threads} threads, 1 GiB buffer: {bandwidth / 1e9:.2f} GB/s "
               f"(ISA {_native.isa_current()}); load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-        bench_gemv(pool, args.cold_mib << 20, rng, gemv_types if args.quick else GEMV_TYPES,
+        bench_gemv(pool, args.cold_mib << 20, rng, gemv_types if args.quick or args.types else GEMV_TYPES,
                    GEMV_SHAPES)
         if args.no_gemm:
             return

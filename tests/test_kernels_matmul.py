@@ -91,7 +91,7 @@ def test_fast_path_matches_scalar_within_float_reassociation(isa, type_name, rep
 
 
 @pytest.mark.parametrize("isa", AVAILABLE_ISAS, indirect=True)
-@pytest.mark.parametrize("type_name", ["Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q6_K", "F16"])
+@pytest.mark.parametrize("type_name", ["Q4_0", "Q4_1", "Q8_0", "Q5_0", "Q4_K", "Q6_K", "F16"])
 @pytest.mark.parametrize("m", [1, 67])
 def test_result_is_bit_identical_for_1_and_2_threads(isa, type_name, m, rng, pool2):
     n_rows, n_cols = 83, cols_for(type_name)
@@ -104,17 +104,22 @@ def test_result_is_bit_identical_for_1_and_2_threads(isa, type_name, m, rng, poo
         np.testing.assert_array_equal(one, weight.matmul(x, pool=pool2))
 
 
+# Bytes of one repacked slice (8 rows x 1 block) over 8 GGUF blocks: Q4_K's scales and
+# mins are unpacked from 12 bytes to 16 per block; the other layouts only reorder bytes.
+REPACK_GROWTH = {"Q4_0": 1.0, "Q4_1": 1.0, "Q8_0": 1.0, "Q5_0": 1.0, "Q4_K": 1184 / 1152, "Q6_K": 1.0}
+
+
 @pytest.mark.parametrize("isa", AVAILABLE_ISAS, indirect=True)
-@pytest.mark.parametrize("type_name", ["Q4_0", "Q4_1", "Q8_0"])
+@pytest.mark.parametrize("type_name", list(REPACK_GROWTH))
 def test_repacked_weight_gives_the_plain_result_and_owns_its_copy(isa, type_name, rng, pool2):
-    n_rows, n_cols = 29, 32 * 9
+    n_rows, n_cols = 29, BLOCKS[type_name][0] * 9
     raw, w64 = make_weight_data(type_name, n_rows, n_cols, rng)
     x = rng.normal(size=(11, n_cols)).astype(np.float32)
     plain = kernels.Weight(type_name, n_rows, n_cols, raw)
     packed = kernels.Weight(type_name, n_rows, n_cols, raw, repack=True)
     assert plain.owned_bytes == 0
-    if isa != "scalar":  # the x86 families repack Q4_0/Q4_1/Q8_0 into 8-row slices
-        assert packed.owned_bytes == 32 * raw.size // 29  # 29 rows padded to 32
+    if isa != "scalar":  # the x86 families repack these types into 8-row slices
+        assert packed.owned_bytes == round(32 * raw.size // 29 * REPACK_GROWTH[type_name])  # 29 rows padded to 32
     y = packed.matmul(x, pool=pool2)
     assert_matmul_close(type_name, y, w64, x)
     magnitude = np.abs(x.astype(np.float64)) @ np.abs(w64).T

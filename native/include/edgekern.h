@@ -136,8 +136,9 @@ EK_API void ek_pool_run(ek_pool *pool, ek_task_fn fn, void *ctx);
    which must outlive it, unless it was repacked into an owned buffer. */
 typedef struct ek_weight ek_weight;
 
-/* May build an owned copy interleaving 8 rows per block (x86: Q4_0, Q4_1, Q8_0),
-   2-3x faster for m > 1 and faster GEMV; other types/ISAs stay mapped. */
+/* May build an owned copy interleaving 8 rows per block (x86: Q4_0, Q4_1, Q8_0, Q5_0,
+   Q4_K, Q6_K; NEON: Q4_0, Q4_1, Q8_0), 2-3x faster for m > 1 and faster GEMV; other
+   types/ISAs stay mapped. Lossless: get_rows and results match the mapped weight. */
 #define EK_WEIGHT_ALLOW_REPACK 1u
 
 EK_API ek_status ek_weight_create(int type, int64_t n_rows, int64_t n_cols, const void *data,

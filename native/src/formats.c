@@ -306,56 +306,141 @@ void ek_quantize_q8_k_scalar(const float *x, void *xq, int64_t n) {
 /* ------------------------------------------------------------- repack */
 
 int ek_repack_supported(int type) {
-    return type == EK_TYPE_Q4_0 || type == EK_TYPE_Q4_1 || type == EK_TYPE_Q8_0;
+    switch (type) {
+    case EK_TYPE_Q4_0: case EK_TYPE_Q4_1: case EK_TYPE_Q8_0:
+    case EK_TYPE_Q5_0: case EK_TYPE_Q4_K: case EK_TYPE_Q6_K: return 1;
+    default: return 0;
+    }
 }
 
-static size_t slice_bytes(int type) {
+size_t ek_repack_slice_bytes(int type) {
     switch (type) {
     case EK_TYPE_Q4_0: return sizeof(block_q4_0x8);
     case EK_TYPE_Q4_1: return sizeof(block_q4_1x8);
     case EK_TYPE_Q8_0: return sizeof(block_q8_0x8);
+    case EK_TYPE_Q5_0: return sizeof(block_q5_0x8);
+    case EK_TYPE_Q4_K: return sizeof(block_q4_kx8);
+    case EK_TYPE_Q6_K: return sizeof(block_q6_kx8);
     default: return 0;
+    }
+}
+
+/* Interleave (or, unpack, de-interleave) n bytes of one row's block into a slice's quant bytes. */
+static void interleave_bytes(uint8_t *slice_qs, int lane, uint8_t *block_qs, int n, int unpack) {
+    for (int j = 0; j < n; j++) {
+        if (unpack) block_qs[j] = slice_qs[ek_repack_index(lane, j)];
+        else slice_qs[ek_repack_index(lane, j)] = block_qs[j];
+    }
+}
+
+/* Q5_0's qh: bit e of the block is the 5th bit of element e. In the slice, byte i of
+   row r's 32-bit word holds at bit k the 5th bit of element ek_q5_0x8_element(k, i). */
+static inline int q5_0x8_element(int k, int i) { return k < 4 ? 4 * k + i : 16 + 4 * (k - 4) + i; }
+
+static void q5_0x8_high_bits(uint8_t *slice_qh, int lane, uint8_t *block_qh, int unpack) {
+    uint32_t src, dst = 0;
+    memcpy(&src, unpack ? slice_qh + 4 * lane : block_qh, 4);
+    for (int k = 0; k < 8; k++)
+        for (int i = 0; i < 4; i++) {
+            const int e = q5_0x8_element(k, i), s = 8 * i + k;
+            if (unpack) dst |= ((src >> s) & 1u) << e;
+            else dst |= ((src >> e) & 1u) << s;
+        }
+    memcpy(unpack ? block_qh : slice_qh + 4 * lane, &dst, 4);
+}
+
+/* Q4_K's 12 packed bytes <-> 8 scales and 8 mins, each 6 bits. */
+static void q4_k_unpack_scales(const uint8_t *q, uint8_t *sc, uint8_t *m) {
+    for (int j = 0; j < 8; j++) ek_q4_k_scale_min(j, q, &sc[j], &m[j]);
+}
+
+static void q4_k_pack_scales(const uint8_t *sc, const uint8_t *m, uint8_t *q) {
+    for (int j = 0; j < 4; j++) {
+        q[j] = (uint8_t)((sc[j] & 63) | ((sc[j + 4] >> 4) << 6));
+        q[j + 4] = (uint8_t)((m[j] & 63) | ((m[j + 4] >> 4) << 6));
+        q[j + 8] = (uint8_t)((sc[j + 4] & 0xF) | ((m[j + 4] & 0xF) << 4));
     }
 }
 
 /* Copy one GGUF block of row `lane` into a slice, or (unpack) back out of it. */
 static void slice_copy(int type, void *slice, int lane, void *block, int unpack) {
-    uint16_t *d, *m = NULL;
-    uint8_t *qs, *bqs;
-    int n_qs;
     switch (type) {
     case EK_TYPE_Q4_0: {
         block_q4_0x8 *s = slice;
         block_q4_0 *q = block;
-        d = &s->d[lane], qs = s->qs, bqs = q->qs, n_qs = 16;
-        if (unpack) q->d = *d; else *d = q->d;
+        if (unpack) q->d = s->d[lane]; else s->d[lane] = q->d;
+        interleave_bytes(s->qs, lane, q->qs, 16, unpack);
         break;
     }
     case EK_TYPE_Q4_1: {
         block_q4_1x8 *s = slice;
         block_q4_1 *q = block;
-        d = &s->d[lane], m = &s->m[lane], qs = s->qs, bqs = q->qs, n_qs = 16;
-        if (unpack) q->d = *d, q->m = *m; else *d = q->d, *m = q->m;
+        if (unpack) q->d = s->d[lane], q->m = s->m[lane]; else s->d[lane] = q->d, s->m[lane] = q->m;
+        interleave_bytes(s->qs, lane, q->qs, 16, unpack);
         break;
     }
     case EK_TYPE_Q8_0: {
         block_q8_0x8 *s = slice;
         block_q8_0 *q = block;
-        d = &s->d[lane], qs = (uint8_t *)s->qs, bqs = (uint8_t *)q->qs, n_qs = 32;
-        if (unpack) q->d = *d; else *d = q->d;
+        if (unpack) q->d = s->d[lane]; else s->d[lane] = q->d;
+        interleave_bytes((uint8_t *)s->qs, lane, (uint8_t *)q->qs, 32, unpack);
+        break;
+    }
+    case EK_TYPE_Q5_0: {
+        block_q5_0x8 *s = slice;
+        block_q5_0 *q = block;
+        if (unpack) q->d = s->d[lane]; else s->d[lane] = q->d;
+        q5_0x8_high_bits(s->qh, lane, q->qh, unpack);
+        interleave_bytes(s->qs, lane, q->qs, 16, unpack);
+        break;
+    }
+    case EK_TYPE_Q4_K: {
+        block_q4_kx8 *s = slice;
+        block_q4_k *q = block;
+        uint8_t sc[8], m[8];
+        if (unpack) {
+            q->d = s->d[lane], q->dmin = s->dmin[lane];
+            for (int j = 0; j < 8; j++) {
+                sc[j] = s->sc[ek_repack_pair_index(lane, j)];
+                m[j] = s->m[ek_repack_pair_index(lane, j)];
+            }
+            q4_k_pack_scales(sc, m, q->scales);
+        } else {
+            s->d[lane] = q->d, s->dmin[lane] = q->dmin;
+            q4_k_unpack_scales(q->scales, sc, m);
+            for (int j = 0; j < 8; j++) {
+                s->sc[ek_repack_pair_index(lane, j)] = sc[j];
+                s->m[ek_repack_pair_index(lane, j)] = m[j];
+            }
+        }
+        interleave_bytes(s->qs, lane, q->qs, 128, unpack);
+        break;
+    }
+    case EK_TYPE_Q6_K: {
+        block_q6_kx8 *s = slice;
+        block_q6_k *q = block;
+        if (unpack) q->d = s->d[lane]; else s->d[lane] = q->d;
+        for (int k = 0; k < 16; k++) {
+            if (unpack) q->scales[k] = s->sc[ek_repack_pair_index(lane, k)];
+            else s->sc[ek_repack_pair_index(lane, k)] = q->scales[k];
+        }
+        for (int j = 0; j < 128; j++) {
+            if (unpack) q->ql[j] = s->q[ek_q6_kx8_index(lane, j, 0)];
+            else s->q[ek_q6_kx8_index(lane, j, 0)] = q->ql[j];
+        }
+        for (int j = 0; j < 64; j++) {
+            if (unpack) q->qh[j] = s->q[ek_q6_kx8_index(lane, j, 1)];
+            else s->q[ek_q6_kx8_index(lane, j, 1)] = q->qh[j];
+        }
         break;
     }
     default: return;
     }
-    for (int j = 0; j < n_qs; j++) {
-        if (unpack) bqs[j] = qs[ek_repack_index(lane, j)];
-        else qs[ek_repack_index(lane, j)] = bqs[j];
-    }
 }
 
 void ek_repack(int type, const void *src, int64_t n_rows, int64_t n_cols, void *dst) {
-    const int64_t nb = n_cols / QK32;
-    const size_t bb = (size_t)ek_type_block_bytes(type), sb = slice_bytes(type);
+    const int64_t nb = n_cols / ek_type_block_elems(type);
+    const size_t bb = (size_t)ek_type_block_bytes(type), sb = ek_repack_slice_bytes(type);
     const int64_t n_groups = (n_rows + EK_REPACK_ROWS - 1) / EK_REPACK_ROWS;
     memset(dst, 0, (size_t)n_groups * (size_t)nb * sb); /* rows past n_rows: zero blocks */
     for (int64_t r = 0; r < n_rows; r++) {
@@ -367,8 +452,8 @@ void ek_repack(int type, const void *src, int64_t n_rows, int64_t n_cols, void *
 }
 
 void ek_unpack_row(int type, const void *packed, int64_t row, int64_t n_cols, void *dst_row) {
-    const int64_t nb = n_cols / QK32;
-    const size_t bb = (size_t)ek_type_block_bytes(type), sb = slice_bytes(type);
+    const int64_t nb = n_cols / ek_type_block_elems(type);
+    const size_t bb = (size_t)ek_type_block_bytes(type), sb = ek_repack_slice_bytes(type);
     const uint8_t *group = (const uint8_t *)packed + (size_t)(row / EK_REPACK_ROWS) * (size_t)nb * sb;
     for (int64_t b = 0; b < nb; b++)
         slice_copy(type, (void *)(group + (size_t)b * sb), (int)(row % EK_REPACK_ROWS), (uint8_t *)dst_row + (size_t)b * bb, 1);

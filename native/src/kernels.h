@@ -83,19 +83,53 @@ typedef enum { EK_ACT_F32 = 0, EK_ACT_Q8_32 = 1, EK_ACT_Q8_K = 2 } ek_act_format
  *   q4_0x8 slice: d[8], qs[128]          (144 bytes = 8 Q4_0 blocks)
  *   q4_1x8 slice: d[8], m[8], qs[128]    (160 bytes = 8 Q4_1 blocks)
  *   q8_0x8 slice: d[8], qs[256]          (272 bytes = 8 Q8_0 blocks)
- * Nothing the GGUF blocks hold is lost: ek_unpack_row inverts exactly. */
+ *   q5_0x8 slice: d[8], qh[32], qs[128]  (176 bytes = 8 Q5_0 blocks); qh holds row r's
+ *     32 fifth bits as a 32-bit word at qh[4r], bit-permuted so that byte i, bit k is
+ *     the fifth bit of the element whose low nibble is in byte i of qs vector k's
+ *     lane (k < 4: element 4k + i, low nibbles; k >= 4: element 16 + 4(k - 4) + i):
+ *     one shift and mask gives each vector's 0x10s.
+ *   q4_kx8 slice: d[8], dmin[8], sc[64], m[64], qs[1024]  (1184 bytes, 8 Q4_K blocks are
+ *     1152): the 6-bit scales and mins unpacked to bytes, sub-block j of row r at
+ *     [ek_repack_pair_index(r, j)] (pairs of sub-blocks side by side per row, so one
+ *     zero-extension gives the int16 pairs a madd wants); qs: the 128 GGUF bytes.
+ *   q6_kx8 slice: d[8], sc[128], q[1536]  (1680 bytes = 8 Q6_K blocks): scales at
+ *     [ek_repack_pair_index(r, k)]; q holds ql's 32 and qh's 16 interleaved 32-byte
+ *     vectors in the order the kernel reads them (ek_q6_kx8_index), so a GEMV
+ *     streams each slice front to back.
+ * Nothing the GGUF blocks hold is lost: ek_unpack_row inverts exactly (Q4_K's
+ * 12 scale bytes are 16 six-bit fields, packed back bit for bit). Rows of a
+ * group are row_stride = slice bytes * blocks per row / 8 apart on average; the
+ * kernels address group g at w + g * EK_REPACK_ROWS * row_stride. */
 #define EK_REPACK_ROWS 8
 typedef struct { uint16_t d[8]; uint8_t qs[128]; } block_q4_0x8;
 typedef struct { uint16_t d[8]; uint16_t m[8]; uint8_t qs[128]; } block_q4_1x8;
 typedef struct { uint16_t d[8]; int8_t qs[256]; } block_q8_0x8;
+typedef struct { uint16_t d[8]; uint8_t qh[32]; uint8_t qs[128]; } block_q5_0x8;
+typedef struct { uint16_t d[8], dmin[8]; uint8_t sc[64]; uint8_t m[64]; uint8_t qs[1024]; } block_q4_kx8;
+typedef struct { uint16_t d[8]; int8_t sc[128]; uint8_t q[1536]; } block_q6_kx8;
+
+_Static_assert(sizeof(block_q5_0x8) == 176, "q5_0x8 slice is 176 bytes");
+_Static_assert(sizeof(block_q4_kx8) == 1184, "q4_kx8 slice is 1184 bytes");
+_Static_assert(sizeof(block_q6_kx8) == 1680, "q6_kx8 slice is 1680 bytes");
 
 static inline size_t ek_repack_index(int row, int byte) { return (size_t)(byte / 4) * 32 + 4 * (size_t)row + byte % 4; }
+/* Q6_K slice: byte j of row r's ql (is_qh 0) or qh (is_qh 1) in q. Vectors come in
+   16 triples n = 8h + p (half h, 4-byte piece p): ql piece p, ql piece 8 + p of half
+   h, then qh piece p of half h, i.e. everything elements 4p.. of the half need. */
+static inline size_t ek_q6_kx8_index(int row, int byte, int is_qh) {
+    const int v = byte / 4;
+    const int n = is_qh ? v : 8 * (v / 16) + v % 8, which = is_qh ? 2 : (v % 16) / 8;
+    return (size_t)(96 * n + 32 * which + 4 * row + byte % 4);
+}
+/* Per-sub-block bytes (K-quant scales, mins) of 8 rows: sub-blocks 2p and 2p + 1 of row r side by side. */
+static inline size_t ek_repack_pair_index(int row, int sub) { return (size_t)(sub / 2) * 16 + 2 * (size_t)row + sub % 2; }
 
 /* --------------------------------------------------------- kernel table */
 
 /* y[i * ldy + r] = dot(W row r, activation row i) for r in [r0, r1), i in [0, m).
    w: row 0 of the weight (plain layout: row r at w + r * w_row_bytes; repacked:
-   group g at w + g * EK_REPACK_ROWS * w_row_bytes, r0 a multiple of EK_REPACK_ROWS).
+   group g at w + g * EK_REPACK_ROWS * w_row_bytes with w_row_bytes the repacked
+   row stride, r0 a multiple of EK_REPACK_ROWS).
    x: m activation rows in the weight's activation format, x_row_bytes apart.
    The result of each (i, r) must not depend on r0, r1 or m (the thread split). */
 typedef void (*ek_gemm_fn)(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes,
@@ -152,9 +186,10 @@ size_t ek_act_row_bytes(int type, int64_t n_cols); /* bytes of one quantized act
 void ek_quantize_q8_32_scalar(const float *x, void *xq, int64_t n);
 void ek_quantize_q8_k_scalar(const float *x, void *xq, int64_t n);
 
-/* Repack n_rows rows (row_bytes apart) of a Q4_0/Q4_1/Q8_0 weight into
-   ceil(n_rows / 8) interleaved groups at dst; unpack one row back. */
+/* Repack n_rows rows (row_bytes apart) of a Q4_0/Q4_1/Q8_0/Q5_0/Q4_K/Q6_K weight
+   into ceil(n_rows / 8) groups of slices at dst; unpack one row back. */
 int ek_repack_supported(int type);
+size_t ek_repack_slice_bytes(int type); /* bytes of one slice (8 rows x 1 block); 0: no repack */
 void ek_repack(int type, const void *src, int64_t n_rows, int64_t n_cols, void *dst);
 void ek_unpack_row(int type, const void *packed, int64_t row, int64_t n_cols, void *dst_row);
 

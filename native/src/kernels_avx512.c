@@ -28,9 +28,19 @@ static inline __m256i dot_u8s8_scaled(__m256i acc, __m256i u, __m256i s, __m256i
     return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), scales));
 }
 
+/* The repacked K-quants' per-row scales: one vpdpbusd chain per sub-block, then one
+   multiply by the 8 rows' scales (fewer uops than maddubs + madd per vector). */
+static inline __m256i lane_scales(__m256i sc32) { return sc32; }
+
+static inline __m256i sub_dot_scaled(__m256i acc, const __m256i *u, const __m256i *s, int n, __m256i lsc) {
+    __m256i t = _mm256_setzero_si256();
+    for (int k = 0; k < n; k++) t = _mm256_dpbusd_epi32(t, u[k], s[k]);
+    return _mm256_add_epi32(acc, _mm256_mullo_epi32(t, lsc));
+}
+
 #include "kernels_x86_body.h"
 
-/* Repacked Q4_0/Q4_1/Q8_0 on 512-bit registers: two 8-row groups side by side,
+/* Repacked Q4_0/Q4_1/Q5_0/Q8_0 on 512-bit registers: two 8-row groups side by side,
    so each vpdpbusd does 16 rows x 4 bytes. A last lone group reads itself
    twice and stores 8 lanes, so every row goes through the same operations
    whatever the thread split. Q8_0 weights become unsigned as w + 128 (x ^ 0x80)
@@ -62,6 +72,24 @@ gemm_x16(int fam, size_t slice_bytes, const void *w, size_t w_row_bytes, const v
                             _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(qs0 + 32 * k))),
                             _mm256_loadu_si256((const __m256i *)(qs1 + 32 * k)), 1), bias);
                     coef_s = _mm512_mul_ps(dw, _mm512_set1_ps(-128.0f));
+                } else if (fam == FAM_Q5_0) {
+                    const block_q5_0x8 *q0 = (const block_q5_0x8 *)s0, *q1 = (const block_q5_0x8 *)s1;
+                    /* bit k of each qh byte is vector k's fifth bit (see block_q5_0x8): move it to bit 4 */
+                    const __m512i hv = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)q0->qh)),
+                                                          _mm256_loadu_si256((const __m256i *)q1->qh), 1);
+                    const __m512i bit4 = _mm512_set1_epi8(0x10);
+                    const __m512i high[8] = {_mm512_slli_epi16(hv, 4), _mm512_slli_epi16(hv, 3), _mm512_slli_epi16(hv, 2),
+                                             _mm512_slli_epi16(hv, 1), hv, _mm512_srli_epi16(hv, 1),
+                                             _mm512_srli_epi16(hv, 2), _mm512_srli_epi16(hv, 3)};
+                    for (int k = 0; k < 4; k++) {
+                        const __m512i v = _mm512_inserti64x4(
+                            _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(q0->qs + 32 * k))),
+                            _mm256_loadu_si256((const __m256i *)(q1->qs + 32 * k)), 1);
+                        /* (v & 0x0F) | (high & 0x10) in one ternary-logic op each */
+                        u[k] = _mm512_ternarylogic_epi32(_mm512_and_si512(v, low), high[k], bit4, 0xF8);
+                        u[4 + k] = _mm512_ternarylogic_epi32(_mm512_and_si512(_mm512_srli_epi16(v, 4), low), high[4 + k], bit4, 0xF8);
+                    }
+                    coef_s = _mm512_mul_ps(dw, _mm512_set1_ps(-16.0f));
                 } else {
                     const uint8_t *qs0 = fam == FAM_Q4_0 ? ((const block_q4_0x8 *)s0)->qs : ((const block_q4_1x8 *)s0)->qs;
                     const uint8_t *qs1 = fam == FAM_Q4_0 ? ((const block_q4_0x8 *)s1)->qs : ((const block_q4_1x8 *)s1)->qs;
@@ -102,7 +130,162 @@ gemm_x16(int fam, size_t slice_bytes, const void *w, size_t w_row_bytes, const v
 GEMM_X16_FOR_TYPE(gemm_q4_0x16_q8_avx512vnni, FAM_Q4_0, block_q4_0x8)
 GEMM_X16_FOR_TYPE(gemm_q4_1x16_q8_avx512vnni, FAM_Q4_1, block_q4_1x8)
 GEMM_X16_FOR_TYPE(gemm_q8_0x16_q8_avx512vnni, FAM_Q8_0, block_q8_0x8)
+GEMM_X16_FOR_TYPE(gemm_q5_0x16_q8_avx512vnni, FAM_Q5_0, block_q5_0x8)
 #undef GEMM_X16_FOR_TYPE
+
+/* ------------------------------------------- repacked K-quants, 16 rows
+ * Two 8-row groups side by side in 512-bit registers, as gemm_x16: each vpdpbusd
+ * does 16 rows x 4 bytes, so a broadcast activation piece and the loop overhead
+ * serve twice the weight bytes of the 256-bit kernels. A last lone group reads
+ * itself twice and stores 8 lanes. Per row the operations are those of every other
+ * tile and split, so results do not depend on the thread count. */
+
+static inline __m256i join128(const void *a, const void *b) {
+    return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)a)),
+                                   _mm_loadu_si128((const __m128i *)b), 1);
+}
+
+static inline __m512i join256(const void *a, const void *b) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)a)),
+                              _mm256_loadu_si256((const __m256i *)b), 1);
+}
+
+static inline int32_t load_i32(const void *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+/* acc + lane j: sc_j * sum over n vector pairs of (u8 x s8 summed in groups of 4). */
+static inline __m512i sub_dot_scaled16(__m512i acc, const __m512i *u, const __m512i *s, int n, __m512i sc32) {
+    __m512i t = _mm512_setzero_si512();
+    for (int k = 0; k < n; k++) t = _mm512_dpbusd_epi32(t, u[k], s[k]);
+    return _mm512_add_epi32(acc, _mm512_mullo_epi32(t, sc32));
+}
+
+static inline __attribute__((always_inline)) void
+q4_kx16_tile(const block_q4_kx8 *ga, const block_q4_kx8 *gb, int n_valid, int64_t row0, int64_t nb, const void *x,
+             size_t x_row_bytes, int64_t i0, const int tile, float *y, int64_t ldy) {
+    const __m512i low = _mm512_set1_epi8(0x0F), low16 = _mm512_set1_epi32(0xFFFF);
+    const block_q8_k *xr[ACT_TILE];
+    __m512 acc[ACT_TILE];
+    for (int t = 0; t < ACT_TILE; t++) {
+        xr[t] = (const block_q8_k *)((const uint8_t *)x + (size_t)(i0 + (t < tile ? t : 0)) * x_row_bytes);
+        acc[t] = _mm512_setzero_ps();
+    }
+    for (int64_t b = 0; b < nb; b++) {
+        const block_q4_kx8 *sa = &ga[b], *sb = &gb[b];
+        __m512i isum[ACT_TILE];
+        for (int t = 0; t < ACT_TILE; t++) isum[t] = _mm512_setzero_si512();
+        for (int c = 0; c < 4; c++) {
+            const __m512i sp = _mm512_cvtepu8_epi16(join128(sa->sc + 16 * c, sb->sc + 16 * c)); /* sub-blocks 2c, 2c+1 */
+            for (int e = 0; e < 2; e++) { /* e = 0: low nibbles, sub-block 2c; 1: high, 2c + 1 */
+                const __m512i scl = e ? _mm512_srli_epi32(sp, 16) : _mm512_and_si512(sp, low16);
+                __m512i u[8];
+                for (int k = 0; k < 8; k++) {
+                    const __m512i v = join256(sa->qs + 32 * (8 * c + k), sb->qs + 32 * (8 * c + k));
+                    u[k] = _mm512_and_si512(e ? _mm512_srli_epi16(v, 4) : v, low);
+                }
+                for (int t = 0; t < tile; t++) {
+                    const int8_t *xq = xr[t][b].qs + 64 * c + 32 * e;
+                    __m512i xs[8];
+                    for (int k = 0; k < 8; k++) xs[k] = _mm512_set1_epi32(load_i32(xq + 4 * k));
+                    isum[t] = sub_dot_scaled16(isum[t], u, xs, 8, scl);
+                }
+            }
+        }
+        const __m512 d = _mm512_cvtph_ps(join128(sa->d, sb->d)), dmin = _mm512_cvtph_ps(join128(sa->dmin, sb->dmin));
+        __m512i mins[4];
+        for (int p = 0; p < 4; p++) mins[p] = _mm512_cvtepu8_epi16(join128(sa->m + 16 * p, sb->m + 16 * p));
+        for (int t = 0; t < tile; t++) {
+            const block_q8_k *xb = &xr[t][b];
+            __m512i msum = _mm512_setzero_si512();
+            for (int p = 0; p < 4; p++) {
+                const int32_t pair = (int32_t)((uint32_t)(uint16_t)(xb->bsums[4 * p] + xb->bsums[4 * p + 1]) |
+                                               ((uint32_t)(uint16_t)(xb->bsums[4 * p + 2] + xb->bsums[4 * p + 3]) << 16));
+                msum = _mm512_add_epi32(msum, _mm512_madd_epi16(mins[p], _mm512_set1_epi32(pair)));
+            }
+            const __m512 xd = _mm512_set1_ps(xb->d);
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t]), _mm512_mul_ps(d, xd), acc[t]);
+            acc[t] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(msum), _mm512_mul_ps(dmin, xd), acc[t]);
+        }
+    }
+    for (int t = 0; t < tile; t++)
+        _mm512_mask_storeu_ps(y + (i0 + t) * ldy + row0, (__mmask16)((1u << n_valid) - 1u), acc[t]);
+}
+
+static inline __attribute__((always_inline)) void
+q6_kx16_tile(const block_q6_kx8 *ga, const block_q6_kx8 *gb, int n_valid, int64_t row0, int64_t nb, const void *x,
+             size_t x_row_bytes, int64_t i0, const int tile, float *y, int64_t ldy) {
+    const __m512i low = _mm512_set1_epi8(0x0F), two = _mm512_set1_epi8(0x30);
+    const block_q8_k *xr[ACT_TILE];
+    __m512 acc[ACT_TILE];
+    for (int t = 0; t < ACT_TILE; t++) {
+        xr[t] = (const block_q8_k *)((const uint8_t *)x + (size_t)(i0 + (t < tile ? t : 0)) * x_row_bytes);
+        acc[t] = _mm512_setzero_ps();
+    }
+    for (int64_t b = 0; b < nb; b++) {
+        const block_q6_kx8 *sa = &ga[b], *sb = &gb[b];
+        __m512i isum[ACT_TILE];
+        { /* q is stored + 32: start from -32 * sum_k scale_k * bsums_k per row */
+            __m512i pairs[8];
+            for (int p = 0; p < 8; p++) pairs[p] = _mm512_cvtepi8_epi16(join128(sa->sc + 16 * p, sb->sc + 16 * p));
+            for (int t = 0; t < tile; t++) {
+                __m512i corr = _mm512_setzero_si512();
+                for (int p = 0; p < 8; p++)
+                    corr = _mm512_add_epi32(corr, _mm512_madd_epi16(pairs[p], _mm512_set1_epi32(load_i32(&xr[t][b].bsums[2 * p]))));
+                isum[t] = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(corr, 5));
+            }
+        }
+        for (int h = 0; h < 2; h++)
+            for (int g = 0; g < 2; g++)
+                for (int q = 0; q < 4; q++) { /* sub-block 8h + 2q + g: scale pair 4h + q, element g */
+                    const __m512i sp = _mm512_cvtepi8_epi16(join128(sa->sc + 16 * (4 * h + q), sb->sc + 16 * (4 * h + q)));
+                    const __m512i scl = g ? _mm512_srai_epi32(sp, 16) : _mm512_srai_epi32(_mm512_slli_epi32(sp, 16), 16);
+                    __m512i u[4];
+                    for (int i = 0; i < 4; i++) {
+                        const size_t off = (size_t)96 * (8 * h + 4 * g + i); /* ql piece, ql piece + 8, qh piece */
+                        const __m512i l = join256(sa->q + off + (q & 1) * 32, sb->q + off + (q & 1) * 32);
+                        const __m512i qh = join256(sa->q + off + 64, sb->q + off + 64);
+                        const __m512i lo = _mm512_and_si512(q < 2 ? l : _mm512_srli_epi16(l, 4), low);
+                        const __m512i hi = q == 0 ? _mm512_slli_epi16(qh, 4) : q == 1 ? _mm512_slli_epi16(qh, 2)
+                                         : q == 2 ? qh : _mm512_srli_epi16(qh, 2);
+                        u[i] = _mm512_or_si512(lo, _mm512_and_si512(hi, two));
+                    }
+                    for (int t = 0; t < tile; t++) {
+                        const int8_t *xq = xr[t][b].qs + 128 * h + 16 * g + 32 * q;
+                        __m512i xs[4];
+                        for (int i = 0; i < 4; i++) xs[i] = _mm512_set1_epi32(load_i32(xq + 4 * i));
+                        isum[t] = sub_dot_scaled16(isum[t], u, xs, 4, scl);
+                    }
+                }
+        const __m512 d = _mm512_cvtph_ps(join128(sa->d, sb->d));
+        for (int t = 0; t < tile; t++)
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t]), _mm512_mul_ps(d, _mm512_set1_ps(xr[t][b].d)), acc[t]);
+    }
+    for (int t = 0; t < tile; t++)
+        _mm512_mask_storeu_ps(y + (i0 + t) * ldy + row0, (__mmask16)((1u << n_valid) - 1u), acc[t]);
+}
+
+#define GEMM_K_X16(name, tile_fn, slice_type)                                                                  \
+    static void name(const void *w, size_t wrb, const void *x, size_t xrb, float *y, int64_t ldy, int64_t r0,  \
+                     int64_t r1, int64_t m, int64_t n_cols) {                                                  \
+        const int64_t nb = n_cols / QK_K;                                                                      \
+        for (int64_t g0 = r0; g0 < r1; g0 += 2 * EK_REPACK_ROWS) {                                             \
+            const slice_type *ga = (const slice_type *)((const uint8_t *)w + (size_t)g0 * wrb);                \
+            const slice_type *gb = g0 + EK_REPACK_ROWS < r1 ? ga + EK_REPACK_ROWS * wrb / sizeof(slice_type) : ga; \
+            const int n_valid = (int)(r1 - g0 < 16 ? r1 - g0 : 16);                                            \
+            for (int64_t i0 = 0; i0 < m; i0 += ACT_TILE) {                                                     \
+                const int tile = (int)(m - i0 < ACT_TILE ? m - i0 : ACT_TILE);                                 \
+                if (tile == ACT_TILE) tile_fn(ga, gb, n_valid, g0, nb, x, xrb, i0, ACT_TILE, y, ldy);          \
+                else if (tile == 1) tile_fn(ga, gb, n_valid, g0, nb, x, xrb, i0, 1, y, ldy);                   \
+                else tile_fn(ga, gb, n_valid, g0, nb, x, xrb, i0, tile, y, ldy);                               \
+            }                                                                                                  \
+        }                                                                                                      \
+    }
+GEMM_K_X16(gemm_q4_kx16_q8k_avx512vnni, q4_kx16_tile, block_q4_kx8)
+GEMM_K_X16(gemm_q6_kx16_q8k_avx512vnni, q6_kx16_tile, block_q6_kx8)
+#undef GEMM_K_X16
 
 void ek_fill_kernels_avx512_vnni(ek_kernels *k) {
     ek_fill_kernels_scalar(k);
@@ -111,6 +294,9 @@ void ek_fill_kernels_avx512_vnni(ek_kernels *k) {
     k->gemm_repacked[EK_TYPE_Q4_0] = gemm_q4_0x16_q8_avx512vnni;
     k->gemm_repacked[EK_TYPE_Q4_1] = gemm_q4_1x16_q8_avx512vnni;
     k->gemm_repacked[EK_TYPE_Q8_0] = gemm_q8_0x16_q8_avx512vnni;
+    k->gemm_repacked[EK_TYPE_Q5_0] = gemm_q5_0x16_q8_avx512vnni;
+    k->gemm_repacked[EK_TYPE_Q4_K] = gemm_q4_kx16_q8k_avx512vnni;
+    k->gemm_repacked[EK_TYPE_Q6_K] = gemm_q6_kx16_q8k_avx512vnni;
 }
 #pragma GCC pop_options
 

@@ -8,6 +8,9 @@
  *   dot_u8s8_scaled(acc, u, s, sc)  the same with lanes 0..3 times sc's first and
  *                           lanes 4..7 times its second scale, sc from make_scales
  *   make_scales(a, b)       the scale vector for dot_u8s8_scaled
+ *   lane_scales(sc32)       per-lane scales (int32 lanes, |sc| < 128) prepared for sub_dot_scaled
+ *   sub_dot_scaled(acc, u, s, n, lsc)  acc + lane j: sc_j * sum over the n vector pairs
+ *                           (u[k], s[k]) of sum over bytes 4j..4j+3 of u8 * s8 (u < 64)
  * and targets AVX2 + FMA + F16C or better. No product of a weight byte
  * (<= 128 in magnitude) and an activation byte (|x| <= 127) overflows either.
  *
@@ -390,15 +393,30 @@ X86_SUFFIX(decode_x8)(int fam, const uint8_t *slice, X86_SUFFIX(decoded_x8) *r) 
         r->coef_s = _mm256_setzero_ps();
         return;
     }
-    const uint8_t *qs = fam == FAM_Q4_0 ? ((const block_q4_0x8 *)slice)->qs : ((const block_q4_1x8 *)slice)->qs;
+    const uint8_t *qs = fam == FAM_Q4_0 ? ((const block_q4_0x8 *)slice)->qs
+                      : fam == FAM_Q5_0 ? ((const block_q5_0x8 *)slice)->qs : ((const block_q4_1x8 *)slice)->qs;
     /* vector k holds bytes 4k..4k+3 of each row: elements 4k.. (low) and 16+4k.. (high) */
     for (int k = 0; k < 4; k++) {
         const __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * k));
         r->u[k] = _mm256_and_si256(v, low);
         r->u[4 + k] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
     }
-    r->coef_s = fam == FAM_Q4_0 ? _mm256_mul_ps(r->dw, _mm256_set1_ps(-8.0f))
-                                : _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const block_q4_1x8 *)slice)->m));
+    if (fam == FAM_Q5_0) {
+        /* bit k of each qh byte is vector k's fifth bit (see block_q5_0x8): move it to bit 4 */
+        const __m256i hv = _mm256_loadu_si256((const __m256i *)((const block_q5_0x8 *)slice)->qh);
+        const __m256i bit4 = _mm256_set1_epi8(0x10);
+        r->u[0] = _mm256_or_si256(r->u[0], _mm256_and_si256(_mm256_slli_epi16(hv, 4), bit4));
+        r->u[1] = _mm256_or_si256(r->u[1], _mm256_and_si256(_mm256_slli_epi16(hv, 3), bit4));
+        r->u[2] = _mm256_or_si256(r->u[2], _mm256_and_si256(_mm256_slli_epi16(hv, 2), bit4));
+        r->u[3] = _mm256_or_si256(r->u[3], _mm256_and_si256(_mm256_slli_epi16(hv, 1), bit4));
+        r->u[4] = _mm256_or_si256(r->u[4], _mm256_and_si256(hv, bit4));
+        r->u[5] = _mm256_or_si256(r->u[5], _mm256_and_si256(_mm256_srli_epi16(hv, 1), bit4));
+        r->u[6] = _mm256_or_si256(r->u[6], _mm256_and_si256(_mm256_srli_epi16(hv, 2), bit4));
+        r->u[7] = _mm256_or_si256(r->u[7], _mm256_and_si256(_mm256_srli_epi16(hv, 3), bit4));
+    }
+    r->coef_s = fam == FAM_Q4_0   ? _mm256_mul_ps(r->dw, _mm256_set1_ps(-8.0f))
+                : fam == FAM_Q5_0 ? _mm256_mul_ps(r->dw, _mm256_set1_ps(-16.0f))
+                                  : _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const block_q4_1x8 *)slice)->m));
 }
 
 static inline __attribute__((always_inline)) __m256
@@ -448,7 +466,186 @@ X86_SUFFIX(gemm_x8_family)(int fam, size_t slice_bytes, const void *w, size_t w_
 X86_GEMM_FOR_TYPE(gemm_q4_0x8_q8, gemm_x8_family, FAM_Q4_0, block_q4_0x8)
 X86_GEMM_FOR_TYPE(gemm_q4_1x8_q8, gemm_x8_family, FAM_Q4_1, block_q4_1x8)
 X86_GEMM_FOR_TYPE(gemm_q8_0x8_q8, gemm_x8_family, FAM_Q8_0, block_q8_0x8)
+X86_GEMM_FOR_TYPE(gemm_q5_0x8_q8, gemm_x8_family, FAM_Q5_0, block_q5_0x8)
 #undef X86_GEMM_FOR_TYPE
+
+/* ------------------------------------- repacked K-quants, q8_k activations
+ *
+ * One 32-bit lane per row of the 8-row group, as above. The per-row, per-sub-block
+ * scales multiply each sub-block's integer dot inside sub_dot_scaled (the ISA file
+ * picks madd-by-scale or dot-then-multiply), so a super-block of 8 rows ends in one
+ * int32 vector and two float multiply-adds per activation row. */
+
+static inline int32_t X86_SUFFIX(load_i32)(const int8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+/* int16 pair (a, b) as one int32, to meet a madd lane holding (w[2p], w[2p+1]). */
+static inline int32_t X86_SUFFIX(pair16)(int32_t a, int32_t b) {
+    return (int32_t)((uint32_t)(uint16_t)(int16_t)a | ((uint32_t)(uint16_t)(int16_t)b << 16));
+}
+
+/* One tile of activation rows [i0, i0 + tile) against one 8-row group; always inlined
+   with tile a constant where it can be (GEMV: 1), so the tile loops unroll into registers. */
+static inline __attribute__((always_inline)) void
+X86_SUFFIX(q4_kx8_tile)(const block_q4_kx8 *group, int n_valid, int64_t g0, int64_t nb, const void *x, size_t x_row_bytes,
+                        int64_t i0, const int tile, float *y, int64_t ldy) {
+    const __m256i low = _mm256_set1_epi8(0x0F), low16 = _mm256_set1_epi32(0xFFFF);
+    const block_q8_k *xr[ACT_TILE];
+    __m256 acc[ACT_TILE];
+    for (int t = 0; t < ACT_TILE; t++) {
+        xr[t] = (const block_q8_k *)((const uint8_t *)x + (size_t)(i0 + (t < tile ? t : 0)) * x_row_bytes);
+        acc[t] = _mm256_setzero_ps();
+    }
+    for (int64_t b = 0; b < nb; b++) {
+        const block_q4_kx8 *s = &group[b];
+        __m256i scl[8], mins[4], isum[ACT_TILE];
+        for (int p = 0; p < 4; p++) {
+            const __m256i sp = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(s->sc + 16 * p)));
+            scl[2 * p] = lane_scales(_mm256_and_si256(sp, low16));
+            scl[2 * p + 1] = lane_scales(_mm256_srli_epi32(sp, 16));
+            mins[p] = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(s->m + 16 * p)));
+        }
+        for (int t = 0; t < ACT_TILE; t++) isum[t] = _mm256_setzero_si256();
+        for (int c = 0; c < 4; c++) { /* 32 bytes per row: sub-blocks 2c (low nibbles), 2c + 1 (high) */
+            __m256i lo[8], hi[8];
+            for (int k = 0; k < 8; k++) {
+                const __m256i v = _mm256_loadu_si256((const __m256i *)(s->qs + 32 * (8 * c + k)));
+                lo[k] = _mm256_and_si256(v, low);
+                hi[k] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+            }
+            for (int t = 0; t < tile; t++) {
+                const int8_t *xq = xr[t][b].qs + 64 * c;
+                __m256i xl[8], xh[8];
+                for (int k = 0; k < 8; k++) {
+                    xl[k] = _mm256_set1_epi32(X86_SUFFIX(load_i32)(xq + 4 * k));
+                    xh[k] = _mm256_set1_epi32(X86_SUFFIX(load_i32)(xq + 32 + 4 * k));
+                }
+                isum[t] = sub_dot_scaled(isum[t], lo, xl, 8, scl[2 * c]);
+                isum[t] = sub_dot_scaled(isum[t], hi, xh, 8, scl[2 * c + 1]);
+            }
+        }
+        const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)s->d));
+        const __m256 dmin = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)s->dmin));
+        for (int t = 0; t < tile; t++) {
+            const block_q8_k *xb = &xr[t][b];
+            __m256i msum = _mm256_setzero_si256();
+            for (int p = 0; p < 4; p++) {
+                const int32_t pair = X86_SUFFIX(pair16)(xb->bsums[4 * p] + xb->bsums[4 * p + 1],
+                                                        xb->bsums[4 * p + 2] + xb->bsums[4 * p + 3]);
+                msum = _mm256_add_epi32(msum, _mm256_madd_epi16(mins[p], _mm256_set1_epi32(pair)));
+            }
+            const __m256 xd = _mm256_set1_ps(xb->d);
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_mul_ps(d, xd), acc[t]);
+            acc[t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_mul_ps(dmin, xd), acc[t]);
+        }
+    }
+    for (int t = 0; t < tile; t++) {
+        float lanes[8];
+        _mm256_storeu_ps(lanes, acc[t]);
+        memcpy(y + (i0 + t) * ldy + g0, lanes, (size_t)n_valid * sizeof(float));
+    }
+}
+
+static void X86_SUFFIX(gemm_q4_kx8_q8k)(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes,
+                                        float *y, int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    const int64_t nb = n_cols / QK_K;
+    for (int64_t g0 = r0; g0 < r1; g0 += EK_REPACK_ROWS) {
+        const block_q4_kx8 *group = (const block_q4_kx8 *)((const uint8_t *)w + (size_t)g0 * w_row_bytes);
+        const int n_valid = (int)(r1 - g0 < EK_REPACK_ROWS ? r1 - g0 : EK_REPACK_ROWS);
+        for (int64_t i0 = 0; i0 < m; i0 += ACT_TILE) {
+            const int tile = (int)(m - i0 < ACT_TILE ? m - i0 : ACT_TILE);
+            if (tile == ACT_TILE) X86_SUFFIX(q4_kx8_tile)(group, n_valid, g0, nb, x, x_row_bytes, i0, ACT_TILE, y, ldy);
+            else if (tile == 1) X86_SUFFIX(q4_kx8_tile)(group, n_valid, g0, nb, x, x_row_bytes, i0, 1, y, ldy);
+            else X86_SUFFIX(q4_kx8_tile)(group, n_valid, g0, nb, x, x_row_bytes, i0, tile, y, ldy);
+        }
+    }
+}
+
+/* One tile of activation rows [i0, i0 + tile) against one 8-row group; always inlined
+   with tile a constant where it can be (GEMV: 1), so the tile loops unroll into registers. */
+static inline __attribute__((always_inline)) void
+X86_SUFFIX(q6_kx8_tile)(const block_q6_kx8 *group, int n_valid, int64_t g0, int64_t nb, const void *x, size_t x_row_bytes,
+                        int64_t i0, const int tile, float *y, int64_t ldy) {
+    const __m256i low = _mm256_set1_epi8(0x0F), two = _mm256_set1_epi8(0x30);
+    const block_q8_k *xr[ACT_TILE];
+    __m256 acc[ACT_TILE];
+    for (int t = 0; t < ACT_TILE; t++) {
+        xr[t] = (const block_q8_k *)((const uint8_t *)x + (size_t)(i0 + (t < tile ? t : 0)) * x_row_bytes);
+        acc[t] = _mm256_setzero_ps();
+    }
+    for (int64_t b = 0; b < nb; b++) {
+        const block_q6_kx8 *s = &group[b];
+        __m256i pairs[8], isum[ACT_TILE];
+        for (int p = 0; p < 8; p++)
+            pairs[p] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(s->sc + 16 * p)));
+        /* q is stored + 32: start from -32 * sum_k scale_k * bsums_k per row */
+        for (int t = 0; t < tile; t++) {
+            __m256i corr = _mm256_setzero_si256();
+            for (int p = 0; p < 8; p++)
+            { /* bsums 2p and 2p + 1 are one little-endian int16 pair */
+                int32_t pair;
+                memcpy(&pair, &xr[t][b].bsums[2 * p], 4);
+                corr = _mm256_add_epi32(corr, _mm256_madd_epi16(pairs[p], _mm256_set1_epi32(pair)));
+            }
+            isum[t] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(corr, 5));
+        }
+        for (int h = 0; h < 2; h++)
+            for (int g = 0; g < 2; g++) { /* bytes 16g..16g+15 of the half: sub-blocks 8h + 2q + g */
+                __m256i u[4][4];
+                for (int i = 0; i < 4; i++) {
+                    const int piece = 4 * g + i;
+                    const uint8_t *triple = s->q + 96 * (8 * h + piece); /* ql piece, ql piece + 8, qh piece */
+                    const __m256i l0 = _mm256_loadu_si256((const __m256i *)triple);
+                    const __m256i l1 = _mm256_loadu_si256((const __m256i *)(triple + 32));
+                    const __m256i qh = _mm256_loadu_si256((const __m256i *)(triple + 64));
+                    u[0][i] = _mm256_or_si256(_mm256_and_si256(l0, low), _mm256_and_si256(_mm256_slli_epi16(qh, 4), two));
+                    u[1][i] = _mm256_or_si256(_mm256_and_si256(l1, low), _mm256_and_si256(_mm256_slli_epi16(qh, 2), two));
+                    u[2][i] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low), _mm256_and_si256(qh, two));
+                    u[3][i] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low),
+                                              _mm256_and_si256(_mm256_srli_epi16(qh, 2), two));
+                }
+                __m256i scl[4];
+                for (int q = 0; q < 4; q++) { /* sub-block 8h + 2q + g: pair 4h + q, element g */
+                    const __m256i sp = pairs[4 * h + q];
+                    scl[q] = lane_scales(g ? _mm256_srai_epi32(sp, 16) : _mm256_srai_epi32(_mm256_slli_epi32(sp, 16), 16));
+                }
+                for (int t = 0; t < tile; t++) {
+                    const int8_t *xq = xr[t][b].qs + 128 * h + 16 * g;
+                    for (int q = 0; q < 4; q++) {
+                        __m256i xs[4];
+                        for (int i = 0; i < 4; i++) xs[i] = _mm256_set1_epi32(X86_SUFFIX(load_i32)(xq + 32 * q + 4 * i));
+                        isum[t] = sub_dot_scaled(isum[t], u[q], xs, 4, scl[q]);
+                    }
+                }
+            }
+        const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)s->d));
+        for (int t = 0; t < tile; t++)
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_mul_ps(d, _mm256_set1_ps(xr[t][b].d)), acc[t]);
+    }
+    for (int t = 0; t < tile; t++) {
+        float lanes[8];
+        _mm256_storeu_ps(lanes, acc[t]);
+        memcpy(y + (i0 + t) * ldy + g0, lanes, (size_t)n_valid * sizeof(float));
+    }
+}
+
+static void X86_SUFFIX(gemm_q6_kx8_q8k)(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes,
+                                        float *y, int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    const int64_t nb = n_cols / QK_K;
+    for (int64_t g0 = r0; g0 < r1; g0 += EK_REPACK_ROWS) {
+        const block_q6_kx8 *group = (const block_q6_kx8 *)((const uint8_t *)w + (size_t)g0 * w_row_bytes);
+        const int n_valid = (int)(r1 - g0 < EK_REPACK_ROWS ? r1 - g0 : EK_REPACK_ROWS);
+        for (int64_t i0 = 0; i0 < m; i0 += ACT_TILE) {
+            const int tile = (int)(m - i0 < ACT_TILE ? m - i0 : ACT_TILE);
+            if (tile == ACT_TILE) X86_SUFFIX(q6_kx8_tile)(group, n_valid, g0, nb, x, x_row_bytes, i0, ACT_TILE, y, ldy);
+            else if (tile == 1) X86_SUFFIX(q6_kx8_tile)(group, n_valid, g0, nb, x, x_row_bytes, i0, 1, y, ldy);
+            else X86_SUFFIX(q6_kx8_tile)(group, n_valid, g0, nb, x, x_row_bytes, i0, tile, y, ldy);
+        }
+    }
+}
 
 /* ------------------------------------------------------ bandwidth probe */
 
@@ -487,5 +684,8 @@ static void X86_SUFFIX(fill_table)(ek_kernels *k) {
     k->gemm_repacked[EK_TYPE_Q4_0] = X86_SUFFIX(gemm_q4_0x8_q8);
     k->gemm_repacked[EK_TYPE_Q4_1] = X86_SUFFIX(gemm_q4_1x8_q8);
     k->gemm_repacked[EK_TYPE_Q8_0] = X86_SUFFIX(gemm_q8_0x8_q8);
+    k->gemm_repacked[EK_TYPE_Q5_0] = X86_SUFFIX(gemm_q5_0x8_q8);
+    k->gemm_repacked[EK_TYPE_Q4_K] = X86_SUFFIX(gemm_q4_kx8_q8k);
+    k->gemm_repacked[EK_TYPE_Q6_K] = X86_SUFFIX(gemm_q6_kx8_q8k);
     k->read_sum = X86_SUFFIX(read_sum);
 }

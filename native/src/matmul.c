@@ -26,6 +26,7 @@ struct ek_weight {
     int type;
     int64_t n_rows, n_cols;
     size_t row_bytes;         /* bytes of one row in the GGUF layout */
+    size_t packed_row_bytes;  /* row stride the repacked kernels take (1/8 of a group) */
     const void *data;         /* GGUF layout (not owned), or NULL when repacked */
     void *packed;             /* owned interleaved copy, or NULL */
     size_t packed_bytes;
@@ -56,7 +57,8 @@ ek_status ek_weight_create(int type, int64_t n_rows, int64_t n_cols, const void 
     w->kernels = k;
     if ((flags & EK_WEIGHT_ALLOW_REPACK) && ek_repack_supported(type) && k->gemm_repacked[type]) {
         const int64_t n_groups = (n_rows + EK_REPACK_ROWS - 1) / EK_REPACK_ROWS;
-        w->packed_bytes = (size_t)n_groups * EK_REPACK_ROWS * w->row_bytes;
+        w->packed_row_bytes = ek_repack_slice_bytes(type) * (size_t)(n_cols / be) / EK_REPACK_ROWS;
+        w->packed_bytes = (size_t)n_groups * EK_REPACK_ROWS * w->packed_row_bytes;
         w->packed = aligned_alloc_bytes(w->packed_bytes);
         if (!w->packed) { free(w); return EK_ERR_NO_MEMORY; }
         ek_repack(type, data, n_rows, n_cols, w->packed);
@@ -116,7 +118,7 @@ static void gemm_task(void *ctx, int ith, int nth) {
         const int64_t i0 = item / job->n_row_chunks * ACT_CHUNK, r0 = item % job->n_row_chunks * job->row_chunk;
         const int64_t mi = job->m - i0 < ACT_CHUNK ? job->m - i0 : ACT_CHUNK;
         const int64_t r1 = r0 + job->row_chunk < w->n_rows ? r0 + job->row_chunk : w->n_rows;
-        gemm(wdata, w->row_bytes, (const uint8_t *)job->xq + (size_t)i0 * job->act_row_bytes, job->act_row_bytes,
+        gemm(wdata, w->packed ? w->packed_row_bytes : w->row_bytes, (const uint8_t *)job->xq + (size_t)i0 * job->act_row_bytes, job->act_row_bytes,
              job->y + i0 * w->n_rows, w->n_rows, r0, r1, mi, w->n_cols);
     }
 }
