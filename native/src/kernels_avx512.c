@@ -59,6 +59,7 @@ gemm_x16(int fam, size_t slice_bytes, const void *w, size_t w_row_bytes, const v
         for (int64_t i0 = 0; i0 < m; i0 += ACT_TILE) {
             const int tile = (int)(m - i0 < ACT_TILE ? m - i0 : ACT_TILE);
             __m512 acc[ACT_TILE] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+            __m512 corr[ACT_TILE] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
             for (int64_t b = 0; b < nb; b++) {
                 const uint8_t *s0 = group0 + (size_t)b * slice_bytes, *s1 = group1 + (size_t)b * slice_bytes;
                 __m512i u[8];
@@ -113,11 +114,12 @@ gemm_x16(int fam, size_t slice_bytes, const void *w, size_t w_row_bytes, const v
                     __m512i isum = _mm512_setzero_si512();
                     for (int k = 0; k < 8; k++) isum = _mm512_dpbusd_epi32(isum, u[k], _mm512_set1_epi32(piece[k]));
                     acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(dw, _mm512_set1_ps(xb->d)), acc[t]);
-                    acc[t] = _mm512_fmadd_ps(coef_s, _mm512_set1_ps(xb->s), acc[t]);
+                    corr[t] = _mm512_fmadd_ps(coef_s, _mm512_set1_ps(xb->s), corr[t]);
                 }
             }
             for (int t = 0; t < tile; t++)
-                _mm512_mask_storeu_ps(y + (i0 + t) * ldy + g0, (__mmask16)((1u << n_valid) - 1u), acc[t]);
+                _mm512_mask_storeu_ps(y + (i0 + t) * ldy + g0, (__mmask16)((1u << n_valid) - 1u),
+                                      _mm512_add_ps(acc[t], corr[t]));
         }
     }
 }
