@@ -26,6 +26,7 @@
 #define ITEMS_PER_THREAD 8 /* enough items that an early finisher can take over work */
 #define ACT_CHUNK 64      /* activation rows per chunk: their q8 rows stay in L2 */
 #define SIMD_ALIGN 64
+#define REPACK_CHUNK_ROWS 4096 /* rows repacked between releases of their source pages; a multiple of 8 */
 
 struct ek_weight {
     int type;
@@ -90,9 +91,16 @@ ek_status ek_weight_create(int type, int64_t n_rows, int64_t n_cols, const void 
         w->packed_row_bytes = ek_repack_slice_bytes(type) * (size_t)(n_cols / be) / EK_REPACK_ROWS;
         w->packed = aligned_alloc_bytes(w->packed_bytes);
         if (!w->packed) { free(w); return EK_ERR_NO_MEMORY; }
-        ek_repack(type, data, n_rows, n_cols, w->packed);
+        /* In chunks of whole groups, each chunk's source pages released once it is copied, so a
+           large tensor (a 262k-row output head) is never resident twice at once. */
+        const size_t group_bytes = EK_REPACK_ROWS * w->packed_row_bytes;
+        for (int64_t r0 = 0; r0 < n_rows; r0 += REPACK_CHUNK_ROWS) {
+            const int64_t rows = n_rows - r0 < REPACK_CHUNK_ROWS ? n_rows - r0 : REPACK_CHUNK_ROWS;
+            const uint8_t *src = (const uint8_t *)data + (size_t)r0 * w->row_bytes;
+            ek_repack(type, src, rows, n_cols, (uint8_t *)w->packed + (size_t)(r0 / EK_REPACK_ROWS) * group_bytes);
+            if (flags & EK_WEIGHT_RELEASE_SOURCE) release_mapped_pages(src, (size_t)rows * w->row_bytes);
+        }
         w->data = NULL;
-        if (flags & EK_WEIGHT_RELEASE_SOURCE) release_mapped_pages(data, (size_t)n_rows * w->row_bytes);
     }
     *out = w;
     return EK_OK;
