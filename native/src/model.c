@@ -98,8 +98,8 @@ static void weight_bytes(const ek_model_desc *d, uint64_t *owned, uint64_t *mapp
         const ek_tensor_desc *w = t < 0 ? heads[t + 2] : &d->layers[t];
         const int64_t be = ek_type_block_elems(w->type);
         if (!w->data || w->n_rows <= 1 || be == 0) continue; /* absent, or a vector */
-        const size_t packed =
-            ek_weight_repacked_bytes(w->type, w->n_rows, w->n_cols, flags_for(d->weight_flags, w->type));
+        const uint32_t flags = t == -2 && d->output.data ? 0 : d->weight_flags; /* see embd_flags */
+        const size_t packed = ek_weight_repacked_bytes(w->type, w->n_rows, w->n_cols, flags_for(flags, w->type));
         if (packed) *owned += packed;
         else *mapped += (uint64_t)w->n_rows * (uint64_t)(w->n_cols / be) * (uint64_t)ek_type_block_bytes(w->type);
     }
@@ -160,7 +160,10 @@ ek_status ek_model_create(const ek_model_desc *desc, ek_model **out) {
     if (st != EK_OK) goto fail;
 
     const uint32_t flags = desc->weight_flags;
-    if ((st = make_weight(&desc->tok_embd, flags, &m->tok_embd, &m->weights_owned)) != EK_OK) goto fail;
+    /* An embedding that is not also the output head is only read a few rows per batch:
+       repacking it would make all of it resident for no faster product. */
+    const uint32_t embd_flags = desc->output.data ? 0 : flags;
+    if ((st = make_weight(&desc->tok_embd, embd_flags, &m->tok_embd, &m->weights_owned)) != EK_OK) goto fail;
     if (desc->output.data) {
         if ((st = make_weight(&desc->output, flags, &m->output, &m->weights_owned)) != EK_OK) goto fail;
     } else {
