@@ -47,6 +47,7 @@ EK_ARCH_LLAMA, EK_ARCH_QWEN2, EK_ARCH_GEMMA3 = 0, 1, 2
 EK_ROPE_NORM, EK_ROPE_NEOX = 0, 2
 EK_ACT_SILU, EK_ACT_GELU = 0, 1
 EK_WEIGHT_ALLOW_REPACK = 1
+EK_WEIGHT_RELEASE_SOURCE = 2
 # enum ek_layer_tensor, in order
 LAYER_TENSOR_SLOTS = (
     "attn_norm", "q", "k", "v", "o", "q_bias", "k_bias", "v_bias", "q_norm", "k_norm",
@@ -71,7 +72,8 @@ class EkModelDesc(ctypes.Structure):
 
 
 class EkModelMemory(ctypes.Structure):
-    _fields_ = [("kv_cache", c_uint64), ("scratch", c_uint64), ("weights_owned", c_uint64)]
+    _fields_ = [("kv_cache", c_uint64), ("scratch", c_uint64), ("weights_owned", c_uint64),
+                ("weights_mapped", c_uint64)]
 
 
 def _library_path() -> str:

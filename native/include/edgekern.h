@@ -140,6 +140,11 @@ typedef struct ek_weight ek_weight;
    Q4_K, Q6_K; NEON: Q4_0, Q4_1, Q8_0), 2-3x faster for m > 1 and faster GEMV; other
    types/ISAs stay mapped. Lossless: get_rows and results match the mapped weight. */
 #define EK_WEIGHT_ALLOW_REPACK 1u
+/* With ALLOW_REPACK: `data` is a read-only file mapping (never anonymous memory);
+   once repacked, its pages wholly inside the tensor are dropped from the resident
+   set (madvise MADV_DONTNEED; the file still backs them), so a repacked weight
+   costs its owned copy only. */
+#define EK_WEIGHT_RELEASE_SOURCE 2u
 
 EK_API ek_status ek_weight_create(int type, int64_t n_rows, int64_t n_cols, const void *data,
                                   uint32_t flags, ek_weight **out);
@@ -260,7 +265,8 @@ typedef struct ek_model_memory {
     uint64_t kv_cache;      /* K and V of every layer for n_ctx positions */
     uint64_t scratch;       /* activations for n_batch tokens, attention scores per thread, and the
                                largest input buffer ek_matmul allocates per call */
-    uint64_t weights_owned; /* repacked weight copies (filled by ek_model_create's result only) */
+    uint64_t weights_owned; /* repacked weight copies (desc.weight_flags with EK_WEIGHT_ALLOW_REPACK) */
+    uint64_t weights_mapped; /* bytes of the matrices still read from the mapping (not repacked) */
 } ek_model_memory;
 
 EK_API ek_status ek_model_memory_needs(const ek_model_desc *desc, ek_model_memory *out);

@@ -190,6 +190,17 @@ void ek_quantize_q8_k_scalar(const float *x, void *xq, int64_t n);
    into ceil(n_rows / 8) groups of slices at dst; unpack one row back. */
 int ek_repack_supported(int type);
 size_t ek_repack_slice_bytes(int type); /* bytes of one slice (8 rows x 1 block); 0: no repack */
+/* Bytes of the owned copy ek_weight_create(type, n_rows, n_cols, _, flags) makes on the
+   active ISA; 0 when the weight stays mapped. */
+size_t ek_weight_repacked_bytes(int type, int64_t n_rows, int64_t n_cols, uint32_t flags);
+
+/* ys[p] (m, ws[p] rows) = x (m, n_cols) @ ws[p]^T for p < n_weights <= EK_MATMUL_MAX_PARTS,
+   weights of the same n_cols: x is quantized once and all products share one pool run
+   (the engine's Q/K/V and gate/up). Weights needing different activation formats are
+   multiplied one after another. Each output is bit-identical to ek_matmul's. */
+#define EK_MATMUL_MAX_PARTS 3
+ek_status ek_matmul_shared_input(const ek_weight *const *ws, float *const *ys, int n_weights, const float *x,
+                                 int64_t m, ek_pool *pool);
 void ek_repack(int type, const void *src, int64_t n_rows, int64_t n_cols, void *dst);
 void ek_unpack_row(int type, const void *packed, int64_t row, int64_t n_cols, void *dst_row);
 

@@ -9,18 +9,24 @@
  * results are bit-identical for any thread count and any claiming order.
  */
 #define _POSIX_C_SOURCE 200809L
+#define _DEFAULT_SOURCE /* madvise's MADV_DONTNEED */
 #include "kernels.h"
 
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#if defined(__unix__) || defined(__APPLE__)
+#include <sys/mman.h>
+#include <unistd.h>
+#endif
 
 #define ROW_UNIT 16       /* row chunks are multiples of this; a multiple of 2 * EK_REPACK_ROWS */
 #define ROW_CHUNK_MAX 64  /* rows of an item when there are plenty */
 #define ITEMS_PER_THREAD 8 /* enough items that an early finisher can take over work */
 #define ACT_CHUNK 64      /* activation rows per chunk: their q8 rows stay in L2 */
 #define SIMD_ALIGN 64
+#define REPACK_CHUNK_ROWS 4096 /* rows repacked between releases of their source pages; a multiple of 8 */
 
 struct ek_weight {
     int type;
@@ -39,6 +45,31 @@ static void *aligned_alloc_bytes(size_t n) {
     return p;
 }
 
+size_t ek_weight_repacked_bytes(int type, int64_t n_rows, int64_t n_cols, uint32_t flags) {
+    const int64_t be = ek_type_block_elems(type);
+    const ek_kernels *k = ek_kernels_active();
+    if (!(flags & EK_WEIGHT_ALLOW_REPACK) || be == 0 || n_rows <= 0 || n_cols % be != 0 ||
+        !ek_repack_supported(type) || !k->gemm_repacked[type])
+        return 0;
+    const int64_t n_groups = (n_rows + EK_REPACK_ROWS - 1) / EK_REPACK_ROWS;
+    return (size_t)n_groups * ek_repack_slice_bytes(type) * (size_t)(n_cols / be);
+}
+
+/* Drop the resident pages wholly inside [p, p + n) of a read-only file mapping:
+   the kernel re-reads them from the file if anything touches them again. Pages
+   at the ends may hold a neighbouring tensor, so only the aligned interior goes. */
+static void release_mapped_pages(const void *p, size_t n) {
+#if (defined(__unix__) || defined(__APPLE__)) && defined(MADV_DONTNEED)
+    const long page_size = sysconf(_SC_PAGESIZE);
+    if (page_size <= 0) return;
+    const uintptr_t page = (uintptr_t)page_size, begin = (uintptr_t)p, end = begin + n;
+    const uintptr_t lo = (begin + page - 1) / page * page, hi = end / page * page;
+    if (hi > lo) (void)madvise((void *)lo, hi - lo, MADV_DONTNEED); /* advice: failure only keeps pages */
+#else
+    (void)p, (void)n;
+#endif
+}
+
 ek_status ek_weight_create(int type, int64_t n_rows, int64_t n_cols, const void *data, uint32_t flags,
                            ek_weight **out) {
     *out = NULL;
@@ -55,13 +86,20 @@ ek_status ek_weight_create(int type, int64_t n_rows, int64_t n_cols, const void 
     w->row_bytes = (size_t)(n_cols / be) * (size_t)ek_type_block_bytes(type);
     w->data = data;
     w->kernels = k;
-    if ((flags & EK_WEIGHT_ALLOW_REPACK) && ek_repack_supported(type) && k->gemm_repacked[type]) {
-        const int64_t n_groups = (n_rows + EK_REPACK_ROWS - 1) / EK_REPACK_ROWS;
+    w->packed_bytes = ek_weight_repacked_bytes(type, n_rows, n_cols, flags);
+    if (w->packed_bytes) {
         w->packed_row_bytes = ek_repack_slice_bytes(type) * (size_t)(n_cols / be) / EK_REPACK_ROWS;
-        w->packed_bytes = (size_t)n_groups * EK_REPACK_ROWS * w->packed_row_bytes;
         w->packed = aligned_alloc_bytes(w->packed_bytes);
         if (!w->packed) { free(w); return EK_ERR_NO_MEMORY; }
-        ek_repack(type, data, n_rows, n_cols, w->packed);
+        /* In chunks of whole groups, each chunk's source pages released once it is copied, so a
+           large tensor (a 262k-row output head) is never resident twice at once. */
+        const size_t group_bytes = EK_REPACK_ROWS * w->packed_row_bytes;
+        for (int64_t r0 = 0; r0 < n_rows; r0 += REPACK_CHUNK_ROWS) {
+            const int64_t rows = n_rows - r0 < REPACK_CHUNK_ROWS ? n_rows - r0 : REPACK_CHUNK_ROWS;
+            const uint8_t *src = (const uint8_t *)data + (size_t)r0 * w->row_bytes;
+            ek_repack(type, src, rows, n_cols, (uint8_t *)w->packed + (size_t)(r0 / EK_REPACK_ROWS) * group_bytes);
+            if (flags & EK_WEIGHT_RELEASE_SOURCE) release_mapped_pages(src, (size_t)rows * w->row_bytes);
+        }
         w->data = NULL;
     }
     *out = w;
@@ -80,16 +118,27 @@ int ek_weight_isa(const ek_weight *w) { return w->kernels->isa; }
 
 /* ------------------------------------------------------------ matmul */
 
+/* One weight of a job and where its items start in the job's item numbering. */
 typedef struct {
     const ek_weight *w;
-    const float *x;  /* (m, n_cols) */
-    void *xq;        /* (m, act_row_bytes): x in the weight's activation format */
-    size_t act_row_bytes;
-    int64_t m;
-    float *y;        /* (m, n_rows) */
+    float *y;                   /* (m, w->n_rows) */
     int64_t row_chunk;          /* rows per work item, a multiple of ROW_UNIT */
-    int64_t n_row_chunks, n_items;
-    atomic_int_fast64_t next_item; /* items are claimed in order: activation chunk major */
+    int64_t n_row_chunks;
+    int64_t first_item, end_item;
+} matmul_part;
+
+/* Products of up to EK_MATMUL_MAX_PARTS weights with the same input x, one
+   quantized copy of x and one pool run for all of them. */
+typedef struct {
+    matmul_part part[EK_MATMUL_MAX_PARTS];
+    int n_parts;
+    const float *x;  /* (m, n_cols) */
+    void *xq;        /* (m, act_row_bytes): x in the weights' activation format */
+    size_t act_row_bytes;
+    int64_t m, n_cols;
+    int type;        /* of part 0: picks the activation format */
+    int64_t n_items;
+    atomic_int_fast64_t next_item; /* items are claimed in order: part, then activation chunk major */
 } matmul_job;
 
 static void split(int64_t n_units, int ith, int nth, int64_t *u0, int64_t *u1) {
@@ -99,27 +148,32 @@ static void split(int64_t n_units, int ith, int nth, int64_t *u0, int64_t *u1) {
 
 static void quantize_task(void *ctx, int ith, int nth) {
     matmul_job *job = ctx;
-    const ek_kernels *k = job->w->kernels;
+    const ek_kernels *k = job->part[0].w->kernels;
     const ek_quantize_act_fn quantize =
-        ek_act_format_for(job->w->type) == EK_ACT_Q8_K ? k->quantize_q8_k : k->quantize_q8_32;
+        ek_act_format_for(job->type) == EK_ACT_Q8_K ? k->quantize_q8_k : k->quantize_q8_32;
     int64_t i0, i1;
     split(job->m, ith, nth, &i0, &i1);
     for (int64_t i = i0; i < i1; i++)
-        quantize(job->x + i * job->w->n_cols, (uint8_t *)job->xq + (size_t)i * job->act_row_bytes, job->w->n_cols);
+        quantize(job->x + i * job->n_cols, (uint8_t *)job->xq + (size_t)i * job->act_row_bytes, job->n_cols);
 }
 
 static void gemm_task(void *ctx, int ith, int nth) {
     (void)ith, (void)nth;
     matmul_job *job = ctx;
-    const ek_weight *w = job->w;
-    const ek_gemm_fn gemm = w->packed ? w->kernels->gemm_repacked[w->type] : w->kernels->gemm[w->type];
-    const void *wdata = w->packed ? w->packed : w->data;
+    int p = 0;
     for (int64_t item; (item = atomic_fetch_add(&job->next_item, 1)) < job->n_items;) {
-        const int64_t i0 = item / job->n_row_chunks * ACT_CHUNK, r0 = item % job->n_row_chunks * job->row_chunk;
+        while (item >= job->part[p].end_item) p++; /* claimed items only increase */
+        const matmul_part *part = &job->part[p];
+        const ek_weight *w = part->w;
+        const ek_gemm_fn gemm = w->packed ? w->kernels->gemm_repacked[w->type] : w->kernels->gemm[w->type];
+        const void *wdata = w->packed ? w->packed : w->data;
+        const int64_t local = item - part->first_item;
+        const int64_t i0 = local / part->n_row_chunks * ACT_CHUNK, r0 = local % part->n_row_chunks * part->row_chunk;
         const int64_t mi = job->m - i0 < ACT_CHUNK ? job->m - i0 : ACT_CHUNK;
-        const int64_t r1 = r0 + job->row_chunk < w->n_rows ? r0 + job->row_chunk : w->n_rows;
-        gemm(wdata, w->packed ? w->packed_row_bytes : w->row_bytes, (const uint8_t *)job->xq + (size_t)i0 * job->act_row_bytes, job->act_row_bytes,
-             job->y + i0 * w->n_rows, w->n_rows, r0, r1, mi, w->n_cols);
+        const int64_t r1 = r0 + part->row_chunk < w->n_rows ? r0 + part->row_chunk : w->n_rows;
+        gemm(wdata, w->packed ? w->packed_row_bytes : w->row_bytes,
+             (const uint8_t *)job->xq + (size_t)i0 * job->act_row_bytes, job->act_row_bytes,
+             part->y + i0 * w->n_rows, w->n_rows, r0, r1, mi, w->n_cols);
     }
 }
 
@@ -131,16 +185,36 @@ static int64_t row_chunk_for(int64_t n_rows, int64_t n_act_chunks, int n_threads
     return chunk < ROW_CHUNK_MAX ? chunk : ROW_CHUNK_MAX;
 }
 
-ek_status ek_matmul(const ek_weight *w, const float *x, int64_t m, float *y, ek_pool *pool) {
-    if (m <= 0) return EK_ERR_INVALID_ARG;
-    matmul_job job = {w, x, NULL, ek_act_row_bytes(w->type, w->n_cols), m, y, 0, 0, 0, 0};
+ek_status ek_matmul_shared_input(const ek_weight *const *ws, float *const *ys, int n_weights, const float *x,
+                                 int64_t m, ek_pool *pool) {
+    if (m <= 0 || n_weights <= 0 || n_weights > EK_MATMUL_MAX_PARTS) return EK_ERR_INVALID_ARG;
+    const int type = ws[0]->type;
+    for (int p = 1; p < n_weights; p++) {
+        /* Different activation formats need separate quantized inputs: one product at a time. */
+        if (ws[p]->n_cols != ws[0]->n_cols || ek_act_format_for(ws[p]->type) != ek_act_format_for(type)) {
+            for (int q = 0; q < n_weights; q++) {
+                const ek_status st = ek_matmul_shared_input(&ws[q], &ys[q], 1, x, m, pool);
+                if (st != EK_OK) return st;
+            }
+            return EK_OK;
+        }
+    }
+    matmul_job job = {.n_parts = n_weights, .x = x, .act_row_bytes = ek_act_row_bytes(type, ws[0]->n_cols),
+                      .m = m, .n_cols = ws[0]->n_cols, .type = type};
     const int64_t n_act_chunks = (m + ACT_CHUNK - 1) / ACT_CHUNK;
-    job.row_chunk = row_chunk_for(w->n_rows, n_act_chunks, ek_pool_threads(pool));
-    job.n_row_chunks = (w->n_rows + job.row_chunk - 1) / job.row_chunk;
-    job.n_items = n_act_chunks * job.n_row_chunks;
+    for (int p = 0; p < n_weights; p++) {
+        matmul_part *part = &job.part[p];
+        part->w = ws[p];
+        part->y = ys[p];
+        part->row_chunk = row_chunk_for(ws[p]->n_rows, n_act_chunks, ek_pool_threads(pool));
+        part->n_row_chunks = (ws[p]->n_rows + part->row_chunk - 1) / part->row_chunk;
+        part->first_item = job.n_items;
+        job.n_items += n_act_chunks * part->n_row_chunks;
+        part->end_item = job.n_items;
+    }
     atomic_init(&job.next_item, 0);
     void *scratch = NULL;
-    if (ek_act_format_for(w->type) == EK_ACT_F32) {
+    if (ek_act_format_for(type) == EK_ACT_F32) {
         job.xq = (void *)x;
     } else {
         scratch = aligned_alloc_bytes((size_t)m * job.act_row_bytes);
@@ -152,6 +226,10 @@ ek_status ek_matmul(const ek_weight *w, const float *x, int64_t m, float *y, ek_
     ek_pool_run(pool, gemm_task, &job);
     free(scratch);
     return EK_OK;
+}
+
+ek_status ek_matmul(const ek_weight *w, const float *x, int64_t m, float *y, ek_pool *pool) {
+    return ek_matmul_shared_input(&w, &y, 1, x, m, pool);
 }
 
 /* ---------------------------------------------------- rows and dots */

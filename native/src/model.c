@@ -13,7 +13,7 @@
  * generation is the same path with n = 1 (GEMV).
  */
 #include "edgekern.h"
-#include "kernels.h" /* ek_act_row_bytes: the kernels' per-call activation buffer */
+#include "kernels.h" /* ek_act_row_bytes, ek_matmul_shared_input: one job for Q/K/V and gate/up */
 #include "ops_internal.h"
 
 #include <math.h>
@@ -39,7 +39,7 @@ struct ek_model {
     uint8_t *k_cache, *v_cache; /* (n_layer, n_ctx, kv_row_bytes) */
     float *scratch;             /* one block holding the buffers below */
     float *x, *xb, *q, *k, *v, *att, *hb, *hb2, *scores, *rope;
-    uint64_t weights_owned;
+    uint64_t weights_owned, weights_mapped; /* as ek_model_memory_needs counts them */
     uint64_t matmul_act_bytes;
 };
 
@@ -80,11 +80,36 @@ static uint64_t matmul_act_bytes(const ek_model_desc *d) {
     return worst * (uint64_t)d->n_batch;
 }
 
+/* The weight flags for a matrix of `type`. The engine repacks Q4_0, Q4_1 and Q8_0 only:
+   repacking Gemma-3's Q4_K/Q5_0/Q6_K as well changes float summation order enough to flip
+   a greedy token whose llama.cpp margin is 0.34 (tests/test_engine_parity.py), so those
+   stay mapped until the activation-rounding work settles which order llama.cpp's matches. */
+static uint32_t flags_for(uint32_t flags, int type) {
+    const int engine_repacks = type == EK_TYPE_Q4_0 || type == EK_TYPE_Q4_1 || type == EK_TYPE_Q8_0;
+    return engine_repacks ? flags : flags & ~(uint32_t)(EK_WEIGHT_ALLOW_REPACK | EK_WEIGHT_RELEASE_SOURCE);
+}
+
+/* Matrix bytes of desc split into repacked copies (owned) and what stays mapped. */
+static void weight_bytes(const ek_model_desc *d, uint64_t *owned, uint64_t *mapped) {
+    *owned = *mapped = 0;
+    const ek_tensor_desc *heads[] = {&d->tok_embd, &d->output};
+    const int64_t n_layer_tensors = d->layers ? (int64_t)d->n_layer * EK_LT_COUNT : 0;
+    for (int64_t t = -2; t < n_layer_tensors; t++) {
+        const ek_tensor_desc *w = t < 0 ? heads[t + 2] : &d->layers[t];
+        const int64_t be = ek_type_block_elems(w->type);
+        if (!w->data || w->n_rows <= 1 || be == 0) continue; /* absent, or a vector */
+        const uint32_t flags = t == -2 && d->output.data ? 0 : d->weight_flags; /* see embd_flags */
+        const size_t packed = ek_weight_repacked_bytes(w->type, w->n_rows, w->n_cols, flags_for(flags, w->type));
+        if (packed) *owned += packed;
+        else *mapped += (uint64_t)w->n_rows * (uint64_t)(w->n_cols / be) * (uint64_t)ek_type_block_bytes(w->type);
+    }
+}
+
 ek_status ek_model_memory_needs(const ek_model_desc *desc, ek_model_memory *out) {
     if (!desc || !out) return EK_ERR_INVALID_ARG;
     out->kv_cache = kv_cache_bytes(desc);
     out->scratch = (uint64_t)scratch_floats(desc) * sizeof(float) + matmul_act_bytes(desc);
-    out->weights_owned = 0; /* known once the kernels have prepared the weights */
+    weight_bytes(desc, &out->weights_owned, &out->weights_mapped);
     return EK_OK;
 }
 
@@ -93,7 +118,7 @@ ek_status ek_model_memory_needs(const ek_model_desc *desc, ek_model_memory *out)
 static ek_status make_weight(const ek_tensor_desc *t, uint32_t flags, ek_weight **out, uint64_t *owned) {
     *out = NULL;
     if (!t->data) return EK_OK;
-    ek_status st = ek_weight_create(t->type, t->n_rows, t->n_cols, t->data, flags, out);
+    ek_status st = ek_weight_create(t->type, t->n_rows, t->n_cols, t->data, flags_for(flags, t->type), out);
     if (st == EK_OK) *owned += ek_weight_owned_bytes(*out);
     return st;
 }
@@ -129,11 +154,16 @@ ek_status ek_model_create(const ek_model_desc *desc, ek_model **out) {
     m->d = *desc;
     m->d.layers = NULL;
     m->matmul_act_bytes = matmul_act_bytes(desc);
+    uint64_t planned_owned;
+    weight_bytes(desc, &planned_owned, &m->weights_mapped);
     ek_status st = ek_pool_create(desc->n_threads, &m->pool);
     if (st != EK_OK) goto fail;
 
     const uint32_t flags = desc->weight_flags;
-    if ((st = make_weight(&desc->tok_embd, flags, &m->tok_embd, &m->weights_owned)) != EK_OK) goto fail;
+    /* An embedding that is not also the output head is only read a few rows per batch:
+       repacking it would make all of it resident for no faster product. */
+    const uint32_t embd_flags = desc->output.data ? 0 : flags;
+    if ((st = make_weight(&desc->tok_embd, embd_flags, &m->tok_embd, &m->weights_owned)) != EK_OK) goto fail;
     if (desc->output.data) {
         if ((st = make_weight(&desc->output, flags, &m->output, &m->weights_owned)) != EK_OK) goto fail;
     } else {
@@ -196,6 +226,7 @@ void ek_model_memory_used(const ek_model *m, ek_model_memory *out) {
     out->kv_cache = kv_cache_bytes(&m->d);
     out->scratch = (uint64_t)scratch_floats(&m->d) * sizeof(float) + m->matmul_act_bytes;
     out->weights_owned = m->weights_owned;
+    out->weights_mapped = m->weights_mapped;
 }
 
 /* ------------------------------------------------------------ attention */
@@ -248,9 +279,9 @@ static ek_status block_forward(ek_model *m, int il, int64_t n, int64_t start) {
     ek_status st;
 
     norm_rows(m->x, L->attn_norm, m->xb, n, E, d->norm_eps);
-    if ((st = ek_matmul(L->wq, m->xb, n, m->q, m->pool)) != EK_OK) return st;
-    if ((st = ek_matmul(L->wk, m->xb, n, m->k, m->pool)) != EK_OK) return st;
-    if ((st = ek_matmul(L->wv, m->xb, n, m->v, m->pool)) != EK_OK) return st;
+    const ek_weight *qkv[] = {L->wq, L->wk, L->wv};
+    float *const qkv_out[] = {m->q, m->k, m->v};
+    if ((st = ek_matmul_shared_input(qkv, qkv_out, 3, m->xb, n, m->pool)) != EK_OK) return st;
     if (L->q_bias) add_rows(m->q, L->q_bias, n, QD);
     if (L->k_bias) add_rows(m->k, L->k_bias, n, KD);
     if (L->v_bias) add_rows(m->v, L->v_bias, n, KD);
@@ -276,8 +307,9 @@ static ek_status block_forward(ek_model *m, int il, int64_t n, int64_t start) {
     for (int64_t j = 0; j < n * E; j++) m->x[j] += m->xb[j];
 
     norm_rows(m->x, L->ffn_norm, m->xb, n, E, d->norm_eps);
-    if ((st = ek_matmul(L->w_gate, m->xb, n, m->hb, m->pool)) != EK_OK) return st;
-    if ((st = ek_matmul(L->w_up, m->xb, n, m->hb2, m->pool)) != EK_OK) return st;
+    const ek_weight *gate_up[] = {L->w_gate, L->w_up};
+    float *const gate_up_out[] = {m->hb, m->hb2};
+    if ((st = ek_matmul_shared_input(gate_up, gate_up_out, 2, m->xb, n, m->pool)) != EK_OK) return st;
     if (d->act == EK_ACT_GELU) ek_gelu_mul(m->hb, m->hb2, m->hb, n * d->n_ff);
     else ek_silu_mul(m->hb, m->hb2, m->hb, n * d->n_ff);
     if ((st = ek_matmul(L->w_down, m->hb, n, m->xb, m->pool)) != EK_OK) return st;
