@@ -108,9 +108,10 @@ def test_memory_requirements_count_repacked_matrices_as_owned(tmp_path):
     # Rows are padded to whole 8-row groups: 97 vocabulary rows (the output head) become 104.
     repacked = matrix_bytes - embd_bytes
     assert repacked <= packed["weights_owned"] <= repacked * 104 / 97
-    with NativeBackend(path, n_ctx=32, threads=1) as be:
-        used = be.memory_used()
-    assert {k: used[k] for k in packed} == packed
+    for repack, planned in ((False, plain), (True, packed)):
+        with NativeBackend(path, n_ctx=32, threads=1, repack=repack) as be:
+            used = be.memory_used()
+        assert {k: used[k] for k in planned} == planned
 
 
 def mapping_resident_bytes(start: int, length: int) -> int:
@@ -132,7 +133,7 @@ def test_repacked_tensors_file_pages_leave_the_resident_set(smollm2_path):
     f = ek_gguf.open(smollm2_path)
     try:
         start = f.data.ctypes.data
-        be = NativeBackend(f, n_ctx=64, threads=2)
+        be = NativeBackend(f, n_ctx=64, threads=2, repack=True)
         try:
             be.eval(list(range(100, 120)), 0)
             be.eval([7], 20)
