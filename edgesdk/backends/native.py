@@ -281,12 +281,9 @@ class _Description:
         return t
 
 
-# Repacking Q4_0/Q4_1/Q8_0 at load (2-3x faster prompts, ~1.7x faster generation measured on
-# SmolLM2) stays opt-in for now: the merged AVX-512 16-row repacked kernels sum the block
-# offset term inside the integer dot, which flips near-tied tokens in the llama.cpp parity
-# tests (SmolLM2 code, Gemma-3); the fix (a separate offset accumulator) is on the
-# engineperf branch and not yet ported to the current kernels.
-DEFAULT_REPACK = False
+# Repack Q4_0/Q4_1/Q8_0 matrices at load (measured on SmolLM2: ~2.5x faster prompts, ~2x faster
+# generation; benchmarks/RESULTS.md). repack=False keeps the file's layout (comparisons, tests).
+DEFAULT_REPACK = True
 
 
 def weight_flags(repack: bool) -> int:

@@ -54,8 +54,11 @@ static inline __attribute__((always_inline)) void
 x16_tile(int fam, size_t slice_bytes, const uint8_t *group0, const uint8_t *group1, int n_valid, int64_t g0, int64_t nb,
          const void *x, size_t x_row_bytes, int64_t i0, const int tile, float *y, int64_t ldy) {
     const __m512i low = _mm512_set1_epi8(0x0F), bias = _mm512_set1_epi8((char)0x80);
-    __m512 acc[X16_TILE];
-    for (int t = 0; t < X16_TILE; t++) acc[t] = _mm512_setzero_ps();
+    /* the offset term (Q4_1's m * s, the others' -k * d * s) is summed apart from the
+       scaled integer dots, as the plain kernels do: folding it into the same sum per
+       block rounds differently and decided near-tied tokens against llama.cpp */
+    __m512 acc[X16_TILE], corr[X16_TILE];
+    for (int t = 0; t < X16_TILE; t++) acc[t] = corr[t] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *s0 = group0 + (size_t)b * slice_bytes, *s1 = group1 + (size_t)b * slice_bytes;
         __m512i u[8];
@@ -111,11 +114,12 @@ x16_tile(int fam, size_t slice_bytes, const uint8_t *group0, const uint8_t *grou
             __m512i isum = _mm512_setzero_si512();
             for (int k = 0; k < 8; k++) isum = _mm512_dpbusd_epi32(isum, u[k], _mm512_set1_epi32(piece[k]));
             acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(dw, _mm512_set1_ps(xb->d)), acc[t]);
-            acc[t] = _mm512_fmadd_ps(coef_s, _mm512_set1_ps(xb->s), acc[t]);
+            corr[t] = _mm512_fmadd_ps(coef_s, _mm512_set1_ps(xb->s), corr[t]);
         }
     }
     for (int t = 0; t < tile; t++)
-        _mm512_mask_storeu_ps(y + (i0 + t) * ldy + g0, (__mmask16)((1u << n_valid) - 1u), acc[t]);
+        _mm512_mask_storeu_ps(y + (i0 + t) * ldy + g0, (__mmask16)((1u << n_valid) - 1u),
+                              _mm512_add_ps(acc[t], corr[t]));
 }
 
 static inline __attribute__((always_inline)) void

@@ -419,8 +419,8 @@ X86_SUFFIX(decode_x8)(int fam, const uint8_t *slice, X86_SUFFIX(decoded_x8) *r) 
                                   : _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const block_q4_1x8 *)slice)->m));
 }
 
-static inline __attribute__((always_inline)) __m256
-X86_SUFFIX(dot_x8)(int fam, const X86_SUFFIX(decoded_x8) *w, const block_q8_32 *x, __m256 acc) {
+static inline __attribute__((always_inline)) void
+X86_SUFFIX(dot_x8)(int fam, const X86_SUFFIX(decoded_x8) *w, const block_q8_32 *x, __m256 *acc, __m256 *corr) {
     __m256i isum = _mm256_setzero_si256();
     int32_t piece[8];
     memcpy(piece, x->qs, 32);
@@ -430,9 +430,9 @@ X86_SUFFIX(dot_x8)(int fam, const X86_SUFFIX(decoded_x8) *w, const block_q8_32 *
         if (fam == FAM_Q8_0) xs = _mm256_sign_epi8(xs, w->w_sign[k]);
         isum = dot_u8s8(isum, w->u[k], xs);
     }
-    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(w->dw, _mm256_set1_ps(x->d)), acc);
-    if (fam != FAM_Q8_0) acc = _mm256_fmadd_ps(w->coef_s, _mm256_set1_ps(x->s), acc);
-    return acc;
+    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(w->dw, _mm256_set1_ps(x->d)), *acc);
+    /* the offset term is summed apart, as in the plain kernels (see accumulate32) */
+    if (fam != FAM_Q8_0) *corr = _mm256_fmadd_ps(w->coef_s, _mm256_set1_ps(x->s), *corr);
 }
 
 static inline __attribute__((always_inline)) void
@@ -446,17 +446,18 @@ X86_SUFFIX(gemm_x8_family)(int fam, size_t slice_bytes, const void *w, size_t w_
         const int n_valid = (int)(r1 - g0 < EK_REPACK_ROWS ? r1 - g0 : EK_REPACK_ROWS);
         for (int64_t i0 = 0; i0 < m; i0 += ACT_TILE) {
             const int tile = (int)(m - i0 < ACT_TILE ? m - i0 : ACT_TILE);
-            __m256 acc[ACT_TILE] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+            __m256 acc[ACT_TILE], corr[ACT_TILE];
+            for (int t = 0; t < ACT_TILE; t++) acc[t] = corr[t] = _mm256_setzero_ps();
             for (int64_t b = 0; b < nb; b++) {
                 X86_SUFFIX(decode_x8)(fam, group + (size_t)b * slice_bytes, &wd);
                 for (int t = 0; t < tile; t++) {
                     const block_q8_32 *xb = (const block_q8_32 *)((const uint8_t *)x + (size_t)(i0 + t) * x_row_bytes);
-                    acc[t] = X86_SUFFIX(dot_x8)(fam, &wd, &xb[b], acc[t]);
+                    X86_SUFFIX(dot_x8)(fam, &wd, &xb[b], &acc[t], &corr[t]);
                 }
             }
             for (int t = 0; t < tile; t++) {
                 float lanes[8];
-                _mm256_storeu_ps(lanes, acc[t]);
+                _mm256_storeu_ps(lanes, _mm256_add_ps(acc[t], corr[t]));
                 memcpy(y + (i0 + t) * ldy + g0, lanes, (size_t)n_valid * sizeof(float));
             }
         }
