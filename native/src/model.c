@@ -80,15 +80,6 @@ static uint64_t matmul_act_bytes(const ek_model_desc *d) {
     return worst * (uint64_t)d->n_batch;
 }
 
-/* The weight flags for a matrix of `type`. The engine repacks Q4_0, Q4_1 and Q8_0 only:
-   repacking Gemma-3's Q4_K/Q5_0/Q6_K as well changes float summation order enough to flip
-   a greedy token whose llama.cpp margin is 0.34 (tests/test_engine_parity.py), so those
-   stay mapped until the activation-rounding work settles which order llama.cpp's matches. */
-static uint32_t flags_for(uint32_t flags, int type) {
-    const int engine_repacks = type == EK_TYPE_Q4_0 || type == EK_TYPE_Q4_1 || type == EK_TYPE_Q8_0;
-    return engine_repacks ? flags : flags & ~(uint32_t)(EK_WEIGHT_ALLOW_REPACK | EK_WEIGHT_RELEASE_SOURCE);
-}
-
 /* Matrix bytes of desc split into repacked copies (owned) and what stays mapped. */
 static void weight_bytes(const ek_model_desc *d, uint64_t *owned, uint64_t *mapped) {
     *owned = *mapped = 0;
@@ -99,7 +90,7 @@ static void weight_bytes(const ek_model_desc *d, uint64_t *owned, uint64_t *mapp
         const int64_t be = ek_type_block_elems(w->type);
         if (!w->data || w->n_rows <= 1 || be == 0) continue; /* absent, or a vector */
         const uint32_t flags = t == -2 && d->output.data ? 0 : d->weight_flags; /* see embd_flags */
-        const size_t packed = ek_weight_repacked_bytes(w->type, w->n_rows, w->n_cols, flags_for(flags, w->type));
+        const size_t packed = ek_weight_repacked_bytes(w->type, w->n_rows, w->n_cols, flags);
         if (packed) *owned += packed;
         else *mapped += (uint64_t)w->n_rows * (uint64_t)(w->n_cols / be) * (uint64_t)ek_type_block_bytes(w->type);
     }
@@ -118,7 +109,7 @@ ek_status ek_model_memory_needs(const ek_model_desc *desc, ek_model_memory *out)
 static ek_status make_weight(const ek_tensor_desc *t, uint32_t flags, ek_weight **out, uint64_t *owned) {
     *out = NULL;
     if (!t->data) return EK_OK;
-    ek_status st = ek_weight_create(t->type, t->n_rows, t->n_cols, t->data, flags_for(flags, t->type), out);
+    ek_status st = ek_weight_create(t->type, t->n_rows, t->n_cols, t->data, flags, out);
     if (st == EK_OK) *owned += ek_weight_owned_bytes(*out);
     return st;
 }
