@@ -133,8 +133,8 @@ def _read_yarn(f: gguf.GGUFFile, a: str, spec: "ModelSpec") -> None:
     factor = 1.0 / spec.rope_freq_scale
     default = 0.1 * math.log(factor) + 1.0 if factor > 1.0 and spec.yarn_ext_factor != 0.0 else 1.0
     spec.rope_mscale *= _finite(f, p + "yarn_attn_factor", _meta(f, p + "yarn_attn_factor", float, default=default))
-    spec.yarn_beta_fast = _finite(f, p + "yarn_beta_fast", _meta(f, p + "yarn_beta_fast", float, default=YARN_BETA_FAST))
-    spec.yarn_beta_slow = _finite(f, p + "yarn_beta_slow", _meta(f, p + "yarn_beta_slow", float, default=YARN_BETA_SLOW))
+    for name, default in (("yarn_beta_fast", YARN_BETA_FAST), ("yarn_beta_slow", YARN_BETA_SLOW)):
+        setattr(spec, name, _finite(f, p + name, _meta(f, p + name, float, default=default)))
     log_mul = _meta(f, p + "yarn_log_multiplier", float, default=0.0)
     if log_mul != 0.0:
         raise UnsupportedModelError(f"{f.path}: {p + 'yarn_log_multiplier'} {log_mul} (DeepSeek-style YaRN "
@@ -214,7 +214,8 @@ def read_spec(f: gguf.GGUFFile) -> ModelSpec:
         n_head_kv=n_head_kv, head_dim=head_dim, n_rot=n_rot, rope_mode=_native.EK_ROPE_NORM,
         rope_base=rope_base, rope_freq_scale=rope_freq_scale, rope_base_swa=rope_base, norm_eps=norm_eps,
         embd_scale=1.0, attn_scale=1.0 / math.sqrt(head_dim), n_swa=0, swa_pattern=0,
-        act=_native.EK_ACT_SILU, rope_mscale=rope_attn_factor, rope_mscale_swa=rope_attn_factor, required=required, optional=optional,
+        act=_native.EK_ACT_SILU, rope_mscale=rope_attn_factor, rope_mscale_swa=rope_attn_factor,
+        required=required, optional=optional,
     )
     if scaling == "yarn":
         _read_yarn(f, a, spec)
