@@ -64,8 +64,9 @@ class EkModelDesc(ctypes.Structure):
     _fields_ = [(name, c_int32) for name in (
         "arch", "n_vocab", "n_embd", "n_layer", "n_ff", "n_head", "n_head_kv", "head_dim", "n_rot", "rope_mode")] + \
         [(name, c_float) for name in (
-            "rope_base", "rope_freq_scale", "rope_base_swa", "rope_freq_scale_swa", "norm_eps", "embd_scale",
-            "attn_scale")] + \
+            "rope_base", "rope_freq_scale", "rope_base_swa", "rope_freq_scale_swa", "rope_mscale", "rope_mscale_swa",
+            "yarn_ext_factor", "yarn_beta_fast", "yarn_beta_slow")] + [("yarn_n_ctx_orig", c_int32)] + \
+        [(name, c_float) for name in ("norm_eps", "embd_scale", "attn_scale")] + \
         [(name, c_int32) for name in ("n_swa", "swa_pattern", "act", "n_ctx", "n_batch", "n_threads", "kv_type")] + \
         [("weight_flags", c_uint32), ("tok_embd", EkTensorDesc), ("output_norm", EkTensorDesc),
          ("output", EkTensorDesc), ("rope_freqs", c_float_p), ("layers", POINTER(EkTensorDesc))]

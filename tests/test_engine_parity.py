@@ -234,32 +234,71 @@ def mean_kl(p_logits: np.ndarray, q_logits: np.ndarray) -> float:
     return float((np.exp(lp) * (lp - lq)).sum(axis=-1).mean())
 
 
-def perplexity(logits_of_window, ids) -> float:
-    """exp(mean NLL) over windows of PPL_CTX tokens, scoring each window's second half."""
+NLL_ROWS = 64  # rows of logits turned into float64 at a time: 64 x 262144 x 8 B = 128 MiB for Gemma-3
+
+
+def nll_sum(logits, targets) -> float:
+    """-sum_i log softmax(logits[i])[targets[i]], a float64 chunk of NLL_ROWS rows at a time
+    (logits may be any float array with at least len(targets) rows)."""
+    total = 0.0
+    for r0 in range(0, len(targets), NLL_ROWS):
+        t = np.asarray(targets[r0:r0 + NLL_ROWS])
+        x = np.array(logits[r0:r0 + t.size], dtype=np.float64)
+        picked = x[np.arange(t.size), t]
+        peak = x.max(axis=-1)
+        x -= peak[:, None]
+        np.exp(x, out=x)
+        total += float((peak + np.log(x.sum(axis=-1)) - picked).sum())
+    return total
+
+
+def perplexity(logits_from, ids) -> float:
+    """exp(mean NLL) over windows of PPL_CTX tokens, scoring each window's second half.
+
+    logits_from(window, first) returns rows of logits for positions first.. of the window
+    evaluated from position 0; each window's rows are reduced to NLLs before the next one
+    (Gemma-3's 262k vocabulary makes one window of float64 logits 1 GiB)."""
     nll, count = 0.0, 0
+    first = PPL_CTX // 2
     for w0 in range(0, len(ids) - PPL_CTX + 1, PPL_CTX):
         window = ids[w0:w0 + PPL_CTX]
-        lp = log_softmax(logits_of_window(window))
-        first = PPL_CTX // 2
-        targets = np.asarray(window[first + 1:])
-        nll -= lp[np.arange(first, PPL_CTX - 1), targets].sum()
-        count += targets.size
+        targets = window[first + 1:]
+        nll += nll_sum(logits_from(window, first), targets)
+        count += len(targets)
     return float(np.exp(nll / count))
 
 
-@pytest.mark.slow
-def test_perplexity_over_4096_tokens_is_within_one_percent_of_llama_cpp(smollm2_path):
-    # SmolLM2: Gemma-3's 262k vocabulary would make 4096 rows of logits 4 GiB per engine.
-    from llamacpp_ref import load_llama
+def llama_logits_from(llm):
+    def logits_from(window, first):
+        llm.reset()
+        llm.eval(list(window))
+        return llm.scores[first:len(window)]  # a view: rows are converted chunk by chunk
+    return logits_from
 
-    name = "smollm2"
-    ref = load_llama(smollm2_path, n_ctx=PPL_CTX)
-    ours = NativeBackend(smollm2_path, n_ctx=PPL_CTX, threads=2)
+
+def native_logits_from(backend):
+    def logits_from(window, first):
+        backend.eval(window[:first], 0)  # the first half's logits are not scored
+        return backend.eval(window[first:], first, all_logits=True)
+    return logits_from
+
+
+def test_chunked_nll_equals_the_whole_log_softmax():
+    rng = np.random.default_rng(5)
+    logits = (rng.standard_normal((2 * NLL_ROWS + 7, 300)) * 4).astype(np.float32)
+    targets = rng.integers(0, 300, logits.shape[0] - 3)
+    whole = -log_softmax(logits.astype(np.float64))[np.arange(targets.size), targets].sum()
+    assert nll_sum(logits, targets) == pytest.approx(whole, rel=1e-12)
+
+
+@pytest.mark.slow
+def test_perplexity_over_4096_tokens_is_within_one_percent_of_llama_cpp(engines):
+    name, ref, ours = engines
     ids = ref.tokenize(long_prose().encode())
     assert len(ids) >= PPL_TOKENS, len(ids)
     ids = ids[:PPL_TOKENS]
-    ppl_ref = perplexity(lambda w: llama_logits(ref, w), ids)
-    ppl_ours = perplexity(lambda w: ours.eval(w, 0, all_logits=True).astype(np.float64), ids)
+    ppl_ref = perplexity(llama_logits_from(ref), ids)
+    ppl_ours = perplexity(native_logits_from(ours), ids)
     print(f"{name}: perplexity llama.cpp {ppl_ref:.4f}, native {ppl_ours:.4f}")
     assert abs(ppl_ours - ppl_ref) / ppl_ref < MAX_PPL_REL_DIFF
 

@@ -37,6 +37,13 @@ KV_TYPES = {"f16": 1, "q8_0": 8}
 MAX_HEAD_DIM = 1024  # the engine's RoPE angle table holds head_dim / 2 entries
 GEMMA3_SWA_PATTERN = 6  # every 6th gemma3 layer is global, the others slide
 GEMMA3_ROPE_BASE_LOCAL = 10000.0
+# rope.scaling.type values the engine applies; llama3 is its rope_freqs.weight tensor.
+ROPE_SCALING_TYPES = ("none", "linear", "llama3", "yarn")
+# llama.cpp's YaRN defaults (llama_hparams) when the file leaves them out: the ramp runs
+# from pairs that turn 32 times within the original context to pairs that turn once.
+YARN_EXT_FACTOR = 1.0
+YARN_BETA_FAST = 32.0
+YARN_BETA_SLOW = 1.0
 STATE_MAGIC = b"EKKV"
 STATE_HEADER = struct.Struct("<4sIIIIq")  # magic, n_layer, kv_type, kv_dim, n_ctx, n_past
 
@@ -65,6 +72,14 @@ class ModelSpec:
     n_swa: int
     swa_pattern: int
     act: int
+    # factors on cos and sin of global / sliding layers' rotations (YaRN's attention factor)
+    rope_mscale: float = 1.0
+    rope_mscale_swa: float = 1.0
+    # YaRN's frequency ramp (rope.scaling.type yarn; ext_factor 0 = off)
+    yarn_ext_factor: float = 0.0
+    yarn_beta_fast: float = YARN_BETA_FAST
+    yarn_beta_slow: float = YARN_BETA_SLOW
+    yarn_n_ctx_orig: int = 0
     # tensor name -> GGUF shape it must have; optional ones may be absent
     required: Dict[str, tuple] = field(default_factory=dict)
     optional: Dict[str, tuple] = field(default_factory=dict)
@@ -90,6 +105,40 @@ def _positive(f: gguf.GGUFFile, key: str, value: int) -> int:
     if value <= 0:
         raise ModelFormatError(f"{f.path}: metadata {key!r} is {value}, must be positive")
     return value
+
+
+def _finite(f: gguf.GGUFFile, key: str, value: float, minimum: float = 0.0, inclusive: bool = False) -> float:
+    """value, checked finite and > minimum (>= with inclusive); ModelFormatError naming key otherwise."""
+    if not math.isfinite(value) or value < minimum or (value == minimum and not inclusive):
+        bound = f">= {minimum}" if inclusive else f"> {minimum}"
+        raise ModelFormatError(f"{f.path}: metadata {key!r} is {value}, must be finite and {bound}")
+    return value
+
+
+def _read_yarn(f: gguf.GGUFFile, a: str, spec: "ModelSpec") -> None:
+    """YaRN's settings into spec, with llama.cpp's defaults for the optional ones."""
+    p = f"{a}.rope.scaling."
+    for key in (p + "original_context_length", p + "orig_ctx_len", f"{a}.context_length"):
+        if f.get(key) is not None:
+            spec.yarn_n_ctx_orig = _positive(f, key, _meta(f, key))
+            break
+    else:
+        raise ModelFormatError(f"{f.path}: missing metadata {p + 'original_context_length'!r} (RoPE scaling yarn)")
+    spec.yarn_ext_factor = _finite(f, p + "yarn_ext_factor",
+                                   _meta(f, p + "yarn_ext_factor", float, default=YARN_EXT_FACTOR), inclusive=True)
+    # The attention factor on the scaled (global) layers' cos and sin: the file's (converted
+    # from transformers' rope_scaling "attention_factor", which replaces the default there),
+    # else YaRN's 0.1 ln(factor) + 1, which keeps attention as sharp as within the original
+    # context (1 for factor <= 1, as transformers and llama.cpp have it).
+    factor = 1.0 / spec.rope_freq_scale
+    default = 0.1 * math.log(factor) + 1.0 if factor > 1.0 and spec.yarn_ext_factor != 0.0 else 1.0
+    spec.rope_mscale *= _finite(f, p + "yarn_attn_factor", _meta(f, p + "yarn_attn_factor", float, default=default))
+    for name, default in (("yarn_beta_fast", YARN_BETA_FAST), ("yarn_beta_slow", YARN_BETA_SLOW)):
+        setattr(spec, name, _finite(f, p + name, _meta(f, p + name, float, default=default)))
+    log_mul = _meta(f, p + "yarn_log_multiplier", float, default=0.0)
+    if log_mul != 0.0:
+        raise UnsupportedModelError(f"{f.path}: {p + 'yarn_log_multiplier'} {log_mul} (DeepSeek-style YaRN "
+                                    f"attention factor) is not supported")
 
 
 def read_spec(f: gguf.GGUFFile) -> ModelSpec:
@@ -122,13 +171,13 @@ def read_spec(f: gguf.GGUFFile) -> ModelSpec:
     rope_base = _meta(f, f"{a}.rope.freq_base", float, default=10000.0)
     rope_freq_scale = 1.0
     scaling = f.get(f"{a}.rope.scaling.type")
-    if scaling is not None and scaling not in ("none", "linear", "llama3"):
-        raise UnsupportedModelError(f"{f.path}: RoPE scaling {scaling!r} (supported: none, linear, llama3)")
-    if scaling == "linear":
-        factor = _meta(f, f"{a}.rope.scaling.factor", float)
-        if factor <= 0:
-            raise ModelFormatError(f"{f.path}: rope.scaling.factor is {factor}")
-        rope_freq_scale = 1.0 / factor
+    if scaling is not None and scaling not in ROPE_SCALING_TYPES:
+        raise UnsupportedModelError(f"{f.path}: RoPE scaling {scaling!r} (supported: {', '.join(ROPE_SCALING_TYPES)})")
+    if scaling in ("linear", "yarn"):
+        key = f"{a}.rope.scaling.factor"
+        rope_freq_scale = 1.0 / _finite(f, key, _meta(f, key, float))
+    key = f"{a}.rope.scaling.attn_factor"  # llama.cpp applies it to every layer, with or without scaling
+    rope_attn_factor = _finite(f, key, _meta(f, key, float, default=1.0))
 
     token_embd = f.tensors.get("token_embd.weight")
     if token_embd is None:
@@ -165,8 +214,11 @@ def read_spec(f: gguf.GGUFFile) -> ModelSpec:
         n_head_kv=n_head_kv, head_dim=head_dim, n_rot=n_rot, rope_mode=_native.EK_ROPE_NORM,
         rope_base=rope_base, rope_freq_scale=rope_freq_scale, rope_base_swa=rope_base, norm_eps=norm_eps,
         embd_scale=1.0, attn_scale=1.0 / math.sqrt(head_dim), n_swa=0, swa_pattern=0,
-        act=_native.EK_ACT_SILU, required=required, optional=optional,
+        act=_native.EK_ACT_SILU, rope_mscale=rope_attn_factor, rope_mscale_swa=rope_attn_factor,
+        required=required, optional=optional,
     )
+    if scaling == "yarn":
+        _read_yarn(f, a, spec)
     if arch == "qwen2":
         spec.rope_mode = _native.EK_ROPE_NEOX
     if arch == "gemma3":
@@ -230,7 +282,8 @@ class _Description:
         d = _native.EkModelDesc()
         for name in ("n_vocab", "n_embd", "n_layer", "n_ff", "n_head", "n_head_kv", "head_dim", "n_rot",
                      "rope_mode", "rope_base", "rope_freq_scale", "rope_base_swa", "norm_eps", "embd_scale",
-                     "attn_scale", "n_swa", "swa_pattern", "act"):
+                     "attn_scale", "n_swa", "swa_pattern", "act", "yarn_ext_factor", "yarn_beta_fast",
+                     "yarn_beta_slow", "yarn_n_ctx_orig", "rope_mscale", "rope_mscale_swa"):
             setattr(d, name, getattr(spec, name))
         d.arch = {"llama": _native.EK_ARCH_LLAMA, "qwen2": _native.EK_ARCH_QWEN2,
                   "gemma3": _native.EK_ARCH_GEMMA3}[spec.arch]

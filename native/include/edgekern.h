@@ -244,6 +244,14 @@ typedef struct ek_model_desc {
     int32_t n_rot, rope_mode;
     float rope_base, rope_freq_scale;         /* global layers */
     float rope_base_swa, rope_freq_scale_swa; /* sliding-window layers */
+    float rope_mscale, rope_mscale_swa;       /* multiply cos and sin (YaRN's attention factor); 1 = none */
+    /* YaRN (rope.scaling.type yarn): rotation pairs that turn more than yarn_beta_fast times
+       within the yarn_n_ctx_orig positions the model was trained on keep their frequency,
+       those turning less than yarn_beta_slow times are scaled by rope_freq_scale, a linear
+       ramp over the pair index blends the two in between, weighted by yarn_ext_factor
+       (0 = off: plain linear scaling). Applies to sliding layers with their base and scale. */
+    float yarn_ext_factor, yarn_beta_fast, yarn_beta_slow;
+    int32_t yarn_n_ctx_orig;
     float norm_eps;
     float embd_scale;  /* inputs are multiplied by it (gemma3: sqrt(n_embd)); 1 otherwise */
     float attn_scale;  /* multiplies q.k */

@@ -39,6 +39,7 @@ struct ek_model {
     uint8_t *k_cache, *v_cache; /* (n_layer, n_ctx, kv_row_bytes) */
     float *scratch;             /* one block holding the buffers below */
     float *x, *xb, *q, *k, *v, *att, *hb, *hb2, *scores, *rope;
+    ops_rope_scaling rope_global, rope_sliding; /* angle scaling of global / sliding-window layers */
     uint64_t weights_owned, weights_mapped; /* as ek_model_memory_needs counts them */
     uint64_t matmul_act_bytes;
 };
@@ -140,11 +141,20 @@ ek_status ek_model_create(const ek_model_desc *desc, ek_model **out) {
     if (desc->kv_type != EK_TYPE_F16 && desc->kv_type != EK_TYPE_Q8_0) return EK_ERR_UNSUPPORTED;
     if (desc->head_dim > 1024 || desc->n_rot > desc->head_dim) return EK_ERR_INVALID_ARG;
     if (desc->kv_type == EK_TYPE_Q8_0 && desc->head_dim % 32) return EK_ERR_UNSUPPORTED;
+    if (desc->yarn_ext_factor != 0.0f &&
+        !(desc->yarn_n_ctx_orig > 0 && desc->yarn_beta_fast > 0.0f && desc->yarn_beta_slow > 0.0f))
+        return EK_ERR_INVALID_ARG; /* the correction range would be a log of <= 0 */
     ek_model *m = calloc(1, sizeof *m);
     if (!m) return EK_ERR_NO_MEMORY;
     m->d = *desc;
     m->d.layers = NULL;
     m->matmul_act_bytes = matmul_act_bytes(desc);
+    m->rope_global = ops_rope_scaling_init(desc->n_rot, desc->rope_base, desc->rope_freq_scale, desc->yarn_ext_factor,
+                                           desc->rope_mscale, desc->yarn_n_ctx_orig, desc->yarn_beta_fast,
+                                           desc->yarn_beta_slow);
+    m->rope_sliding = ops_rope_scaling_init(desc->n_rot, desc->rope_base_swa, desc->rope_freq_scale_swa,
+                                            desc->yarn_ext_factor, desc->rope_mscale_swa, desc->yarn_n_ctx_orig,
+                                            desc->yarn_beta_fast, desc->yarn_beta_slow);
     uint64_t planned_owned;
     weight_bytes(desc, &planned_owned, &m->weights_mapped);
     ek_status st = ek_pool_create(desc->n_threads, &m->pool);
@@ -321,10 +331,10 @@ static ek_status batch_forward(ek_model *m, const int32_t *ids, int64_t n, int64
         for (int64_t j = 0; j < n * E; j++) m->x[j] *= d->embd_scale;
     for (int64_t i = 0; i < n; i++) {
         float *global = m->rope + i * d->n_rot, *sliding = m->rope + (n + i) * d->n_rot;
-        ops_rope_angles(start + i, d->n_rot, d->rope_base, d->rope_freq_scale, d->rope_freqs, global,
+        ops_rope_angles(start + i, d->n_rot, d->rope_base, &m->rope_global, d->rope_freqs, global,
                         global + d->n_rot / 2);
         if (d->n_swa > 0)
-            ops_rope_angles(start + i, d->n_rot, d->rope_base_swa, d->rope_freq_scale_swa, d->rope_freqs, sliding,
+            ops_rope_angles(start + i, d->n_rot, d->rope_base_swa, &m->rope_sliding, d->rope_freqs, sliding,
                             sliding + d->n_rot / 2);
     }
     for (int il = 0; il < d->n_layer; il++)

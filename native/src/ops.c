@@ -110,14 +110,43 @@ void ek_rmsnorm(const float *x, const float *w, float *y, int64_t n, float eps) 
 
 /* ----------------------------------------------------------------- rope */
 
-void ops_rope_angles(int64_t pos, int64_t n_rot, float base, float freq_scale, const float *freq_factors,
-                     float *cosv, float *sinv) {
+#define OPS_PI 3.14159265358979323846 /* M_PI is POSIX, not C11 */
+
+/* The pair index whose wavelength 2 pi base^(2i/n_rot) fits `turns` times into n_ctx_orig
+   positions: base^(2i/n_rot) = n_ctx_orig / (2 pi turns). */
+static double yarn_pair_for_turns(int64_t n_rot, int32_t n_ctx_orig, float turns, float base) {
+    return (double)n_rot * log((double)n_ctx_orig / (2.0 * OPS_PI * (double)turns)) / (2.0 * log((double)base));
+}
+
+ops_rope_scaling ops_rope_scaling_init(int64_t n_rot, float base, float freq_scale, float ext_factor, float mscale,
+                                       int32_t n_ctx_orig, float beta_fast, float beta_slow) {
+    ops_rope_scaling s = {freq_scale, ext_factor, 0.0f, 0.0f, mscale};
+    if (ext_factor == 0.0f) return s;
+    /* Whole pair indices, clamped to the rotated range as llama.cpp (ggml) clamps them. */
+    const double lo = floor(yarn_pair_for_turns(n_rot, n_ctx_orig, beta_fast, base));
+    const double hi = ceil(yarn_pair_for_turns(n_rot, n_ctx_orig, beta_slow, base));
+    s.corr_lo = (float)(lo > 0.0 ? lo : 0.0);
+    s.corr_hi = (float)(hi < (double)(n_rot - 1) ? hi : (double)(n_rot - 1));
+    return s;
+}
+
+void ops_rope_angles(int64_t pos, int64_t n_rot, float base, const ops_rope_scaling *scaling,
+                     const float *freq_factors, float *cosv, float *sinv) {
     /* double for the reference accuracy; once per position, shared by all heads and layers. */
+    const double span = scaling->corr_hi - scaling->corr_lo > 0.001f ? scaling->corr_hi - scaling->corr_lo : 0.001;
     for (int64_t i = 0; i < n_rot / 2; i++) {
-        double theta = (double)pos * freq_scale * pow((double)base, -2.0 * (double)i / (double)n_rot);
+        double theta = (double)pos * pow((double)base, -2.0 * (double)i / (double)n_rot);
         if (freq_factors) theta /= freq_factors[i];
-        cosv[i] = (float)cos(theta);
-        sinv[i] = (float)sin(theta);
+        double scale = scaling->freq_scale;
+        if (scaling->ext_factor != 0.0f) {
+            double t = ((double)i - scaling->corr_lo) / span;   /* 0 at corr_lo, 1 at corr_hi */
+            t = t < 0.0 ? 0.0 : (t > 1.0 ? 1.0 : t);
+            const double keep = (1.0 - t) * scaling->ext_factor; /* weight of the unscaled angle */
+            scale = scale * (1.0 - keep) + keep;
+        }
+        theta *= scale;
+        cosv[i] = (float)(cos(theta) * scaling->mscale);
+        sinv[i] = (float)(sin(theta) * scaling->mscale);
     }
 }
 
@@ -145,7 +174,8 @@ void ops_rope_apply(float *x, int64_t n_heads, int64_t head_dim, int64_t n_rot, 
 void ek_rope(float *x, int64_t n_heads, int64_t head_dim, int64_t n_rot, int64_t pos, float base,
              float freq_scale, const float *freq_factors, int mode) {
     float cosv[512], sinv[512]; /* n_rot <= head_dim <= 1024, checked by the caller */
-    ops_rope_angles(pos, n_rot, base, freq_scale, freq_factors, cosv, sinv);
+    const ops_rope_scaling linear = {freq_scale, 0.0f, 0.0f, 0.0f, 1.0f};
+    ops_rope_angles(pos, n_rot, base, &linear, freq_factors, cosv, sinv);
     ops_rope_apply(x, n_heads, head_dim, n_rot, cosv, sinv, mode);
 }
 
