@@ -160,8 +160,8 @@ TIE_MARGIN = 0.3
 # So an all-positions 98% is below what llama.cpp reaches against itself; the bar is applied
 # where the reference is not tied, and over all positions we must agree with llama.cpp at
 # least as well as llama.cpp's two paths agree with each other, less this slack (8 near-ties
-# in 256; measured worst: Gemma-3 prose with repacked K-quants on AVX-512, 0.9375 against
-# llama.cpp's own 0.9453). A real bug - wrong RoPE, a bad kernel - gives far less.
+# in 256; measured worst: Gemma-3 prose with its K-quants repacked too on AVX-512, 0.9375
+# against llama.cpp's own 0.9453). A real bug - wrong RoPE, a bad kernel - gives far less.
 TOP1_SELF_SLACK = 0.03
 # Mean KL over 256 positions is dominated by a few bifurcating positions (one Gemma-3 code
 # position alone: KL 0.29 in llama.cpp against itself, 0.19-0.66 for our ISA paths). Our

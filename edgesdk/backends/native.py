@@ -2,11 +2,11 @@
 
 Everything about the file is checked here, before the C engine sees a
 pointer: the architecture, every hyperparameter, each tensor's presence,
-shape and type. The engine then trusts the description it is given. Matrices
-of a type the active kernels repack (Q4_0, Q4_1, Q8_0, and on x86 Q5_0, Q4_K,
-Q6_K) get an owned interleaved copy at load, and their pages of the file
-mapping are released (the file still backs them); the other matrices and the
-F32 vectors stay memory-mapped; norm vectors stored as F16 are converted.
+shape and type. The engine then trusts the description it is given. Q4_0, Q4_1
+and Q8_0 matrices get an owned interleaved copy at load (built over the thread
+pool), and their pages of the file mapping are released (the file still backs
+them); the other matrices and the F32 vectors stay memory-mapped; norm vectors
+stored as F16 are converted.
 """
 from __future__ import annotations
 
@@ -334,8 +334,9 @@ class _Description:
         return t
 
 
-# Repack matrices at load (measured: SmolLM2 ~2.5x faster prompts and ~2x faster generation,
-# Gemma-3 2.3x and 1.45x; benchmarks/RESULTS.md). repack=False keeps the file layout.
+# Repack matrices at load (measured on SmolLM2: ~2.5x faster prompts, ~2x faster generation;
+# benchmarks/RESULTS.md; the engine picks the types, see flags_for in native/src/model.c).
+# repack=False keeps the file layout.
 DEFAULT_REPACK = True
 
 
