@@ -217,18 +217,18 @@ ek_status ek_model_create(const ek_model_desc *desc, ek_model **out) {
     atomic_init(&job.next, 0);
     atomic_init(&job.failed, EK_OK);
     ek_pool_run(m->pool, make_weights_task, &job);
+    /* each slot is a distinct weight (a tied head has no slot of its own) */
+    for (int64_t i = 0; i < job.n_slots; i++)
+        if (*slots[i].out) m->weights_owned += ek_weight_owned_bytes(*slots[i].out);
     free(slots);
     /* created weights are freed by ek_model_free whatever failed */
     if ((st = (ek_status)atomic_load(&job.failed)) != EK_OK) goto fail;
     if (!desc->output.data) m->output = m->tok_embd;
     m->output_norm = vec(&desc->output_norm);
-    m->weights_owned = ek_weight_owned_bytes(m->tok_embd) + (m->output != m->tok_embd ? ek_weight_owned_bytes(m->output) : 0);
 
     for (int il = 0; il < desc->n_layer; il++) {
         const ek_tensor_desc *t = desc->layers + (size_t)il * EK_LT_COUNT;
         layer *L = &m->layers[il];
-        const ek_weight *ws[] = {L->wq, L->wk, L->wv, L->wo, L->w_gate, L->w_up, L->w_down};
-        for (int i = 0; i < 7; i++) m->weights_owned += ws[i] ? ek_weight_owned_bytes(ws[i]) : 0;
         L->attn_norm = vec(&t[EK_LT_ATTN_NORM]);
         L->q_bias = vec(&t[EK_LT_Q_BIAS]);
         L->k_bias = vec(&t[EK_LT_K_BIAS]);
