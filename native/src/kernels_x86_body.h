@@ -550,20 +550,24 @@ X86_SUFFIX(q4_kx8_tile)(const block_q4_kx8 *group, int n_valid, int64_t g0, int6
     }
 }
 
-static void X86_SUFFIX(gemm_q4_kx8_q8k)(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes,
-                                        float *y, int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
-    const int64_t nb = n_cols / QK_K;
-    for (int64_t g0 = r0; g0 < r1; g0 += EK_REPACK_ROWS) {
-        const block_q4_kx8 *group = (const block_q4_kx8 *)((const uint8_t *)w + (size_t)g0 * w_row_bytes);
-        const int n_valid = (int)(r1 - g0 < EK_REPACK_ROWS ? r1 - g0 : EK_REPACK_ROWS);
-        for (int64_t i0 = 0; i0 < m; i0 += ACT_TILE) {
-            const int tile = (int)(m - i0 < ACT_TILE ? m - i0 : ACT_TILE);
-            if (tile == ACT_TILE) X86_SUFFIX(q4_kx8_tile)(group, n_valid, g0, nb, x, x_row_bytes, i0, ACT_TILE, y, ldy);
-            else if (tile == 1) X86_SUFFIX(q4_kx8_tile)(group, n_valid, g0, nb, x, x_row_bytes, i0, 1, y, ldy);
-            else X86_SUFFIX(q4_kx8_tile)(group, n_valid, g0, nb, x, x_row_bytes, i0, tile, y, ldy);
-        }
+/* The group driver of a repacked K-quant tile: one 8-row group at a time, activation
+   rows in tiles of ACT_TILE, each tile size a compile-time constant of the inlined tile. */
+#define X86_GEMM_K_X8(name, tile_fn, slice_type)                                                              \
+    static void X86_SUFFIX(name)(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes,       \
+                                 float *y, int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) { \
+        const int64_t nb = n_cols / QK_K;                                                                     \
+        for (int64_t g0 = r0; g0 < r1; g0 += EK_REPACK_ROWS) {                                                \
+            const slice_type *group = (const slice_type *)((const uint8_t *)w + (size_t)g0 * w_row_bytes);    \
+            const int n_valid = (int)(r1 - g0 < EK_REPACK_ROWS ? r1 - g0 : EK_REPACK_ROWS);                   \
+            for (int64_t i0 = 0; i0 < m; i0 += ACT_TILE) {                                                    \
+                const int tile = (int)(m - i0 < ACT_TILE ? m - i0 : ACT_TILE);                                \
+                if (tile == ACT_TILE) tile_fn(group, n_valid, g0, nb, x, x_row_bytes, i0, ACT_TILE, y, ldy);  \
+                else if (tile == 1) tile_fn(group, n_valid, g0, nb, x, x_row_bytes, i0, 1, y, ldy);           \
+                else tile_fn(group, n_valid, g0, nb, x, x_row_bytes, i0, tile, y, ldy);                       \
+            }                                                                                                 \
+        }                                                                                                     \
     }
-}
+X86_GEMM_K_X8(gemm_q4_kx8_q8k, X86_SUFFIX(q4_kx8_tile), block_q4_kx8)
 
 /* One tile of activation rows [i0, i0 + tile) against one 8-row group; always inlined
    with tile a constant where it can be (GEMV: 1), so the tile loops unroll into registers. */
@@ -633,20 +637,8 @@ X86_SUFFIX(q6_kx8_tile)(const block_q6_kx8 *group, int n_valid, int64_t g0, int6
     }
 }
 
-static void X86_SUFFIX(gemm_q6_kx8_q8k)(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes,
-                                        float *y, int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
-    const int64_t nb = n_cols / QK_K;
-    for (int64_t g0 = r0; g0 < r1; g0 += EK_REPACK_ROWS) {
-        const block_q6_kx8 *group = (const block_q6_kx8 *)((const uint8_t *)w + (size_t)g0 * w_row_bytes);
-        const int n_valid = (int)(r1 - g0 < EK_REPACK_ROWS ? r1 - g0 : EK_REPACK_ROWS);
-        for (int64_t i0 = 0; i0 < m; i0 += ACT_TILE) {
-            const int tile = (int)(m - i0 < ACT_TILE ? m - i0 : ACT_TILE);
-            if (tile == ACT_TILE) X86_SUFFIX(q6_kx8_tile)(group, n_valid, g0, nb, x, x_row_bytes, i0, ACT_TILE, y, ldy);
-            else if (tile == 1) X86_SUFFIX(q6_kx8_tile)(group, n_valid, g0, nb, x, x_row_bytes, i0, 1, y, ldy);
-            else X86_SUFFIX(q6_kx8_tile)(group, n_valid, g0, nb, x, x_row_bytes, i0, tile, y, ldy);
-        }
-    }
-}
+X86_GEMM_K_X8(gemm_q6_kx8_q8k, X86_SUFFIX(q6_kx8_tile), block_q6_kx8)
+#undef X86_GEMM_K_X8
 
 /* ------------------------------------------------------ bandwidth probe */
 
