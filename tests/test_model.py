@@ -8,6 +8,7 @@ import pytest
 
 import edgesdk
 from edgesdk.errors import BackendUnavailableError, ContextOverflowError, InvalidArgumentError, ModelNotFoundError
+from edgesdk.backends.base import available_backends
 from edgesdk.model import _StopScanner
 
 N_CTX = 512
@@ -158,18 +159,7 @@ def test_native_backend_is_constructed_or_reported_unavailable(smollm2_path):
     m.close()
 
 
-def _installed_backends():
-    names = []
-    for name, module in (("llamacpp", "edgesdk.backends.llamacpp"), ("native", "edgesdk.backends.native")):
-        try:
-            importlib.import_module(module)
-        except ImportError:
-            continue
-        names.append(name)
-    return names
-
-
-@pytest.fixture(scope="module", params=_installed_backends())
+@pytest.fixture(scope="module", params=available_backends())
 def any_backend_model(request, smollm2_path):
     m = edgesdk.load(str(smollm2_path), backend=request.param, n_ctx=N_CTX, threads=THREADS)
     yield m
