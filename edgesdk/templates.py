@@ -16,9 +16,9 @@ and on top of that:
 Any failure is a TemplateError saying what happened.
 
 Message contents must never become special tokens: the template is rendered
-with a placeholder for each message's content, the result is split into
+with a slot marker in place of each message's content, the result is split into
 scaffolding (tokenized with special-token parsing) and contents (tokenized as
-plain text). A check render with the real contents proves that the placeholders
+plain text). A check render with the real contents proves that the slot markers
 stood exactly where the contents go; a template that transforms contents in a
 way the check cannot explain is rendered with the built-in template instead.
 
@@ -52,7 +52,7 @@ MAX_RENDER_CHARS = 4 << 20           # far above any context window's worth of t
 ROLES = ("system", "user", "assistant")
 TOKEN_TYPE_UNKNOWN, TOKEN_TYPE_CONTROL = 2, 3     # GGUF tokenizer.ggml.token_type values
 
-# Placeholder around a content index: private-use code points no tokenizer
+# Slot marker around a content index: private-use code points no tokenizer
 # scaffolding contains and that template filters such as trim/upper leave alone.
 _SLOT_OPEN, _SLOT_CLOSE = "\U000F0001", "\U000F0002"
 
@@ -298,8 +298,8 @@ class ChatTemplate:
 
     def render(self, messages: Sequence[Dict[str, str]], add_generation_prompt: bool = True) -> RenderedPrompt:
         """Render with contents kept apart from scaffolding (see the module docstring)."""
-        placeholders = [dict(m, content=f"{_SLOT_OPEN}{i}{_SLOT_CLOSE}") for i, m in enumerate(messages)]
-        marked = self.render_text(placeholders, add_generation_prompt)
+        slotted = [dict(m, content=f"{_SLOT_OPEN}{i}{_SLOT_CLOSE}") for i, m in enumerate(messages)]
+        marked = self.render_text(slotted, add_generation_prompt)
         exact = self.render_text(messages, add_generation_prompt)
         contents = [m["content"] for m in messages]
         for transform in (lambda s: s, str.strip):
