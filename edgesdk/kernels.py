@@ -316,7 +316,8 @@ def vec_dot(type_: Union[int, str], w_raw: Buffer, x: np.ndarray) -> float:
 
 
 def measure_read_bandwidth(n_bytes: int = 1 << 30, repeats: int = 5, pool: Optional[Pool] = None) -> float:
-    """Bytes/second the pool's threads read from a buffer of n_bytes (median of repeats)."""
+    """Bytes/second the pool's threads read from a buffer of n_bytes (median of repeats),
+    each thread reading its share as a few sequential streams side by side."""
     if n_bytes < 64 or repeats < 1:
         raise InvalidArgumentError(f"need n_bytes >= 64 and repeats >= 1, got {n_bytes} and {repeats}")
     pool_handle = _pool_handle(pool)

@@ -167,7 +167,9 @@ EK_API ek_status ek_vec_dot(int type, const void *w, const float *x, int64_t n, 
 
 /* Bytes per second the pool's threads read from a buffer of `bytes` (use far
    more than the last-level cache, e.g. 1 GiB), median of `repeats` passes;
-   0.0 when the buffer cannot be allocated. Benchmarks divide by it. */
+   0.0 when the buffer cannot be allocated. Each thread reads its share as a few
+   sequential streams side by side, which a core reads faster than one stream.
+   Benchmarks divide by it. */
 EK_API double ek_measure_read_bandwidth(size_t bytes, int repeats, ek_pool *pool);
 
 /* ------------------------------------- f32 transformer building blocks */

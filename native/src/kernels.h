@@ -146,8 +146,9 @@ typedef struct ek_kernels {
     ek_quantize_act_fn quantize_q8_k;
     ek_gemm_fn gemm[EK_TYPE_SLOTS];          /* plain GGUF layout, by ek_type; NULL: unsupported */
     ek_gemm_fn gemm_repacked[EK_TYPE_SLOTS]; /* EK_REPACK_ROWS-interleaved layout; NULL: no repack */
-    /* Sum of n bytes read as 64-bit words (n a multiple of 64): the bandwidth probe. */
-    uint64_t (*read_sum)(const void *p, size_t n);
+    /* Sum, as 64-bit words, of n bytes (a multiple of 64) at each of n_streams 64-byte
+       aligned pointers, one cache line of every stream in turn: the bandwidth probe. */
+    uint64_t (*read_sum)(const uint8_t *const *streams, int n_streams, size_t n);
 } ek_kernels;
 
 /* The table of the active ISA, or of a given one (NULL when not compiled/available). */

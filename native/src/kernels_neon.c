@@ -192,15 +192,16 @@ static void gemm_bf16_neon(const void *w, size_t w_row_bytes, const void *x, siz
 
 /* ---------------------------------------------------- bandwidth probe */
 
-static uint64_t read_sum_neon(const void *p, size_t n) {
-    const uint64_t *q = p;
+static uint64_t read_sum_neon(const uint8_t *const *streams, int n_streams, size_t n) {
     uint64x2_t a0 = vdupq_n_u64(0), a1 = a0, a2 = a0, a3 = a0;
-    for (size_t i = 0; i < n / 8; i += 8) {
-        a0 = vaddq_u64(a0, vld1q_u64(q + i));
-        a1 = vaddq_u64(a1, vld1q_u64(q + i + 2));
-        a2 = vaddq_u64(a2, vld1q_u64(q + i + 4));
-        a3 = vaddq_u64(a3, vld1q_u64(q + i + 6));
-    }
+    for (size_t off = 0; off < n; off += 64)
+        for (int k = 0; k < n_streams; k++) {
+            const uint64_t *q = (const uint64_t *)(streams[k] + off);
+            a0 = vaddq_u64(a0, vld1q_u64(q));
+            a1 = vaddq_u64(a1, vld1q_u64(q + 2));
+            a2 = vaddq_u64(a2, vld1q_u64(q + 4));
+            a3 = vaddq_u64(a3, vld1q_u64(q + 6));
+        }
     return vaddvq_u64(vaddq_u64(vaddq_u64(a0, a1), vaddq_u64(a2, a3)));
 }
 

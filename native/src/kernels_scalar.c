@@ -163,15 +163,16 @@ SCALAR_GEMM(gemm_q8_0_q8_scalar, dot_q8_0_q8)
 SCALAR_GEMM(gemm_q4_k_q8k_scalar, dot_q4_k_q8k)
 SCALAR_GEMM(gemm_q6_k_q8k_scalar, dot_q6_k_q8k)
 
-static uint64_t read_sum_scalar(const void *p, size_t n) {
-    const uint64_t *u = p;
+static uint64_t read_sum_scalar(const uint8_t *const *streams, int n_streams, size_t n) {
     uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-    for (size_t i = 0; i < n / 8; i += 4) {
-        s0 += u[i];
-        s1 += u[i + 1];
-        s2 += u[i + 2];
-        s3 += u[i + 3];
-    }
+    for (size_t off = 0; off < n; off += 64)
+        for (int k = 0; k < n_streams; k++) {
+            const uint64_t *u = (const uint64_t *)(streams[k] + off);
+            s0 += u[0] + u[4];
+            s1 += u[1] + u[5];
+            s2 += u[2] + u[6];
+            s3 += u[3] + u[7];
+        }
     return s0 + s1 + s2 + s3;
 }
 

@@ -642,21 +642,15 @@ X86_GEMM_K_X8(gemm_q6_kx8_q8k, X86_SUFFIX(q6_kx8_tile), block_q6_kx8)
 
 /* ------------------------------------------------------ bandwidth probe */
 
-static uint64_t X86_SUFFIX(read_sum)(const void *p, size_t n) {
-    const __m256i *v = p;
-    __m256i s0 = _mm256_setzero_si256(), s1 = s0, s2 = s0, s3 = s0;
-    /* n is a multiple of 64 (whole cache lines), not necessarily of 128: the last
-       line may be the only one left for the 4-way unrolled loop. */
-    const size_t n_vec = n / 32;
-    size_t i = 0;
-    for (; i + 4 <= n_vec; i += 4) {
-        s0 = _mm256_add_epi64(s0, _mm256_load_si256(v + i));
-        s1 = _mm256_add_epi64(s1, _mm256_load_si256(v + i + 1));
-        s2 = _mm256_add_epi64(s2, _mm256_load_si256(v + i + 2));
-        s3 = _mm256_add_epi64(s3, _mm256_load_si256(v + i + 3));
-    }
-    for (; i < n_vec; i++) s0 = _mm256_add_epi64(s0, _mm256_load_si256(v + i));
-    const __m256i s = _mm256_add_epi64(_mm256_add_epi64(s0, s1), _mm256_add_epi64(s2, s3));
+static uint64_t X86_SUFFIX(read_sum)(const uint8_t *const *streams, int n_streams, size_t n) {
+    __m256i s0 = _mm256_setzero_si256(), s1 = s0;
+    for (size_t off = 0; off < n; off += 64)
+        for (int k = 0; k < n_streams; k++) {
+            const __m256i *v = (const __m256i *)(streams[k] + off);
+            s0 = _mm256_add_epi64(s0, _mm256_load_si256(v));
+            s1 = _mm256_add_epi64(s1, _mm256_load_si256(v + 1));
+        }
+    const __m256i s = _mm256_add_epi64(s0, s1);
     uint64_t lanes[4];
     _mm256_storeu_si256((__m256i *)lanes, s);
     return lanes[0] + lanes[1] + lanes[2] + lanes[3];
