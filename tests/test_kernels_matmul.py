@@ -128,6 +128,24 @@ def test_repacked_weight_gives_the_plain_result_and_owns_its_copy(isa, type_name
     np.testing.assert_array_equal(packed.get_rows([0, 28, 7]), w64[[0, 28, 7]].astype(np.float32))
 
 
+# A thread's rows come in items of 16 to 64 (native/src/matmul.c), and the AVX-512 GEMV
+# reads up to four 16-row group pairs of an item side by side (GEMV_PAIRS in
+# kernels_avx512.c). 605 rows make items of 64 rows for 1 thread, 48 for 2 and 32 for 3
+# (four, three and two pairs), then a last item of one pair and a lone group of 13 rows.
+@pytest.mark.parametrize("isa", AVAILABLE_ISAS, indirect=True)
+@pytest.mark.parametrize("type_name", list(REPACK_GROWTH))
+def test_repacked_gemv_over_many_row_groups_equals_the_gemm_rows(isa, type_name, rng, pool2):
+    n_rows, n_cols = 605, BLOCKS[type_name][0] * 3
+    raw, w64 = make_weight_data(type_name, n_rows, n_cols, rng)
+    x = rng.normal(size=(3, n_cols)).astype(np.float32)
+    weight = kernels.Weight(type_name, n_rows, n_cols, raw, repack=True)
+    gemm = weight.matmul(x, pool=pool2)
+    assert_matmul_close(type_name, gemm, w64, x)
+    with kernels.Pool(1) as pool1, kernels.Pool(3) as pool3:
+        for pool in (pool1, pool2, pool3):
+            np.testing.assert_array_equal(weight.matmul(x[0], pool=pool), gemm[0])
+
+
 @pytest.mark.parametrize("type_name", WEIGHT_TYPES)
 def test_get_rows_returns_dequantized_rows(type_name, rng):
     n_rows, n_cols = 19, cols_for(type_name)

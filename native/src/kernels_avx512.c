@@ -48,78 +48,114 @@ static inline __m256i sub_dot_scaled(__m256i acc, const __m256i *u, const __m256
    Q4_0's -8 offset. */
 #define X16_TILE 8 /* activation rows per decoded slice pair */
 
+/* GEMV reads up to GEMV_PAIRS 16-row group pairs side by side, block by block: eight
+   sequential streams per thread keep more lines in flight than two, which is what a
+   memory-bound GEMV is short of (this 2-core VM, Q4_0 2048x2048: 20 -> 24-25 GB/s of
+   29-30 the machine reads). Each row's operations are those of the GEMM tile, so the
+   result does not change a bit. gemm_x16 instantiates 4, 3 and 2 pairs. */
+#define GEMV_PAIRS 4
+
+/* Block b of two 8-row groups decoded for 16 lanes: the eight weight byte vectors
+   (unsigned), the rows' scales, and the coefficient of the activation block's s. */
+typedef struct { __m512i u[8]; __m512 dw, coef_s; } decoded_x16;
+
+static inline __attribute__((always_inline)) void
+decode_x16(int fam, const uint8_t *s0, const uint8_t *s1, decoded_x16 *r) {
+    const __m512i low = _mm512_set1_epi8(0x0F), bias = _mm512_set1_epi8((char)0x80);
+    r->dw = _mm512_cvtph_ps(_mm256_inserti128_si256(
+        _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)s0)), _mm_loadu_si128((const __m128i *)s1), 1));
+    if (fam == FAM_Q8_0) {
+        const int8_t *qs0 = ((const block_q8_0x8 *)s0)->qs, *qs1 = ((const block_q8_0x8 *)s1)->qs;
+        for (int k = 0; k < 8; k++)
+            r->u[k] = _mm512_xor_si512(_mm512_inserti64x4(
+                _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(qs0 + 32 * k))),
+                _mm256_loadu_si256((const __m256i *)(qs1 + 32 * k)), 1), bias);
+        r->coef_s = _mm512_mul_ps(r->dw, _mm512_set1_ps(-128.0f));
+    } else if (fam == FAM_Q5_0) {
+        const block_q5_0x8 *q0 = (const block_q5_0x8 *)s0, *q1 = (const block_q5_0x8 *)s1;
+        /* bit k of each qh byte is vector k's fifth bit (see block_q5_0x8): move it to bit 4 */
+        const __m512i hv = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)q0->qh)),
+                                              _mm256_loadu_si256((const __m256i *)q1->qh), 1);
+        const __m512i bit4 = _mm512_set1_epi8(0x10);
+        const __m512i high[8] = {_mm512_slli_epi16(hv, 4), _mm512_slli_epi16(hv, 3), _mm512_slli_epi16(hv, 2),
+                                 _mm512_slli_epi16(hv, 1), hv, _mm512_srli_epi16(hv, 1),
+                                 _mm512_srli_epi16(hv, 2), _mm512_srli_epi16(hv, 3)};
+        for (int k = 0; k < 4; k++) {
+            const __m512i v = _mm512_inserti64x4(
+                _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(q0->qs + 32 * k))),
+                _mm256_loadu_si256((const __m256i *)(q1->qs + 32 * k)), 1);
+            /* (v & 0x0F) | (high & 0x10) in one ternary-logic op each */
+            r->u[k] = _mm512_ternarylogic_epi32(_mm512_and_si512(v, low), high[k], bit4, 0xF8);
+            r->u[4 + k] = _mm512_ternarylogic_epi32(_mm512_and_si512(_mm512_srli_epi16(v, 4), low), high[4 + k], bit4, 0xF8);
+        }
+        r->coef_s = _mm512_mul_ps(r->dw, _mm512_set1_ps(-16.0f));
+    } else {
+        const uint8_t *qs0 = fam == FAM_Q4_0 ? ((const block_q4_0x8 *)s0)->qs : ((const block_q4_1x8 *)s0)->qs;
+        const uint8_t *qs1 = fam == FAM_Q4_0 ? ((const block_q4_0x8 *)s1)->qs : ((const block_q4_1x8 *)s1)->qs;
+        for (int k = 0; k < 4; k++) {
+            const __m512i v = _mm512_inserti64x4(
+                _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(qs0 + 32 * k))),
+                _mm256_loadu_si256((const __m256i *)(qs1 + 32 * k)), 1);
+            r->u[k] = _mm512_and_si512(v, low);
+            r->u[4 + k] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+        }
+        r->coef_s = fam == FAM_Q4_0
+            ? _mm512_mul_ps(r->dw, _mm512_set1_ps(-8.0f))
+            : _mm512_cvtph_ps(_mm256_inserti128_si256(
+                  _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)((const block_q4_1x8 *)s0)->m)),
+                  _mm_loadu_si128((const __m128i *)((const block_q4_1x8 *)s1)->m), 1));
+    }
+}
+
+/* acc += the 16 rows' integer dots with one activation block, scaled; corr += the
+   offset term (Q4_1's m * s, the others' -k * d * s), summed apart from the dots as
+   the plain kernels do: folding it into the same sum per block rounds differently
+   and decided near-tied tokens against llama.cpp. */
+static inline __attribute__((always_inline)) void
+dot_x16(const decoded_x16 *w, const block_q8_32 *xb, __m512 *acc, __m512 *corr) {
+    int32_t piece[8];
+    memcpy(piece, xb->qs, 32);
+    __m512i isum = _mm512_setzero_si512();
+    for (int k = 0; k < 8; k++) isum = _mm512_dpbusd_epi32(isum, w->u[k], _mm512_set1_epi32(piece[k]));
+    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(w->dw, _mm512_set1_ps(xb->d)), *acc);
+    *corr = _mm512_fmadd_ps(w->coef_s, _mm512_set1_ps(xb->s), *corr);
+}
+
 /* Activation rows [i0, i0 + tile) against the 16 rows of group0 and group1; always
    inlined with tile a constant where it can be, so the tile loop unrolls into registers. */
 static inline __attribute__((always_inline)) void
 x16_tile(int fam, size_t slice_bytes, const uint8_t *group0, const uint8_t *group1, int n_valid, int64_t g0, int64_t nb,
          const void *x, size_t x_row_bytes, int64_t i0, const int tile, float *y, int64_t ldy) {
-    const __m512i low = _mm512_set1_epi8(0x0F), bias = _mm512_set1_epi8((char)0x80);
-    /* the offset term (Q4_1's m * s, the others' -k * d * s) is summed apart from the
-       scaled integer dots, as the plain kernels do: folding it into the same sum per
-       block rounds differently and decided near-tied tokens against llama.cpp */
     __m512 acc[X16_TILE], corr[X16_TILE];
     for (int t = 0; t < X16_TILE; t++) acc[t] = corr[t] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *s0 = group0 + (size_t)b * slice_bytes, *s1 = group1 + (size_t)b * slice_bytes;
-        __m512i u[8];
-        __m512 coef_s;
-        const __m512 dw = _mm512_cvtph_ps(_mm256_inserti128_si256(
-            _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)s0)), _mm_loadu_si128((const __m128i *)s1), 1));
-        if (fam == FAM_Q8_0) {
-            const int8_t *qs0 = ((const block_q8_0x8 *)s0)->qs, *qs1 = ((const block_q8_0x8 *)s1)->qs;
-            for (int k = 0; k < 8; k++)
-                u[k] = _mm512_xor_si512(_mm512_inserti64x4(
-                    _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(qs0 + 32 * k))),
-                    _mm256_loadu_si256((const __m256i *)(qs1 + 32 * k)), 1), bias);
-            coef_s = _mm512_mul_ps(dw, _mm512_set1_ps(-128.0f));
-        } else if (fam == FAM_Q5_0) {
-            const block_q5_0x8 *q0 = (const block_q5_0x8 *)s0, *q1 = (const block_q5_0x8 *)s1;
-            /* bit k of each qh byte is vector k's fifth bit (see block_q5_0x8): move it to bit 4 */
-            const __m512i hv = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)q0->qh)),
-                                                  _mm256_loadu_si256((const __m256i *)q1->qh), 1);
-            const __m512i bit4 = _mm512_set1_epi8(0x10);
-            const __m512i high[8] = {_mm512_slli_epi16(hv, 4), _mm512_slli_epi16(hv, 3), _mm512_slli_epi16(hv, 2),
-                                     _mm512_slli_epi16(hv, 1), hv, _mm512_srli_epi16(hv, 1),
-                                     _mm512_srli_epi16(hv, 2), _mm512_srli_epi16(hv, 3)};
-            for (int k = 0; k < 4; k++) {
-                const __m512i v = _mm512_inserti64x4(
-                    _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(q0->qs + 32 * k))),
-                    _mm256_loadu_si256((const __m256i *)(q1->qs + 32 * k)), 1);
-                /* (v & 0x0F) | (high & 0x10) in one ternary-logic op each */
-                u[k] = _mm512_ternarylogic_epi32(_mm512_and_si512(v, low), high[k], bit4, 0xF8);
-                u[4 + k] = _mm512_ternarylogic_epi32(_mm512_and_si512(_mm512_srli_epi16(v, 4), low), high[4 + k], bit4, 0xF8);
-            }
-            coef_s = _mm512_mul_ps(dw, _mm512_set1_ps(-16.0f));
-        } else {
-            const uint8_t *qs0 = fam == FAM_Q4_0 ? ((const block_q4_0x8 *)s0)->qs : ((const block_q4_1x8 *)s0)->qs;
-            const uint8_t *qs1 = fam == FAM_Q4_0 ? ((const block_q4_0x8 *)s1)->qs : ((const block_q4_1x8 *)s1)->qs;
-            for (int k = 0; k < 4; k++) {
-                const __m512i v = _mm512_inserti64x4(
-                    _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(qs0 + 32 * k))),
-                    _mm256_loadu_si256((const __m256i *)(qs1 + 32 * k)), 1);
-                u[k] = _mm512_and_si512(v, low);
-                u[4 + k] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
-            }
-            coef_s = fam == FAM_Q4_0
-                ? _mm512_mul_ps(dw, _mm512_set1_ps(-8.0f))
-                : _mm512_cvtph_ps(_mm256_inserti128_si256(
-                      _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)((const block_q4_1x8 *)s0)->m)),
-                      _mm_loadu_si128((const __m128i *)((const block_q4_1x8 *)s1)->m), 1));
-        }
+        decoded_x16 wd;
+        decode_x16(fam, group0 + (size_t)b * slice_bytes, group1 + (size_t)b * slice_bytes, &wd);
         #pragma GCC unroll 8
-        for (int t = 0; t < tile; t++) {
-            const block_q8_32 *xb = (const block_q8_32 *)((const uint8_t *)x + (size_t)(i0 + t) * x_row_bytes) + b;
-            int32_t piece[8];
-            memcpy(piece, xb->qs, 32);
-            __m512i isum = _mm512_setzero_si512();
-            for (int k = 0; k < 8; k++) isum = _mm512_dpbusd_epi32(isum, u[k], _mm512_set1_epi32(piece[k]));
-            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(dw, _mm512_set1_ps(xb->d)), acc[t]);
-            corr[t] = _mm512_fmadd_ps(coef_s, _mm512_set1_ps(xb->s), corr[t]);
-        }
+        for (int t = 0; t < tile; t++)
+            dot_x16(&wd, (const block_q8_32 *)((const uint8_t *)x + (size_t)(i0 + t) * x_row_bytes) + b, &acc[t], &corr[t]);
     }
     for (int t = 0; t < tile; t++)
         _mm512_mask_storeu_ps(y + (i0 + t) * ldy + g0, (__mmask16)((1u << n_valid) - 1u),
                               _mm512_add_ps(acc[t], corr[t]));
+}
+
+/* One activation row against the n_pairs (<= GEMV_PAIRS, a constant of the inlined
+   copy) group pairs from `first` on, read side by side. */
+static inline __attribute__((always_inline)) void
+gemv_x16_pairs(int fam, size_t slice_bytes, const uint8_t *first, size_t group_bytes, int64_t nb,
+               const block_q8_32 *x, float *y, const int n_pairs) {
+    __m512 acc[GEMV_PAIRS], corr[GEMV_PAIRS];
+    for (int p = 0; p < GEMV_PAIRS; p++) acc[p] = corr[p] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++)
+        #pragma GCC unroll 4
+        for (int p = 0; p < n_pairs; p++) {
+            const uint8_t *s0 = first + 2 * (size_t)p * group_bytes + (size_t)b * slice_bytes;
+            decoded_x16 wd;
+            decode_x16(fam, s0, s0 + group_bytes, &wd);
+            dot_x16(&wd, &x[b], &acc[p], &corr[p]);
+        }
+    for (int p = 0; p < n_pairs; p++) _mm512_storeu_ps(y + 16 * p, _mm512_add_ps(acc[p], corr[p]));
 }
 
 static inline __attribute__((always_inline)) void
@@ -127,6 +163,16 @@ gemm_x16(int fam, size_t slice_bytes, const void *w, size_t w_row_bytes, const v
          float *y, int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
     const int64_t nb = n_cols / QK32;
     const size_t group_bytes = EK_REPACK_ROWS * w_row_bytes;
+    /* GEMV: whole pairs four, else three or two, at a time (a thread's rows come in
+       items of 16 to 64); a last single pair and a lone group go through the tile */
+    while (m == 1 && r1 - r0 >= 32) {
+        const uint8_t *first = (const uint8_t *)w + (size_t)r0 * w_row_bytes;
+        const int64_t n_pairs = (r1 - r0) / 16;
+        if (n_pairs >= GEMV_PAIRS) gemv_x16_pairs(fam, slice_bytes, first, group_bytes, nb, x, y + r0, GEMV_PAIRS);
+        else if (n_pairs == 3) gemv_x16_pairs(fam, slice_bytes, first, group_bytes, nb, x, y + r0, 3);
+        else gemv_x16_pairs(fam, slice_bytes, first, group_bytes, nb, x, y + r0, 2);
+        r0 += 16 * (n_pairs >= GEMV_PAIRS ? GEMV_PAIRS : n_pairs);
+    }
     for (int64_t g0 = r0; g0 < r1; g0 += 2 * EK_REPACK_ROWS) {
         const uint8_t *group0 = (const uint8_t *)w + (size_t)g0 * w_row_bytes;
         const uint8_t *group1 = g0 + EK_REPACK_ROWS < r1 ? group0 + group_bytes : group0;
