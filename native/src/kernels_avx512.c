@@ -222,6 +222,18 @@ static inline int32_t load_i32(const void *p) {
     return v;
 }
 
+/* Lines [first, first + count) of the `bytes` at p, prefetched into L1 (a line index past
+   the end stands for none; the last line is the one holding p[bytes - 1]). A GEMV's
+   K-quant slices are large enough (1184 and 1680 bytes) that the decode work between
+   two slices of a stream leaves it waiting on memory; asking for the next slice while
+   the current one is decoded overlaps the two (2048x2048, 2 threads, of the read
+   bandwidth: Q4_K 64 -> 72-76%, Q6_K 67 -> 75%; one slice ahead beat two or more). */
+static inline __attribute__((always_inline)) void prefetch_lines(const void *p, size_t bytes, int first, int count) {
+    const size_t n_lines = (bytes + 63) / 64 + 1;
+    for (int l = first; l < first + count; l++)
+        if ((size_t)l < n_lines) _mm_prefetch((const char *)p + ((size_t)l * 64 < bytes ? (size_t)l * 64 : bytes - 1), _MM_HINT_T0);
+}
+
 /* acc + lane j: sc_j * sum over n vector pairs of (u8 x s8 summed in groups of 4). */
 static inline __m512i sub_dot_scaled16(__m512i acc, const __m512i *u, const __m512i *s, int n, __m512i sc32) {
     __m512i t = _mm512_setzero_si512();
@@ -229,128 +241,177 @@ static inline __m512i sub_dot_scaled16(__m512i acc, const __m512i *u, const __m5
     return _mm512_add_epi32(acc, _mm512_mullo_epi32(t, sc32));
 }
 
+/* Slice b of two 8-row Q4_K groups (sa, sb) against activation blocks xb[0..tile):
+   acc[t] += the 16 rows' dots with xb[t]. */
 static inline __attribute__((always_inline)) void
-q4_kx16_tile(const block_q4_kx8 *ga, const block_q4_kx8 *gb, int n_valid, int64_t row0, int64_t nb, const void *x,
-             size_t x_row_bytes, int64_t i0, const int tile, float *y, int64_t ldy) {
+q4_kx16_slice(const block_q4_kx8 *sa, const block_q4_kx8 *sb, const block_q8_k *const *xb, const int tile, __m512 *acc,
+              const int prefetch_next) {
+    if (tile > K_TILE) __builtin_unreachable(); /* for GCC's bounds warnings */
     const __m512i low = _mm512_set1_epi8(0x0F), low16 = _mm512_set1_epi32(0xFFFF);
-    const block_q8_k *xr[K_TILE];
-    __m512 acc[K_TILE];
-    for (int t = 0; t < K_TILE; t++) {
-        xr[t] = (const block_q8_k *)((const uint8_t *)x + (size_t)(i0 + (t < tile ? t : 0)) * x_row_bytes);
-        acc[t] = _mm512_setzero_ps();
-    }
-    for (int64_t b = 0; b < nb; b++) {
-        const block_q4_kx8 *sa = &ga[b], *sb = &gb[b];
-        __m512i isum[K_TILE];
-        for (int t = 0; t < K_TILE; t++) isum[t] = _mm512_setzero_si512();
+    __m512i isum[K_TILE];
+    for (int t = 0; t < K_TILE; t++) isum[t] = _mm512_setzero_si512();
+    #pragma GCC unroll 8
+    for (int c = 0; c < 4; c++) {
+        const __m512i sp = _mm512_cvtepu8_epi16(join128(sa->sc + 16 * c, sb->sc + 16 * c)); /* sub-blocks 2c, 2c+1 */
+        if (prefetch_next) {
+            prefetch_lines(sa + 1, sizeof *sa, 5 * c, 5);
+            prefetch_lines(sb + 1, sizeof *sb, 5 * c, 5);
+        }
         #pragma GCC unroll 8
-        for (int c = 0; c < 4; c++) {
-            const __m512i sp = _mm512_cvtepu8_epi16(join128(sa->sc + 16 * c, sb->sc + 16 * c)); /* sub-blocks 2c, 2c+1 */
+        for (int e = 0; e < 2; e++) { /* e = 0: low nibbles, sub-block 2c; 1: high, 2c + 1 */
+            const __m512i scl = e ? _mm512_srli_epi32(sp, 16) : _mm512_and_si512(sp, low16);
+            __m512i u[8];
+            for (int k = 0; k < 8; k++) {
+                const __m512i v = join256(sa->qs + 32 * (8 * c + k), sb->qs + 32 * (8 * c + k));
+                u[k] = _mm512_and_si512(e ? _mm512_srli_epi16(v, 4) : v, low);
+            }
             #pragma GCC unroll 8
-            for (int e = 0; e < 2; e++) { /* e = 0: low nibbles, sub-block 2c; 1: high, 2c + 1 */
-                const __m512i scl = e ? _mm512_srli_epi32(sp, 16) : _mm512_and_si512(sp, low16);
-                __m512i u[8];
-                for (int k = 0; k < 8; k++) {
-                    const __m512i v = join256(sa->qs + 32 * (8 * c + k), sb->qs + 32 * (8 * c + k));
-                    u[k] = _mm512_and_si512(e ? _mm512_srli_epi16(v, 4) : v, low);
+            for (int t = 0; t < tile; t++) {
+                const int8_t *xq = xb[t]->qs + 64 * c + 32 * e;
+                __m512i xs[8];
+                for (int k = 0; k < 8; k++) xs[k] = _mm512_set1_epi32(load_i32(xq + 4 * k));
+                isum[t] = sub_dot_scaled16(isum[t], u, xs, 8, scl);
+            }
+        }
+        __asm__ volatile("" ::: "memory");
+    }
+    const __m512 d = _mm512_cvtph_ps(join128(sa->d, sb->d)), dmin = _mm512_cvtph_ps(join128(sa->dmin, sb->dmin));
+    __m512i mins[4];
+    for (int p = 0; p < 4; p++) mins[p] = _mm512_cvtepu8_epi16(join128(sa->m + 16 * p, sb->m + 16 * p));
+    #pragma GCC unroll 8
+    for (int t = 0; t < tile; t++) {
+        __m512i msum = _mm512_setzero_si512();
+        for (int p = 0; p < 4; p++) {
+            const int32_t pair = (int32_t)((uint32_t)(uint16_t)(xb[t]->bsums[4 * p] + xb[t]->bsums[4 * p + 1]) |
+                                           ((uint32_t)(uint16_t)(xb[t]->bsums[4 * p + 2] + xb[t]->bsums[4 * p + 3]) << 16));
+            msum = _mm512_add_epi32(msum, _mm512_madd_epi16(mins[p], _mm512_set1_epi32(pair)));
+        }
+        const __m512 xd = _mm512_set1_ps(xb[t]->d);
+        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t]), _mm512_mul_ps(d, xd), acc[t]);
+        acc[t] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(msum), _mm512_mul_ps(dmin, xd), acc[t]);
+    }
+}
+
+/* Slice b of two 8-row Q6_K groups against xb[0..tile), as q4_kx16_slice. */
+static inline __attribute__((always_inline)) void
+q6_kx16_slice(const block_q6_kx8 *sa, const block_q6_kx8 *sb, const block_q8_k *const *xb, const int tile, __m512 *acc,
+              const int prefetch_next) {
+    if (tile > K_TILE) __builtin_unreachable(); /* for GCC's bounds warnings */
+    const __m512i low = _mm512_set1_epi8(0x0F), two = _mm512_set1_epi8(0x30);
+    __m512i isum[K_TILE] = {0}; /* only t < tile are used; set so that GCC sees them set */
+    { /* q is stored + 32: start from -32 * sum_k scale_k * bsums_k per row */
+        __m512i pairs[8];
+        for (int p = 0; p < 8; p++) pairs[p] = _mm512_cvtepi8_epi16(join128(sa->sc + 16 * p, sb->sc + 16 * p));
+        #pragma GCC unroll 8
+        for (int t = 0; t < tile; t++) {
+            __m512i corr = _mm512_setzero_si512();
+            for (int p = 0; p < 8; p++)
+                corr = _mm512_add_epi32(corr, _mm512_madd_epi16(pairs[p], _mm512_set1_epi32(load_i32(&xb[t]->bsums[2 * p]))));
+            isum[t] = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(corr, 5));
+        }
+    }
+    #pragma GCC unroll 8
+    for (int h = 0; h < 2; h++)
+        #pragma GCC unroll 8
+        for (int g = 0; g < 2; g++)
+            #pragma GCC unroll 8
+            for (int q = 0; q < 4; q++) { /* sub-block 8h + 2q + g: scale pair 4h + q, element g */
+                const __m512i sp = _mm512_cvtepi8_epi16(join128(sa->sc + 16 * (4 * h + q), sb->sc + 16 * (4 * h + q)));
+                if (prefetch_next) {
+                    prefetch_lines(sa + 1, sizeof *sa, 2 * (8 * h + 4 * g + q), 2);
+                    prefetch_lines(sb + 1, sizeof *sb, 2 * (8 * h + 4 * g + q), 2);
+                }
+                const __m512i scl = g ? _mm512_srai_epi32(sp, 16) : _mm512_srai_epi32(_mm512_slli_epi32(sp, 16), 16);
+                __m512i u[4];
+                for (int i = 0; i < 4; i++) {
+                    const size_t off = (size_t)96 * (8 * h + 4 * g + i); /* ql piece, ql piece + 8, qh piece */
+                    const __m512i l = join256(sa->q + off + (q & 1) * 32, sb->q + off + (q & 1) * 32);
+                    const __m512i qh = join256(sa->q + off + 64, sb->q + off + 64);
+                    const __m512i lo = _mm512_and_si512(q < 2 ? l : _mm512_srli_epi16(l, 4), low);
+                    const __m512i hi = q == 0 ? _mm512_slli_epi16(qh, 4) : q == 1 ? _mm512_slli_epi16(qh, 2)
+                                     : q == 2 ? qh : _mm512_srli_epi16(qh, 2);
+                    u[i] = _mm512_or_si512(lo, _mm512_and_si512(hi, two));
                 }
                 #pragma GCC unroll 8
                 for (int t = 0; t < tile; t++) {
-                    const int8_t *xq = xr[t][b].qs + 64 * c + 32 * e;
-                    __m512i xs[8];
-                    for (int k = 0; k < 8; k++) xs[k] = _mm512_set1_epi32(load_i32(xq + 4 * k));
-                    isum[t] = sub_dot_scaled16(isum[t], u, xs, 8, scl);
+                    const int8_t *xq = xb[t]->qs + 128 * h + 16 * g + 32 * q;
+                    __m512i xs[4];
+                    for (int i = 0; i < 4; i++) xs[i] = _mm512_set1_epi32(load_i32(xq + 4 * i));
+                    isum[t] = sub_dot_scaled16(isum[t], u, xs, 4, scl);
                 }
             }
-        }
-        const __m512 d = _mm512_cvtph_ps(join128(sa->d, sb->d)), dmin = _mm512_cvtph_ps(join128(sa->dmin, sb->dmin));
-        __m512i mins[4];
-        for (int p = 0; p < 4; p++) mins[p] = _mm512_cvtepu8_epi16(join128(sa->m + 16 * p, sb->m + 16 * p));
-        #pragma GCC unroll 8
-        for (int t = 0; t < tile; t++) {
-            const block_q8_k *xb = &xr[t][b];
-            __m512i msum = _mm512_setzero_si512();
-            for (int p = 0; p < 4; p++) {
-                const int32_t pair = (int32_t)((uint32_t)(uint16_t)(xb->bsums[4 * p] + xb->bsums[4 * p + 1]) |
-                                               ((uint32_t)(uint16_t)(xb->bsums[4 * p + 2] + xb->bsums[4 * p + 3]) << 16));
-                msum = _mm512_add_epi32(msum, _mm512_madd_epi16(mins[p], _mm512_set1_epi32(pair)));
-            }
-            const __m512 xd = _mm512_set1_ps(xb->d);
-            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t]), _mm512_mul_ps(d, xd), acc[t]);
-            acc[t] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(msum), _mm512_mul_ps(dmin, xd), acc[t]);
-        }
-    }
+    const __m512 d = _mm512_cvtph_ps(join128(sa->d, sb->d));
+    #pragma GCC unroll 8
     for (int t = 0; t < tile; t++)
-        _mm512_mask_storeu_ps(y + (i0 + t) * ldy + row0, (__mmask16)((1u << n_valid) - 1u), acc[t]);
+        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t]), _mm512_mul_ps(d, _mm512_set1_ps(xb[t]->d)), acc[t]);
 }
 
-static inline __attribute__((always_inline)) void
-q6_kx16_tile(const block_q6_kx8 *ga, const block_q6_kx8 *gb, int n_valid, int64_t row0, int64_t nb, const void *x,
-             size_t x_row_bytes, int64_t i0, const int tile, float *y, int64_t ldy) {
-    const __m512i low = _mm512_set1_epi8(0x0F), two = _mm512_set1_epi8(0x30);
-    const block_q8_k *xr[K_TILE];
-    __m512 acc[K_TILE];
-    for (int t = 0; t < K_TILE; t++) {
-        xr[t] = (const block_q8_k *)((const uint8_t *)x + (size_t)(i0 + (t < tile ? t : 0)) * x_row_bytes);
-        acc[t] = _mm512_setzero_ps();
+/* Activation rows [i0, i0 + tile) against the 16 rows of groups ga and gb. */
+#define K_X16_TILE(name, slice_fn, slice_type)                                                                 \
+    static inline __attribute__((always_inline)) void                                                          \
+    name(const slice_type *ga, const slice_type *gb, int n_valid, int64_t row0, int64_t nb, const void *x,     \
+         size_t x_row_bytes, int64_t i0, const int tile, float *y, int64_t ldy) {                              \
+        const block_q8_k *xr[K_TILE];                                                                          \
+        __m512 acc[K_TILE];                                                                                    \
+        for (int t = 0; t < K_TILE; t++) {                                                                     \
+            xr[t] = (const block_q8_k *)((const uint8_t *)x + (size_t)(i0 + (t < tile ? t : 0)) * x_row_bytes); \
+            acc[t] = _mm512_setzero_ps();                                                                      \
+        }                                                                                                      \
+        for (int64_t b = 0; b < nb; b++) {                                                                     \
+            const block_q8_k *xb[K_TILE];                                                                      \
+            for (int t = 0; t < K_TILE; t++) xb[t] = &xr[t][b];                                                \
+            slice_fn(&ga[b], &gb[b], xb, tile, acc, 0);                                                         \
+        }                                                                                                      \
+        for (int t = 0; t < tile; t++)                                                                         \
+            _mm512_mask_storeu_ps(y + (i0 + t) * ldy + row0, (__mmask16)((1u << n_valid) - 1u), acc[t]);      \
     }
-    for (int64_t b = 0; b < nb; b++) {
-        const block_q6_kx8 *sa = &ga[b], *sb = &gb[b];
-        __m512i isum[K_TILE];
-        for (int t = 0; t < K_TILE; t++) isum[t] = _mm512_setzero_si512();
-        { /* q is stored + 32: start from -32 * sum_k scale_k * bsums_k per row */
-            __m512i pairs[8];
-            for (int p = 0; p < 8; p++) pairs[p] = _mm512_cvtepi8_epi16(join128(sa->sc + 16 * p, sb->sc + 16 * p));
-            #pragma GCC unroll 8
-            for (int t = 0; t < tile; t++) {
-                __m512i corr = _mm512_setzero_si512();
-                for (int p = 0; p < 8; p++)
-                    corr = _mm512_add_epi32(corr, _mm512_madd_epi16(pairs[p], _mm512_set1_epi32(load_i32(&xr[t][b].bsums[2 * p]))));
-                isum[t] = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(corr, 5));
-            }
-        }
-        #pragma GCC unroll 8
-        for (int h = 0; h < 2; h++)
-            #pragma GCC unroll 8
-            for (int g = 0; g < 2; g++)
-                #pragma GCC unroll 8
-                for (int q = 0; q < 4; q++) { /* sub-block 8h + 2q + g: scale pair 4h + q, element g */
-                    const __m512i sp = _mm512_cvtepi8_epi16(join128(sa->sc + 16 * (4 * h + q), sb->sc + 16 * (4 * h + q)));
-                    const __m512i scl = g ? _mm512_srai_epi32(sp, 16) : _mm512_srai_epi32(_mm512_slli_epi32(sp, 16), 16);
-                    __m512i u[4];
-                    for (int i = 0; i < 4; i++) {
-                        const size_t off = (size_t)96 * (8 * h + 4 * g + i); /* ql piece, ql piece + 8, qh piece */
-                        const __m512i l = join256(sa->q + off + (q & 1) * 32, sb->q + off + (q & 1) * 32);
-                        const __m512i qh = join256(sa->q + off + 64, sb->q + off + 64);
-                        const __m512i lo = _mm512_and_si512(q < 2 ? l : _mm512_srli_epi16(l, 4), low);
-                        const __m512i hi = q == 0 ? _mm512_slli_epi16(qh, 4) : q == 1 ? _mm512_slli_epi16(qh, 2)
-                                         : q == 2 ? qh : _mm512_srli_epi16(qh, 2);
-                        u[i] = _mm512_or_si512(lo, _mm512_and_si512(hi, two));
-                    }
-                    #pragma GCC unroll 8
-                    for (int t = 0; t < tile; t++) {
-                        const int8_t *xq = xr[t][b].qs + 128 * h + 16 * g + 32 * q;
-                        __m512i xs[4];
-                        for (int i = 0; i < 4; i++) xs[i] = _mm512_set1_epi32(load_i32(xq + 4 * i));
-                        isum[t] = sub_dot_scaled16(isum[t], u, xs, 4, scl);
-                    }
-                }
-        const __m512 d = _mm512_cvtph_ps(join128(sa->d, sb->d));
-        #pragma GCC unroll 8
-        for (int t = 0; t < tile; t++)
-            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t]), _mm512_mul_ps(d, _mm512_set1_ps(xr[t][b].d)), acc[t]);
-    }
-    for (int t = 0; t < tile; t++)
-        _mm512_mask_storeu_ps(y + (i0 + t) * ldy + row0, (__mmask16)((1u << n_valid) - 1u), acc[t]);
-}
+K_X16_TILE(q4_kx16_tile, q4_kx16_slice, block_q4_kx8)
+K_X16_TILE(q6_kx16_tile, q6_kx16_slice, block_q6_kx8)
+#undef K_X16_TILE
 
-#define GEMM_K_X16(name, tile_fn, slice_type)                                                                  \
+/* GEMV: one activation row against n_pairs (a constant of the inlined copy) group
+   pairs from ga on, read side by side slice by slice, as gemv_x16_pairs does for
+   the 32-element blocks, each slice asking for the next one of its two streams
+   (prefetch_lines); each row's operations are the tile's. The empty asm between
+   slices keeps GCC from hoisting the next pair's loads and broadcasts into the
+   current one, where they spill to the stack (Q6_K cache-resident, one thread:
+   37 -> 44 GB/s); the out-of-order core overlaps the slices anyway. */
+#define K_X16_GEMV_PAIRS(name, slice_fn, slice_type)                                                           \
+    static inline __attribute__((always_inline)) void                                                          \
+    name(const slice_type *ga, size_t group_slices, int64_t nb, const block_q8_k *x, float *y, const int n_pairs) { \
+        __m512 acc[GEMV_PAIRS];                                                                                \
+        for (int p = 0; p < GEMV_PAIRS; p++) acc[p] = _mm512_setzero_ps();                                     \
+        for (int64_t b = 0; b < nb; b++) {                                                                     \
+            const block_q8_k *xb[1] = {&x[b]};                                                                 \
+            _Pragma("GCC unroll 4")                                                                            \
+            for (int p = 0; p < n_pairs; p++) {                                                                \
+                const slice_type *sa = ga + 2 * (size_t)p * group_slices + b;                                  \
+                slice_fn(sa, sa + group_slices, xb, 1, &acc[p], 1);                                            \
+                __asm__ volatile("" ::: "memory");                                                             \
+            }                                                                                                  \
+        }                                                                                                      \
+        for (int p = 0; p < n_pairs; p++) _mm512_storeu_ps(y + 16 * p, acc[p]);                                \
+    }
+K_X16_GEMV_PAIRS(q4_kx16_gemv_pairs, q4_kx16_slice, block_q4_kx8)
+K_X16_GEMV_PAIRS(q6_kx16_gemv_pairs, q6_kx16_slice, block_q6_kx8)
+#undef K_X16_GEMV_PAIRS
+
+#define GEMM_K_X16(name, tile_fn, gemv_fn, slice_type)                                                         \
     static void name(const void *w, size_t wrb, const void *x, size_t xrb, float *y, int64_t ldy, int64_t r0,  \
                      int64_t r1, int64_t m, int64_t n_cols) {                                                  \
         const int64_t nb = n_cols / QK_K;                                                                      \
+        const size_t group_slices = EK_REPACK_ROWS * wrb / sizeof(slice_type);                                 \
+        while (m == 1 && r1 - r0 >= 32) {                                                                      \
+            const slice_type *first = (const slice_type *)((const uint8_t *)w + (size_t)r0 * wrb);             \
+            const int64_t n_pairs = (r1 - r0) / 16;                                                            \
+            if (n_pairs >= GEMV_PAIRS) gemv_fn(first, group_slices, nb, x, y + r0, GEMV_PAIRS);                \
+            else if (n_pairs == 3) gemv_fn(first, group_slices, nb, x, y + r0, 3);                             \
+            else gemv_fn(first, group_slices, nb, x, y + r0, 2);                                               \
+            r0 += 16 * (n_pairs >= GEMV_PAIRS ? GEMV_PAIRS : n_pairs);                                         \
+        }                                                                                                      \
         for (int64_t g0 = r0; g0 < r1; g0 += 2 * EK_REPACK_ROWS) {                                             \
             const slice_type *ga = (const slice_type *)((const uint8_t *)w + (size_t)g0 * wrb);                \
-            const slice_type *gb = g0 + EK_REPACK_ROWS < r1 ? ga + EK_REPACK_ROWS * wrb / sizeof(slice_type) : ga; \
+            const slice_type *gb = g0 + EK_REPACK_ROWS < r1 ? ga + group_slices : ga;                          \
             const int n_valid = (int)(r1 - g0 < 16 ? r1 - g0 : 16);                                            \
             for (int64_t i0 = 0; i0 < m; i0 += K_TILE) {                                                     \
                 const int tile = (int)(m - i0 < K_TILE ? m - i0 : K_TILE);                                 \
@@ -360,8 +421,8 @@ q6_kx16_tile(const block_q6_kx8 *ga, const block_q6_kx8 *gb, int n_valid, int64_
             }                                                                                                  \
         }                                                                                                      \
     }
-GEMM_K_X16(gemm_q4_kx16_q8k_avx512vnni, q4_kx16_tile, block_q4_kx8)
-GEMM_K_X16(gemm_q6_kx16_q8k_avx512vnni, q6_kx16_tile, block_q6_kx8)
+GEMM_K_X16(gemm_q4_kx16_q8k_avx512vnni, q4_kx16_tile, q4_kx16_gemv_pairs, block_q4_kx8)
+GEMM_K_X16(gemm_q6_kx16_q8k_avx512vnni, q6_kx16_tile, q6_kx16_gemv_pairs, block_q6_kx8)
 #undef GEMM_K_X16
 
 void ek_fill_kernels_avx512_vnni(ek_kernels *k) {
