@@ -222,18 +222,6 @@ static inline int32_t load_i32(const void *p) {
     return v;
 }
 
-/* Lines [first, first + count) of the `bytes` at p, prefetched into L1 (a line index past
-   the end stands for none; the last line is the one holding p[bytes - 1]). A GEMV's
-   K-quant slices are large enough (1184 and 1680 bytes) that the decode work between
-   two slices of a stream leaves it waiting on memory; asking for the next slice while
-   the current one is decoded overlaps the two (2048x2048, 2 threads, of the read
-   bandwidth: Q4_K 64 -> 72-76%, Q6_K 67 -> 75%; one slice ahead beat two or more). */
-static inline __attribute__((always_inline)) void prefetch_lines(const void *p, size_t bytes, int first, int count) {
-    const size_t n_lines = (bytes + 63) / 64 + 1;
-    for (int l = first; l < first + count; l++)
-        if ((size_t)l < n_lines) _mm_prefetch((const char *)p + ((size_t)l * 64 < bytes ? (size_t)l * 64 : bytes - 1), _MM_HINT_T0);
-}
-
 /* acc + lane j: sc_j * sum over n vector pairs of (u8 x s8 summed in groups of 4). */
 static inline __m512i sub_dot_scaled16(__m512i acc, const __m512i *u, const __m512i *s, int n, __m512i sc32) {
     __m512i t = _mm512_setzero_si512();
@@ -254,8 +242,8 @@ q4_kx16_slice(const block_q4_kx8 *sa, const block_q4_kx8 *sb, const block_q8_k *
     for (int c = 0; c < 4; c++) {
         const __m512i sp = _mm512_cvtepu8_epi16(join128(sa->sc + 16 * c, sb->sc + 16 * c)); /* sub-blocks 2c, 2c+1 */
         if (prefetch_next) {
-            prefetch_lines(sa + 1, sizeof *sa, 5 * c, 5);
-            prefetch_lines(sb + 1, sizeof *sb, 5 * c, 5);
+            X86_SUFFIX(prefetch_lines)(sa + 1, sizeof *sa, 5 * c, 5);
+            X86_SUFFIX(prefetch_lines)(sb + 1, sizeof *sb, 5 * c, 5);
         }
         #pragma GCC unroll 8
         for (int e = 0; e < 2; e++) { /* e = 0: low nibbles, sub-block 2c; 1: high, 2c + 1 */
@@ -318,8 +306,8 @@ q6_kx16_slice(const block_q6_kx8 *sa, const block_q6_kx8 *sb, const block_q8_k *
             for (int q = 0; q < 4; q++) { /* sub-block 8h + 2q + g: scale pair 4h + q, element g */
                 const __m512i sp = _mm512_cvtepi8_epi16(join128(sa->sc + 16 * (4 * h + q), sb->sc + 16 * (4 * h + q)));
                 if (prefetch_next) {
-                    prefetch_lines(sa + 1, sizeof *sa, 2 * (8 * h + 4 * g + q), 2);
-                    prefetch_lines(sb + 1, sizeof *sb, 2 * (8 * h + 4 * g + q), 2);
+                    X86_SUFFIX(prefetch_lines)(sa + 1, sizeof *sa, 2 * (8 * h + 4 * g + q), 2);
+                    X86_SUFFIX(prefetch_lines)(sb + 1, sizeof *sb, 2 * (8 * h + 4 * g + q), 2);
                 }
                 const __m512i scl = g ? _mm512_srai_epi32(sp, 16) : _mm512_srai_epi32(_mm512_slli_epi32(sp, 16), 16);
                 __m512i u[4];
@@ -372,7 +360,9 @@ K_X16_TILE(q6_kx16_tile, q6_kx16_slice, block_q6_kx8)
 /* GEMV: one activation row against n_pairs (a constant of the inlined copy) group
    pairs from ga on, read side by side slice by slice, as gemv_x16_pairs does for
    the 32-element blocks, each slice asking for the next one of its two streams
-   (prefetch_lines); each row's operations are the tile's. The empty asm between
+   (prefetch_lines: one slice, 1184 or 1680 bytes, ahead beat two or more; 2048x2048,
+   2 threads, of the read bandwidth: Q4_K 64 -> 72-76%, Q6_K 67 -> 75%); each row's
+   operations are the tile's. The empty asm between
    slices keeps GCC from hoisting the next pair's loads and broadcasts into the
    current one, where they spill to the stack (Q6_K cache-resident, one thread:
    37 -> 44 GB/s); the out-of-order core overlaps the slices anyway. */
