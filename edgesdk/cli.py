@@ -15,7 +15,7 @@ from dataclasses import asdict
 from typing import Any, Callable, Iterable, List, Optional, Tuple
 
 from . import __version__
-from .errors import EdgeSDKError
+from .errors import EdgeSDKError, NativeBuildError
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -162,10 +162,13 @@ def _cmd_info(args: argparse.Namespace) -> int:
     # Sections in print order: name -> (record, rows for the text output).
     sections: List[Tuple[str, Any, Callable[[Any], List[Tuple[str, Any]]]]] = []
     if args.model:
-        sections += [
-            ("model", modelinfo.describe_model(args.model), _model_rows),
-            ("native", modelinfo.describe_native(), _native_rows),
-        ]
+        sections.append(("model", modelinfo.describe_model(args.model), _model_rows))
+    try:
+        sections.append(("native", modelinfo.describe_native(), _native_rows))
+    except NativeBuildError as exc:
+        if args.model:  # a model's report is about running it here: without the kernels, an error
+            raise
+        print(f"edgesdk: note: {exc}", file=sys.stderr)  # the device report stands without them
     sections.append(("device", hardware.probe(), hardware.device_rows))
     if args.model:
         plan = memory.fit(args.model, n_ctx=args.n_ctx, kv_type=args.kv_type, max_memory=args.max_memory,

@@ -75,6 +75,16 @@ def test_info_text_names_every_section(smollm2_path):
         assert label in out.stdout, label
 
 
+def test_info_without_a_model_shows_the_kernel_isa_and_default_threads():
+    out = cli("info")
+    assert out.returncode == 0, out.stderr
+    assert f"kernel ISA      {_native.isa_current()} (available:" in out.stdout
+    assert "default threads" in out.stdout
+    report = json.loads(cli("info", "--json").stdout)
+    assert report["native"]["isa_current"] == _native.isa_current()
+    assert report["native"]["isa_available"] == _native.isa_available()
+
+
 def test_info_on_a_missing_path_is_a_clear_error_with_status_2(tmp_path):
     out = cli("info", str(tmp_path / "missing.gguf"))
     assert out.returncode == 2
