@@ -393,6 +393,12 @@ X86_SUFFIX(prefetch_lines)(const void *p, size_t bytes, int first, int count) {
    Q8_0 10.0 -> 11.1 GB/s; further gave nothing more. */
 #define X86_PREFETCH_AHEAD 2048
 
+/* The lines of the `bytes` slice bytes X86_PREFETCH_AHEAD past `slice` (consecutive
+   slices of a stream each ask for their own bytes' worth, so the stream is covered). */
+static inline __attribute__((always_inline)) void X86_SUFFIX(prefetch_ahead)(const void *slice, size_t bytes) {
+    X86_SUFFIX(prefetch_lines)((const uint8_t *)slice + X86_PREFETCH_AHEAD, bytes, 0, (int)((bytes + 63) / 64));
+}
+
 /* One slice of 8 rows decoded: the 8 (Q4) or 8 (Q8_0, |w|) byte vectors, the
    8 rows' scales, and the s coefficients (Q4_0: -8 d, Q4_1: m). */
 typedef struct { __m256i u[8], w_sign[8]; __m256 dw, coef_s; } X86_SUFFIX(decoded_x8);
@@ -467,8 +473,7 @@ X86_SUFFIX(gemm_x8_family)(int fam, size_t slice_bytes, const void *w, size_t w_
             __m256 acc[ACT_TILE], corr[ACT_TILE];
             for (int t = 0; t < ACT_TILE; t++) acc[t] = corr[t] = _mm256_setzero_ps();
             for (int64_t b = 0; b < nb; b++) {
-                X86_SUFFIX(prefetch_lines)(group + (size_t)b * slice_bytes + X86_PREFETCH_AHEAD, slice_bytes, 0,
-                                           (int)((slice_bytes + 63) / 64));
+                X86_SUFFIX(prefetch_ahead)(group + (size_t)b * slice_bytes, slice_bytes);
                 X86_SUFFIX(decode_x8)(fam, group + (size_t)b * slice_bytes, &wd);
                 for (int t = 0; t < tile; t++) {
                     const block_q8_32 *xb = (const block_q8_32 *)((const uint8_t *)x + (size_t)(i0 + t) * x_row_bytes);
@@ -522,7 +527,7 @@ X86_SUFFIX(q4_kx8_tile)(const block_q4_kx8 *group, int n_valid, int64_t g0, int6
     }
     for (int64_t b = 0; b < nb; b++) {
         const block_q4_kx8 *s = &group[b];
-        X86_SUFFIX(prefetch_lines)((const uint8_t *)s + X86_PREFETCH_AHEAD, sizeof *s, 0, (int)((sizeof *s + 63) / 64));
+        X86_SUFFIX(prefetch_ahead)(s, sizeof *s);
         __m256i scl[8], mins[4], isum[ACT_TILE];
         for (int p = 0; p < 4; p++) {
             const __m256i sp = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(s->sc + 16 * p)));
@@ -604,7 +609,7 @@ X86_SUFFIX(q6_kx8_tile)(const block_q6_kx8 *group, int n_valid, int64_t g0, int6
     }
     for (int64_t b = 0; b < nb; b++) {
         const block_q6_kx8 *s = &group[b];
-        X86_SUFFIX(prefetch_lines)((const uint8_t *)s + X86_PREFETCH_AHEAD, sizeof *s, 0, (int)((sizeof *s + 63) / 64));
+        X86_SUFFIX(prefetch_ahead)(s, sizeof *s);
         __m256i pairs[8], isum[ACT_TILE];
         for (int p = 0; p < 8; p++)
             pairs[p] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(s->sc + 16 * p)));
