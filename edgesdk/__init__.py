@@ -10,15 +10,17 @@ from .errors import EdgeSDKError
 __version__ = "0.1.0"
 
 
+_LAZY = {"load": "model", "Model": "model", "ChatSession": "chat", "LoadConfig": "config",
+         "GenerationConfig": "generation"}
+
+
 def __getattr__(name):
-    # load/Model/ChatSession import numpy and the backends: only when asked for.
-    if name in ("load", "Model"):
-        from . import model
-        return getattr(model, name)
-    if name == "ChatSession":
-        from .chat import ChatSession
-        return ChatSession
+    # The API imports numpy and the backends: only when asked for.
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'edgesdk' has no attribute {name!r}")
 
 
-__all__ = ["errors", "EdgeSDKError", "load", "Model", "ChatSession", "__version__"]
+__all__ = ["errors", "EdgeSDKError", "load", "Model", "ChatSession", "LoadConfig", "GenerationConfig",
+           "__version__"]

@@ -35,32 +35,18 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Union
+from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Union
 
 from .errors import ContextOverflowError, InvalidArgumentError, SessionFileError
-from .model import GenerationStats, Model
-from .sampling import SamplingParams
+from .generation import GenerationConfig, GenerationStats
 from .templates import validate_messages
+
+if TYPE_CHECKING:          # chat sits above Model and uses only its public API
+    from .model import Model
 
 SESSION_MAGIC = b"EDGESDK-SESSION\x00"
 SESSION_VERSION = 1
-_SAMPLING_KEYS = ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n")
-
-
-def _split_sampling(options: Dict[str, Any]):
-    """(SamplingParams, max_tokens, seed, stop) from keyword options; unknown names are an error."""
-    options = dict(options)
-    max_tokens = options.pop("max_tokens", 256)
-    seed = options.pop("seed", None)
-    stop = options.pop("stop", None)
-    params = {k: options.pop(k) for k in _SAMPLING_KEYS if k in options}
-    if options:
-        raise InvalidArgumentError(f"unknown option(s) {', '.join(sorted(options))}; "
-                                   f"known: max_tokens, seed, stop, {', '.join(_SAMPLING_KEYS)}")
-    return SamplingParams(**params), max_tokens, seed, stop
-
-
-def _completion(model: Model, content: str, stats: GenerationStats, completion_id: str, created: int) -> dict:
+def _completion(model: "Model", content: str, stats: GenerationStats, completion_id: str, created: int) -> dict:
     return {
         "id": completion_id, "object": "chat.completion", "created": created, "model": model.name,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
@@ -70,7 +56,7 @@ def _completion(model: Model, content: str, stats: GenerationStats, completion_i
     }
 
 
-def _chunks(model: Model, pieces: Iterator[str], stats: GenerationStats, completion_id: str,
+def _chunks(model: "Model", pieces: Iterator[str], stats: GenerationStats, completion_id: str,
             created: int) -> Iterator[dict]:
     def chunk(delta: dict, finish_reason: Optional[str]) -> dict:
         return {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model.name,
@@ -82,13 +68,15 @@ def _chunks(model: Model, pieces: Iterator[str], stats: GenerationStats, complet
     yield chunk({}, stats.finish_reason)
 
 
-def chat_completion(model: Model, messages, stream: bool = False, **sampling) -> Union[dict, Iterator[dict]]:
-    """Answer OpenAI-style messages; a chat.completion dict, or chat.completion.chunk dicts when stream."""
+def chat_completion(model: "Model", messages, stream: bool = False, cancel=None,
+                    **options) -> Union[dict, Iterator[dict]]:
+    """Answer OpenAI-style messages; a chat.completion dict, or chat.completion.chunk dicts when stream.
+    options are GenerationConfig's (edgesdk.generation); the ones left out take the model's defaults."""
+    config = model.generation.with_options(**options)
     messages = validate_messages(messages)
-    params, max_tokens, seed, stop = _split_sampling(sampling)
     ids = model.chat_formatter.encode(messages, add_generation_prompt=True)
     stats = GenerationStats()
-    pieces = model.stream_ids(ids, params, max_tokens=max_tokens, seed=seed, stop=stop, stats=stats)
+    pieces = model.stream_ids(ids, config, stats=stats, cancel=cancel)
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     if stream:
@@ -99,13 +87,15 @@ def chat_completion(model: Model, messages, stream: bool = False, **sampling) ->
 class ChatSession:
     """A conversation with a model that reuses the KV cache between turns (see the module docstring)."""
 
-    def __init__(self, model: Model, system: Optional[str] = None, reserve: Optional[int] = None, **sampling):
+    def __init__(self, model: "Model", system: Optional[str] = None, reserve: Optional[int] = None, **options):
         if system is not None and not isinstance(system, str):
             raise InvalidArgumentError(f"system must be a string, got {type(system).__name__}")
+        if reserve is not None and (isinstance(reserve, bool) or not isinstance(reserve, int) or reserve < 0):
+            raise InvalidArgumentError(f"reserve must be a non-negative int or None, got {reserve!r}")
         self.model = model
         self.system = system
-        self.sampling = dict(sampling)
-        _split_sampling(self.sampling)          # validate now, not at the first turn
+        self.options = dict(options)            # what the session was asked for (saved with it)
+        self.config: GenerationConfig = model.generation.with_options(**options)   # validated now
         self.reserve = reserve
         self.history: List[Dict[str, str]] = []  # user/assistant turns, oldest first, system not included
         self.last_stats = GenerationStats()
@@ -143,20 +133,19 @@ class ChatSession:
                 )
             history = history[users[1]:]
 
-    def send(self, text: str, stream: bool = False) -> Union[str, Iterator[str]]:
+    def send(self, text: str, stream: bool = False, cancel=None) -> Union[str, Iterator[str]]:
         """Add a user turn and answer it: the reply text, or an iterator of its pieces when stream.
 
         The reply is recorded in the history when the answer finishes (or the
-        iterator is closed early: what was produced is kept).
+        iterator is closed early, or `cancel` is set: what was produced is kept).
         """
         if not isinstance(text, str) or not text:
             raise InvalidArgumentError("the message must be a non-empty string")
-        params, max_tokens, seed, stop = _split_sampling(self.sampling)
         candidate = self.history + [{"role": "user", "content": text}]
         validate_messages(candidate)
-        fitted, ids = self._fit(candidate, max_tokens)
+        fitted, ids = self._fit(candidate, self.config.max_tokens)
         stats = GenerationStats()
-        pieces = self.model.stream_ids(ids, params, max_tokens=max_tokens, seed=seed, stop=stop, stats=stats)
+        pieces = self.model.stream_ids(ids, self.config, stats=stats, cancel=cancel)
         self.dropped_turns += sum(1 for m in candidate[:len(candidate) - len(fitted)] if m["role"] == "user")
         self.history = fitted
         self.last_stats = stats
@@ -180,38 +169,40 @@ class ChatSession:
         """Write history + KV cache atomically (temp file in the same directory, then os.replace)."""
         target = Path(path)
         model = self.model
-        cache_ids = model.cached_ids[:model.backend.n_past]
-        if cache_ids and model.backend.n_past != len(cache_ids):
-            # An interrupted eval left positions we cannot name: evaluating the last
-            # known id again drops them (eval forgets every position >= start).
-            model._eval(cache_ids[-1:], len(cache_ids) - 1)
-        n_past = len(cache_ids)
-        state = model.backend.save_state() if n_past else b""
+        snapshot = model.save_cache()
+        state = snapshot.state
         header = json.dumps({
             "version": SESSION_VERSION, "identity": model.identity, "model": model.name,
-            "system": self.system, "history": self.history, "sampling": self.sampling, "reserve": self.reserve,
-            "cache_ids": cache_ids, "n_past": n_past,
+            "system": self.system, "history": self.history, "sampling": self.options, "reserve": self.reserve,
+            "cache_ids": snapshot.ids, "n_past": len(snapshot.ids),
         }).encode("utf-8")
         body = SESSION_MAGIC + struct.pack("<IQ", SESSION_VERSION, len(header)) + header
         body += struct.pack("<Q", len(state)) + state
         body += hashlib.sha256(body).digest()
         directory = target.parent if str(target.parent) else Path(".")
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+        if target.is_dir():
+            raise SessionFileError(f"cannot save the session to {target}: it is a directory")
+        try:
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+        except OSError as exc:
+            raise SessionFileError(f"cannot save the session to {target}: {exc.strerror} ({directory})") from None
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(body)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp_name, target)
-        except BaseException:
+        except BaseException as exc:
             try:
                 os.unlink(tmp_name)
             except FileNotFoundError:
                 pass
+            if isinstance(exc, OSError):
+                raise SessionFileError(f"cannot save the session to {target}: {exc.strerror}") from None
             raise
 
     @classmethod
-    def load(cls, path: Union[str, os.PathLike], model: Model) -> "ChatSession":
+    def load(cls, path: Union[str, os.PathLike], model: "Model") -> "ChatSession":
         """A session saved by save(), checked against this model, with its KV cache restored."""
         try:
             raw = Path(path).read_bytes()
@@ -230,17 +221,17 @@ class ChatSession:
             n_past = int(header["n_past"])
             if n_past != len(cache_ids) or (system is not None and not isinstance(system, str)):
                 raise ValueError("n_past and cache_ids disagree")
+            if not isinstance(header["sampling"], dict):
+                raise ValueError("sampling is not an object")
             session = cls(model, system=system, reserve=header.get("reserve"), **header["sampling"])
         except (KeyError, TypeError, ValueError, InvalidArgumentError) as exc:
             raise SessionFileError(f"session file {path} has an invalid header: {exc}") from None
         session.history = history
-        if n_past:
-            try:
-                model.backend.load_state(state, n_past)
-            except (InvalidArgumentError, SessionFileError) as exc:
-                model.reset()
-                raise SessionFileError(f"session file {path}: the KV cache does not load: {exc}") from None
-            model._cache_ids = cache_ids
+        try:
+            model.restore_cache(cache_ids, state)
+        except (InvalidArgumentError, SessionFileError) as exc:
+            model.reset()
+            raise SessionFileError(f"session file {path}: the KV cache does not load: {exc}") from None
         return session
 
 

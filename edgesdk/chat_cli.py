@@ -10,11 +10,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Optional
 
+from .config import KV_CACHE_TYPES, LoadConfig
 from .errors import EdgeSDKError
+from .generation import GenerationConfig
 
 HELP = """commands:
   /reset         forget the conversation (the system prompt stays)
@@ -25,19 +29,41 @@ HELP = """commands:
   /quit          leave (Ctrl-D works too); Ctrl-C stops an answer"""
 
 
-def _add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", default="auto", choices=["auto", "native", "llamacpp"],
-                   help="inference backend (auto: native when installed, else llama.cpp)")
-    p.add_argument("--n-ctx", type=int, default=None, help="context size in tokens (default: the memory plan's)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: this device's choice)")
-    p.add_argument("--kv-type", default="f16", help="KV cache element type (f16, q8_0)")
-    p.add_argument("--temperature", type=float, default=0.7)
-    p.add_argument("--top-k", type=int, default=40)
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--min-p", type=float, default=0.05)
-    p.add_argument("--repeat-penalty", type=float, default=1.1)
-    p.add_argument("--max-tokens", type=int, default=512, help="longest answer in tokens")
+def add_load_options(p: argparse.ArgumentParser) -> None:
+    """--backend, --n-ctx, --threads, --kv-type, --max-memory: LoadConfig's fields, its defaults."""
+    from . import backends
+
+    d = LoadConfig()
+    p.add_argument("--backend", default=d.backend, choices=backends.choices(),
+                   help="inference backend (auto: the first that can run the model here)")
+    p.add_argument("--n-ctx", type=int, default=d.n_ctx, help="context size in tokens (default: the memory plan's)")
+    p.add_argument("--threads", type=int, default=d.threads, help="CPU threads (default: this device's choice)")
+    p.add_argument("--kv-type", default=d.kv_type, choices=KV_CACHE_TYPES, help="KV cache element type")
+    p.add_argument("--max-memory", default=d.max_memory,
+                   help="memory budget such as 1.5GB or 800MiB (default: what is free)")
+
+
+def load_config(args: argparse.Namespace) -> LoadConfig:
+    return LoadConfig(backend=args.backend, n_ctx=args.n_ctx, threads=args.threads, kv_type=args.kv_type,
+                      max_memory=args.max_memory)
+
+
+def _add_generation_options(p: argparse.ArgumentParser) -> None:
+    """Sampling flags; their defaults are GenerationConfig's (None: the model's own default)."""
+    d = GenerationConfig()
+    s = d.sampling
+    p.add_argument("--temperature", type=float, default=None, help=f"(default {s.temperature})")
+    p.add_argument("--top-k", type=int, default=None, help=f"(default {s.top_k}; 0 keeps all)")
+    p.add_argument("--top-p", type=float, default=None, help=f"(default {s.top_p})")
+    p.add_argument("--min-p", type=float, default=None, help=f"(default {s.min_p})")
+    p.add_argument("--repeat-penalty", type=float, default=None, help=f"(default {s.repeat_penalty})")
+    p.add_argument("--max-tokens", type=int, default=None, help=f"longest answer in tokens (default {d.max_tokens})")
     p.add_argument("--seed", type=int, default=None)
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    add_load_options(p)
+    _add_generation_options(p)
 
 
 def add_chat_commands(sub) -> None:
@@ -58,19 +84,22 @@ def add_chat_commands(sub) -> None:
 
 
 def _sampling(args: argparse.Namespace) -> dict:
-    return dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-                repeat_penalty=args.repeat_penalty, max_tokens=args.max_tokens, seed=args.seed)
+    """The generation options given on the command line (the others keep the model's defaults)."""
+    given = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                 repeat_penalty=args.repeat_penalty, max_tokens=args.max_tokens, seed=args.seed)
+    return {name: value for name, value in given.items() if value is not None}
 
 
 def _open_model(name: Optional[str], args: argparse.Namespace):
     from . import registry
+    from .cli import PullPrinter
     from .model import load
 
     name = name or registry.default_model()
     if name in registry.load_registry() and registry.cached_path(name) is None:
         print(f"{name}: not downloaded yet, pulling it once", file=sys.stderr)
-        registry.pull(name, progress=lambda msg: print(f"{name}: {msg}", file=sys.stderr))
-    return load(name, backend=args.backend, n_ctx=args.n_ctx, threads=args.threads, kv_type=args.kv_type)
+        registry.pull(name, progress=PullPrinter(sys.stderr))
+    return load(name, load_config(args))
 
 
 def _plan_line(model) -> str:
@@ -85,18 +114,24 @@ def _plan_line(model) -> str:
 
 
 def _stream_answer(session, text: str) -> None:
-    pieces = session.send(text, stream=True)
-    interrupted = False
+    # Ctrl-C sets an event the generation checks between steps, rather than raising
+    # KeyboardInterrupt wherever the main thread happens to be: an exception raised inside
+    # a native library's callback into Python is printed and dropped, and the answer would
+    # run on. Checked between steps, it stops every backend within one step.
+    cancel = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: cancel.set())
+    pieces = None
     try:
+        pieces = session.send(text, stream=True, cancel=cancel)
         for piece in pieces:
             sys.stdout.write(piece)
             sys.stdout.flush()
-    except KeyboardInterrupt:
-        interrupted = True
     finally:
-        pieces.close()     # records what was said so far in the history
+        signal.signal(signal.SIGINT, previous)
+        if pieces is not None:
+            pieces.close()     # records what was said so far in the history
     stats = session.last_stats
-    if interrupted:
+    if stats.finish_reason == "cancelled":
         sys.stdout.write(" [stopped]")
     sys.stdout.write("\n")
     print(f"[{stats.completion_tokens} tokens, {stats.tokens_per_s:.1f} tokens/s, "
@@ -119,7 +154,7 @@ def _command(session, line: str):
         print("[conversation cleared]")
     elif name == "/system":
         if not rest:
-            print(f"[system prompt: {session.system!r}]")
+            print(f"[system prompt: {session.system!r}]" if session.system else "[no system prompt]")
         else:
             session.reset(system=rest)
             print("[system prompt set; conversation cleared]")
@@ -194,7 +229,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
                     return 0
                 continue
             _stream_answer(session, line)
-        except EdgeSDKError as exc:
+        except (EdgeSDKError, OSError) as exc:   # the chat goes on; the conversation is kept
             print(f"error: {exc}")
         except KeyboardInterrupt:
             print(" [stopped]")

@@ -30,7 +30,7 @@ def _print_rows(rows: Iterable[Tuple[str, Any]], out=None) -> None:
 
 # -- pull ----------------------------------------------------------------------
 
-class _PullPrinter:
+class PullPrinter:
     """Progress of a pull on stderr: one updating line on a terminal, a line every few seconds otherwise."""
 
     LOG_INTERVAL_S = 5.0
@@ -76,7 +76,7 @@ def _add_pull(sub) -> None:
 def _cmd_pull(args: argparse.Namespace) -> int:
     from . import registry
 
-    path = registry.pull(args.model, progress=_PullPrinter(sys.stderr), verify_cached=args.verify)
+    path = registry.pull(args.model, progress=PullPrinter(sys.stderr), verify_cached=args.verify)
     print(path)
     return 0
 
@@ -114,10 +114,8 @@ def _add_info(sub) -> None:
     p = sub.add_parser("info", help="this device; with MODEL, the model and how this machine would run it")
     p.add_argument("model", nargs="?", help="registry name or path to a .gguf file")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    p.add_argument("--backend", default="native", choices=["native", "llamacpp"], help="backend to plan memory for")
-    p.add_argument("--n-ctx", type=int, default=None, help="context size (default: the largest that fits)")
-    p.add_argument("--kv-type", default="f16", choices=["f16", "q8_0"], help="KV cache type to plan for")
-    p.add_argument("--max-memory", default=None, help="memory budget such as 1.5GB or 800MiB (default: what is free)")
+    from .chat_cli import add_load_options
+    add_load_options(p)
     p.set_defaults(func=_cmd_info)
 
 
@@ -149,6 +147,11 @@ def _model_rows(m) -> List[Tuple[str, Any]]:
     return rows
 
 
+def _backend_rows(b) -> List[Tuple[str, Any]]:
+    return [("backend" if i == 0 else "", f"{s.name:10} " + ("available" if s.available else f"not available: {s.reason}")
+             + f" ({s.description})") for i, s in enumerate(b.backends)]
+
+
 def _native_rows(n) -> List[Tuple[str, Any]]:
     return [
         ("cpu features", " ".join(n.cpu_features) or "none"),
@@ -157,7 +160,8 @@ def _native_rows(n) -> List[Tuple[str, Any]]:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from . import hardware, memory, modelinfo
+    from . import hardware, loading, memory, modelinfo
+    from .chat_cli import load_config
 
     # Sections in print order: name -> (record, rows for the text output).
     sections: List[Tuple[str, Any, Callable[[Any], List[Tuple[str, Any]]]]] = []
@@ -169,11 +173,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
         if args.model:  # a model's report is about running it here: without the kernels, an error
             raise
         print(f"edgesdk: note: {exc}", file=sys.stderr)  # the device report stands without them
+    sections.append(("backends", modelinfo.describe_backends(), _backend_rows))
     sections.append(("device", hardware.probe(), hardware.device_rows))
     if args.model:
-        plan = memory.fit(args.model, n_ctx=args.n_ctx, kv_type=args.kv_type, max_memory=args.max_memory,
-                          backend=args.backend)
-        sections.append(("memory", plan, memory.plan_rows))
+        prepared = loading.prepare(args.model, load_config(args))
+        prepared.close()
+        sections.append(("memory", prepared.plan, memory.plan_rows))
     if args.json:
         # frozensets (CPU features) become sorted lists.
         print(json.dumps({name: asdict(record) for name, record, _ in sections}, indent=2, default=sorted))

@@ -46,6 +46,10 @@ class UnsupportedISAError(EdgeSDKError):
     """The requested instruction-set path is unknown or the CPU lacks it."""
 
 
+class NumericError(EdgeSDKError):
+    """The model computed non-finite values (NaN, infinity): its weights or hyperparameters are broken."""
+
+
 class TokenizerError(EdgeSDKError):
     """The vocabulary is inconsistent, or text/ids cannot be converted."""
 

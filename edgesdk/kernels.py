@@ -15,11 +15,12 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from . import _native
+from . import _native, gguf
 from .errors import InvalidArgumentError, UnsupportedModelError
 
 # GGUF type ids of the types the kernels implement (same numbers as ek_type).
-TYPE_IDS = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q8_0": 8, "Q4_K": 12, "Q6_K": 14, "BF16": 30}
+KERNEL_TYPES = ("F32", "F16", "Q4_0", "Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q6_K", "BF16")
+TYPE_IDS = {name: gguf.GGML_TYPES_BY_NAME[name].type_id for name in KERNEL_TYPES}
 TYPE_NAMES = {v: k for k, v in TYPE_IDS.items()}
 QUANTIZABLE = ("F32", "F16", "Q8_0", "Q4_0", "Q4_1")
 

@@ -10,9 +10,8 @@ import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Union
 
-import numpy as np
-
 from . import gguf, registry
+from .shape import read_shape
 
 # llama.cpp's `general.file_type` numbers: the quantization a file was made as.
 FILE_TYPE_NAMES: Dict[int, str] = {
@@ -71,6 +70,20 @@ class ModelInfo:
 
 
 @dataclass(frozen=True)
+class BackendStatus:
+    name: str
+    description: str
+    available: bool
+    reason: str          # why not, when not available
+
+
+@dataclass(frozen=True)
+class BackendsInfo:
+    """Every registered backend and whether it can run here."""
+    backends: List[BackendStatus]
+
+
+@dataclass(frozen=True)
 class NativeInfo:
     """The CPU as edgesdk's native layer sees it, and the kernel family it chose."""
     cpu_features: List[str]
@@ -83,15 +96,7 @@ def describe_model(model: Union[str, os.PathLike]) -> ModelInfo:
     path = registry.resolve(model)
     with gguf.open(path) as f:
         meta = f.metadata
-        arch = meta.get("general.architecture")
-
-        def arch_int(suffix: str) -> Optional[int]:
-            # Per-layer values (arrays) are summarized by their maximum.
-            value = meta.get(f"{arch}.{suffix}")
-            if isinstance(value, np.ndarray):
-                return int(value.max()) if value.size else None
-            return int(value) if isinstance(value, (int, np.integer)) and not isinstance(value, bool) else None
-
+        shape = read_shape(f)
         usage: Dict[str, List[int]] = {}
         for t in f.tensors.values():
             counts = usage.setdefault(t.type_name, [0, 0, 0])
@@ -103,11 +108,6 @@ def describe_model(model: Union[str, os.PathLike]) -> ModelInfo:
         parameters = sum(u.n_elements for u in quantization)
         tensor_bytes = sum(u.nbytes for u in quantization)
 
-        n_heads = arch_int("attention.head_count")
-        embedding = arch_int("embedding_length")
-        head_dim = arch_int("attention.key_length")
-        if head_dim is None and n_heads and embedding:
-            head_dim = embedding // n_heads
         tokens = meta.get("tokenizer.ggml.tokens")
         tokenizer_model = meta.get("tokenizer.ggml.model")
         file_type = meta.get("general.file_type")
@@ -116,26 +116,38 @@ def describe_model(model: Union[str, os.PathLike]) -> ModelInfo:
             file_size=f.file_size,
             gguf_version=f.version,
             name=meta.get("general.name"),
-            architecture=arch,
+            architecture=shape.architecture,
             parameters=parameters,
             file_type=FILE_TYPE_NAMES.get(file_type, str(file_type)) if file_type is not None else None,
             bits_per_weight=8.0 * tensor_bytes / parameters if parameters else 0.0,
-            n_layers=arch_int("block_count"),
-            n_heads=n_heads,
-            n_kv_heads=arch_int("attention.head_count_kv") or n_heads,
-            head_dim=head_dim,
-            embedding_length=embedding,
-            feed_forward_length=arch_int("feed_forward_length"),
-            context_length=arch_int("context_length"),
-            sliding_window=arch_int("attention.sliding_window"),
+            n_layers=shape.n_layer,
+            n_heads=shape.n_head,
+            n_kv_heads=shape.n_head_kv,
+            head_dim=shape.head_dim_k,
+            embedding_length=shape.n_embd,
+            feed_forward_length=shape.n_ff,
+            context_length=shape.context_length,
+            sliding_window=shape.sliding_window,
             quantization=quantization,
             tokenizer_model=tokenizer_model,
             tokenizer_kind=TOKENIZER_KINDS.get(tokenizer_model, tokenizer_model or "none"),
-            vocab_size=len(tokens) if isinstance(tokens, list) else arch_int("vocab_size"),
+            vocab_size=len(tokens) if isinstance(tokens, list) else shape.n_vocab,
             has_chat_template=isinstance(meta.get("tokenizer.chat_template"), str)
             and bool(meta["tokenizer.chat_template"].strip()),
             n_tensors=len(f.tensors),
         )
+
+
+def describe_backends() -> BackendsInfo:
+    """The registry's backends, in the order "auto" prefers them, with their availability here."""
+    from . import backends
+
+    statuses = []
+    for name, status in backends.availability().items():
+        cls = backends.get(name)
+        statuses.append(BackendStatus(name=name, description=cls.description, available=status.ok,
+                                      reason=status.reason))
+    return BackendsInfo(backends=statuses)
 
 
 def describe_native() -> NativeInfo:

@@ -8,7 +8,7 @@ the same thing in both:
    multiplied when negative (llama.cpp's `penalties` sampler, frequency and
    presence at 0; like llama-cpp-python, the window holds the tokens sampled so
    far, not the prompt);
-2. top-k: keep the k highest logits (k <= 0 keeps all);
+2. top-k: keep the k highest logits (k = 0 keeps all);
 3. top-p: keep the smallest set of most likely tokens whose probability sums
    to at least p (1.0 keeps all);
 4. min-p: keep tokens whose probability is at least min_p times the most
@@ -50,8 +50,8 @@ class SamplingParams:
 
         if number("temperature", self.temperature) < 0:
             raise InvalidArgumentError(f"temperature must be >= 0, got {self.temperature}")
-        if not isinstance(self.top_k, (int, np.integer)) or isinstance(self.top_k, bool):
-            raise InvalidArgumentError(f"top_k must be an int, got {self.top_k!r}")
+        if not isinstance(self.top_k, (int, np.integer)) or isinstance(self.top_k, bool) or self.top_k < 0:
+            raise InvalidArgumentError(f"top_k must be an int >= 0 (0 keeps every token), got {self.top_k!r}")
         if not 0.0 < number("top_p", self.top_p) <= 1.0:
             raise InvalidArgumentError(f"top_p must be in (0, 1], got {self.top_p}")
         if not 0.0 <= number("min_p", self.min_p) <= 1.0:

@@ -14,16 +14,15 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # run from a source checkout
-
 import edgesdk
+from edgesdk import backends
 from edgesdk.errors import EdgeSDKError, SessionFileError
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description="offline chat assistant")
     parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--backend", default="auto", help="native, llamacpp or auto")
+    parser.add_argument("--backend", default=edgesdk.LoadConfig().backend, choices=backends.choices())
     parser.add_argument("--session", default=str(Path.home() / ".assistant.session"))
     parser.add_argument("--system", default="You are a helpful assistant running on a small device. Answer briefly.")
     args = parser.parse_args()

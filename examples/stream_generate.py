@@ -12,18 +12,16 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # run from a source checkout
 
 import edgesdk
+from edgesdk import backends
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description="stream text from a local model")
     parser.add_argument("prompt", nargs="?", default="The three most useful things to know about batteries are")
     parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--backend", default="auto")
+    parser.add_argument("--backend", default=edgesdk.LoadConfig().backend, choices=backends.choices())
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--max-tokens", type=int, default=80)
     args = parser.parse_args()

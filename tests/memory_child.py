@@ -2,7 +2,7 @@
 
     python tests/memory_child.py BACKEND MODEL N_CTX [--as-factor F]
 
-It does what edgesdk.load does — memory.fit() first, then edgesdk's tokenizer and the backend — and
+It does what edgesdk.load does — loading.fit() first, then edgesdk's tokenizer and the backend — and
 evaluates the whole context (a prompt of n_ctx - GENERATED tokens in batches,
 then GENERATED greedy tokens one by one), then prints one JSON line: the plan,
 the peak RSS (VmHWM), and whether fit() refused. With --as-factor it first sets
@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from edgesdk import memory  # noqa: E402
+from edgesdk import loading  # noqa: E402
 from edgesdk.errors import MemoryBudgetError  # noqa: E402
 
 GENERATED = 8
@@ -110,12 +110,12 @@ def main() -> None:
     plan_backend = PLAN_BACKEND[backend]
     result = {"backend": backend, "n_ctx": n_ctx}
     if as_factor is not None:
-        planned = memory.plan(path, n_ctx=n_ctx, backend=plan_backend, threads=THREADS)
+        planned = loading.plan(path, n_ctx=n_ctx, backend=plan_backend, threads=THREADS)
         limit = status_kib("VmSize") * 1024 + int(as_factor * planned.address_space)
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         result["rlimit_as"] = limit
     try:
-        plan = memory.fit(path, n_ctx=n_ctx, backend=plan_backend, threads=THREADS)
+        plan = loading.fit(path, n_ctx=n_ctx, backend=plan_backend, threads=THREADS)
     except MemoryBudgetError as exc:
         result.update(refused=True, message=str(exc))
         print(json.dumps(result))

@@ -1,47 +1,71 @@
-"""One contract for every installed backend: eval semantics, prefix reuse, state round trip, errors.
+"""One contract for every backend of the registry: the class protocol, eval semantics, prefix reuse,
+state round trip, errors.
 
-A backend is added here by one entry in BACKEND_FACTORIES; backends whose
-module does not import on this machine are simply not parametrized.
+Backends come from edgesdk.backends' registry: a new backend is tested here
+without editing this file. Every registered backend must be available on the
+test machine (a missing library is a failure, not a skip), except one that
+needs hardware this machine lacks, which says so in its reason.
 """
 from __future__ import annotations
-
-import importlib
 
 import numpy as np
 import pytest
 
-from edgesdk.backends.base import Backend, BackendInfo
+from edgesdk import backends, loading
+from edgesdk.backends.base import Availability, Backend, BackendInfo
+from edgesdk.config import KV_CACHE_TYPES, LoadConfig
 from edgesdk.errors import ContextOverflowError, InvalidArgumentError, SessionFileError
 
 # Logits of the same position computed in a different batch split: the same
 # math, but matmul accumulation order differs between GEMM tiles and GEMV.
 REUSE_ATOL = 2e-2
 # Gemma-3's logits are ~10x wider and its activations large: a different batch
-# split moves logits by up to ~0.6 in llama.cpp itself, a KL of ~0.005 per row.
-SPLIT_KL_MAX = 0.02
+# split moves logits by up to ~0.6 in llama.cpp itself: its largest row KL over 12 random
+# prompts was 0.033 (median 0.02), so the bound leaves room above that and no more.
+SPLIT_KL_MAX = 0.05
 N_CTX = 160
 THREADS = 1       # the shared test machine: one thread per process is the fastest and least noisy
 
-BACKEND_FACTORIES = {
-    "llamacpp": ("edgesdk.backends.llamacpp", "LlamaCppBackend"),
-    "native": ("edgesdk.backends.native", "NativeBackend"),
-}
+# Words an Availability reason uses when the backend needs hardware, not a library.
+HARDWARE_REASONS = ("GPU", "NPU", "no CUDA device", "no device")
 
 
 def _installed():
-    names = []
-    for name, (module, _cls) in BACKEND_FACTORIES.items():
-        try:
-            importlib.import_module(module)
-        except ImportError:
-            continue
-        names.append(name)
-    return names
+    return backends.available()
 
 
 def _make(name, path, n_ctx=N_CTX, kv_type="f16") -> Backend:
-    module, cls = BACKEND_FACTORIES[name]
-    return getattr(importlib.import_module(module), cls)(path, n_ctx=n_ctx, threads=THREADS, kv_type=kv_type)
+    """A backend made the way edgesdk.load makes it: through the registry's check and open."""
+    prepared = loading.prepare(path, LoadConfig(backend=name, n_ctx=n_ctx, threads=THREADS, kv_type=kv_type))
+    try:
+        backend = prepared.backend.open(prepared.checked, prepared.config)
+    except BaseException:
+        prepared.close()
+        raise
+    if not prepared.backend.keeps_file:
+        prepared.close()
+    return backend
+
+
+@pytest.mark.parametrize("name", backends.names())
+def test_every_registered_backend_answers_the_class_protocol(name, smollm2_path):
+    cls = backends.get(name)
+    assert cls.name == name and cls.description
+    assert set(cls.kv_types) <= set(KV_CACHE_TYPES) and "f16" in cls.kv_types
+    status = cls.available()
+    assert isinstance(status, Availability)
+    if not status:
+        assert any(word in status.reason for word in HARDWARE_REASONS), (
+            f"{name} is registered but not available here for a reason other than missing hardware: "
+            f"{status.reason}")
+        pytest.skip(f"{name} needs hardware this machine lacks: {status.reason}")
+    plan = loading.plan(smollm2_path, backend=name, n_ctx=N_CTX, threads=THREADS)
+    assert plan.backend == name and plan.n_ctx == N_CTX
+    assert plan.kv_cache > 0 and plan.weights_mapped + plan.weights_owned > 0 and plan.address_space > plan.kv_cache
+    # A KV type it does not store is refused naming the backend and the types it does store.
+    for kv_type in [kv for kv in KV_CACHE_TYPES if kv not in cls.kv_types][:1]:
+        with pytest.raises(InvalidArgumentError, match=f"kv_type '{kv_type}' is not supported by the {name}"):
+            loading.plan(smollm2_path, backend=name, n_ctx=N_CTX, threads=THREADS, kv_type=kv_type)
 
 
 @pytest.fixture(scope="module", params=_installed())
@@ -95,9 +119,10 @@ def test_state_round_trip_restores_the_cache(backend, rng):
     np.testing.assert_allclose(restored, fresh[len(prefix):], atol=REUSE_ATOL)
 
 
-def test_eval_longer_than_one_batch_matches_token_by_token(smollm2_path, rng):
+def test_eval_longer_than_one_batch_matches_token_by_token(smollm2_path):
     # 530 ids cross llama.cpp's 512-token batch; every backend must split or not, invisibly.
     for name in _installed():
+        rng = np.random.default_rng(1234)     # the same ids for every backend, whatever their order
         b = _make(name, smollm2_path, n_ctx=544)
         try:
             ids = _ids(rng, 530)
@@ -109,8 +134,9 @@ def test_eval_longer_than_one_batch_matches_token_by_token(smollm2_path, rng):
             b.close()
 
 
-def test_sliding_window_model_reuses_prefix_like_a_fresh_eval(gemma3_path, rng):
+def test_sliding_window_model_reuses_prefix_like_a_fresh_eval(gemma3_path):
     for name in _installed():
+        rng = np.random.default_rng(1234)     # the same ids for every backend, whatever their order
         b = _make(name, gemma3_path, n_ctx=96)
         try:
             prefix, tail = _ids(rng, 30, 262144), _ids(rng, 5, 262144)

@@ -1,15 +1,13 @@
 """edgesdk.load / Model: scoring, generation, stop strings, prefix reuse, bad input; real SmolLM2."""
 from __future__ import annotations
 
-import importlib
-
 import numpy as np
 import pytest
 
 import edgesdk
 from edgesdk.errors import BackendUnavailableError, ContextOverflowError, InvalidArgumentError, ModelNotFoundError
-from edgesdk.backends.base import available_backends
-from edgesdk.model import _StopScanner
+from edgesdk import backends
+from edgesdk.generation import GenerationConfig, StopScanner
 
 N_CTX = 512
 THREADS = 1
@@ -92,11 +90,11 @@ def test_stop_string_spanning_tokens_ends_generation_without_emitting_it(model):
 
 
 def test_stop_scanner_holds_back_possible_beginnings():
-    scanner = _StopScanner(["</answer>", "STOP"])
+    scanner = StopScanner(["</answer>", "STOP"])
     assert scanner.feed("The result is 4 <") == ("The result is 4 ", False)
     assert scanner.feed("/ans") == ("", False)
     assert scanner.feed("wer> tail") == ("", True)
-    scanner = _StopScanner(["STOP"])
+    scanner = StopScanner(["STOP"])
     assert scanner.feed("ST") == ("", False)
     assert scanner.feed("ART") == ("START", False)
     assert scanner.finish() == ""
@@ -111,7 +109,7 @@ def test_max_tokens_limits_generation_with_length_finish(model):
 
 def test_end_of_turn_token_stops_generation(model):
     ids = model.chat_formatter.encode([{"role": "user", "content": "Say just: hello"}])
-    text = "".join(model.stream_ids(ids, edgesdk.model.SamplingParams(temperature=0), max_tokens=100))
+    text = "".join(model.stream_ids(ids, GenerationConfig.from_options(temperature=0, max_tokens=100)))
     assert model.last_stats.finish_reason == "stop"
     assert "<|im_end|>" not in text and model.last_stats.completion_tokens < 100
 
@@ -147,19 +145,22 @@ def test_unknown_model_and_backend_are_typed_errors(tmp_path):
         edgesdk.load("smollm2-135m-instruct", backend="tpu")
 
 
-def test_native_backend_is_constructed_or_reported_unavailable(smollm2_path):
-    try:
-        importlib.import_module("edgesdk.backends.native")
-    except ImportError:
-        with pytest.raises(BackendUnavailableError, match="native"):
-            edgesdk.load(str(smollm2_path), backend="native", n_ctx=64, threads=THREADS)
-        return
-    m = edgesdk.load(str(smollm2_path), backend="native", n_ctx=64, threads=THREADS)
-    assert m.backend.info().name == "native"
+def test_auto_falls_back_when_the_native_library_is_missing(smollm2_path, monkeypatch):
+    from edgesdk.backends.base import Availability
+    from edgesdk.backends.native import NativeBackend
+
+    m = edgesdk.load(str(smollm2_path), n_ctx=64, threads=THREADS)
+    assert m.backend.info().name == "native"      # auto prefers our own engine
     m.close()
+    monkeypatch.setattr(NativeBackend, "available", classmethod(lambda cls: Availability(False, "not built here")))
+    m = edgesdk.load(str(smollm2_path), backend="auto", n_ctx=64, threads=THREADS)
+    assert m.backend.info().name == "llamacpp"
+    m.close()
+    with pytest.raises(BackendUnavailableError, match="native backend is not available here: not built here"):
+        edgesdk.load(str(smollm2_path), backend="native", n_ctx=64, threads=THREADS)
 
 
-@pytest.fixture(scope="module", params=available_backends())
+@pytest.fixture(scope="module", params=backends.available())
 def any_backend_model(request, smollm2_path):
     m = edgesdk.load(str(smollm2_path), backend=request.param, n_ctx=N_CTX, threads=THREADS)
     yield m

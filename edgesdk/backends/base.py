@@ -1,6 +1,16 @@
 """The one interface every backend fills: native (ours), llama.cpp, and later ONNX Runtime, CUDA.
 
-A backend owns a loaded model's compute and its KV cache, nothing else:
+A backend is one class in one file of this package, registered by name with
+`@register` (edgesdk/backends/__init__.py). Its class answers, before anything
+is loaded:
+  available()                   whether its library can run here, and why not
+  check(source, config)         whether it runs this model with these settings:
+                                the backend's checked view of the model, reused below
+  memory_parts(checked, config) the bytes it will hold, part by part (edgesdk.memory)
+  open(checked, config)         the loaded backend
+`config` is the LoadConfig with n_ctx and threads resolved.
+
+A loaded backend owns a model's compute and its KV cache, nothing else:
 tokenization, sampling, stop strings, chat templates and sessions live above
 it (edgesdk.model, edgesdk.chat) and work the same on every backend.
 
@@ -13,9 +23,33 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import ClassVar, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Dict, Optional, Sequence, Tuple
 
 import numpy as np
+
+from .. import gguf
+from ..config import LoadConfig
+from ..errors import InvalidArgumentError
+from ..shape import ModelShape
+
+
+@dataclass(frozen=True)
+class Availability:
+    """Whether a backend can run on this machine; `reason` says why not and what to install."""
+    ok: bool
+    reason: str = ""
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """An opened model as every backend's check() receives it."""
+    path: Path
+    file: gguf.GGUFFile
+    shape: ModelShape
 
 
 @dataclass(frozen=True)
@@ -33,9 +67,44 @@ class Backend(abc.ABC):
     """A model loaded for inference, with a KV cache of at most n_ctx positions."""
 
     name: ClassVar[str]
+    description: ClassVar[str]
+    kv_types: ClassVar[Tuple[str, ...]]      # KV cache types it stores (a subset of config.KV_CACHE_TYPES)
+    options: ClassVar[Tuple[str, ...]] = ()  # LoadConfig.options names it takes
+    # Where backend="auto" tries it: lower first; None: only when asked for by name.
+    auto_rank: ClassVar[Optional[int]] = None
+    # Whether the backend keeps the GGUFFile it was checked with open (it reads weights from it).
+    keeps_file: ClassVar[bool] = False
 
     n_ctx: int
     n_vocab: int
+
+    # -- the class: before loading --------------------------------------------------
+
+    @classmethod
+    @abc.abstractmethod
+    def available(cls) -> Availability:
+        """Whether this backend's library imports and can run here (cheap: no model is read)."""
+
+    @classmethod
+    def check(cls, source: ModelSource, config: LoadConfig) -> Any:
+        """The backend's checked view of the model; UnsupportedModelError/ModelFormatError/
+        InvalidArgumentError when it cannot run it with these settings. The default checks the
+        KV type and options; backends extend it."""
+        check_common_settings(cls, config)
+        return source
+
+    @classmethod
+    @abc.abstractmethod
+    def memory_parts(cls, checked: Any, config: LoadConfig) -> Dict[str, int]:
+        """Bytes it will hold for n_ctx = config.n_ctx and config.kv_type: edgesdk.memory.PART_NAMES
+        and "address_space"."""
+
+    @classmethod
+    @abc.abstractmethod
+    def open(cls, checked: Any, config: LoadConfig) -> "Backend":
+        """Load the checked model with a resolved config (n_ctx and threads set)."""
+
+    # -- a loaded backend -------------------------------------------------------------
 
     @abc.abstractmethod
     def eval(self, ids: Sequence[int], start: int, all_logits: bool = False) -> np.ndarray:
@@ -77,21 +146,26 @@ class Backend(abc.ABC):
         self.close()
 
 
-def available_backends() -> list[str]:
-    """Backends whose libraries import on this machine."""
-    names = ["native"]
-    try:
-        import llama_cpp  # noqa: F401
-        names.append("llamacpp")
-    except ImportError:
-        pass
-    return names
+def check_common_settings(cls, config: LoadConfig) -> None:
+    """The KV type and options a backend class declares; InvalidArgumentError naming its own choices."""
+    if config.kv_type not in cls.kv_types:
+        raise InvalidArgumentError(f"kv_type {config.kv_type!r} is not supported by the {cls.name} backend; "
+                                   f"it stores {', '.join(cls.kv_types)}")
+    unknown = sorted(set(config.options) - set(cls.options))
+    if unknown:
+        known = ", ".join(cls.options) or "none"
+        raise InvalidArgumentError(f"the {cls.name} backend has no option(s) {', '.join(unknown)}; it takes {known}")
+
+
+def resolved(config: LoadConfig) -> Tuple[int, int]:
+    """(n_ctx, threads) of a config that load() has resolved; InvalidArgumentError otherwise."""
+    if config.n_ctx is None or config.threads is None:
+        raise InvalidArgumentError("a backend is opened with n_ctx and threads chosen (edgesdk.load does that)")
+    return config.n_ctx, config.threads
 
 
 def check_ids(ids: Sequence[int], n_vocab: int) -> np.ndarray:
     """ids as int32 array, with every id in [0, n_vocab); raises InvalidArgumentError otherwise."""
-    from ..errors import InvalidArgumentError
-
     arr = np.asarray(ids)
     if arr.ndim != 1 or arr.size == 0:
         raise InvalidArgumentError(f"ids must be a non-empty 1-D sequence of token ids, got shape {arr.shape}")
@@ -105,4 +179,5 @@ def check_ids(ids: Sequence[int], n_vocab: int) -> np.ndarray:
     return arr.astype(np.int32, copy=False)
 
 
-__all__ = ["Backend", "BackendInfo", "available_backends", "check_ids"]
+__all__ = ["Availability", "Backend", "BackendInfo", "ModelSource", "check_common_settings", "check_ids",
+           "resolved"]

@@ -12,45 +12,56 @@ tokenizer `edgesdk.load` uses while edgesdk.tokenizer is not installed.
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import os
 import threading
-from typing import Dict, FrozenSet, List, Optional, Sequence
+from typing import Dict, FrozenSet, List, Sequence
 
 import numpy as np
 
+from .. import gguf, memory
+from ..config import LoadConfig
 from ..errors import (BackendUnavailableError, ContextOverflowError, InvalidArgumentError, ModelFormatError,
                       NativeError, SessionFileError, TokenizerError)
-from .base import Backend, BackendInfo, check_ids
+from ..shape import ModelShape
+from . import register
+from .base import Availability, Backend, BackendInfo, ModelSource, check_common_settings, check_ids
 
-try:
-    import llama_cpp as _llama
-    import llama_cpp._logger as _llama_logger
-except ImportError as _exc:  # pragma: no cover - exercised only where llama-cpp-python is missing
-    _llama = None
-    _IMPORT_ERROR: Optional[BaseException] = _exc
-else:
-    _IMPORT_ERROR = None
-
-# ggml type ids of the KV cache element types we offer (ggml.h numbering).
-KV_TYPES: Dict[str, int] = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 8}
+# ggml type ids of the KV cache element types we offer, from the GGUF type table.
+KV_TYPES = ("f32", "f16", "q4_0", "q8_0")
 MAX_BATCH = 512          # tokens per llama_decode call: llama.cpp's default n_batch
+INSTALL_HINT = "pip install 'edgesdk[llamacpp]' (or: pip install llama-cpp-python)"
+
+# -- constants of llama.cpp's memory, measured on this project's build machine (x86-64,
+#    Python 3.11, llama-cpp-python 0.3.36) with tools in tests/test_memory.py.
+LLAMACPP_LIBRARY_RSS = 14 * memory.MIB      # `import llama_cpp`: libllama + libggml* mapped and relocated
+LLAMACPP_LOADER_RSS = 11 * memory.MIB       # a vocab-only load of any model, less its per-token tables
+LLAMACPP_VOCAB_BYTES_PER_TOKEN = 123        # llama.cpp's id->token, token->id and piece caches, per entry
+# ggml's graph allocator keeps about 1.5x the live activations of one layer resident (inputs held
+# for reuse, quantized copies of matmul inputs): measured 1.51 (SmolLM2) and 1.46 (Gemma-3).
+LLAMACPP_ACTIVATION_FACTOR = 1.5
+LLAMACPP_LIBRARY_ADDRESS_SPACE = 64 * memory.MIB  # code and data mappings of the libraries, plus the main arena
+
 _init_lock = threading.Lock()
-_initialized = False
+_llama = None                 # the llama_cpp module once imported and initialised
 
 
 def _require_llama_cpp():
-    if _llama is None:
-        raise BackendUnavailableError(
-            f"the llamacpp backend needs llama-cpp-python, which does not import here ({_IMPORT_ERROR}); "
-            "install it with: pip install llama-cpp-python"
-        )
-    global _initialized
+    """llama_cpp, imported and its backend initialised once; BackendUnavailableError when missing."""
+    global _llama
     with _init_lock:
-        if not _initialized:
+        if _llama is None:
+            try:
+                import llama_cpp
+                import llama_cpp._logger as llama_logger
+            except ImportError as exc:
+                raise BackendUnavailableError(
+                    f"the llamacpp backend needs llama-cpp-python, which does not import here ({exc}); "
+                    f"install it with: {INSTALL_HINT}") from None
             # llama.cpp logs every load step to stderr; keep only its errors.
-            _llama_logger.set_verbose(False)
-            _llama.llama_backend_init()
-            _initialized = True
+            llama_logger.set_verbose(False)
+            llama_cpp.llama_backend_init()
+            _llama = llama_cpp
     return _llama
 
 
@@ -72,19 +83,75 @@ def _load_llama_model(model_path: str, vocab_only: bool):
     return handle
 
 
+def _floats_per_token(shape: ModelShape) -> int:
+    """Floats live at once for one token in a llama.cpp layer: the residual and its normed copy, q, k, v,
+    and the feed-forward's gate, up and their product."""
+    return (2 * shape.n_embd + shape.n_head * shape.head_dim_k + 2 * shape.n_head_kv * shape.head_dim_k
+            + 3 * shape.n_ff)
+
+
+@register
 class LlamaCppBackend(Backend):
     """A GGUF model evaluated by llama.cpp on the CPU, KV cache in sequence 0."""
 
     name = "llamacpp"
+    description = "llama.cpp through llama-cpp-python (CPU)"
+    kv_types = KV_TYPES
+    auto_rank = 20
 
-    def __init__(self, model_path: str | os.PathLike, n_ctx: int, threads: int, kv_type: str = "f16"):
+    # -- the class: before loading --------------------------------------------------
+
+    @classmethod
+    def available(cls) -> Availability:
+        if importlib.util.find_spec("llama_cpp") is None:
+            return Availability(False, f"llama-cpp-python is not installed; {INSTALL_HINT}")
+        try:
+            _require_llama_cpp()
+        except BackendUnavailableError as exc:
+            return Availability(False, str(exc))
+        return Availability(True)
+
+    @classmethod
+    def check(cls, source: ModelSource, config: LoadConfig) -> ModelSource:
+        check_common_settings(cls, config)
+        return source
+
+    @classmethod
+    def memory_parts(cls, checked: ModelSource, config: LoadConfig) -> Dict[str, int]:
+        """llama.cpp as this backend runs it: weights mmapped and not repacked (use_extra_bufts off),
+        flash attention, full-size sliding-window cache, n_ubatch = n_batch, logits of the last token only."""
+        shape, n_ctx, kv_type, threads = checked.shape, config.n_ctx, config.kv_type, config.threads
+        n_ubatch = min(config.n_batch, MAX_BATCH, n_ctx)
+        # The f16 attention mask is (n_ctx, n_ubatch); sliding-window models keep a second one.
+        mask = (2 if shape.sliding_window else 1) * 2 * n_ctx * n_ubatch
+        activations = int(LLAMACPP_ACTIVATION_FACTOR * 4 * n_ubatch * _floats_per_token(shape))
+        scratch = activations + mask + 4 * shape.n_vocab
+        # llama.cpp's own vocabulary, and edgesdk.tokenizer's (it tokenizes for every backend) with the
+        # parsed header it is built from (freed afterwards, but its pages stay with the process).
+        vocab = (shape.n_vocab * LLAMACPP_VOCAB_BYTES_PER_TOKEN + memory.gguf_metadata_bytes(shape)
+                 + memory.tokenizer_table_bytes(shape))
+        kv = memory.kv_cache_bytes(shape, n_ctx, kv_type)
+        # llama.cpp reserves its compute buffer for the worst case, logits of every token of a ubatch.
+        compute_reserve = activations + mask + 4 * shape.n_vocab * n_ubatch
+        address_space = (shape.file_bytes + kv + compute_reserve + vocab + LLAMACPP_LIBRARY_ADDRESS_SPACE
+                         + threads * memory.THREAD_ADDRESS_SPACE)
+        return {"weights_mapped": shape.tensor_bytes, "weights_owned": 0, "kv_cache": kv, "scratch": scratch,
+                "tokenizer": vocab,
+                "runtime": memory.PYTHON_NUMPY_RSS + LLAMACPP_LIBRARY_RSS + LLAMACPP_LOADER_RSS,
+                "address_space": address_space}
+
+    @classmethod
+    def open(cls, checked: ModelSource, config: LoadConfig) -> "LlamaCppBackend":
+        return cls(checked.path, n_ctx=config.n_ctx, threads=config.threads, kv_type=config.kv_type,
+                   n_batch=config.n_batch)
+
+    # -- loading -----------------------------------------------------------------------
+
+    def __init__(self, model_path: str | os.PathLike, n_ctx: int, threads: int, kv_type: str = "f16",
+                 n_batch: int = MAX_BATCH):
+        config = LoadConfig(backend=self.name, n_ctx=n_ctx, threads=threads, kv_type=kv_type, n_batch=n_batch)
+        check_common_settings(type(self), config)
         lib = _require_llama_cpp()
-        if not isinstance(n_ctx, int) or n_ctx <= 0:
-            raise InvalidArgumentError(f"n_ctx must be a positive int, got {n_ctx!r}")
-        if not isinstance(threads, int) or threads <= 0:
-            raise InvalidArgumentError(f"threads must be a positive int, got {threads!r}")
-        if kv_type not in KV_TYPES:
-            raise InvalidArgumentError(f"kv_type {kv_type!r} is not one of {sorted(KV_TYPES)}")
         self.model_path = os.fspath(model_path)
         self.n_ctx = n_ctx
         self.threads = threads
@@ -99,7 +166,7 @@ class LlamaCppBackend(Backend):
 
         params = lib.llama_context_default_params()
         params.n_ctx = n_ctx
-        self.n_batch = min(n_ctx, MAX_BATCH)
+        self.n_batch = min(n_ctx, n_batch, MAX_BATCH)
         params.n_batch = self.n_batch
         params.n_ubatch = self.n_batch
         params.n_seq_max = 1
@@ -108,8 +175,7 @@ class LlamaCppBackend(Backend):
         params.n_outputs_max_per_seq = 0
         params.n_threads = threads
         params.n_threads_batch = threads
-        params.type_k = KV_TYPES[kv_type]
-        params.type_v = KV_TYPES[kv_type]
+        params.type_k = params.type_v = gguf.GGML_TYPES_BY_NAME[kv_type.upper()].type_id
         # A quantized V cache needs flash attention in llama.cpp; f16/f32 work either way.
         params.flash_attn_type = (lib.LLAMA_FLASH_ATTN_TYPE_AUTO if kv_type in ("f16", "f32") else 1)
         # Sliding-window models (Gemma-3) keep every position so that dropping a
