@@ -80,9 +80,10 @@ def tiny_tensors(cfg: TinyConfig, seed: int = 7) -> dict:
 
 
 def write_tiny(path, cfg: TinyConfig, tensors: dict | None = None, arch_name: str | None = None,
-               skip_meta: tuple = (), vocab: bool = False) -> dict:
+               skip_meta: tuple = (), vocab: bool = False, override_meta: dict | None = None) -> dict:
     """Write cfg's model to path; returns the tensors written. vocab: add a placeholder
-    vocabulary so that llama.cpp loads the file."""
+    vocabulary so that llama.cpp loads the file. override_meta: metadata values written in
+    place of cfg's (a float is written as float32, an int as uint32, else as given to add_key_value)."""
     tensors = tiny_tensors(cfg) if tensors is None else tensors
     a = arch_name or cfg.arch
     w = gguf.GGUFWriter(str(path), a)
@@ -112,10 +113,13 @@ def write_tiny(path, cfg: TinyConfig, tensors: dict | None = None, arch_name: st
                 meta[p + "yarn_" + name] = float(getattr(y, name))
     if cfg.arch == "gemma3":
         meta[f"{a}.attention.sliding_window"] = cfg.n_swa
+    meta.update(override_meta or {})
     for key, value in meta.items():
         if key in skip_meta:
             continue
-        if isinstance(value, float):
+        if isinstance(value, tuple):      # (value, gguf.GGUFValueType): written exactly so
+            w.add_key_value(key, value[0], value[1])
+        elif isinstance(value, float):
             w.add_float32(key, value)
         else:
             w.add_uint32(key, value)
