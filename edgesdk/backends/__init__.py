@@ -1,10 +1,10 @@
 """The backend registry: every backend edgesdk has, by name, and how "auto" chooses.
 
 Each backend is one module of this package whose class registers itself with
-`@register`; BACKEND_MODULES is the one list of those modules. `load`, the
-memory planner, `edgesdk info`, the CLI's --backend choices and the backend
-contract tests all iterate this registry, so adding a backend is one new file
-(plus its tests) and one entry below.
+`@register`; every module here but `base` (and private `_*` ones) is imported
+as a backend. `load`, the memory planner, `edgesdk info`, the CLI's --backend
+choices and the backend contract tests all iterate this registry, so adding a
+backend is one new file (plus its tests).
 
 Importing a backend module must not need the backend's library: `available()`
 says whether the library is there and why not.
@@ -12,14 +12,15 @@ says whether the library is there and why not.
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from typing import Dict, List, Tuple, Type
 
 from ..config import LoadConfig
 from ..errors import BackendUnavailableError, InvalidArgumentError, ModelFormatError, UnsupportedModelError
 from .base import Availability, Backend, BackendInfo, ModelSource
 
-BACKEND_MODULES = ("native", "llamacpp")
 AUTO = "auto"
+_NOT_BACKENDS = ("base",)
 
 _REGISTRY: Dict[str, Type[Backend]] = {}
 _imported = False
@@ -36,18 +37,29 @@ def register(cls: Type[Backend]) -> Type[Backend]:
     return cls
 
 
+def backend_modules() -> Tuple[str, ...]:
+    """The modules of this package that hold backends."""
+    return tuple(sorted(m.name for m in pkgutil.iter_modules(__path__)
+                        if m.name not in _NOT_BACKENDS and not m.name.startswith("_")))
+
+
 def _registry() -> Dict[str, Type[Backend]]:
     global _imported
     if not _imported:
-        for module in BACKEND_MODULES:
+        for module in backend_modules():
             importlib.import_module(f"{__name__}.{module}")
         _imported = True
     return _REGISTRY
 
 
+def _order(cls: Type[Backend]):
+    # auto's preference first, then the backends only named explicitly, by name.
+    return (cls.auto_rank is None, cls.auto_rank or 0, cls.name)
+
+
 def names() -> Tuple[str, ...]:
-    """Every registered backend, in BACKEND_MODULES order."""
-    return tuple(_registry())
+    """Every registered backend, in the order "auto" tries them (explicit-only ones last)."""
+    return tuple(cls.name for cls in sorted(_registry().values(), key=_order))
 
 
 def choices() -> Tuple[str, ...]:
@@ -64,8 +76,8 @@ def get(name: str) -> Type[Backend]:
 
 
 def availability() -> Dict[str, Availability]:
-    """Each backend's Availability on this machine."""
-    return {name: cls.available() for name, cls in _registry().items()}
+    """Each backend's Availability on this machine, in names() order."""
+    return {name: get(name).available() for name in names()}
 
 
 def available() -> List[str]:
@@ -74,8 +86,7 @@ def available() -> List[str]:
 
 
 def _auto_order() -> List[Type[Backend]]:
-    ranked = [cls for cls in _registry().values() if cls.auto_rank is not None]
-    return sorted(ranked, key=lambda cls: cls.auto_rank)
+    return [get(name) for name in names() if get(name).auto_rank is not None]
 
 
 def choose(source: ModelSource, config: LoadConfig) -> Tuple[Type[Backend], object]:
@@ -107,5 +118,5 @@ def choose(source: ModelSource, config: LoadConfig) -> Tuple[Type[Backend], obje
     raise BackendUnavailableError(f"no backend can run {source.path.name} here: " + "; ".join(declined))
 
 
-__all__ = ["AUTO", "Availability", "Backend", "BackendInfo", "BACKEND_MODULES", "ModelSource", "availability",
+__all__ = ["AUTO", "Availability", "Backend", "BackendInfo", "backend_modules", "ModelSource", "availability",
            "available", "choices", "choose", "get", "names", "register"]
