@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Union
 
 from . import gguf, registry
-from .shape import read_shape
+from .shape import read_summary
 
 # llama.cpp's `general.file_type` numbers: the quantization a file was made as.
 FILE_TYPE_NAMES: Dict[int, str] = {
@@ -96,7 +96,7 @@ def describe_model(model: Union[str, os.PathLike]) -> ModelInfo:
     path = registry.resolve(model)
     with gguf.open(path) as f:
         meta = f.metadata
-        shape = read_shape(f)
+        shape = read_summary(f)
         usage: Dict[str, List[int]] = {}
         for t in f.tensors.values():
             counts = usage.setdefault(t.type_name, [0, 0, 0])
@@ -123,7 +123,7 @@ def describe_model(model: Union[str, os.PathLike]) -> ModelInfo:
             n_layers=shape.n_layer,
             n_heads=shape.n_head,
             n_kv_heads=shape.n_head_kv,
-            head_dim=shape.head_dim_k,
+            head_dim=shape.head_dim,
             embedding_length=shape.n_embd,
             feed_forward_length=shape.n_ff,
             context_length=shape.context_length,
@@ -131,7 +131,7 @@ def describe_model(model: Union[str, os.PathLike]) -> ModelInfo:
             quantization=quantization,
             tokenizer_model=tokenizer_model,
             tokenizer_kind=TOKENIZER_KINDS.get(tokenizer_model, tokenizer_model or "none"),
-            vocab_size=len(tokens) if isinstance(tokens, list) else shape.n_vocab,
+            vocab_size=len(tokens) if isinstance(tokens, list) else shape.vocab_size,
             has_chat_template=isinstance(meta.get("tokenizer.chat_template"), str)
             and bool(meta["tokenizer.chat_template"].strip()),
             n_tensors=len(f.tensors),

@@ -254,6 +254,44 @@ def read_shape(file: gguf.GGUFFile) -> ModelShape:
     )
 
 
+@dataclass(frozen=True)
+class ShapeSummary:
+    """The hyperparameters a file states, None where it states none: for describing any GGUF file,
+    also one that no backend can run (read with read_shape's checks and per-layer rule)."""
+    architecture: Optional[str]
+    n_layer: Optional[int]
+    n_embd: Optional[int]
+    n_ff: Optional[int]
+    n_head: Optional[int]
+    n_head_kv: Optional[int]      # defaults to n_head, as every reader of GGUF does
+    head_dim: Optional[int]       # key_length, else n_embd / n_head when both are stated
+    context_length: Optional[int]
+    sliding_window: Optional[int]
+    vocab_size: Optional[int]     # the `<arch>.vocab_size` key, which some files state
+
+
+def read_summary(file: gguf.GGUFFile) -> ShapeSummary:
+    """What the file states of its hyperparameters; a stated value that is wrong (mistyped,
+    out of range) still raises ModelFormatError naming the key."""
+    arch = file.architecture if isinstance(file.architecture, str) else None
+    if arch is None:
+        return ShapeSummary(None, None, None, None, None, None, None, None, None, None)
+    r = _Reader(file, arch)
+    n_layer = r.int("block_count")
+    if n_layer is not None and n_layer <= len(file.tensors):
+        r.n_layer = n_layer
+    n_embd = r.int("embedding_length")
+    n_head = r.int("attention.head_count", limit=n_embd)
+    n_head_kv = r.int("attention.head_count_kv", default=n_head, limit=n_head) if n_head else None
+    head_dim = r.int("attention.key_length", limit=MAX_HEAD_DIM)
+    if head_dim is None and n_head and n_embd:
+        head_dim = n_embd // n_head
+    return ShapeSummary(
+        architecture=arch, n_layer=n_layer, n_embd=n_embd, n_ff=r.int("feed_forward_length"), n_head=n_head,
+        n_head_kv=n_head_kv, head_dim=head_dim, context_length=r.int("context_length", limit=MAX_CONTEXT_LENGTH),
+        sliding_window=r.int("attention.sliding_window", positive=False) or None, vocab_size=r.int("vocab_size"))
+
+
 def _read_yarn(r: _Reader, file: gguf.GGUFFile, arch: str, freq_scale: float,
                context_length: Optional[int]) -> Dict[str, float]:
     """YaRN's settings, with llama.cpp's defaults for the optional ones."""
@@ -299,4 +337,4 @@ def _architecture_facts(r: _Reader, arch: str, n_layer: int, n_embd: int, n_head
     return facts
 
 
-__all__ = ["ModelShape", "read_shape", "MAX_HEAD_DIM", "ROPE_SCALING_TYPES"]
+__all__ = ["ModelShape", "ShapeSummary", "read_shape", "read_summary", "MAX_HEAD_DIM", "ROPE_SCALING_TYPES"]
