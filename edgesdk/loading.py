@@ -35,6 +35,18 @@ class Prepared:
     config: LoadConfig             # with n_ctx and threads resolved
     plan: memory.MemoryPlan
 
+    def open(self) -> Backend:
+        """The loaded backend; the file goes with it when the backend reads weights from it,
+        else it is closed here."""
+        try:
+            backend = self.backend.open(self.checked, self.config)
+        except BaseException:
+            self.close()
+            raise
+        if not self.backend.keeps_file:
+            self.close()
+        return backend
+
     def close(self) -> None:
         """Close the file (for a plan that is not opened: open() hands it to the backend)."""
         self.checked = None

@@ -67,12 +67,10 @@ def load(model: ModelArg = None, config: Optional[LoadConfig] = None, **settings
         special_tokens = special_tokens_from_gguf(file.metadata)
         header = bytes(file.data[:file.data_offset])
         tokenizer = Tokenizer.from_gguf(file)
-        backend = prepared.backend.open(prepared.checked, prepared.config)
     except BaseException:
         prepared.close()
         raise
-    if not prepared.backend.keeps_file:
-        prepared.close()
+    backend = prepared.open()
     return Model(path=prepared.source.path, backend=backend, tokenizer=tokenizer, metadata=metadata, header=header,
                  memory_plan=prepared.plan, name=prepared.name, special_tokens=special_tokens,
                  config=prepared.config)

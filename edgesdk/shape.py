@@ -114,14 +114,17 @@ class _Reader:
     def raw(self, name: str) -> Any:
         return self.file.get(f"{self.arch}.{name}")
 
-    def int(self, name: str, default: Optional[int] = None, positive: bool = True,
-            limit: Optional[int] = None) -> Optional[int]:
+    def _stated(self, name: str, default: Any) -> "tuple[str, Any]":
+        """(key, the file's value or else the default)."""
         key = f"{self.arch}.{name}"
         value = self.file.get(key)
+        return key, default if value is None else value
+
+    def int(self, name: str, default: Optional[int] = None, positive: bool = True,
+            limit: Optional[int] = None) -> Optional[int]:
+        key, value = self._stated(name, default)
         if value is None:
-            if default is None:
-                return None
-            value = default
+            return None
         if isinstance(value, (np.ndarray, list, tuple)):
             value = self._per_layer_int(key, name, value)
         elif isinstance(value, bool) or not isinstance(value, (int, np.integer)):
@@ -149,15 +152,12 @@ class _Reader:
             raise ModelFormatError(f"{self.file.path}: missing metadata {f'{self.arch}.{name}'!r}")
         return value
 
-    def float(self, name: str, default: Optional[float], minimum: float = 0.0, inclusive: bool = False,
-              full_key: Optional[str] = None) -> Optional[float]:
+    def float(self, name: str, default: Optional[float], minimum: float = 0.0,
+              inclusive: bool = False) -> Optional[float]:
         """A float checked finite and > minimum (>= with inclusive)."""
-        key = full_key or f"{self.arch}.{name}"
-        value = self.file.get(key)
+        key, value = self._stated(name, default)
         if value is None:
-            if default is None:
-                return None
-            value = default
+            return None
         if isinstance(value, (np.ndarray, list, tuple)):
             values = np.asarray(value, dtype=np.float64).ravel() if np.asarray(value).dtype.kind in "fiu" else None
             if values is None or values.size == 0 or np.any(values != values[0]):

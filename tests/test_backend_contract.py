@@ -36,15 +36,7 @@ def _installed():
 
 def _make(name, path, n_ctx=N_CTX, kv_type="f16") -> Backend:
     """A backend made the way edgesdk.load makes it: through the registry's check and open."""
-    prepared = loading.prepare(path, LoadConfig(backend=name, n_ctx=n_ctx, threads=THREADS, kv_type=kv_type))
-    try:
-        backend = prepared.backend.open(prepared.checked, prepared.config)
-    except BaseException:
-        prepared.close()
-        raise
-    if not prepared.backend.keeps_file:
-        prepared.close()
-    return backend
+    return loading.prepare(path, LoadConfig(backend=name, n_ctx=n_ctx, threads=THREADS, kv_type=kv_type)).open()
 
 
 @pytest.mark.parametrize("name", backends.names())
