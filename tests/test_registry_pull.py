@@ -3,9 +3,12 @@ local directory (`--no-index --find-links`), described by a registry file
 written here. The real cache ($HOME/.cache/edgesdk) is never touched."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import resource
+import signal
 import subprocess
 import sys
 import zipfile
@@ -18,6 +21,7 @@ from edgesdk.errors import IntegrityError, ModelNotFoundError, PullError
 from gguf_craft import small_valid
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+MIB = 1 << 20
 
 
 def build_wheel(directory: Path, name: str, version: str, member: str, payload: bytes) -> Path:
@@ -230,7 +234,8 @@ def test_cli_pull_reports_progress_on_stderr_and_models_lists_cache_state(tmp_pa
 
 def test_unknown_model_name_lists_the_known_ones(tmp_path, monkeypatch, offline):
     payload = small_valid().data
-    write_registry(tmp_path, monkeypatch, {"tiny": model_entry("tiny.gguf", payload, [])})
+    write_registry(tmp_path, monkeypatch, {"tiny": model_entry(
+        "tiny.gguf", payload, [{"name": "tiny-model", "version": "1.0", "member": "m/tiny.gguf"}])})
     with pytest.raises(ModelNotFoundError, match="known: tiny"):
         registry.pull("huge")
     with pytest.raises(ModelNotFoundError, match="neither a known model"):
@@ -254,3 +259,114 @@ def test_shipped_registry_names_the_issue_models_and_hashes(monkeypatch):
     gemma = models["gemma3-270m"]
     assert gemma.sha256 == "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
     assert len(gemma.packages) == 4
+
+
+# -- the cache on a bad filesystem: PullError naming the path and what to do ------------------
+
+def _one_model_registry(tmp_path, monkeypatch, wheels, payload=None):
+    payload = payload if payload is not None else small_valid().data
+    build_wheel(wheels, "tiny-model", "1.0", "m/tiny.gguf", payload)
+    write_registry(tmp_path, monkeypatch, {"tiny": model_entry(
+        "tiny.gguf", payload, [{"name": "tiny-model", "version": "1.0", "member": "m/tiny.gguf"}])})
+    return payload
+
+
+@pytest.mark.parametrize("in_the_way", ["home", "home/models"])
+def test_pull_where_a_file_stands_for_the_cache_directory_is_a_pull_error_naming_it(tmp_path, monkeypatch, offline,
+                                                                                   in_the_way):
+    home, wheels = offline
+    _one_model_registry(tmp_path, monkeypatch, wheels)
+    blocker = tmp_path / in_the_way
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("not a directory")
+    with pytest.raises(PullError) as raised:
+        registry.pull("tiny")
+    message = str(raised.value)
+    assert f"cannot create the model cache directory {home / 'models'}" in message
+    assert f"EDGESDK_HOME is {home}" in message and "move it away, or point EDGESDK_HOME elsewhere" in message
+    assert blocker.read_text() == "not a directory"
+    assert registry.cached_path("tiny") is None and registry.cache_listing() == []
+
+
+def test_pull_onto_a_directory_named_like_the_model_is_a_pull_error_and_leaves_no_work_directory(
+        tmp_path, monkeypatch, offline):
+    home, wheels = offline
+    _one_model_registry(tmp_path, monkeypatch, wheels)
+    (home / "models" / "tiny.gguf").mkdir(parents=True)
+    with pytest.raises(PullError, match=f"cannot move the model into place at {home / 'models' / 'tiny.gguf'}"):
+        registry.pull("tiny")
+    assert left_in_cache(home) == ["tiny.gguf"] and (home / "models" / "tiny.gguf").is_dir()
+
+
+def test_read_only_cache_is_a_pull_error_saying_to_make_it_writable(tmp_path, monkeypatch, offline):
+    # Tests run as root, where chmod cannot make a directory read-only: the OS's answer is simulated.
+    home, wheels = offline
+    _one_model_registry(tmp_path, monkeypatch, wheels)
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(registry.tempfile, "mkdtemp", read_only)
+    with pytest.raises(PullError) as raised:
+        registry.pull("tiny")
+    message = str(raised.value)
+    assert f"cannot create a download directory in {home / 'models'}: Read-only file system" in message
+    assert "make it writable, or point EDGESDK_HOME at a writable directory" in message
+
+
+def _limit_file_size(limit_bytes):
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)     # a write past the limit fails with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+    return limit
+
+
+def test_a_write_that_fails_mid_download_is_a_pull_error_and_leaves_nothing(tmp_path, monkeypatch, offline):
+    # A real failing write: the process may write no file past 256 KiB, and the model is 1 MiB
+    # (its wheel, compressed, is small, so pip itself gets through).
+    home, wheels = offline
+    payload = small_valid().data
+    payload += bytes(MIB - len(payload))
+    _one_model_registry(tmp_path, monkeypatch, wheels, payload)
+    out = subprocess.run([sys.executable, "-m", "edgesdk.cli", "pull", "tiny"], capture_output=True, text=True,
+                         env=dict(os.environ), cwd=REPO_ROOT, timeout=120, preexec_fn=_limit_file_size(256 << 10))
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    assert f"edgesdk: error: cannot write the download into {home / 'models'}/.pull-" in out.stderr
+    assert "File too large" in out.stderr and "the pull needs about 2 MiB free while it runs" in out.stderr
+    assert left_in_cache(home) == []
+
+
+# -- work directories of killed pulls ----------------------------------------------------------
+
+def _abandoned_pull(home: Path, n_bytes: int) -> Path:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    work = home / "models" / f".pull-{dead.pid}-abc123"
+    (work / "pip-tmp").mkdir(parents=True)
+    (work / "pip-tmp" / "tiny_model-1.0-py3-none-any.whl").write_bytes(bytes(n_bytes))
+    return work
+
+
+@pytest.mark.parametrize("look", ["cached_path", "cache_listing"])
+def test_looking_at_the_cache_removes_work_directories_of_dead_pulls_and_logs_the_size_freed(
+        tmp_path, monkeypatch, offline, caplog, look):
+    home, wheels = offline
+    _one_model_registry(tmp_path, monkeypatch, wheels)
+    work = _abandoned_pull(home, 3 * MIB)
+    alive = home / "models" / f".pull-{os.getpid()}-mine"     # this process's own pull is never touched
+    alive.mkdir()
+    with caplog.at_level("WARNING", logger="edgesdk"):
+        registry.cached_path("tiny") if look == "cached_path" else registry.cache_listing()
+    assert not work.exists() and alive.is_dir()
+    assert f"removed {work}, left by an interrupted pull" in caplog.text and "3.0 MiB freed" in caplog.text
+
+
+def test_models_command_says_how_much_an_abandoned_pull_freed(tmp_path, monkeypatch, offline):
+    home, wheels = offline
+    _one_model_registry(tmp_path, monkeypatch, wheels)
+    work = _abandoned_pull(home, 2 * MIB)
+    out = _cli("models", env=dict(os.environ))
+    assert out.returncode == 0, out.stderr
+    assert "left by an interrupted pull" in out.stderr and "2.0 MiB freed" in out.stderr
+    assert not work.exists()
