@@ -351,6 +351,28 @@ def cached_path(name: str) -> Optional[Path]:
     return None
 
 
+def entry_for_file(path: Union[str, os.PathLike]) -> Optional[ModelEntry]:
+    """The registry entry whose cached file `path` is, or None (a registry name resolves to that file).
+
+    A copy of the file elsewhere is not matched: only the cache holds files a
+    pull checked, and matching by content would mean hashing on every load.
+    """
+    for model in load_registry().values():
+        cached = models_dir() / model.file
+        try:
+            if os.path.samefile(path, cached) and cached.stat().st_size == model.size:
+                return model
+        except OSError:
+            continue
+    return None
+
+
+def generation_defaults(path: Union[str, os.PathLike]) -> GenerationConfig:
+    """The generation defaults the registry recommends for this file, else GenerationConfig()'s."""
+    model = entry_for_file(path)
+    return model.generation if model is not None else DEFAULT_GENERATION
+
+
 def resolve(model: Union[str, os.PathLike]) -> Path:
     """A registry name (must be cached) or a path to a .gguf file -> the file's path; no network."""
     text = os.fspath(model)
