@@ -68,6 +68,7 @@ setup(
         "onnxruntime>=1.16",
         "jinja2>=3.1",
         "regex>=2023.10.3",  # Unicode 15.1 tables or newer (see edgesdk/tokenizer/pretokenize.py)
+        "tqdm>=4.60",        # the CLI's download progress bar
     ],
     extras_require={
         "llamacpp": ["llama-cpp-python>=0.3.0"],

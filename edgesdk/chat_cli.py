@@ -108,7 +108,8 @@ def _open_model(name: Optional[str], args: argparse.Namespace):
             size = registry.entry(name).size
             print(f"{name} (the default model, {size / MIB:.1f} MiB) is not downloaded yet: pulling it once",
                   file=sys.stderr)
-            registry.pull(name, progress=PullPrinter(sys.stderr))
+            with PullPrinter(sys.stderr) as printer:
+                registry.pull(name, progress=printer)
     # Any other registry model must be pulled first: load() says so (no network here).
     model = load(name, load_config(args))
     _note_base_model(model)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import json
 import os
 import resource
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from edgesdk import gguf, registry
+from edgesdk.cli import PullPrinter
 from edgesdk.errors import IntegrityError, ModelNotFoundError, PullError
 from gguf_craft import small_valid
 
@@ -225,7 +227,8 @@ def test_cli_pull_reports_progress_on_stderr_and_models_lists_cache_state(tmp_pa
     assert [line.split()[-1] for line in before.stdout.splitlines()[1:3]] == ["-", "-"]
     pulled = _cli("pull", "tiny", env=env)
     assert pulled.returncode == 0, pulled.stderr
-    assert "sha256 verified" in pulled.stderr and f"{len(payload)} bytes" in pulled.stderr
+    assert f"tiny: {len(payload) / MIB:.1f} MiB, sha256 verified, saved" in pulled.stderr
+    assert "bytes" not in pulled.stderr
     after = _cli("models", env=env)
     rows = {line.split()[0]: line for line in after.stdout.splitlines()[1:] if line.strip()}
     assert str(home / "models" / "tiny.gguf") in rows["tiny"]
@@ -370,3 +373,63 @@ def test_models_command_says_how_much_an_abandoned_pull_freed(tmp_path, monkeypa
     assert out.returncode == 0, out.stderr
     assert "left by an interrupted pull" in out.stderr and "2.0 MiB freed" in out.stderr
     assert not work.exists()
+
+
+# -- progress: one display (the CLI's PullPrinter), in MiB ------------------------------------
+
+class _Stream(io.StringIO):
+    def __init__(self, tty: bool):
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def _feed(printer, clock_at: list):
+    """A 40 MiB pull in two packages reported the way registry.pull reports it, at given clock times."""
+    events = [(0, "download", "p1", 0), (1, "download", "p1", 8), (6, "download", "p1", 16), (7, "download", "p1", 18),
+              (8, "extract", "p1", 20), (9, "download", "p2", 30), (15, "download", "p2", 40.2),
+              (16, "extract", "p2", 40.2), (17, "verify", "", 40), (19, "done", "", 40)]
+    for t, stage, package, mib in events:
+        clock_at[0] = t
+        printer(registry.PullProgress("tiny", stage, package, int(mib * MIB), 40 * MIB))
+
+
+def test_pull_progress_off_a_terminal_is_a_line_every_few_seconds_in_mib():
+    stream, now = _Stream(tty=False), [0.0]
+    _feed(PullPrinter(stream, clock=lambda: now[0]), now)
+    lines = stream.getvalue().splitlines()
+    assert "\r" not in stream.getvalue() and "bytes" not in stream.getvalue()
+    # A line when the stage changes and every LOG_INTERVAL_S (5 s) within one: not at 1 s or 7 s.
+    assert [line.split(":")[1].strip() for line in lines[:-1]] == [
+        "downloading", "downloading", "unpacking", "downloading", "downloading", "unpacking", "checking sha256"]
+    assert lines[1].startswith("tiny: downloading:  40% 16.0/40.0 MiB [00:06<")
+    assert lines[4].startswith("tiny: downloading: 100% 40.0/40.0 MiB")    # never past the model's size
+    assert lines[-1] == "tiny: 40.0 MiB, sha256 verified, saved"
+
+
+def test_pull_progress_on_a_terminal_is_one_updating_bar_in_mib():
+    stream, now = _Stream(tty=True), [0.0]
+    with PullPrinter(stream, clock=lambda: now[0]) as printer:
+        _feed(printer, now)
+    text = stream.getvalue()
+    bar, saved = text.rstrip("\n").rsplit("\n", 1)
+    assert "\n" not in bar.strip("\n")      # one line, redrawn with carriage returns
+    assert "\r" in bar and "40.0/40.0 MiB" in bar and "|" in bar and "bytes" not in text
+    assert saved == "tiny: 40.0 MiB, sha256 verified, saved"
+
+
+def test_a_bar_cut_short_ends_its_line_before_the_error(tmp_path):
+    stream = _Stream(tty=True)
+    with pytest.raises(KeyboardInterrupt):
+        with PullPrinter(stream) as printer:
+            printer(registry.PullProgress("tiny", "download", "p1", 5 * MIB, 40 * MIB))
+            raise KeyboardInterrupt
+    assert stream.getvalue().endswith("\n")
+
+
+def test_an_already_cached_pull_says_so_in_mib():
+    stream = _Stream(tty=False)
+    PullPrinter(stream)(registry.PullProgress("tiny", "done", "", 3 * MIB, 3 * MIB))
+    assert stream.getvalue() == "tiny: already cached (3.0 MiB), nothing downloaded\n"
