@@ -114,3 +114,13 @@ def test_help_lists_the_subcommands():
     assert out.returncode == 0
     for command in ("pull", "models", "info"):
         assert command in out.stdout
+
+
+def test_info_works_without_onnxruntime_installed():
+    # onnxruntime is the optional `edgesdk[onnx]` extra: make `import onnxruntime` fail as if it were absent.
+    code = ("import sys; sys.modules['onnxruntime'] = None\n"
+            "from edgesdk.cli import main; sys.exit(main(['info']))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "Traceback" not in out.stderr
+    assert "budget" in out.stdout and not any(line.startswith("onnx") for line in out.stdout.splitlines())
