@@ -124,3 +124,15 @@ def test_info_works_without_onnxruntime_installed():
     assert out.returncode == 0, out.stderr
     assert "Traceback" not in out.stderr
     assert "budget" in out.stdout and not any(line.startswith("onnx") for line in out.stdout.splitlines())
+
+
+def test_info_spells_each_cpu_feature_one_way_and_shows_jetson_lines_only_on_a_jetson():
+    from edgesdk import hardware
+
+    out = cli("info")
+    assert out.returncode == 0, out.stderr
+    rows = {line[:15].strip(): line[15:].strip() for line in out.stdout.splitlines() if line[:15].strip()}
+    native, probed = set(rows["cpu features"].split()), set(rows["features"].split())
+    assert native <= probed, f"spelled differently or missing: {sorted(native - probed)}"
+    if hardware.probe(onnx=False).board.kind != "jetson":
+        assert "cuda" not in rows and "L4T" not in out.stdout
