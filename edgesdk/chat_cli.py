@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 from .config import KV_CACHE_TYPES, LoadConfig
 from .errors import EdgeSDKError
@@ -130,15 +130,20 @@ def _note_base_model(model) -> None:
           f"{hint}", file=sys.stderr)
 
 
-def _plan_line(model) -> str:
-    """One line: model, backend, memory plan and the chosen context."""
+def _banner(model) -> List[str]:
+    """What the chat runs, in short lines: the model and its file; backend, device, context and memory."""
+    from .cli import MIB
+
+    file_text = f"{model.path.stat().st_size / MIB:.1f} MiB"
+    if model.name != str(model.path):
+        file_text = f"{model.path.name}, {file_text}"
     info = model.backend.info()
-    weights_mib = model.path.stat().st_size / 2**20
+    run = f"{info.name} on {info.device} · context {model.n_ctx} tokens"
     plan = model.memory_plan
-    plan_text = str(plan.summary()) if plan is not None and hasattr(plan, "summary") else (
-        str(plan) if plan is not None else f"weights {weights_mib:.0f} MiB")
-    return (f"{model.name} · {info.name} backend, {info.device} · memory plan: {plan_text} · "
-            f"context {model.n_ctx} tokens")
+    if plan is not None:
+        run += f" · needs {plan.total / MIB:,.0f} MiB" + (f" of {plan.budget / MIB:,.0f} MiB available"
+                                                           if plan.budget is not None else "")
+    return [f"{model.name} ({file_text})", run, "type a message, /help for commands, Ctrl-D to leave"]
 
 
 def _stream_answer(session, text: str) -> None:
@@ -233,8 +238,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from .chat import ChatSession
 
     model = _open_model(args.model, args)
-    print(_plan_line(model))
-    print("type a message, /help for commands, Ctrl-D to leave")
+    print("\n".join(_banner(model)))
     session = ChatSession(model, system=args.system, **_sampling(args))
     if sys.stdin.isatty():
         _enable_readline()
