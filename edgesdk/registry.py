@@ -27,12 +27,13 @@ import hashlib
 import json
 import logging
 import os
+import re
+import reprlib
 import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
-import re
 import zipfile
 import zlib
 from contextlib import contextmanager
@@ -124,9 +125,9 @@ def registry_file() -> Path:
 # (`models["tiny"].sha256`) and raises _Violation with what the value must be.
 
 SCHEMA_VERSION = 1
-MAX_REGISTRY_BYTES = 1 << 20     # the shipped file is 3 KiB; a megabyte is no registry
+MAX_REGISTRY_BYTES = 1 << 20     # the shipped file is a few KiB; a megabyte is no registry
 MAX_MODEL_BYTES = 1 << 40        # 1 TiB: far above any model a small device runs
-MAX_PARAMETERS = 1 << 40
+MAX_PARAMETERS = 1 << 40         # likewise (a trillion weights)
 
 _MODEL_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")    # typed on command lines
 _FILE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*\.gguf")  # a plain name in the cache directory
@@ -136,6 +137,8 @@ _SHA256_RE = re.compile(r"[0-9a-fA-F]{64}")
 
 
 class _Violation(Exception):
+    """A value breaks the schema: where it is and what it must be (values shown shortened by reprlib)."""
+
     def __init__(self, where: str, problem: str):
         super().__init__(f"{where} {problem}")
 
@@ -155,44 +158,44 @@ class Field:
 
 def _text(value: Any, where: str) -> None:
     if not isinstance(value, str) or not value.strip():
-        raise _Violation(where, f"must be a non-empty string, got {value!r}")
+        raise _Violation(where, f"must be a non-empty string, got {reprlib.repr(value)}")
 
 
 def _boolean(value: Any, where: str) -> None:
     if not isinstance(value, bool):
-        raise _Violation(where, f"must be true or false, got {value!r}")
+        raise _Violation(where, f"must be true or false, got {reprlib.repr(value)}")
 
 
 def _positive_int(limit: int) -> Check:
     def check(value: Any, where: str) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= limit:
-            raise _Violation(where, f"must be a positive integer of at most {limit}, got {value!r}")
+            raise _Violation(where, f"must be a positive integer of at most {limit}, got {reprlib.repr(value)}")
     return check
 
 
 def _matching(pattern: "re.Pattern[str]", what: str) -> Check:
     def check(value: Any, where: str) -> None:
         if not isinstance(value, str) or not pattern.fullmatch(value) or ".." in value:
-            raise _Violation(where, f"must be {what}, got {value!r}")
+            raise _Violation(where, f"must be {what}, got {reprlib.repr(value)}")
     return check
 
 
 def _equal_to(expected: Any) -> Check:
     def check(value: Any, where: str) -> None:
         if type(value) is not type(expected) or value != expected:
-            raise _Violation(where, f"must be {expected!r}, got {value!r}")
+            raise _Violation(where, f"must be {expected!r}, got {reprlib.repr(value)}")
     return check
 
 
 def _member(value: Any, where: str) -> None:
     parts = PurePosixPath(value).parts if isinstance(value, str) else ()
     if not parts or value.startswith("/") or ".." in parts or "\\" in value:
-        raise _Violation(where, f"must be a relative path inside the wheel with no '..', got {value!r}")
+        raise _Violation(where, f"must be a relative path inside the wheel with no '..', got {reprlib.repr(value)}")
 
 
 def _generation(value: Any, where: str) -> None:
     if not isinstance(value, dict):
-        raise _Violation(where, f"must be an object of generation options, got {value!r}")
+        raise _Violation(where, f"must be an object of generation options, got {reprlib.repr(value)}")
     try:
         GenerationConfig.from_options(**value)
     except InvalidArgumentError as exc:
@@ -217,7 +220,7 @@ def _object(fields: Dict[str, Field]):
 def _list_of(item: Check) -> Check:
     def check(value: Any, where: str) -> None:
         if not isinstance(value, list) or not value:
-            raise _Violation(where, f"must be a non-empty list, got {value!r}")
+            raise _Violation(where, f"must be a non-empty list, got {reprlib.repr(value)}")
         for i, element in enumerate(value):
             item(element, f"{where}[{i}]")
     return check

@@ -43,6 +43,11 @@ def build_wheel(directory: Path, name: str, version: str, member: str, payload: 
 @pytest.fixture
 def offline(tmp_path, monkeypatch):
     """A private cache, a local wheel directory, and pip pointed only at it."""
+    return use_offline_index(tmp_path, monkeypatch)
+
+
+def use_offline_index(tmp_path: Path, monkeypatch):
+    """(home, wheels): $EDGESDK_HOME in tmp_path, and pip allowed no index but the wheels directory."""
     home = tmp_path / "home"
     wheels = tmp_path / "wheels"
     wheels.mkdir()

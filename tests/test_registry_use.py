@@ -15,7 +15,7 @@ import pytest
 import edgesdk
 from edgesdk import registry
 from edgesdk.chat import ChatSession
-from test_registry_pull import build_wheel, model_entry, offline, write_registry  # noqa: F401 (offline: fixture)
+from test_registry_pull import build_wheel, model_entry, use_offline_index, write_registry
 from tiny_gguf import TinyConfig, write_tiny
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -30,10 +30,10 @@ def tiny_model_bytes(tmp_path: Path) -> bytes:
 
 
 @pytest.fixture
-def tiny_registry(tmp_path, monkeypatch, offline):  # noqa: F811
+def tiny_registry(tmp_path, monkeypatch):
     """A registry of a chat model `tiny` (temperature 0.3, top_k 7), the default, and a base model `base`;
     both served offline, neither pulled yet."""
-    home, wheels = offline
+    home, wheels = use_offline_index(tmp_path, monkeypatch)
     payload = tiny_model_bytes(tmp_path)
     base_payload = payload + b"\0" * 32          # another file: GGUF tolerates padding after the tensor data
     build_wheel(wheels, "tiny-model", "1.0", "m/tiny.gguf", payload)
