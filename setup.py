@@ -62,20 +62,24 @@ setup(
     cmdclass={"build_ext": BuildNative},
     install_requires=[
         "numpy>=1.22",
-        "psutil>=5.9",
         "sentencepiece>=0.1.99",
-        "pyserial>=3.5",
-        "onnxruntime>=1.16",
         "jinja2>=3.1",
         "regex>=2023.10.3",  # Unicode 15.1 tables or newer (see edgesdk/tokenizer/pretokenize.py)
+        "tqdm>=4.60",        # the CLI's download progress bar
     ],
+    # Optional parts, each with the library only it needs: onnxruntime is 28 MB and has no
+    # 32-bit ARM wheel, so a Raspberry Pi OS (armhf) install must not require it.
     extras_require={
         "llamacpp": ["llama-cpp-python>=0.3.0"],
-        "test": [
+        "onnx": ["onnxruntime>=1.16"],      # the ONNX Runtime providers in `edgesdk info`, the ONNX backend
+        "serial": ["pyserial>=3.5"],        # the serial bridge
+        "test": [                           # everything the whole suite imports (tests/test_packaging.py checks)
             "pytest>=7.4",
+            "hypothesis>=6.0",
             "llama-cpp-python>=0.3.0",
             "gguf>=0.17.0",
             "pexpect>=4.8",
+            "onnxruntime>=1.16",
         ],
     },
     entry_points={"console_scripts": ["edgesdk=edgesdk.cli:main"]},

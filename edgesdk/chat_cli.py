@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 from .config import KV_CACHE_TYPES, LoadConfig
 from .errors import EdgeSDKError
@@ -49,15 +49,20 @@ def load_config(args: argparse.Namespace) -> LoadConfig:
 
 
 def _add_generation_options(p: argparse.ArgumentParser) -> None:
-    """Sampling flags; their defaults are GenerationConfig's (None: the model's own default)."""
+    """Sampling flags; None (the default) leaves the model's own default: the registry's recommendation
+    for a registry model, else GenerationConfig's."""
     d = GenerationConfig()
     s = d.sampling
-    p.add_argument("--temperature", type=float, default=None, help=f"(default {s.temperature})")
-    p.add_argument("--top-k", type=int, default=None, help=f"(default {s.top_k}; 0 keeps all)")
-    p.add_argument("--top-p", type=float, default=None, help=f"(default {s.top_p})")
-    p.add_argument("--min-p", type=float, default=None, help=f"(default {s.min_p})")
-    p.add_argument("--repeat-penalty", type=float, default=None, help=f"(default {s.repeat_penalty})")
-    p.add_argument("--max-tokens", type=int, default=None, help=f"longest answer in tokens (default {d.max_tokens})")
+
+    def default(value) -> str:
+        return f"(default: the model's, else {value})"
+
+    p.add_argument("--temperature", type=float, default=None, help=default(s.temperature))
+    p.add_argument("--top-k", type=int, default=None, help=default(s.top_k) + "; 0 keeps all")
+    p.add_argument("--top-p", type=float, default=None, help=default(s.top_p))
+    p.add_argument("--min-p", type=float, default=None, help=default(s.min_p))
+    p.add_argument("--repeat-penalty", type=float, default=None, help=default(s.repeat_penalty))
+    p.add_argument("--max-tokens", type=int, default=None, help="longest answer in tokens " + default(d.max_tokens))
     p.add_argument("--seed", type=int, default=None)
 
 
@@ -68,14 +73,15 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
 def add_chat_commands(sub) -> None:
     """Register `chat` and `run` on the CLI's subparsers."""
-    p = sub.add_parser("chat", help="chat with a model in the terminal (pulls the default model on first use)")
+    p = sub.add_parser("chat", help="chat with a model in the terminal (pulls the default model on first use; "
+                                    "other models: edgesdk pull MODEL first)")
     p.add_argument("model", nargs="?", default=None, help="registry name or .gguf path (default: the registry's)")
     p.add_argument("--system", default=None, help="system prompt")
     _add_model_options(p)
     p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("run", help="answer one prompt, streamed to stdout")
-    p.add_argument("model", help="registry name or .gguf path")
+    p.add_argument("model", help="registry name (pulled already: edgesdk pull MODEL) or .gguf path")
     p.add_argument("prompt")
     p.add_argument("--system", default=None, help="system prompt")
     p.add_argument("--json", action="store_true", help="print an OpenAI-shaped chat completion as JSON")
@@ -91,26 +97,53 @@ def _sampling(args: argparse.Namespace) -> dict:
 
 
 def _open_model(name: Optional[str], args: argparse.Namespace):
+    """Load the named model, or the registry's default, pulling only the default (and saying so)."""
     from . import registry
-    from .cli import PullPrinter
+    from .cli import MIB, PullPrinter
     from .model import load
 
-    name = name or registry.default_model()
-    if name in registry.load_registry() and registry.cached_path(name) is None:
-        print(f"{name}: not downloaded yet, pulling it once", file=sys.stderr)
-        registry.pull(name, progress=PullPrinter(sys.stderr))
-    return load(name, load_config(args))
+    if name is None:
+        name = registry.default_model()
+        if registry.cached_path(name) is None:
+            size = registry.entry(name).size
+            print(f"{name} (the default model, {size / MIB:.1f} MiB) is not downloaded yet: pulling it once",
+                  file=sys.stderr)
+            with PullPrinter(sys.stderr) as printer:
+                registry.pull(name, progress=printer)
+    # Any other registry model must be pulled first: load() says so (no network here).
+    model = load(name, load_config(args))
+    _note_base_model(model)
+    return model
 
 
-def _plan_line(model) -> str:
-    """One line: model, backend, memory plan and the chosen context."""
+def _note_base_model(model) -> None:
+    """One line on stderr when the registry marks the model as a base model (completion, not chat)."""
+    from . import registry
+
+    entry = registry.entry_for_file(model.path)
+    if entry is None or entry.chat:
+        return
+    entries = registry.load_registry()
+    suggestion = next((n for n in (registry.default_model(), *entries) if entries[n].chat), None)
+    hint = f"; for chat try: edgesdk chat {suggestion}" if suggestion else ""
+    print(f"note: {entry.name} is a base model: it continues text (completion), it was not trained to chat"
+          f"{hint}", file=sys.stderr)
+
+
+def _banner(model) -> List[str]:
+    """What the chat runs, in short lines: the model and its file; backend, device, context and memory."""
+    from .cli import MIB
+
+    file_text = f"{model.path.stat().st_size / MIB:.1f} MiB"
+    if model.name != str(model.path):
+        file_text = f"{model.path.name}, {file_text}"
     info = model.backend.info()
-    weights_mib = model.path.stat().st_size / 2**20
+    run = f"{info.name} on {info.device} · context {model.n_ctx} tokens"
     plan = model.memory_plan
-    plan_text = str(plan.summary()) if plan is not None and hasattr(plan, "summary") else (
-        str(plan) if plan is not None else f"weights {weights_mib:.0f} MiB")
-    return (f"{model.name} · {info.name} backend, {info.device} · memory plan: {plan_text} · "
-            f"context {model.n_ctx} tokens")
+    if plan is not None:
+        run += f" · needs {plan.total / MIB:,.0f} MiB" + (f" of {plan.budget / MIB:,.0f} MiB available"
+                                                           if plan.budget is not None else "")
+    return [f"{model.name} ({file_text})", run, "type a message, /help for commands, Ctrl-D to leave"]
 
 
 def _stream_answer(session, text: str) -> None:
@@ -205,8 +238,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from .chat import ChatSession
 
     model = _open_model(args.model, args)
-    print(_plan_line(model))
-    print("type a message, /help for commands, Ctrl-D to leave")
+    print("\n".join(_banner(model)))
     session = ChatSession(model, system=args.system, **_sampling(args))
     if sys.stdin.isatty():
         _enable_readline()

@@ -31,39 +31,68 @@ def _print_rows(rows: Iterable[Tuple[str, Any]], out=None) -> None:
 # -- pull ----------------------------------------------------------------------
 
 class PullPrinter:
-    """Progress of a pull on stderr: one updating line on a terminal, a line every few seconds otherwise."""
+    """Progress of a pull on stderr, in MiB: one updating bar on a terminal, a line every few seconds otherwise.
+
+    Used as a context manager around the pull, so a bar cut short by an error
+    or Ctrl-C ends its line before the error is printed.
+    """
 
     LOG_INTERVAL_S = 5.0
+    STAGES = {"download": "downloading", "extract": "unpacking", "verify": "checking sha256"}
+    BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} MiB [{elapsed}<{remaining}, {rate_fmt}]"
+    LINE_FORMAT = "{desc}: {percentage:3.0f}% {n:.1f}/{total:.1f} MiB [{elapsed}<{remaining}, {rate_fmt}]"
 
-    def __init__(self, stream):
+    def __init__(self, stream, clock: Callable[[], float] = time.monotonic):
+        from tqdm import tqdm   # the CLI's only progress display
+
+        self._tqdm = tqdm
         self.stream = stream
         self.tty = stream.isatty()
+        self.clock = clock
+        self.bar = None
+        self.started: Optional[float] = None
         self.last_stage: Optional[str] = None
         self.last_line_at = 0.0
 
     def __call__(self, p) -> None:
-        if p.stage == "download":
-            text = f"{p.model}: downloading {p.package}: {p.done_bytes / MIB:.1f} of ~{p.total_bytes / MIB:.1f} MiB"
-            now = time.monotonic()
-            if self.tty:
-                print("\r" + text, end="", file=self.stream, flush=True)
-            elif now - self.last_line_at >= self.LOG_INTERVAL_S:
-                print(text, file=self.stream, flush=True)
-                self.last_line_at = now
-        else:
-            if self.tty and self.last_stage == "download":
-                print(file=self.stream)
-            if p.stage == "extract":
-                print(f"{p.model}: {p.package}: {p.done_bytes} bytes downloaded", file=self.stream)
-            elif p.stage == "verify":
-                print(f"{p.model}: checking sha256 of {p.done_bytes} bytes", file=self.stream)
-            elif p.stage == "done":
-                if self.last_stage is None:
-                    print(f"{p.model}: already cached ({p.total_bytes} bytes), nothing downloaded", file=self.stream)
-                else:
-                    print(f"{p.model}: {p.total_bytes} bytes, sha256 verified, saved", file=self.stream)
+        if p.stage == "done":
+            self.close()
+            if self.started is None:
+                print(f"{p.model}: already cached ({p.total_bytes / MIB:.1f} MiB), nothing downloaded",
+                      file=self.stream)
+            else:
+                print(f"{p.model}: {p.total_bytes / MIB:.1f} MiB, sha256 verified, saved", file=self.stream)
             self.stream.flush()
+            return
+        total = p.total_bytes / MIB
+        done = min(p.done_bytes, p.total_bytes) / MIB   # wheel bytes can run a little past the model's
+        desc = f"{p.model}: {self.STAGES.get(p.stage, p.stage)}"
+        now = self.clock()
+        if self.started is None:
+            self.started = now
+        if self.tty:
+            if self.bar is None:
+                self.bar = self._tqdm(total=total, desc=desc, unit="MiB", file=self.stream,
+                                      bar_format=self.BAR_FORMAT, dynamic_ncols=True, mininterval=0.2)
+            elif p.stage != self.last_stage:
+                self.bar.set_description_str(desc, refresh=False)
+            self.bar.update(done - self.bar.n)
+        elif p.stage != self.last_stage or now - self.last_line_at >= self.LOG_INTERVAL_S:
+            print(self._tqdm.format_meter(done, total, now - self.started, prefix=desc, unit="MiB",
+                                          bar_format=self.LINE_FORMAT), file=self.stream, flush=True)
+            self.last_line_at = now
         self.last_stage = p.stage
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def __enter__(self) -> "PullPrinter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _add_pull(sub) -> None:
@@ -76,7 +105,8 @@ def _add_pull(sub) -> None:
 def _cmd_pull(args: argparse.Namespace) -> int:
     from . import registry
 
-    path = registry.pull(args.model, progress=PullPrinter(sys.stderr), verify_cached=args.verify)
+    with PullPrinter(sys.stderr) as printer:
+        path = registry.pull(args.model, progress=printer, verify_cached=args.verify)
     print(path)
     return 0
 

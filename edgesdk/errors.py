@@ -26,6 +26,10 @@ class ModelNotFoundError(EdgeSDKError):
     """Neither a registry name nor an existing .gguf path."""
 
 
+class RegistryError(EdgeSDKError):
+    """The model registry file cannot be read or breaks its schema; the message names the entry and field."""
+
+
 class PullError(EdgeSDKError):
     """Fetching a model failed (network, package index, disk); nothing half-written is left."""
 

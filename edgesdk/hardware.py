@@ -30,11 +30,13 @@ UNLIMITED_BYTES = 1 << 60
 # big.LITTLE and P/E splits differ by 25% or more.
 FAST_CORE_FRACTION = 0.85
 
-# /proc/cpuinfo flag (x86) or Features word (ARM) -> the name edgesdk uses.
+# /proc/cpuinfo flag (x86) or Features word (ARM) -> the name edgesdk uses, spelled as the
+# native layer spells the features it detects (edgesdk._native.CPU_FEATURE_BITS), so that
+# `edgesdk info` names each feature one way.
 X86_FEATURES = {
     "sse4_2": "sse4_2", "avx": "avx", "avx2": "avx2", "fma": "fma", "f16c": "f16c",
-    "avx512f": "avx512f", "avx512bw": "avx512bw", "avx512vl": "avx512vl",
-    "avx512_vnni": "avx512vnni", "avx_vnni": "avxvnni", "avx512_bf16": "avx512bf16",
+    "avx512f": "avx512f", "avx512bw": "avx512bw", "avx512vl": "avx512vl", "avx512dq": "avx512dq",
+    "avx512_vnni": "avx512_vnni", "avx_vnni": "avx_vnni", "avx512_bf16": "avx512_bf16",
     "amx_int8": "amx_int8", "amx_bf16": "amx_bf16",
 }
 ARM_FEATURES = {
@@ -47,7 +49,7 @@ ARM_FEATURES = {
 class CPUInfo:
     architecture: str                     # "x86_64", "aarch64", "armv7l" or "unknown"
     model: str                            # "Intel(R) Xeon(R) ...", "Cortex-A76", or "unknown"
-    features: FrozenSet[str]              # edgesdk names: avx2, avx512vnni, neon, dotprod, i8mm, fp16 ...
+    features: FrozenSet[str]              # edgesdk names: avx2, avx512_vnni, neon, dotprod, i8mm, fp16 ...
     logical_cores: int                    # online CPUs the OS schedules on
     physical_cores: int                   # distinct cores (SMT siblings counted once)
     performance_cores: int                # physical cores in the fastest class (all of them if uniform)
@@ -605,7 +607,7 @@ def device_rows(info: DeviceInfo) -> List[Tuple[str, str]]:
     if board.unified_memory:
         board_text += ", unified CPU/GPU memory"
     rows.append(("board", board_text))
-    if board.l4t_release or board.cuda_version or board.cuda_libraries:
+    if board.kind == "jetson":   # elsewhere a stray libcudart says nothing edgesdk uses (the JSON keeps it)
         rows.append(("cuda", f"L4T {board.l4t_release or 'unknown'}, CUDA {board.cuda_version or 'unknown'}, "
                              f"{len(board.cuda_libraries)} libcudart file(s)"))
     rows.append(("npu", ", ".join(f"{d.vendor} ({d.path})" for d in acc.npu_devices) or "none found"))

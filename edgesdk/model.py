@@ -31,7 +31,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 
-from . import loading
+from . import loading, registry
 from .backends.base import Backend, check_ids
 from .config import LoadConfig
 from .errors import ContextOverflowError, InvalidArgumentError, NumericError, TokenizerError
@@ -55,7 +55,8 @@ def load(model: ModelArg = None, config: Optional[LoadConfig] = None, **settings
     registered backend that can run the model here. The memory planner picks
     n_ctx, or checks the one given, against this device's memory or
     `max_memory` before anything is allocated, and raises MemoryBudgetError
-    when it does not fit.
+    when it does not fit. A registry model (by name or by its cached file)
+    starts with the generation defaults the registry recommends for it.
     """
     if config is not None and not isinstance(config, LoadConfig):
         raise InvalidArgumentError(f"config must be a LoadConfig, got {type(config).__name__}")
@@ -73,7 +74,7 @@ def load(model: ModelArg = None, config: Optional[LoadConfig] = None, **settings
     backend = prepared.open()
     return Model(path=prepared.source.path, backend=backend, tokenizer=tokenizer, metadata=metadata, header=header,
                  memory_plan=prepared.plan, name=prepared.name, special_tokens=special_tokens,
-                 config=prepared.config)
+                 config=prepared.config, generation=registry.generation_defaults(prepared.source.path))
 
 
 @dataclass(frozen=True)

@@ -142,3 +142,46 @@ def test_run_with_unknown_model_fails_cleanly(tmp_path):
     cmd = [sys.executable, "-m", "edgesdk.cli", "run", str(tmp_path / "nope.gguf"), "hi", "--backend", "llamacpp"]
     out = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True, timeout=TIMEOUT_S)
     assert out.returncode == 2 and "edgesdk: error:" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.models
+def test_chat_banner_is_three_short_lines(smollm2_path, tmp_path):
+    import re
+
+    out = subprocess.run([sys.executable, "-m", "edgesdk.cli", "chat", "smollm2-135m-instruct", "--backend",
+                          "llamacpp", "--threads", "1", "--n-ctx", "512"], input="", env=_env(tmp_path),
+                         capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert out.returncode == 0, out.stderr
+    banner = out.stdout.split("> ")[0].splitlines()
+    assert len(banner) == 3 and all(len(line) <= 100 for line in banner), banner
+    assert banner[0] == f"smollm2-135m-instruct (SmolLM2-135M-Instruct.Q4_1.gguf, " \
+                        f"{Path(smollm2_path).stat().st_size / 2**20:.1f} MiB)"
+    assert re.fullmatch(r"llamacpp on cpu \(.*\) · context 512 tokens · needs [\d,]+ MiB of [\d,]+ MiB available",
+                        banner[1]), banner[1]
+    assert banner[2] == "type a message, /help for commands, Ctrl-D to leave"
+
+
+@pytest.mark.slow
+@pytest.mark.models
+def test_save_onto_a_directory_or_into_a_missing_directory_is_a_one_line_error_and_chat_goes_on(
+        smollm2_path, tmp_path):
+    (tmp_path / "sessions").mkdir()
+    child = _spawn([str(smollm2_path), *COMMON, "--max-tokens", "8"], tmp_path)
+    child.sendline("Say hi.")
+    child.expect(r"\[\d+ tokens, ")
+    child.expect("> ")
+    child.sendline("/save sessions")
+    child.expect(r"(.*)\r\n> ")
+    assert child.match.group(1).splitlines()[-1] == "error: cannot save the session to sessions: it is a directory"
+    child.sendline("/save missing/dir/chat.session")
+    child.expect(r"(.*)\r\n> ")
+    assert child.match.group(1).splitlines()[-1] == \
+        "error: cannot save the session to missing/dir/chat.session: No such file or directory (missing/dir)"
+    child.sendline("/save sessions/chat.session")          # the conversation is still there to save
+    child.expect(r"\[saved 2 messages to sessions/chat.session\]")
+    child.expect("> ")
+    child.sendline("/quit")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    assert (tmp_path / "sessions" / "chat.session").is_file() and not (tmp_path / "missing").exists()

@@ -114,3 +114,25 @@ def test_help_lists_the_subcommands():
     assert out.returncode == 0
     for command in ("pull", "models", "info"):
         assert command in out.stdout
+
+
+def test_info_works_without_onnxruntime_installed():
+    # onnxruntime is the optional `edgesdk[onnx]` extra: make `import onnxruntime` fail as if it were absent.
+    code = ("import sys; sys.modules['onnxruntime'] = None\n"
+            "from edgesdk.cli import main; sys.exit(main(['info']))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "Traceback" not in out.stderr
+    assert "budget" in out.stdout and not any(line.startswith("onnx") for line in out.stdout.splitlines())
+
+
+def test_info_spells_each_cpu_feature_one_way_and_shows_jetson_lines_only_on_a_jetson():
+    from edgesdk import hardware
+
+    out = cli("info")
+    assert out.returncode == 0, out.stderr
+    rows = {line[:15].strip(): line[15:].strip() for line in out.stdout.splitlines() if line[:15].strip()}
+    native, probed = set(rows["cpu features"].split()), set(rows["features"].split())
+    assert native <= probed, f"spelled differently or missing: {sorted(native - probed)}"
+    if hardware.probe(onnx=False).board.kind != "jetson":
+        assert "cuda" not in rows and "L4T" not in out.stdout

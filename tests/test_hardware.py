@@ -99,7 +99,7 @@ def test_x86_box_counts_hyperthreads_once_and_uses_only_p_cores_by_default():
     cpu = info.cpu
     assert cpu.architecture == "x86_64"
     assert cpu.model == "12th Gen Intel(R) Core(TM) i5-1235U"
-    assert {"avx2", "fma", "f16c", "avxvnni"} <= cpu.features
+    assert {"avx2", "fma", "f16c", "avx_vnni"} <= cpu.features
     assert not cpu.has("avx512f")
     assert (cpu.logical_cores, cpu.physical_cores) == (12, 10)
     # 2 P-cores at 4.4 GHz (each with an SMT sibling), 8 E-cores at 3.3 GHz.
@@ -292,6 +292,26 @@ def test_onnx_providers_are_listed_when_onnxruntime_imports():
 def test_a_broken_onnxruntime_import_is_swallowed(monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)   # makes `import onnxruntime` raise ImportError
     assert hardware.probe("/", onnx=True).accelerators.onnx_providers == ()
+
+
+def test_cpu_features_are_spelled_as_the_native_layer_spells_them():
+    from edgesdk import _native
+
+    ours = set(hardware.X86_FEATURES.values()) | set(hardware.ARM_FEATURES.values())
+    assert set(_native.CPU_FEATURE_BITS) <= ours
+    # On this machine both read the same CPU: what the kernels may use, the probe names too, spelled alike.
+    assert set(_native.cpu_features()) <= hardware.probe("/", onnx=False).cpu.features
+
+
+def test_jetson_lines_appear_only_on_a_jetson(tree):
+    jetson = dict(hardware.device_rows(hardware.probe(fixture("jetson-orin-nano"))))
+    assert jetson["cuda"] == "L4T R36.3.0, CUDA 12.2.140, 1 libcudart file(s)"
+    root = tree("x86-box")     # an x86 box with a CUDA runtime installed is still no Jetson
+    _write(root, "/usr/local/cuda/lib64/libcudart.so.12", "")
+    info = hardware.probe(str(root))
+    assert info.board.cuda_libraries == ("/usr/local/cuda/lib64/libcudart.so.12",)
+    labels = [label for label, _ in hardware.device_rows(info)]
+    assert "cuda" not in labels and not any("L4T" in value for _, value in hardware.device_rows(info))
 
 
 def test_format_device_names_the_limit_source():

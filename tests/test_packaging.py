@@ -5,6 +5,7 @@ Both run setup.py in a copy of the source tree, so the checkout is untouched."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -48,3 +49,75 @@ def test_ci_runs_exactly_the_readme_test_command():
     command = "bash tools/test.sh"
     assert f"```sh\n{command}\n```" in readme
     assert [line for line in ci.splitlines() if line and not line.startswith(("#", "set ", "cd "))] == [command]
+
+
+def _setup_arguments() -> dict:
+    """What setup.py passes to setuptools.setup(), read by running it with setup() replaced."""
+    import runpy
+
+    import setuptools
+
+    captured = {}
+    real = setuptools.setup
+    setuptools.setup = lambda **kwargs: captured.update(kwargs)
+    try:
+        runpy.run_path(str(REPO_ROOT / "setup.py"), run_name="__main__")
+    finally:
+        setuptools.setup = real
+    return captured
+
+
+def _project(requirement: str) -> str:
+    """'llama-cpp-python>=0.3.0' -> 'llama-cpp-python' (normalized as PEP 503 says)."""
+    return re.sub(r"[-_.]+", "-", re.match(r"[A-Za-z0-9._-]+", requirement).group(0)).lower()
+
+
+# sys.stdlib_module_names and importlib.metadata.packages_distributions are Python 3.10's.
+needs_py310 = pytest.mark.skipif(sys.version_info < (3, 10), reason="reads imports with Python 3.10's stdlib lists")
+
+
+def _imported_projects(directory: Path) -> set:
+    """The installed projects whose modules the .py files under directory import (stdlib and our own left out)."""
+    import ast
+    from importlib.metadata import packages_distributions
+
+    providers = packages_distributions()
+    projects = set()
+    for path in directory.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules = [node.module]
+            else:
+                continue
+            for module in modules:
+                top = module.split(".")[0]
+                if top in sys.stdlib_module_names or top == "edgesdk" or (directory / f"{top}.py").exists():
+                    continue
+                assert top in providers, f"{path.name} imports {top}, which no installed project provides"
+                projects.update(_project(p) for p in providers[top])
+    return projects
+
+
+@needs_py310
+def test_onnxruntime_and_pyserial_are_extras_and_nothing_unused_is_required():
+    args = _setup_arguments()
+    required = {_project(r) for r in args["install_requires"]}
+    extras = {name: {_project(r) for r in reqs} for name, reqs in args["extras_require"].items()}
+    assert not required & {"onnxruntime", "pyserial", "psutil"}
+    assert "onnxruntime" in extras["onnx"] and "pyserial" in extras["serial"]
+    # Every hard requirement is imported by the package; everything it imports is required or an extra.
+    imported = _imported_projects(REPO_ROOT / "edgesdk")
+    assert required <= imported, f"required but never imported: {sorted(required - imported)}"
+    declared = required.union(*extras.values())
+    assert imported <= declared, f"imported but not declared: {sorted(imported - declared)}"
+
+
+@needs_py310
+def test_the_test_extra_installs_everything_the_suite_imports():
+    args = _setup_arguments()
+    available = {_project(r) for r in args["install_requires"] + args["extras_require"]["test"]}
+    available |= {"setuptools", "wheel"}    # pyproject.toml's build system: there wherever setup.py runs
+    imported = _imported_projects(REPO_ROOT / "tests")
+    assert imported <= available, f"tests import projects the test extra lacks: {sorted(imported - available)}"
