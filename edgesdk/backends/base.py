@@ -157,6 +157,10 @@ def check_common_settings(cls, config: LoadConfig) -> None:
         raise InvalidArgumentError(f"the {cls.name} backend has no option(s) {', '.join(unknown)}; it takes {known}")
 
 
+def threads_text(threads: int) -> str:
+    return f"{threads} thread{'s' if threads != 1 else ''}"
+
+
 def resolved(config: LoadConfig) -> Tuple[int, int]:
     """(n_ctx, threads) of a config that load() has resolved; InvalidArgumentError otherwise."""
     if config.n_ctx is None or config.threads is None:
@@ -180,4 +184,4 @@ def check_ids(ids: Sequence[int], n_vocab: int) -> np.ndarray:
 
 
 __all__ = ["Availability", "Backend", "BackendInfo", "ModelSource", "check_common_settings", "check_ids",
-           "resolved"]
+           "resolved", "threads_text"]

@@ -25,7 +25,8 @@ from ..errors import (BackendUnavailableError, ContextOverflowError, InvalidArgu
                       NativeError, SessionFileError, TokenizerError)
 from ..shape import ModelShape
 from . import register
-from .base import Availability, Backend, BackendInfo, ModelSource, check_common_settings, check_ids
+from .base import (Availability, Backend, BackendInfo, ModelSource, check_common_settings, check_ids,
+                   threads_text)
 
 # ggml type ids of the KV cache element types we offer, from the GGUF type table.
 KV_TYPES = ("f32", "f16", "q4_0", "q8_0")
@@ -285,7 +286,7 @@ class LlamaCppBackend(Backend):
             )
 
     def info(self) -> BackendInfo:
-        return BackendInfo(name=self.name, device=f"cpu (llama.cpp, {self.threads} threads)", n_ctx=self.n_ctx,
+        return BackendInfo(name=self.name, device=f"cpu (llama.cpp, {threads_text(self.threads)})", n_ctx=self.n_ctx,
                            n_vocab=self.n_vocab, threads=self.threads, kv_type=self.kv_type)
 
     def close(self) -> None:

@@ -27,7 +27,8 @@ from ..errors import (ContextOverflowError, InvalidArgumentError, ModelFormatErr
                       SessionFileError, UnsupportedModelError)
 from ..shape import ROPE_SCALING_TYPES, ModelShape, read_shape
 from . import register
-from .base import Availability, Backend, BackendInfo, ModelSource, check_common_settings, check_ids, resolved
+from .base import (Availability, Backend, BackendInfo, ModelSource, check_common_settings, check_ids, resolved,
+                   threads_text)
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "gemma3")
 # Tensor types the engine multiplies (ek_type ids are GGUF's ggml_type ids).
@@ -421,7 +422,7 @@ class NativeBackend(Backend):
         self._n_past = n_past
 
     def info(self) -> BackendInfo:
-        return BackendInfo(name="native", device=f"cpu ({_engine().isa_current()}, {self.threads} threads)",
+        return BackendInfo(name="native", device=f"cpu ({_engine().isa_current()}, {threads_text(self.threads)})",
                            n_ctx=self.n_ctx, n_vocab=self.n_vocab, threads=self.threads, kv_type=self.kv_type)
 
     def memory_used(self) -> dict:
