@@ -45,7 +45,8 @@ def worker(i):
         session = ChatSession(model, system=f"Assistant {i}.", **greedy)
         session.send("What is 2 plus 2?")
         cancel = threading.Event()
-        for _ in model.generate("Tell me a story.", stream=True, cancel=cancel, max_tokens=50):
+        for _ in model.generate("Once upon a time, in a land far away, there lived a dragon who", stream=True,
+                                cancel=cancel, max_tokens=50):
             cancel.set()
     except BaseException as exc:
         errors.append(repr(exc))

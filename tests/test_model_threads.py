@@ -23,6 +23,9 @@ CALLS_PER_WORKER = 3
 # computed exactly as on a fresh model, whatever ran before it.
 PROMPTS = ["The capital of France is", "Water boils at", "My favourite colour is", "Seven times six equals"]
 GREEDY = dict(temperature=0, repeat_penalty=1.0, max_tokens=8)
+# A raw-text prompt the model continues for hundreds of tokens (an instruction-like one such as
+# "Write a story." is answered with an immediate end-of-turn when not in the chat template).
+STORY = "Once upon a time, in a land far away, there lived a dragon who"
 
 
 @pytest.fixture(scope="module", params=backends.available())
@@ -122,8 +125,7 @@ def test_another_thread_waits_for_an_open_stream_then_runs(model):
 def test_cancel_set_between_steps_stops_the_stream_before_the_next_token(model):
     cancel = threading.Event()
     pieces = []
-    for piece in model.generate("Write a long story about a dragon.", stream=True, cancel=cancel,
-                                temperature=0, max_tokens=200):
+    for piece in model.generate(STORY, stream=True, cancel=cancel, temperature=0, max_tokens=200):
         pieces.append(piece)
         cancel.set()                    # as a Ctrl-C handler would, after the first piece
     stats = model.last_stats
@@ -138,14 +140,16 @@ def test_cancel_from_another_thread_stops_a_long_answer(model):
     produced = []
 
     def consume():
-        for piece in model.generate("Write a long story about a dragon.", stream=True, cancel=cancel,
-                                    temperature=0, max_tokens=N_CTX - 20):
-            produced.append(piece)
-            first.set()
+        try:
+            for piece in model.generate(STORY, stream=True, cancel=cancel, temperature=0, max_tokens=N_CTX - 20):
+                produced.append(piece)
+                first.set()
+        finally:
+            first.set()         # an answer that ends (or fails) at once must not leave the test waiting
 
     t = threading.Thread(target=consume)
     t.start()
-    assert first.wait(300)
+    assert first.wait(300) and produced
     cancel.set()
     t.join(timeout=300)
     assert model.last_stats.finish_reason == "cancelled"
