@@ -178,7 +178,7 @@ def _model_rows(m) -> List[Tuple[str, Any]]:
 
 
 def _backend_rows(b) -> List[Tuple[str, Any]]:
-    return [("backend" if i == 0 else "", f"{s.name:10} " + ("available" if s.available else f"not available: {s.reason}")
+    return [("backends" if i == 0 else "", f"{s.name:10} " + ("available" if s.available else f"not available: {s.reason}")
              + f" ({s.description})") for i, s in enumerate(b.backends)]
 
 
