@@ -136,3 +136,16 @@ def test_info_spells_each_cpu_feature_one_way_and_shows_jetson_lines_only_on_a_j
     assert native <= probed, f"spelled differently or missing: {sorted(native - probed)}"
     if hardware.probe(onnx=False).board.kind != "jetson":
         assert "cuda" not in rows and "L4T" not in out.stdout
+
+
+def test_info_lists_every_registered_backend_with_its_availability():
+    from edgesdk import backends
+
+    report = json.loads(cli("info", "--json").stdout)
+    listed = {b["name"]: b for b in report["backends"]["backends"]}
+    assert list(listed) == list(backends.names())
+    for name, status in backends.availability().items():
+        assert listed[name]["available"] == status.ok and listed[name]["reason"] == status.reason
+    text = cli("info").stdout
+    for name in backends.names():
+        assert f"{name:10} available" in text
