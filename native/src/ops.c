@@ -6,6 +6,7 @@
  * AVX-512; they are tested against the scalar ones and numpy.
  */
 #include "edgekern.h"
+#include "kernels.h" /* block_q8_0 (a q8_0 KV row is Q8_0 blocks) and the fp16 converters */
 #include "ops_internal.h"
 
 #include <math.h>
@@ -15,48 +16,6 @@
 #include <immintrin.h>
 #define EK_OPS_X86 1
 #endif
-
-/* ------------------------------------------------------------ f16 scalar */
-
-float ops_half_to_float(uint16_t h) {
-    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
-    uint32_t exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu, bits;
-    if (exp == 0) {
-        if (mant == 0) {
-            bits = sign;
-        } else { /* subnormal: normalize */
-            exp = 127 - 15 + 1;
-            while (!(mant & 0x400u)) { mant <<= 1; exp--; }
-            mant &= 0x3ffu;
-            bits = sign | (exp << 23) | (mant << 13);
-        }
-    } else if (exp == 31) {
-        bits = sign | 0x7f800000u | (mant << 13);
-    } else {
-        bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
-    }
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-}
-
-uint16_t ops_float_to_half(float f) {
-    uint32_t x;
-    memcpy(&x, &f, 4);
-    const uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
-    const uint32_t ax = x & 0x7fffffffu;
-    if (ax >= 0x7f800000u) return sign | 0x7c00u | (ax > 0x7f800000u ? 0x200u : 0); /* inf/nan */
-    if (ax >= 0x477ff000u) return sign | 0x7c00u; /* rounds past 65504: inf */
-    if (ax < 0x38800000u) { /* below the smallest normal half: subnormal or zero */
-        float a;
-        memcpy(&a, &ax, 4);
-        /* a * 2^24 is the subnormal mantissa; rintf rounds to nearest even. */
-        return sign | (uint16_t)rintf(a * 16777216.0f);
-    }
-    /* Normal: drop 13 mantissa bits with round-to-nearest-even. */
-    const uint32_t rounded = ax + 0xfffu + ((ax >> 13) & 1u);
-    return sign | (uint16_t)((rounded - ((uint32_t)(127 - 15) << 23)) >> 13);
-}
 
 static int use_avx2(void) {
 #ifdef EK_OPS_X86
@@ -278,42 +237,20 @@ void ek_gelu_mul(const float *gate, const float *up, float *out, int64_t n) {
 
 /* ------------------------------------------------------------ KV rows */
 
-/* q8_0 KV block: 32 values = d * q[j]. */
-typedef struct { uint16_t d; int8_t q[32]; } kv_block_q8_0;
-
+/* A Q8_0 KV row is GGUF's Q8_0 blocks and an F16 row plain halves, so storing and loading
+   are formats.c's quantize and dequantize: one rounding rule for weights and cache. */
 int64_t ek_kv_row_bytes(int kv_type, int64_t n) {
-    if (kv_type == EK_TYPE_Q8_0) return n / 32 * (int64_t)sizeof(kv_block_q8_0);
+    if (kv_type == EK_TYPE_Q8_0) return n / QK32 * (int64_t)sizeof(block_q8_0);
     return n * 2;
 }
 
+/* Statuses are dropped: n is a multiple of the block size (the caller's contract). */
 void ek_kv_store(int kv_type, const float *src, void *dst, int64_t n) {
-    if (kv_type == EK_TYPE_Q8_0) {
-        kv_block_q8_0 *b = dst;
-        for (int64_t blk = 0; blk < n / 32; blk++) {
-            const float *x = src + blk * 32;
-            float amax = 0.0f;
-            for (int j = 0; j < 32; j++) amax = fabsf(x[j]) > amax ? fabsf(x[j]) : amax;
-            const float d = amax / 127.0f, id = d > 0.0f ? 1.0f / d : 0.0f;
-            b[blk].d = ops_float_to_half(d);
-            for (int j = 0; j < 32; j++) b[blk].q[j] = (int8_t)lrintf(x[j] * id);
-        }
-        return;
-    }
-    uint16_t *h = dst;
-    for (int64_t i = 0; i < n; i++) h[i] = ops_float_to_half(src[i]);
+    (void)ek_quantize(kv_type == EK_TYPE_Q8_0 ? EK_TYPE_Q8_0 : EK_TYPE_F16, src, dst, n);
 }
 
 void ek_kv_load(int kv_type, const void *src, float *dst, int64_t n) {
-    if (kv_type == EK_TYPE_Q8_0) {
-        const kv_block_q8_0 *b = src;
-        for (int64_t blk = 0; blk < n / 32; blk++) {
-            const float d = ops_half_to_float(b[blk].d);
-            for (int j = 0; j < 32; j++) dst[blk * 32 + j] = d * b[blk].q[j];
-        }
-        return;
-    }
-    const uint16_t *h = src;
-    for (int64_t i = 0; i < n; i++) dst[i] = ops_half_to_float(h[i]);
+    (void)ek_dequantize(kv_type == EK_TYPE_Q8_0 ? EK_TYPE_Q8_0 : EK_TYPE_F16, src, dst, n);
 }
 
 /* ------------------------------------------------------------ attention */
@@ -322,30 +259,30 @@ void ek_kv_load(int kv_type, const void *src, float *dst, int64_t n) {
 static float kv_dot_scalar(int kv_type, const float *q, const void *row, int64_t n) {
     float sum = 0.0f;
     if (kv_type == EK_TYPE_Q8_0) {
-        const kv_block_q8_0 *b = row;
+        const block_q8_0 *b = row;
         for (int64_t blk = 0; blk < n / 32; blk++) {
             float s = 0.0f;
-            for (int j = 0; j < 32; j++) s += q[blk * 32 + j] * b[blk].q[j];
-            sum += s * ops_half_to_float(b[blk].d);
+            for (int j = 0; j < 32; j++) s += q[blk * 32 + j] * b[blk].qs[j];
+            sum += s * ek_fp16_to_fp32(b[blk].d);
         }
         return sum;
     }
     const uint16_t *h = row;
-    for (int64_t i = 0; i < n; i++) sum += q[i] * ops_half_to_float(h[i]);
+    for (int64_t i = 0; i < n; i++) sum += q[i] * ek_fp16_to_fp32(h[i]);
     return sum;
 }
 
 static void kv_axpy_scalar(int kv_type, float a, const void *row, float *out, int64_t n) {
     if (kv_type == EK_TYPE_Q8_0) {
-        const kv_block_q8_0 *b = row;
+        const block_q8_0 *b = row;
         for (int64_t blk = 0; blk < n / 32; blk++) {
-            const float ad = a * ops_half_to_float(b[blk].d);
-            for (int j = 0; j < 32; j++) out[blk * 32 + j] += ad * b[blk].q[j];
+            const float ad = a * ek_fp16_to_fp32(b[blk].d);
+            for (int j = 0; j < 32; j++) out[blk * 32 + j] += ad * b[blk].qs[j];
         }
         return;
     }
     const uint16_t *h = row;
-    for (int64_t i = 0; i < n; i++) out[i] += a * ops_half_to_float(h[i]);
+    for (int64_t i = 0; i < n; i++) out[i] += a * ek_fp16_to_fp32(h[i]);
 }
 
 static void attention_head_scalar(const float *q, const uint8_t *k, const uint8_t *v, int kv_type,
@@ -378,14 +315,14 @@ __attribute__((target("avx2,fma,f16c"))) static void attention_head_avx2(
         const uint8_t *row = k + j * row_bytes;
         __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
         if (kv_type == EK_TYPE_Q8_0) {
-            const kv_block_q8_0 *b = (const kv_block_q8_0 *)row;
+            const block_q8_0 *b = (const block_q8_0 *)row;
             for (int64_t blk = 0; blk < head_dim / 32; blk++) {
                 const float *qq = q + blk * 32;
-                __m256 s = _mm256_mul_ps(_mm256_loadu_ps(qq), load_q8x8(b[blk].q));
-                s = _mm256_fmadd_ps(_mm256_loadu_ps(qq + 8), load_q8x8(b[blk].q + 8), s);
-                s = _mm256_fmadd_ps(_mm256_loadu_ps(qq + 16), load_q8x8(b[blk].q + 16), s);
-                s = _mm256_fmadd_ps(_mm256_loadu_ps(qq + 24), load_q8x8(b[blk].q + 24), s);
-                acc0 = _mm256_fmadd_ps(s, _mm256_set1_ps(ops_half_to_float(b[blk].d)), acc0);
+                __m256 s = _mm256_mul_ps(_mm256_loadu_ps(qq), load_q8x8(b[blk].qs));
+                s = _mm256_fmadd_ps(_mm256_loadu_ps(qq + 8), load_q8x8(b[blk].qs + 8), s);
+                s = _mm256_fmadd_ps(_mm256_loadu_ps(qq + 16), load_q8x8(b[blk].qs + 16), s);
+                s = _mm256_fmadd_ps(_mm256_loadu_ps(qq + 24), load_q8x8(b[blk].qs + 24), s);
+                acc0 = _mm256_fmadd_ps(s, _mm256_set1_ps(_cvtsh_ss(b[blk].d)), acc0);
             }
         } else {
             const uint16_t *h = (const uint16_t *)row;
@@ -414,11 +351,11 @@ __attribute__((target("avx2,fma,f16c"))) static void attention_head_avx2(
         for (int64_t j = 0; j < n_pos; j++) {
             const uint8_t *row = v + j * row_bytes;
             if (kv_type == EK_TYPE_Q8_0) {
-                const kv_block_q8_0 *b = (const kv_block_q8_0 *)row + i0 / 32;
+                const block_q8_0 *b = (const block_q8_0 *)row + i0 / 32;
                 for (int64_t r = 0; r < width / 8; r++) {
-                    const kv_block_q8_0 *bb = b + r / 4;
-                    const __m256 a = _mm256_set1_ps(scores[j] * ops_half_to_float(bb->d));
-                    acc[r] = _mm256_fmadd_ps(a, load_q8x8(bb->q + (r % 4) * 8), acc[r]);
+                    const block_q8_0 *bb = b + r / 4;
+                    const __m256 a = _mm256_set1_ps(scores[j] * _cvtsh_ss(bb->d));
+                    acc[r] = _mm256_fmadd_ps(a, load_q8x8(bb->qs + (r % 4) * 8), acc[r]);
                 }
             } else {
                 const uint16_t *h = (const uint16_t *)row + i0;
