@@ -419,7 +419,7 @@ GEMM_K_X16(gemm_q6_kx16_q8k_avx512vnni, q6_kx16_tile, q6_kx16_gemv_pairs, block_
 #undef GEMM_K_X16
 
 void ek_fill_kernels_avx512_vnni(ek_kernels *k) {
-    ek_fill_kernels_scalar(k);
+    ek_fill_kernels_avx2(k); /* the f32 building blocks; every matmul slot is replaced below */
     k->isa = EK_ISA_AVX512;
     fill_table_avx512vnni(k);
     k->gemm_repacked[EK_TYPE_Q4_0] = gemm_q4_0x16_q8_avx512vnni;

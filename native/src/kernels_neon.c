@@ -341,7 +341,7 @@ static inline int32x4_t dot_i8x2_small_widening(int32x4_t acc, int8x16_t a0, int
 /* ------------------------------------------------------------- tables */
 
 static void fill_common(ek_kernels *k) {
-    memset(k, 0, sizeof *k);
+    ek_fill_kernels_scalar(k);
     k->quantize_q8_32 = quantize_q8_32_neon;
     k->quantize_q8_k = quantize_q8_k_neon;
     k->gemm[EK_TYPE_F32] = gemm_f32_neon;
