@@ -1,7 +1,8 @@
 /* x86 AVX2 + FMA + F16C kernels. Compiled for those instructions by a target
  * pragma, so one build runs on every x86-64; dispatch.c fills this table only
- * when the CPU and OS support them. The kernels are kernels_x86_body.h with
- * the int8 dot product done by maddubs (u8 x s8 -> pairs of int16) + madd. */
+ * when the CPU and OS support them. The matmul kernels are kernels_x86_body.h's
+ * bodies with the int8 dot product done by maddubs (u8 x s8 -> pairs of int16)
+ * + madd; the f32 building blocks are below them. */
 #include "kernels.h"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -9,8 +10,6 @@
 #pragma GCC target("avx2,fma,f16c")
 #include <immintrin.h>
 #include <math.h>
-
-#define X86_SUFFIX(name) name##_avx2
 
 static inline __m256i dot_u8s8(__m256i acc, __m256i u, __m256i s) {
     return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
@@ -37,6 +36,115 @@ static inline __m256i sub_dot_scaled(__m256i acc, const __m256i *u, const __m256
 }
 
 #include "kernels_x86_body.h"
+
+/* ------------------------------------------------------ matmul kernels */
+
+static void quantize_q8_32_avx2(const float *x, void *xq, int64_t n) { x86_quantize_q8_32(x, xq, n); }
+static void quantize_q8_k_avx2(const float *x, void *xq, int64_t n) { x86_quantize_q8_k(x, xq, n); }
+
+static void gemm_f32_avx2(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y, int64_t ldy,
+                          int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    x86_gemm_float(WEIGHT_F32, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_f16_avx2(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y, int64_t ldy,
+                          int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    x86_gemm_float(WEIGHT_F16, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_bf16_avx2(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y, int64_t ldy,
+                           int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    x86_gemm_float(WEIGHT_BF16, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q4_0_q8_avx2(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                              int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    x86_gemm_block32(FAM_Q4_0, sizeof(block_q4_0), w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q4_1_q8_avx2(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                              int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    x86_gemm_block32(FAM_Q4_1, sizeof(block_q4_1), w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q5_0_q8_avx2(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                              int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    x86_gemm_block32(FAM_Q5_0, sizeof(block_q5_0), w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q8_0_q8_avx2(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                              int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    x86_gemm_block32(FAM_Q8_0, sizeof(block_q8_0), w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q4_k_q8k_avx2(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                               int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    x86_gemm_kquant(KQ_Q4_K, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q6_k_q8k_avx2(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                               int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    x86_gemm_kquant(KQ_Q6_K, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q4_0x8_q8_avx2(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                                int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    x86_gemm_block32_x8(FAM_Q4_0, sizeof(block_q4_0x8), w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q4_1x8_q8_avx2(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                                int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    x86_gemm_block32_x8(FAM_Q4_1, sizeof(block_q4_1x8), w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q5_0x8_q8_avx2(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                                int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    x86_gemm_block32_x8(FAM_Q5_0, sizeof(block_q5_0x8), w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q8_0x8_q8_avx2(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                                int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    x86_gemm_block32_x8(FAM_Q8_0, sizeof(block_q8_0x8), w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+/* The repacked K-quants: one 8-row group at a time, activation rows in tiles of ACT_TILE,
+   each tile size a compile-time constant of the inlined tile. The loop is written in each
+   kernel rather than in a body taking the type: GCC optimizes an always-inline body before
+   inlining it, and a body holding both types' tiles came out scheduled differently and
+   measurably slower (the Q6_K GEMV). */
+static void gemm_q4_kx8_q8k_avx2(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                                 int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    const int64_t nb = n_cols / QK_K;
+    for (int64_t g0 = r0; g0 < r1; g0 += EK_REPACK_ROWS) {
+        const block_q4_kx8 *group = (const block_q4_kx8 *)((const uint8_t *)w + (size_t)g0 * w_row_bytes);
+        const int n_valid = (int)(r1 - g0 < EK_REPACK_ROWS ? r1 - g0 : EK_REPACK_ROWS);
+        for (int64_t i0 = 0; i0 < m; i0 += ACT_TILE) {
+            const int tile = (int)(m - i0 < ACT_TILE ? m - i0 : ACT_TILE);
+            if (tile == ACT_TILE) q4_kx8_tile(group, n_valid, g0, nb, x, x_row_bytes, i0, ACT_TILE, y, ldy);
+            else if (tile == 1) q4_kx8_tile(group, n_valid, g0, nb, x, x_row_bytes, i0, 1, y, ldy);
+            else q4_kx8_tile(group, n_valid, g0, nb, x, x_row_bytes, i0, tile, y, ldy);
+        }
+    }
+}
+
+static void gemm_q6_kx8_q8k_avx2(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                                 int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    const int64_t nb = n_cols / QK_K;
+    for (int64_t g0 = r0; g0 < r1; g0 += EK_REPACK_ROWS) {
+        const block_q6_kx8 *group = (const block_q6_kx8 *)((const uint8_t *)w + (size_t)g0 * w_row_bytes);
+        const int n_valid = (int)(r1 - g0 < EK_REPACK_ROWS ? r1 - g0 : EK_REPACK_ROWS);
+        for (int64_t i0 = 0; i0 < m; i0 += ACT_TILE) {
+            const int tile = (int)(m - i0 < ACT_TILE ? m - i0 : ACT_TILE);
+            if (tile == ACT_TILE) q6_kx8_tile(group, n_valid, g0, nb, x, x_row_bytes, i0, ACT_TILE, y, ldy);
+            else if (tile == 1) q6_kx8_tile(group, n_valid, g0, nb, x, x_row_bytes, i0, 1, y, ldy);
+            else q6_kx8_tile(group, n_valid, g0, nb, x, x_row_bytes, i0, tile, y, ldy);
+        }
+    }
+}
+
+static uint64_t read_sum_avx2(const uint8_t *const *streams, int n_streams, size_t n) {
+    return x86_read_sum(streams, n_streams, n);
+}
 
 /* ------------------------------------------------- f32 building blocks
  * The AVX-512 tables start from this one and keep these. */
@@ -207,7 +315,7 @@ attention_avx2(int kv_type, const float *q, const void *k, const void *v, size_t
             }
             for (; i < head_dim; i++) tail += q[i] * _cvtsh_ss(h[i]);
         }
-        const float s = scale * (hsum_avx2(_mm256_add_ps(acc0, acc1)) + tail);
+        const float s = scale * (hsum(_mm256_add_ps(acc0, acc1)) + tail);
         scores[j] = s;
         maxv = s > maxv ? s : maxv;
     }
@@ -259,7 +367,24 @@ static void attention_q8_0_avx2(const float *q, const void *k, const void *v, si
 void ek_fill_kernels_avx2(ek_kernels *k) {
     ek_fill_kernels_scalar(k); /* nothing is left unset, but every slot is overridden below */
     k->isa = EK_ISA_AVX2;
-    fill_table_avx2(k);
+    k->quantize_q8_32 = quantize_q8_32_avx2;
+    k->quantize_q8_k = quantize_q8_k_avx2;
+    k->gemm[EK_TYPE_F32] = gemm_f32_avx2;
+    k->gemm[EK_TYPE_F16] = gemm_f16_avx2;
+    k->gemm[EK_TYPE_BF16] = gemm_bf16_avx2;
+    k->gemm[EK_TYPE_Q4_0] = gemm_q4_0_q8_avx2;
+    k->gemm[EK_TYPE_Q4_1] = gemm_q4_1_q8_avx2;
+    k->gemm[EK_TYPE_Q5_0] = gemm_q5_0_q8_avx2;
+    k->gemm[EK_TYPE_Q8_0] = gemm_q8_0_q8_avx2;
+    k->gemm[EK_TYPE_Q4_K] = gemm_q4_k_q8k_avx2;
+    k->gemm[EK_TYPE_Q6_K] = gemm_q6_k_q8k_avx2;
+    k->gemm_repacked[EK_TYPE_Q4_0] = gemm_q4_0x8_q8_avx2;
+    k->gemm_repacked[EK_TYPE_Q4_1] = gemm_q4_1x8_q8_avx2;
+    k->gemm_repacked[EK_TYPE_Q8_0] = gemm_q8_0x8_q8_avx2;
+    k->gemm_repacked[EK_TYPE_Q5_0] = gemm_q5_0x8_q8_avx2;
+    k->gemm_repacked[EK_TYPE_Q4_K] = gemm_q4_kx8_q8k_avx2;
+    k->gemm_repacked[EK_TYPE_Q6_K] = gemm_q6_kx8_q8k_avx2;
+    k->read_sum = read_sum_avx2;
     k->rmsnorm = rmsnorm_avx2;
     k->silu_mul = silu_mul_avx2;
     k->gelu_mul = gelu_mul_avx2;

@@ -8,9 +8,11 @@
  * dispatch.c calls ek_fill_kernels_neon_dotprod only when getauxval reports ASIMDDP, so an
  * SDOT instruction never reaches a CPU without it.
  *
- * The integer kernels are written once in kernels_neon_int8.h, which is included twice: with
- * DOT_I8 / DOT_I8X2_SMALL as widening multiplies + a pairwise add (plain NEON) and as
- * vdotq_s32 (SDOT).
+ * The integer kernel bodies are written once in kernels_neon_int8.h, which is included twice:
+ * with DOT_I8 / DOT_I8X2_SMALL as widening multiplies + a pairwise add (plain NEON) and as
+ * vdotq_s32 (SDOT); after each inclusion this file defines the named kernels of that table
+ * (gemm_q4_0_q8_neon, gemm_q4_0_q8_neon_dotprod, ...) as calls of the bodies with the weight
+ * type fixed.
  * Layouts and the kernel contract are in kernels.h; the scalar kernels are the reference.
  * On other architectures this file compiles to nothing but the header.
  */
@@ -534,6 +536,52 @@ static inline int32x4_t dot_i8x2_small_widening(int32x4_t acc, int8x16_t a0, int
 #define NEON_HAS_SDOT 0
 #define NEON_KERNEL(name) name##_neon
 #include "kernels_neon_int8.h"
+
+static void gemm_q4_0_q8_neon(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                              int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_block32_neon(BLOCK32_Q4_0, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q4_1_q8_neon(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                              int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_block32_neon(BLOCK32_Q4_1, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q5_0_q8_neon(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                              int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_block32_neon(BLOCK32_Q5_0, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q8_0_q8_neon(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                              int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_block32_neon(BLOCK32_Q8_0, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q4_k_q8k_neon(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                               int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_super_neon(SUPER_Q4_K, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q6_k_q8k_neon(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                               int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_super_neon(SUPER_Q6_K, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q4_0x8_q8_neon(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                                int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_x8_neon(BLOCK32_Q4_0, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q4_1x8_q8_neon(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                                int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_x8_neon(BLOCK32_Q4_1, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q8_0x8_q8_neon(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                                int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_x8_neon(BLOCK32_Q8_0, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
 #undef DOT_I8
 #undef DOT_I8X2_SMALL
 #undef NEON_HAS_SDOT
@@ -546,6 +594,53 @@ static inline int32x4_t dot_i8x2_small_widening(int32x4_t acc, int8x16_t a0, int
 #define NEON_HAS_SDOT 1
 #define NEON_KERNEL(name) name##_neon_dotprod
 #include "kernels_neon_int8.h"
+
+/* Inside the dotprod pragma: these inline the SDOT bodies. */
+static void gemm_q4_0_q8_neon_dotprod(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                                      int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_block32_neon_dotprod(BLOCK32_Q4_0, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q4_1_q8_neon_dotprod(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                                      int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_block32_neon_dotprod(BLOCK32_Q4_1, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q5_0_q8_neon_dotprod(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                                      int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_block32_neon_dotprod(BLOCK32_Q5_0, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q8_0_q8_neon_dotprod(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                                      int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_block32_neon_dotprod(BLOCK32_Q8_0, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q4_k_q8k_neon_dotprod(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                                       int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_super_neon_dotprod(SUPER_Q4_K, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q6_k_q8k_neon_dotprod(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                                       int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_super_neon_dotprod(SUPER_Q6_K, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q4_0x8_q8_neon_dotprod(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                                        int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_x8_neon_dotprod(BLOCK32_Q4_0, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q4_1x8_q8_neon_dotprod(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                                        int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_x8_neon_dotprod(BLOCK32_Q4_1, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q8_0x8_q8_neon_dotprod(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                                        int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_x8_neon_dotprod(BLOCK32_Q8_0, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
 #undef DOT_I8
 #undef DOT_I8X2_SMALL
 #undef NEON_HAS_SDOT

@@ -151,20 +151,50 @@ static void gemm_by_rows(row_dot_fn dot, const void *w, size_t w_row_bytes, cons
     }
 }
 
-#define SCALAR_GEMM(name, dot)                                                                         \
-    static void name(const void *w, size_t wrb, const void *x, size_t xrb, float *y, int64_t ldy,       \
-                     int64_t r0, int64_t r1, int64_t m, int64_t n) {                                    \
-        gemm_by_rows(dot, w, wrb, x, xrb, y, ldy, r0, r1, m, n);                                        \
-    }
-SCALAR_GEMM(gemm_f32_scalar, dot_f32_f32)
-SCALAR_GEMM(gemm_f16_scalar, dot_f16_f32)
-SCALAR_GEMM(gemm_bf16_scalar, dot_bf16_f32)
-SCALAR_GEMM(gemm_q4_0_q8_scalar, dot_q4_0_q8)
-SCALAR_GEMM(gemm_q4_1_q8_scalar, dot_q4_1_q8)
-SCALAR_GEMM(gemm_q5_0_q8_scalar, dot_q5_0_q8)
-SCALAR_GEMM(gemm_q8_0_q8_scalar, dot_q8_0_q8)
-SCALAR_GEMM(gemm_q4_k_q8k_scalar, dot_q4_k_q8k)
-SCALAR_GEMM(gemm_q6_k_q8k_scalar, dot_q6_k_q8k)
+static void gemm_f32_scalar(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                            int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_by_rows(dot_f32_f32, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_f16_scalar(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                            int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_by_rows(dot_f16_f32, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_bf16_scalar(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                             int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_by_rows(dot_bf16_f32, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q4_0_q8_scalar(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                                int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_by_rows(dot_q4_0_q8, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q4_1_q8_scalar(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                                int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_by_rows(dot_q4_1_q8, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q5_0_q8_scalar(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                                int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_by_rows(dot_q5_0_q8, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q8_0_q8_scalar(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                                int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_by_rows(dot_q8_0_q8, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q4_k_q8k_scalar(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                                 int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_by_rows(dot_q4_k_q8k, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q6_k_q8k_scalar(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                                 int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_by_rows(dot_q6_k_q8k, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
 
 static uint64_t read_sum_scalar(const uint8_t *const *streams, int n_streams, size_t n) {
     uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
