@@ -16,7 +16,16 @@ import importlib.util
 import os
 from ctypes import POINTER, c_char_p, c_double, c_float, c_int, c_int32, c_int64, c_size_t, c_uint32, c_uint64, c_void_p
 
-from .errors import NativeBuildError, NativeError, UnsupportedISAError
+from .errors import (
+    ContextOverflowError,
+    InvalidArgumentError,
+    NativeBuildError,
+    NativeError,
+    NativeMemoryError,
+    ThreadStartError,
+    UnsupportedISAError,
+    UnsupportedModelError,
+)
 
 c_float_p = POINTER(c_float)
 c_int32_p = POINTER(c_int32)
@@ -29,6 +38,18 @@ EK_ERR_ISA_UNAVAILABLE = 4
 EK_ERR_THREADS = 5
 EK_ERR_CONTEXT_FULL = 6
 EK_ERR_INTERNAL = 7
+
+# The edgesdk error each failure raises (check()); tests/test_native_status.py reads the
+# header's codes, so one added there without an entry here fails.
+STATUS_ERRORS = {
+    EK_ERR_INVALID_ARG: InvalidArgumentError,
+    EK_ERR_UNSUPPORTED: UnsupportedModelError,
+    EK_ERR_NO_MEMORY: NativeMemoryError,
+    EK_ERR_ISA_UNAVAILABLE: UnsupportedISAError,
+    EK_ERR_THREADS: ThreadStartError,
+    EK_ERR_CONTEXT_FULL: ContextOverflowError,
+    EK_ERR_INTERNAL: NativeError,
+}
 
 # EK_ABI_VERSION of the header this module mirrors.
 ABI_VERSION = 1
@@ -222,15 +243,12 @@ lib = _load()
 
 
 def check(status: int, what: str) -> None:
-    """Raise the edgesdk error matching a non-zero ek_status."""
+    """Raise the edgesdk error STATUS_ERRORS maps a non-zero ek_status to (NativeError for a
+    code the header does not define)."""
     if status == EK_OK:
         return
-    text = lib.ek_status_str(status).decode()
-    if status == EK_ERR_ISA_UNAVAILABLE:
-        raise UnsupportedISAError(f"{what}: {text}")
-    if status == EK_ERR_NO_MEMORY:
-        raise MemoryError(f"{what}: {text}")
-    raise NativeError(f"{what}: {text} (status {status})")
+    message = f"{what}: {lib.ek_status_str(status).decode()} (ek_status {status})"
+    raise STATUS_ERRORS.get(status, NativeError)(message)
 
 
 def cpu_features() -> list[str]:
