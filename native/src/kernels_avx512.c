@@ -48,9 +48,9 @@ static inline __m256i sub_dot_scaled(__m256i acc, const __m256i *u, const __m256
 
 /* GEMV reads up to GEMV_PAIRS 16-row group pairs side by side, block by block: eight
    sequential streams per thread keep more lines in flight than two, which is what a
-   memory-bound GEMV is short of (this 2-core VM, Q4_0 2048x2048: 20 -> 24-25 GB/s of
-   29-30 the machine reads). Each row's operations are those of the GEMM tile, so the
-   result does not change a bit. gemm_x16 instantiates 4, 3 and 2 pairs. */
+   memory-bound GEMV is short of (measured in benchmarks/RESULTS_kernels.md). Each row's
+   operations are those of the GEMM tile, so the result does not change a bit. gemm_x16
+   instantiates 4, 3 and 2 pairs. */
 #define GEMV_PAIRS 4
 
 /* Block b of two 8-row groups decoded for 16 lanes: the eight weight byte vectors
@@ -244,8 +244,8 @@ q4_kx16_slice(const block_q4_kx8 *sa, const block_q4_kx8 *sb, const block_q8_k *
             }
         }
         /* as between a GEMV's slices (kx16_gemv_pairs): keeps GCC from hoisting the next
-           sub-block pair's loads here and spilling them (one thread, 2048x2048 GEMV:
-           cache-resident 52 -> 56 GB/s, from DRAM 13.0 -> 13.3; the GEMM unchanged) */
+           sub-block pair's loads here and spilling them, which slowed the GEMV (the GEMM
+           is unchanged either way) */
         __asm__ volatile("" ::: "memory");
     }
     const __m512 d = _mm512_cvtph_ps(join128(sa->d, sb->d)), dmin = _mm512_cvtph_ps(join128(sa->dmin, sb->dmin));
@@ -355,12 +355,11 @@ kx16_tile(int kq, const uint8_t *ga, const uint8_t *gb, int n_valid, int64_t row
 /* GEMV: one activation row against n_pairs (a constant of the inlined copy) group
    pairs from ga on, read side by side slice by slice, as gemv_x16_pairs does for
    the 32-element blocks, each slice asking for the next one of its two streams
-   (prefetch_lines: one slice, 1184 or 1680 bytes, ahead beat two and three; 2048x2048,
-   2 threads, of the read bandwidth: Q4_K 64 -> 72-76%, Q6_K 67 -> 75%); each row's
-   operations are the tile's. The empty asm between slices keeps GCC from hoisting
-   the next pair's loads and broadcasts into the current one, where they spill to the
-   stack (Q6_K cache-resident, one thread: 37 -> 44 GB/s); the out-of-order core
-   overlaps the slices anyway. */
+   (prefetch_lines: one slice, 1184 or 1680 bytes, ahead beat two and three; see
+   benchmarks/RESULTS_kernels.md); each row's operations are the tile's. The empty asm
+   between slices keeps GCC from hoisting the next pair's loads and broadcasts into the
+   current one, where they spill to the stack; the out-of-order core overlaps the slices
+   anyway. */
 static inline __attribute__((always_inline)) void
 kx16_gemv_pairs(int kq, const uint8_t *ga, size_t group_bytes, int64_t nb, const block_q8_k *x, float *y,
                 const int n_pairs) {

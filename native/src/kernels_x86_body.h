@@ -386,8 +386,7 @@ prefetch_lines(const void *p, size_t bytes, int first, int count) {
 }
 
 /* How far ahead of the slice being decoded the 8-row kernels prefetch their one stream:
-   AVX2, one thread, 2048x2048 from DRAM: Q4_0 7.7 -> 10.3 GB/s at 2 KiB (1 KiB: 9.0),
-   Q8_0 10.0 -> 11.1 GB/s; further gave nothing more. */
+   2 KiB beat 1 KiB, and further gave nothing more (benchmarks/RESULTS_kernels.md). */
 #define X86_PREFETCH_AHEAD 2048
 
 /* The lines of the `bytes` slice bytes X86_PREFETCH_AHEAD past `slice` (consecutive
