@@ -4,9 +4,10 @@ The library is the extension file edgesdk._edgekern, built by setup.py from
 native/src. We load it with ctypes: ctypes releases the GIL for the duration of
 every foreign call, so long kernels never block other Python threads.
 
-This module only declares prototypes and turns status codes into exceptions.
-Callers validate shapes, dtypes and buffer sizes *before* calling in: the C
-layer trusts its caller (see the header).
+This module only declares prototypes, checks at import that the library was
+built from the header it mirrors (ABI version and struct layouts), and turns
+status codes into exceptions. Callers validate shapes, dtypes and buffer sizes
+*before* calling in: the C layer trusts its caller (see the header).
 """
 from __future__ import annotations
 
@@ -15,7 +16,16 @@ import importlib.util
 import os
 from ctypes import POINTER, c_char_p, c_double, c_float, c_int, c_int32, c_int64, c_size_t, c_uint32, c_uint64, c_void_p
 
-from .errors import NativeBuildError, NativeError, UnsupportedISAError
+from .errors import (
+    ContextOverflowError,
+    InvalidArgumentError,
+    NativeBuildError,
+    NativeError,
+    NativeMemoryError,
+    ThreadStartError,
+    UnsupportedISAError,
+    UnsupportedModelError,
+)
 
 c_float_p = POINTER(c_float)
 c_int32_p = POINTER(c_int32)
@@ -28,6 +38,21 @@ EK_ERR_ISA_UNAVAILABLE = 4
 EK_ERR_THREADS = 5
 EK_ERR_CONTEXT_FULL = 6
 EK_ERR_INTERNAL = 7
+
+# The edgesdk error each failure raises (check()); tests/test_native_status.py reads the
+# header's codes, so one added there without an entry here fails.
+STATUS_ERRORS = {
+    EK_ERR_INVALID_ARG: InvalidArgumentError,
+    EK_ERR_UNSUPPORTED: UnsupportedModelError,
+    EK_ERR_NO_MEMORY: NativeMemoryError,
+    EK_ERR_ISA_UNAVAILABLE: UnsupportedISAError,
+    EK_ERR_THREADS: ThreadStartError,
+    EK_ERR_CONTEXT_FULL: ContextOverflowError,
+    EK_ERR_INTERNAL: NativeError,
+}
+
+# EK_ABI_VERSION of the header this module mirrors.
+ABI_VERSION = 1
 
 EK_WEIGHT_ALLOW_REPACK = 1
 
@@ -77,6 +102,56 @@ class EkModelMemory(ctypes.Structure):
                 ("weights_mapped", c_uint64)]
 
 
+# The structs the library describes (the header's EK_STRUCT_*), with the Structure mirroring each.
+EK_STRUCT_TENSOR_DESC, EK_STRUCT_MODEL_DESC, EK_STRUCT_MODEL_MEMORY = 0, 1, 2
+STRUCT_MIRRORS = ((EK_STRUCT_TENSOR_DESC, EkTensorDesc), (EK_STRUCT_MODEL_DESC, EkModelDesc),
+                  (EK_STRUCT_MODEL_MEMORY, EkModelMemory))
+
+_REBUILD = ("it is a build of another edgekern.h than edgesdk._native mirrors (a stale build?); rebuild it with "
+            "'pip install .' (or 'python setup.py build_ext --inplace' in a source checkout)")
+
+
+def check_struct_layout(library, which: int, structure: type) -> None:
+    """Raise NativeBuildError naming the first member of struct `which` whose name, offset or
+    size differs between the library and the ctypes `structure`, or that only one of them has."""
+    name = structure.__name__
+    native = []
+    offset, size = c_size_t(), c_size_t()
+    while (member := library.ek_struct_member(which, len(native), ctypes.byref(offset), ctypes.byref(size))):
+        native.append((member.decode(), offset.value, size.value))
+    mirrored = [(field[0], getattr(structure, field[0]).offset, getattr(structure, field[0]).size)
+                for field in structure._fields_]
+    for index, ((c_name, c_offset, c_size), (py_name, py_offset, py_size)) in enumerate(zip(native, mirrored)):
+        if c_name != py_name:
+            raise NativeBuildError(f"{name} member {index} is {c_name!r} in the native library, {py_name!r} in "
+                                   f"edgesdk._native: {_REBUILD}")
+        if (c_offset, c_size) != (py_offset, py_size):
+            raise NativeBuildError(f"{name}.{c_name}: offset {c_offset}, size {c_size} in the native library; "
+                                   f"offset {py_offset}, size {py_size} in edgesdk._native: {_REBUILD}")
+    if len(native) > len(mirrored):
+        raise NativeBuildError(f"{name}.{native[len(mirrored)][0]} is in the native library, not in "
+                               f"edgesdk._native: {_REBUILD}")
+    if len(mirrored) > len(native):
+        raise NativeBuildError(f"{name}.{mirrored[len(native)][0]} is in edgesdk._native, not in the native "
+                               f"library: {_REBUILD}")
+    native_size = library.ek_struct_size(which)
+    if native_size != ctypes.sizeof(structure):
+        raise NativeBuildError(f"{name} is {native_size} bytes in the native library, {ctypes.sizeof(structure)} "
+                               f"in edgesdk._native: {_REBUILD}")
+
+
+def check_abi(library) -> None:
+    """The library reports this module's ABI_VERSION and the struct layouts it mirrors."""
+    if not hasattr(library, "ek_abi_version"):
+        raise NativeBuildError(f"the native library has no ek_abi_version: {_REBUILD}")
+    version = library.ek_abi_version()
+    if version != ABI_VERSION:
+        raise NativeBuildError(f"the native library has ABI version {version}; edgesdk._native expects "
+                               f"{ABI_VERSION}: {_REBUILD}")
+    for which, structure in STRUCT_MIRRORS:
+        check_struct_layout(library, which, structure)
+
+
 def _library_path() -> str:
     spec = importlib.util.find_spec("edgesdk._edgekern")
     if spec is None or spec.origin is None or not os.path.exists(spec.origin):
@@ -91,9 +166,19 @@ def _load() -> ctypes.CDLL:
     lib = ctypes.CDLL(_library_path())
 
     def proto(name, restype, *argtypes):
-        fn = getattr(lib, name)
+        try:
+            fn = getattr(lib, name)
+        except AttributeError:
+            raise NativeBuildError(f"the native library has no {name}: {_REBUILD}") from None
         fn.restype = restype
         fn.argtypes = list(argtypes)
+
+    # The ABI first: a stale build is reported as one, not as a missing function.
+    if hasattr(lib, "ek_abi_version"):
+        proto("ek_abi_version", c_int)
+        proto("ek_struct_size", c_size_t, c_int)
+        proto("ek_struct_member", c_char_p, c_int, c_int, POINTER(c_size_t), POINTER(c_size_t))
+    check_abi(lib)
 
     # status, CPU features, ISA
     proto("ek_status_str", c_char_p, c_int)
@@ -158,15 +243,12 @@ lib = _load()
 
 
 def check(status: int, what: str) -> None:
-    """Raise the edgesdk error matching a non-zero ek_status."""
+    """Raise the edgesdk error STATUS_ERRORS maps a non-zero ek_status to (NativeError for a
+    code the header does not define)."""
     if status == EK_OK:
         return
-    text = lib.ek_status_str(status).decode()
-    if status == EK_ERR_ISA_UNAVAILABLE:
-        raise UnsupportedISAError(f"{what}: {text}")
-    if status == EK_ERR_NO_MEMORY:
-        raise MemoryError(f"{what}: {text}")
-    raise NativeError(f"{what}: {text} (status {status})")
+    message = f"{what}: {lib.ek_status_str(status).decode()} (ek_status {status})"
+    raise STATUS_ERRORS.get(status, NativeError)(message)
 
 
 def cpu_features() -> list[str]:

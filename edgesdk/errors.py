@@ -46,6 +46,14 @@ class NativeError(EdgeSDKError):
     """The native layer reported a failure it should not have reached."""
 
 
+class NativeMemoryError(EdgeSDKError, MemoryError):
+    """The native layer could not allocate the memory it was asked to build (malloc failed)."""
+
+
+class ThreadStartError(EdgeSDKError, RuntimeError):
+    """The OS refused to start the native thread pool's workers; fewer threads may still work."""
+
+
 class UnsupportedISAError(EdgeSDKError):
     """The requested instruction-set path is unknown or the CPU lacks it."""
 

@@ -3,7 +3,8 @@
  * Plain C11, no Python. Everything a caller may use is declared here and
  * nothing else is exported. Sections: status codes, tensor types and block
  * formats, CPU features and ISA choice, thread pool, quantized weights and
- * matrix products, f32 transformer building blocks, the inference engine.
+ * matrix products, f32 transformer building blocks, the inference engine,
+ * the ABI description bindings check at load, the tokenizer.
  *
  * Trust model: the C layer trusts its caller. Sizes, shapes and pointers are
  * validated on the Python side (edgesdk/_native.py and its users) before any
@@ -295,6 +296,26 @@ EK_API ek_status ek_model_eval(ek_model *model, const int32_t *ids, int64_t n, i
 EK_API uint64_t ek_model_state_bytes(const ek_model *model, int64_t n_past);
 EK_API void ek_model_state_save(const ek_model *model, int64_t n_past, void *dst);
 EK_API void ek_model_state_load(ek_model *model, int64_t n_past, const void *src);
+
+/* ------------------------------------------------------------------- ABI */
+
+/* Bumped whenever a declaration in this header changes in a way that a binding written for
+   the previous one would misread: a struct member, an enum or macro value, a function's
+   parameters. edgesdk/_native.py mirrors it and refuses a library that reports another. */
+#define EK_ABI_VERSION 1
+EK_API int ek_abi_version(void);
+
+/* The structs bindings mirror (ek_tensor_desc, ek_model_desc, ek_model_memory), described
+   by the library itself so that a binding can compare its copy with the build it loaded. */
+#define EK_STRUCT_TENSOR_DESC 0
+#define EK_STRUCT_MODEL_DESC 1
+#define EK_STRUCT_MODEL_MEMORY 2
+
+/* sizeof the struct `which` (EK_STRUCT_*); 0 when unknown. */
+EK_API size_t ek_struct_size(int which);
+/* Member `index` of struct `which` in declaration order: its name, with its byte offset and
+   size stored in *offset and *size; NULL past the last member or for an unknown `which`. */
+EK_API const char *ek_struct_member(int which, int index, size_t *offset, size_t *size);
 
 /* ------------------------------------------------------------- tokenizer */
 

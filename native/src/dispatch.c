@@ -10,6 +10,7 @@
 #include "kernels.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 
 #include <stdlib.h>
 #include <string.h>
@@ -88,7 +89,7 @@ static uint64_t detect_arm64(void) {
 }
 #endif
 
-uint64_t ek_cpu_features(void) {
+static uint64_t detect_features(void) {
 #if defined(EK_X86)
     return detect_x86();
 #elif defined(EK_ARM64_LINUX)
@@ -98,6 +99,18 @@ uint64_t ek_cpu_features(void) {
 #else
     return 0;
 #endif
+}
+
+/* Detected once: cpuid is slow (in a VM it traps to the hypervisor), and the ops'
+   entry points look up the active table, which checks availability, on every call. */
+static uint64_t cpu_features;
+static pthread_once_t cpu_features_once = PTHREAD_ONCE_INIT;
+
+static void set_cpu_features(void) { cpu_features = detect_features(); }
+
+uint64_t ek_cpu_features(void) {
+    pthread_once(&cpu_features_once, set_cpu_features);
+    return cpu_features;
 }
 
 /* Which kernel families were compiled into this build. */
@@ -156,24 +169,30 @@ int ek_isa_from_name(const char *name) {
 }
 
 /* The one piece of mutable global state: the active family, chosen at load
-   (EDGESDK_ISA or the best available) and changed only by ek_isa_set. */
-static int active_isa = -1;
+   (EDGESDK_ISA or the best available) and changed only by ek_isa_set. Atomic:
+   threads running ops read it while another may set it. */
+static atomic_int active_isa = -1;
 
-static void choose_initial_isa(void) {
+static int initial_isa(void) {
     const char *env = getenv("EDGESDK_ISA");
     const int wanted = ek_isa_from_name(env);
-    active_isa = (wanted >= 0 && ek_isa_available(wanted)) ? wanted : ek_isa_best();
+    return (wanted >= 0 && ek_isa_available(wanted)) ? wanted : ek_isa_best();
 }
 
 ek_status ek_isa_set(int isa) {
     if (!ek_isa_available(isa)) return EK_ERR_ISA_UNAVAILABLE;
-    active_isa = isa;
+    atomic_store(&active_isa, isa);
     return EK_OK;
 }
 
 int ek_isa_current(void) {
-    if (active_isa < 0) choose_initial_isa();
-    return active_isa;
+    int isa = atomic_load(&active_isa);
+    if (isa < 0) {
+        int unset = -1; /* if another thread set it meanwhile, its value stands */
+        isa = initial_isa();
+        if (!atomic_compare_exchange_strong(&active_isa, &unset, isa)) isa = unset;
+    }
+    return isa;
 }
 
 /* ------------------------------------------------------ the kernel table */

@@ -140,6 +140,15 @@ typedef void (*ek_quantize_act_fn)(const float *x, void *xq, int64_t n);
 
 #define EK_TYPE_SLOTS 31 /* ek_type ids are below this */
 
+/* The f32 building blocks, with edgekern.h's contracts (ek_rmsnorm, ek_silu_mul and
+   ek_gelu_mul, ek_softmax, ek_attention_head) for any n: tails are the kernel's business. */
+typedef void (*ek_rmsnorm_fn)(const float *x, const float *w, float *y, int64_t n, float eps);
+typedef void (*ek_gated_act_fn)(const float *gate, const float *up, float *out, int64_t n);
+typedef void (*ek_softmax_fn)(float *x, int64_t n);
+/* ek_attention_head for one KV row type: F16 rows take any head_dim, Q8_0 rows a multiple of 32. */
+typedef void (*ek_attention_fn)(const float *q, const void *k, const void *v, size_t row_bytes, int64_t n_pos,
+                                int64_t head_dim, float scale, float *scores, float *out);
+
 typedef struct ek_kernels {
     int isa;
     ek_quantize_act_fn quantize_q8_32;
@@ -149,6 +158,10 @@ typedef struct ek_kernels {
     /* Sum, as 64-bit words, of n bytes (a multiple of 64) at each of n_streams 64-byte
        aligned pointers, one cache line of every stream in turn: the bandwidth probe. */
     uint64_t (*read_sum)(const uint8_t *const *streams, int n_streams, size_t n);
+    ek_rmsnorm_fn rmsnorm;
+    ek_gated_act_fn silu_mul, gelu_mul;
+    ek_softmax_fn softmax;
+    ek_attention_fn attention_f16, attention_q8_0;
 } ek_kernels;
 
 /* The table of the active ISA, or of a given one (NULL when not compiled/available). */

@@ -12,8 +12,6 @@
 #include <immintrin.h>
 #include <string.h>
 
-#define X86_SUFFIX(name) name##_avx512vnni
-
 static inline __m256i dot_u8s8(__m256i acc, __m256i u, __m256i s) { return _mm256_dpbusd_epi32(acc, u, s); }
 
 /* For the K-quants' per-sub-block scales, maddubs + madd-by-scales (2 uops)
@@ -50,9 +48,9 @@ static inline __m256i sub_dot_scaled(__m256i acc, const __m256i *u, const __m256
 
 /* GEMV reads up to GEMV_PAIRS 16-row group pairs side by side, block by block: eight
    sequential streams per thread keep more lines in flight than two, which is what a
-   memory-bound GEMV is short of (this 2-core VM, Q4_0 2048x2048: 20 -> 24-25 GB/s of
-   29-30 the machine reads). Each row's operations are those of the GEMM tile, so the
-   result does not change a bit. gemm_x16 instantiates 4, 3 and 2 pairs. */
+   memory-bound GEMV is short of (measured in benchmarks/RESULTS_kernels.md). Each row's
+   operations are those of the GEMM tile, so the result does not change a bit. gemm_x16
+   instantiates 4, 3 and 2 pairs. */
 #define GEMV_PAIRS 4
 
 /* Block b of two 8-row groups decoded for 16 lanes: the eight weight byte vectors
@@ -186,16 +184,6 @@ gemm_x16(int fam, size_t slice_bytes, const void *w, size_t w_row_bytes, const v
     }
 }
 
-#define GEMM_X16_FOR_TYPE(name, fam, slice_type)                                                               \
-    static void name(const void *w, size_t wrb, const void *x, size_t xrb, float *y, int64_t ldy, int64_t r0,  \
-                     int64_t r1, int64_t m, int64_t n) {                                                       \
-        gemm_x16(fam, sizeof(slice_type), w, wrb, x, xrb, y, ldy, r0, r1, m, n);                               \
-    }
-GEMM_X16_FOR_TYPE(gemm_q4_0x16_q8_avx512vnni, FAM_Q4_0, block_q4_0x8)
-GEMM_X16_FOR_TYPE(gemm_q4_1x16_q8_avx512vnni, FAM_Q4_1, block_q4_1x8)
-GEMM_X16_FOR_TYPE(gemm_q8_0x16_q8_avx512vnni, FAM_Q8_0, block_q8_0x8)
-GEMM_X16_FOR_TYPE(gemm_q5_0x16_q8_avx512vnni, FAM_Q5_0, block_q5_0x8)
-#undef GEMM_X16_FOR_TYPE
 
 /* ------------------------------------------- repacked K-quants, 16 rows
  * Two 8-row groups side by side in 512-bit registers, as gemm_x16: each vpdpbusd
@@ -214,12 +202,6 @@ static inline __m256i join128(const void *a, const void *b) {
 static inline __m512i join256(const void *a, const void *b) {
     return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)a)),
                               _mm256_loadu_si256((const __m256i *)b), 1);
-}
-
-static inline int32_t load_i32(const void *p) {
-    int32_t v;
-    memcpy(&v, p, 4);
-    return v;
 }
 
 /* acc + lane j: sc_j * sum over n vector pairs of (u8 x s8 summed in groups of 4). */
@@ -242,8 +224,8 @@ q4_kx16_slice(const block_q4_kx8 *sa, const block_q4_kx8 *sb, const block_q8_k *
     for (int c = 0; c < 4; c++) {
         const __m512i sp = _mm512_cvtepu8_epi16(join128(sa->sc + 16 * c, sb->sc + 16 * c)); /* sub-blocks 2c, 2c+1 */
         if (prefetch_next) {
-            X86_SUFFIX(prefetch_lines)(sa + 1, sizeof *sa, 5 * c, 5);
-            X86_SUFFIX(prefetch_lines)(sb + 1, sizeof *sb, 5 * c, 5);
+            prefetch_lines(sa + 1, sizeof *sa, 5 * c, 5);
+            prefetch_lines(sb + 1, sizeof *sb, 5 * c, 5);
         }
         #pragma GCC unroll 8
         for (int e = 0; e < 2; e++) { /* e = 0: low nibbles, sub-block 2c; 1: high, 2c + 1 */
@@ -261,9 +243,9 @@ q4_kx16_slice(const block_q4_kx8 *sa, const block_q4_kx8 *sb, const block_q8_k *
                 isum[t] = sub_dot_scaled16(isum[t], u, xs, 8, scl);
             }
         }
-        /* as between a GEMV's slices (K_X16_GEMV_PAIRS): keeps GCC from hoisting the next
-           sub-block pair's loads here and spilling them (one thread, 2048x2048 GEMV:
-           cache-resident 52 -> 56 GB/s, from DRAM 13.0 -> 13.3; the GEMM unchanged) */
+        /* as between a GEMV's slices (kx16_gemv_pairs): keeps GCC from hoisting the next
+           sub-block pair's loads here and spilling them, which slowed the GEMV (the GEMM
+           is unchanged either way) */
         __asm__ volatile("" ::: "memory");
     }
     const __m512 d = _mm512_cvtph_ps(join128(sa->d, sb->d)), dmin = _mm512_cvtph_ps(join128(sa->dmin, sb->dmin));
@@ -309,8 +291,8 @@ q6_kx16_slice(const block_q6_kx8 *sa, const block_q6_kx8 *sb, const block_q8_k *
             for (int q = 0; q < 4; q++) { /* sub-block 8h + 2q + g: scale pair 4h + q, element g */
                 const __m512i sp = _mm512_cvtepi8_epi16(join128(sa->sc + 16 * (4 * h + q), sb->sc + 16 * (4 * h + q)));
                 if (prefetch_next) {
-                    X86_SUFFIX(prefetch_lines)(sa + 1, sizeof *sa, 2 * (8 * h + 4 * g + q), 2);
-                    X86_SUFFIX(prefetch_lines)(sb + 1, sizeof *sb, 2 * (8 * h + 4 * g + q), 2);
+                    prefetch_lines(sa + 1, sizeof *sa, 2 * (8 * h + 4 * g + q), 2);
+                    prefetch_lines(sb + 1, sizeof *sb, 2 * (8 * h + 4 * g + q), 2);
                 }
                 const __m512i scl = g ? _mm512_srai_epi32(sp, 16) : _mm512_srai_epi32(_mm512_slli_epi32(sp, 16), 16);
                 __m512i u[4];
@@ -337,97 +319,197 @@ q6_kx16_slice(const block_q6_kx8 *sa, const block_q6_kx8 *sb, const block_q8_k *
         acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t]), _mm512_mul_ps(d, _mm512_set1_ps(xb[t]->d)), acc[t]);
 }
 
+/* Slice b of two 8-row groups of kq (KQ_Q4_K or KQ_Q6_K, a constant of the inlined copy)
+   against xb[0..tile); slices are kx8_slice_bytes(kq) apart. */
+static inline __attribute__((always_inline)) size_t kx8_slice_bytes(int kq) {
+    return kq == KQ_Q4_K ? sizeof(block_q4_kx8) : sizeof(block_q6_kx8);
+}
+
+static inline __attribute__((always_inline)) void
+kx16_slice(int kq, const uint8_t *sa, const uint8_t *sb, const block_q8_k *const *xb, const int tile, __m512 *acc,
+           const int prefetch_next) {
+    if (kq == KQ_Q4_K) q4_kx16_slice((const block_q4_kx8 *)sa, (const block_q4_kx8 *)sb, xb, tile, acc, prefetch_next);
+    else q6_kx16_slice((const block_q6_kx8 *)sa, (const block_q6_kx8 *)sb, xb, tile, acc, prefetch_next);
+}
+
 /* Activation rows [i0, i0 + tile) against the 16 rows of groups ga and gb. */
-#define K_X16_TILE(name, slice_fn, slice_type)                                                                 \
-    static inline __attribute__((always_inline)) void                                                          \
-    name(const slice_type *ga, const slice_type *gb, int n_valid, int64_t row0, int64_t nb, const void *x,     \
-         size_t x_row_bytes, int64_t i0, const int tile, float *y, int64_t ldy) {                              \
-        const block_q8_k *xr[K_TILE];                                                                          \
-        __m512 acc[K_TILE];                                                                                    \
-        for (int t = 0; t < K_TILE; t++) {                                                                     \
-            xr[t] = (const block_q8_k *)((const uint8_t *)x + (size_t)(i0 + (t < tile ? t : 0)) * x_row_bytes); \
-            acc[t] = _mm512_setzero_ps();                                                                      \
-        }                                                                                                      \
-        for (int64_t b = 0; b < nb; b++) {                                                                     \
-            const block_q8_k *xb[K_TILE];                                                                      \
-            for (int t = 0; t < K_TILE; t++) xb[t] = &xr[t][b];                                                \
-            slice_fn(&ga[b], &gb[b], xb, tile, acc, 0);                                                         \
-        }                                                                                                      \
-        for (int t = 0; t < tile; t++)                                                                         \
-            _mm512_mask_storeu_ps(y + (i0 + t) * ldy + row0, (__mmask16)((1u << n_valid) - 1u), acc[t]);      \
+static inline __attribute__((always_inline)) void
+kx16_tile(int kq, const uint8_t *ga, const uint8_t *gb, int n_valid, int64_t row0, int64_t nb, const void *x,
+          size_t x_row_bytes, int64_t i0, const int tile, float *y, int64_t ldy) {
+    const size_t slice_bytes = kx8_slice_bytes(kq);
+    const block_q8_k *xr[K_TILE];
+    __m512 acc[K_TILE];
+    for (int t = 0; t < K_TILE; t++) {
+        xr[t] = (const block_q8_k *)((const uint8_t *)x + (size_t)(i0 + (t < tile ? t : 0)) * x_row_bytes);
+        acc[t] = _mm512_setzero_ps();
     }
-K_X16_TILE(q4_kx16_tile, q4_kx16_slice, block_q4_kx8)
-K_X16_TILE(q6_kx16_tile, q6_kx16_slice, block_q6_kx8)
-#undef K_X16_TILE
+    for (int64_t b = 0; b < nb; b++) {
+        const block_q8_k *xb[K_TILE];
+        for (int t = 0; t < K_TILE; t++) xb[t] = &xr[t][b];
+        kx16_slice(kq, ga + (size_t)b * slice_bytes, gb + (size_t)b * slice_bytes, xb, tile, acc, 0);
+    }
+    for (int t = 0; t < tile; t++)
+        _mm512_mask_storeu_ps(y + (i0 + t) * ldy + row0, (__mmask16)((1u << n_valid) - 1u), acc[t]);
+}
 
 /* GEMV: one activation row against n_pairs (a constant of the inlined copy) group
    pairs from ga on, read side by side slice by slice, as gemv_x16_pairs does for
    the 32-element blocks, each slice asking for the next one of its two streams
-   (prefetch_lines: one slice, 1184 or 1680 bytes, ahead beat two and three; 2048x2048,
-   2 threads, of the read bandwidth: Q4_K 64 -> 72-76%, Q6_K 67 -> 75%); each row's
-   operations are the tile's. The empty asm between slices keeps GCC from hoisting
-   the next pair's loads and broadcasts into the current one, where they spill to the
-   stack (Q6_K cache-resident, one thread: 37 -> 44 GB/s); the out-of-order core
-   overlaps the slices anyway. */
-#define K_X16_GEMV_PAIRS(name, slice_fn, slice_type)                                                           \
-    static inline __attribute__((always_inline)) void                                                          \
-    name(const slice_type *ga, size_t group_slices, int64_t nb, const block_q8_k *x, float *y, const int n_pairs) { \
-        __m512 acc[GEMV_PAIRS];                                                                                \
-        for (int p = 0; p < GEMV_PAIRS; p++) acc[p] = _mm512_setzero_ps();                                     \
-        for (int64_t b = 0; b < nb; b++) {                                                                     \
-            const block_q8_k *xb[1] = {&x[b]};                                                                 \
-            _Pragma("GCC unroll 4")                                                                            \
-            for (int p = 0; p < n_pairs; p++) {                                                                \
-                const slice_type *sa = ga + 2 * (size_t)p * group_slices + b;                                  \
-                slice_fn(sa, sa + group_slices, xb, 1, &acc[p], 1);                                            \
-                __asm__ volatile("" ::: "memory");                                                             \
-            }                                                                                                  \
-        }                                                                                                      \
-        for (int p = 0; p < n_pairs; p++) _mm512_storeu_ps(y + 16 * p, acc[p]);                                \
+   (prefetch_lines: one slice, 1184 or 1680 bytes, ahead beat two and three; see
+   benchmarks/RESULTS_kernels.md); each row's operations are the tile's. The empty asm
+   between slices keeps GCC from hoisting the next pair's loads and broadcasts into the
+   current one, where they spill to the stack; the out-of-order core overlaps the slices
+   anyway. */
+static inline __attribute__((always_inline)) void
+kx16_gemv_pairs(int kq, const uint8_t *ga, size_t group_bytes, int64_t nb, const block_q8_k *x, float *y,
+                const int n_pairs) {
+    const size_t slice_bytes = kx8_slice_bytes(kq);
+    __m512 acc[GEMV_PAIRS];
+    for (int p = 0; p < GEMV_PAIRS; p++) acc[p] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const block_q8_k *xb[1] = {&x[b]};
+        #pragma GCC unroll 4
+        for (int p = 0; p < n_pairs; p++) {
+            const uint8_t *sa = ga + 2 * (size_t)p * group_bytes + (size_t)b * slice_bytes;
+            kx16_slice(kq, sa, sa + group_bytes, xb, 1, &acc[p], 1);
+            __asm__ volatile("" ::: "memory");
+        }
     }
-K_X16_GEMV_PAIRS(q4_kx16_gemv_pairs, q4_kx16_slice, block_q4_kx8)
-K_X16_GEMV_PAIRS(q6_kx16_gemv_pairs, q6_kx16_slice, block_q6_kx8)
-#undef K_X16_GEMV_PAIRS
+    for (int p = 0; p < n_pairs; p++) _mm512_storeu_ps(y + 16 * p, acc[p]);
+}
 
-#define GEMM_K_X16(name, tile_fn, gemv_fn, slice_type)                                                         \
-    static void name(const void *w, size_t wrb, const void *x, size_t xrb, float *y, int64_t ldy, int64_t r0,  \
-                     int64_t r1, int64_t m, int64_t n_cols) {                                                  \
-        const int64_t nb = n_cols / QK_K;                                                                      \
-        const size_t group_slices = EK_REPACK_ROWS * wrb / sizeof(slice_type);                                 \
-        while (m == 1 && r1 - r0 >= 32) {                                                                      \
-            const slice_type *first = (const slice_type *)((const uint8_t *)w + (size_t)r0 * wrb);             \
-            const int64_t n_pairs = (r1 - r0) / 16;                                                            \
-            if (n_pairs >= GEMV_PAIRS) gemv_fn(first, group_slices, nb, x, y + r0, GEMV_PAIRS);                \
-            else if (n_pairs == 3) gemv_fn(first, group_slices, nb, x, y + r0, 3);                             \
-            else gemv_fn(first, group_slices, nb, x, y + r0, 2);                                               \
-            r0 += 16 * (n_pairs >= GEMV_PAIRS ? GEMV_PAIRS : n_pairs);                                         \
-        }                                                                                                      \
-        for (int64_t g0 = r0; g0 < r1; g0 += 2 * EK_REPACK_ROWS) {                                             \
-            const slice_type *ga = (const slice_type *)((const uint8_t *)w + (size_t)g0 * wrb);                \
-            const slice_type *gb = g0 + EK_REPACK_ROWS < r1 ? ga + group_slices : ga;                          \
-            const int n_valid = (int)(r1 - g0 < 16 ? r1 - g0 : 16);                                            \
-            for (int64_t i0 = 0; i0 < m; i0 += K_TILE) {                                                     \
-                const int tile = (int)(m - i0 < K_TILE ? m - i0 : K_TILE);                                 \
-                if (tile == K_TILE) tile_fn(ga, gb, n_valid, g0, nb, x, xrb, i0, K_TILE, y, ldy);          \
-                else if (tile == 1) tile_fn(ga, gb, n_valid, g0, nb, x, xrb, i0, 1, y, ldy);                   \
-                else tile_fn(ga, gb, n_valid, g0, nb, x, xrb, i0, tile, y, ldy);                               \
-            }                                                                                                  \
-        }                                                                                                      \
+/* The GEMM of a repacked Q4_K or Q6_K weight (kq) on 16-row group pairs; GEMV as gemm_x16. */
+static inline __attribute__((always_inline)) void
+gemm_kx16(int kq, const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y, int64_t ldy,
+          int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    const int64_t nb = n_cols / QK_K;
+    const size_t group_bytes = EK_REPACK_ROWS * w_row_bytes;
+    while (m == 1 && r1 - r0 >= 32) {
+        const uint8_t *first = (const uint8_t *)w + (size_t)r0 * w_row_bytes;
+        const int64_t n_pairs = (r1 - r0) / 16;
+        if (n_pairs >= GEMV_PAIRS) kx16_gemv_pairs(kq, first, group_bytes, nb, x, y + r0, GEMV_PAIRS);
+        else if (n_pairs == 3) kx16_gemv_pairs(kq, first, group_bytes, nb, x, y + r0, 3);
+        else kx16_gemv_pairs(kq, first, group_bytes, nb, x, y + r0, 2);
+        r0 += 16 * (n_pairs >= GEMV_PAIRS ? GEMV_PAIRS : n_pairs);
     }
-GEMM_K_X16(gemm_q4_kx16_q8k_avx512vnni, q4_kx16_tile, q4_kx16_gemv_pairs, block_q4_kx8)
-GEMM_K_X16(gemm_q6_kx16_q8k_avx512vnni, q6_kx16_tile, q6_kx16_gemv_pairs, block_q6_kx8)
-#undef GEMM_K_X16
+    for (int64_t g0 = r0; g0 < r1; g0 += 2 * EK_REPACK_ROWS) {
+        const uint8_t *ga = (const uint8_t *)w + (size_t)g0 * w_row_bytes;
+        const uint8_t *gb = g0 + EK_REPACK_ROWS < r1 ? ga + group_bytes : ga;
+        const int n_valid = (int)(r1 - g0 < 16 ? r1 - g0 : 16);
+        for (int64_t i0 = 0; i0 < m; i0 += K_TILE) {
+            const int tile = (int)(m - i0 < K_TILE ? m - i0 : K_TILE);
+            if (tile == K_TILE) kx16_tile(kq, ga, gb, n_valid, g0, nb, x, x_row_bytes, i0, K_TILE, y, ldy);
+            else if (tile == 1) kx16_tile(kq, ga, gb, n_valid, g0, nb, x, x_row_bytes, i0, 1, y, ldy);
+            else kx16_tile(kq, ga, gb, n_valid, g0, nb, x, x_row_bytes, i0, tile, y, ldy);
+        }
+    }
+}
+
+/* ------------------------------------------------------ matmul kernels */
+
+static void quantize_q8_32_avx512vnni(const float *x, void *xq, int64_t n) { x86_quantize_q8_32(x, xq, n); }
+static void quantize_q8_k_avx512vnni(const float *x, void *xq, int64_t n) { x86_quantize_q8_k(x, xq, n); }
+
+static void gemm_f32_avx512vnni(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                                int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    x86_gemm_float(WEIGHT_F32, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_f16_avx512vnni(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                                int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    x86_gemm_float(WEIGHT_F16, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_bf16_avx512vnni(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                                 int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    x86_gemm_float(WEIGHT_BF16, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q4_0_q8_avx512vnni(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                                    int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    x86_gemm_block32(FAM_Q4_0, sizeof(block_q4_0), w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q4_1_q8_avx512vnni(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                                    int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    x86_gemm_block32(FAM_Q4_1, sizeof(block_q4_1), w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q5_0_q8_avx512vnni(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                                    int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    x86_gemm_block32(FAM_Q5_0, sizeof(block_q5_0), w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q8_0_q8_avx512vnni(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                                    int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    x86_gemm_block32(FAM_Q8_0, sizeof(block_q8_0), w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q4_k_q8k_avx512vnni(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                                     int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    x86_gemm_kquant(KQ_Q4_K, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q6_k_q8k_avx512vnni(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                                     int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    x86_gemm_kquant(KQ_Q6_K, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q4_0x16_q8_avx512vnni(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                                       int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_x16(FAM_Q4_0, sizeof(block_q4_0x8), w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q4_1x16_q8_avx512vnni(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                                       int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_x16(FAM_Q4_1, sizeof(block_q4_1x8), w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q8_0x16_q8_avx512vnni(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                                       int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_x16(FAM_Q8_0, sizeof(block_q8_0x8), w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q5_0x16_q8_avx512vnni(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                                       int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_x16(FAM_Q5_0, sizeof(block_q5_0x8), w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q4_kx16_q8k_avx512vnni(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                                        int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_kx16(KQ_Q4_K, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q6_kx16_q8k_avx512vnni(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                                        int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_kx16(KQ_Q6_K, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static uint64_t read_sum_avx512vnni(const uint8_t *const *streams, int n_streams, size_t n) {
+    return x86_read_sum(streams, n_streams, n);
+}
 
 void ek_fill_kernels_avx512_vnni(ek_kernels *k) {
-    ek_fill_kernels_scalar(k);
+    ek_fill_kernels_avx2(k); /* the f32 building blocks; every matmul slot is replaced below */
     k->isa = EK_ISA_AVX512;
-    fill_table_avx512vnni(k);
+    k->quantize_q8_32 = quantize_q8_32_avx512vnni;
+    k->quantize_q8_k = quantize_q8_k_avx512vnni;
+    k->gemm[EK_TYPE_F32] = gemm_f32_avx512vnni;
+    k->gemm[EK_TYPE_F16] = gemm_f16_avx512vnni;
+    k->gemm[EK_TYPE_BF16] = gemm_bf16_avx512vnni;
+    k->gemm[EK_TYPE_Q4_0] = gemm_q4_0_q8_avx512vnni;
+    k->gemm[EK_TYPE_Q4_1] = gemm_q4_1_q8_avx512vnni;
+    k->gemm[EK_TYPE_Q5_0] = gemm_q5_0_q8_avx512vnni;
+    k->gemm[EK_TYPE_Q8_0] = gemm_q8_0_q8_avx512vnni;
+    k->gemm[EK_TYPE_Q4_K] = gemm_q4_k_q8k_avx512vnni;
+    k->gemm[EK_TYPE_Q6_K] = gemm_q6_k_q8k_avx512vnni;
     k->gemm_repacked[EK_TYPE_Q4_0] = gemm_q4_0x16_q8_avx512vnni;
     k->gemm_repacked[EK_TYPE_Q4_1] = gemm_q4_1x16_q8_avx512vnni;
     k->gemm_repacked[EK_TYPE_Q8_0] = gemm_q8_0x16_q8_avx512vnni;
     k->gemm_repacked[EK_TYPE_Q5_0] = gemm_q5_0x16_q8_avx512vnni;
     k->gemm_repacked[EK_TYPE_Q4_K] = gemm_q4_kx16_q8k_avx512vnni;
     k->gemm_repacked[EK_TYPE_Q6_K] = gemm_q6_kx16_q8k_avx512vnni;
+    k->read_sum = read_sum_avx512vnni;
 }
 #pragma GCC pop_options
 

@@ -3,13 +3,16 @@
  * One aarch64 build serves a Raspberry Pi 4 (Cortex-A72: ASIMD only) and a Pi 5
  * (Cortex-A76: ASIMD + dotprod): this file is compiled for baseline ARMv8-A, and only the
  * 8-bit kernels of the second table are compiled for armv8.2-a+dotprod (a pragma around them;
- * the float kernels and activation quantizers are shared by both tables).
+ * the float kernels, the f32 building blocks and the activation quantizers are shared by both
+ * tables).
  * dispatch.c calls ek_fill_kernels_neon_dotprod only when getauxval reports ASIMDDP, so an
  * SDOT instruction never reaches a CPU without it.
  *
- * The integer kernels are written once in kernels_neon_int8.h, which is included twice: with
- * DOT_I8 / DOT_I8X2_SMALL as widening multiplies + a pairwise add (plain NEON) and as
- * vdotq_s32 (SDOT).
+ * The integer kernel bodies are written once in kernels_neon_int8.h, which is included twice:
+ * with DOT_I8 / DOT_I8X2_SMALL as widening multiplies + a pairwise add (plain NEON) and as
+ * vdotq_s32 (SDOT); after each inclusion this file defines the named kernels of that table
+ * (gemm_q4_0_q8_neon, gemm_q4_0_q8_neon_dotprod, ...) as calls of the bodies with the weight
+ * type fixed.
  * Layouts and the kernel contract are in kernels.h; the scalar kernels are the reference.
  * On other architectures this file compiles to nothing but the header.
  */
@@ -17,6 +20,7 @@
 
 #if defined(__aarch64__)
 #include <arm_neon.h>
+#include <math.h>
 #include <string.h>
 
 /* GGUF data is little-endian and the loads below read it in place. */
@@ -190,6 +194,218 @@ static void gemm_bf16_neon(const void *w, size_t w_row_bytes, const void *x, siz
     gemm_float(WEIGHT_BF16, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
 }
 
+/* ------------------------------------------------- f32 building blocks
+ * Shared by both tables (no 8-bit dots here). The tails of the elementwise ops go through
+ * the same vector code on a zero-padded copy, so every element is computed alike. */
+
+static void rmsnorm_neon(const float *x, const float *w, float *y, int64_t n, float eps) {
+    float32x4_t acc0 = vdupq_n_f32(0.0f), acc1 = acc0;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const float32x4_t v0 = vld1q_f32(x + i), v1 = vld1q_f32(x + i + 4);
+        acc0 = vfmaq_f32(acc0, v0, v0);
+        acc1 = vfmaq_f32(acc1, v1, v1);
+    }
+    float lanes[8];
+    vst1q_f32(lanes, acc0);
+    vst1q_f32(lanes + 4, acc1);
+    double sum = 0.0;
+    for (int k = 0; k < 8; k++) sum += lanes[k];
+    for (; i < n; i++) sum += (double)x[i] * x[i];
+    const float scale = (float)(1.0 / sqrt(sum / (double)n + eps));
+    for (i = 0; i + 4 <= n; i += 4) {
+        float32x4_t v = vmulq_n_f32(vld1q_f32(x + i), scale);
+        if (w) v = vmulq_f32(v, vld1q_f32(w + i));
+        vst1q_f32(y + i, v);
+    }
+    for (; i < n; i++) y[i] = x[i] * scale * (w ? w[i] : 1.0f);
+}
+
+/* e^x for 4 lanes: the AVX2 kernels' range reduction and degree-6 polynomial (relative error
+   ~2e-7). Inputs below -87.3 give e^-87.3, the smallest normal result, not 0. */
+static inline float32x4_t exp_neon(float32x4_t x) {
+    x = vminq_f32(vmaxq_f32(x, vdupq_n_f32(-87.3f)), vdupq_n_f32(88.3f));
+    const float32x4_t k = vrndnq_f32(vmulq_n_f32(x, 1.44269504088896341f));
+    float32x4_t r = vfmsq_f32(x, k, vdupq_n_f32(0.693359375f));
+    r = vfmsq_f32(r, k, vdupq_n_f32(-2.12194440e-4f));
+    float32x4_t p = vdupq_n_f32(1.0f / 720.0f);
+    p = vfmaq_f32(vdupq_n_f32(1.0f / 120.0f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(1.0f / 24.0f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(1.0f / 6.0f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(0.5f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(1.0f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(1.0f), p, r);
+    const int32x4_t e = vshlq_n_s32(vaddq_s32(vcvtq_s32_f32(k), vdupq_n_s32(127)), 23);
+    return vmulq_f32(p, vreinterpretq_f32_s32(e));
+}
+
+/* The weights sum in double lanes, as the scalar reference sums them: over thousands of
+   positions float lanes would lose the small ones. */
+static void softmax_neon(float *x, int64_t n) {
+    float32x4_t max4 = vdupq_n_f32(-INFINITY);
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) max4 = vmaxq_f32(max4, vld1q_f32(x + i));
+    float maxv = vmaxvq_f32(max4);
+    for (; i < n; i++) maxv = x[i] > maxv ? x[i] : maxv;
+    float64x2_t sum2 = vdupq_n_f64(0.0);
+    for (i = 0; i + 4 <= n; i += 4) {
+        const float32x4_t e = exp_neon(vsubq_f32(vld1q_f32(x + i), vdupq_n_f32(maxv)));
+        vst1q_f32(x + i, e);
+        sum2 = vaddq_f64(sum2, vcvt_f64_f32(vget_low_f32(e)));
+        sum2 = vaddq_f64(sum2, vcvt_high_f64_f32(e));
+    }
+    double sum = vaddvq_f64(sum2);
+    if (i < n) {
+        float pad[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        memcpy(pad, x + i, (size_t)(n - i) * sizeof(float));
+        vst1q_f32(pad, exp_neon(vsubq_f32(vld1q_f32(pad), vdupq_n_f32(maxv))));
+        for (int64_t t = 0; t < n - i; t++) sum += pad[t];
+        memcpy(x + i, pad, (size_t)(n - i) * sizeof(float));
+    }
+    const float inv = (float)(1.0 / sum);
+    for (i = 0; i + 4 <= n; i += 4) vst1q_f32(x + i, vmulq_n_f32(vld1q_f32(x + i), inv));
+    for (; i < n; i++) x[i] *= inv;
+}
+
+enum { ACT_SILU, ACT_GELU };
+
+static inline __attribute__((always_inline)) float32x4_t gate_act_neon(int act, float32x4_t g) {
+    const float32x4_t one = vdupq_n_f32(1.0f);
+    if (act == ACT_SILU) return vdivq_f32(g, vaddq_f32(one, exp_neon(vnegq_f32(g))));
+    const float32x4_t y = vmulq_n_f32(vfmaq_f32(g, vmulq_n_f32(g, 0.044715f), vmulq_f32(g, g)), 0.7978845608028654f);
+    /* tanh(y) = 1 - 2 / (e^{2y} + 1), exact at both saturations. */
+    const float32x4_t t = vsubq_f32(one, vdivq_f32(vdupq_n_f32(2.0f), vaddq_f32(exp_neon(vaddq_f32(y, y)), one)));
+    return vmulq_f32(vmulq_n_f32(g, 0.5f), vaddq_f32(one, t));
+}
+
+static inline __attribute__((always_inline)) void
+gated_act_neon(int act, const float *gate, const float *up, float *out, int64_t n) {
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        float32x4_t s = gate_act_neon(act, vld1q_f32(gate + i));
+        if (up) s = vmulq_f32(s, vld1q_f32(up + i));
+        vst1q_f32(out + i, s);
+    }
+    if (i < n) {
+        const size_t tail = (size_t)(n - i) * sizeof(float);
+        float g4[4] = {0.0f, 0.0f, 0.0f, 0.0f}, u4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        memcpy(g4, gate + i, tail);
+        float32x4_t s = gate_act_neon(act, vld1q_f32(g4));
+        if (up) {
+            memcpy(u4, up + i, tail);
+            s = vmulq_f32(s, vld1q_f32(u4));
+        }
+        vst1q_f32(g4, s);
+        memcpy(out + i, g4, tail);
+    }
+}
+
+static void silu_mul_neon(const float *gate, const float *up, float *out, int64_t n) {
+    gated_act_neon(ACT_SILU, gate, up, out, n);
+}
+
+static void gelu_mul_neon(const float *gate, const float *up, float *out, int64_t n) {
+    gated_act_neon(ACT_GELU, gate, up, out, n);
+}
+
+/* 16 int8 as 4 x 4 floats. */
+static inline void q8x16_to_f32(const int8_t *p, float32x4_t out[4]) {
+    const int8x16_t v = vld1q_s8(p);
+    const int16x8_t lo = vmovl_s8(vget_low_s8(v)), hi = vmovl_high_s8(v);
+    out[0] = vcvtq_f32_s32(vmovl_s16(vget_low_s16(lo)));
+    out[1] = vcvtq_f32_s32(vmovl_high_s16(lo));
+    out[2] = vcvtq_f32_s32(vmovl_s16(vget_low_s16(hi)));
+    out[3] = vcvtq_f32_s32(vmovl_high_s16(hi));
+}
+
+/* One head over n_pos KV rows of kv_type (a constant of each inlined copy), as the AVX2
+   kernel: scores take libm's expf like the scalar reference's softmax; V is accumulated 64
+   columns at a time in 16 registers across all positions; an F16 head_dim that is not a
+   multiple of 4 ends in scalar columns. */
+static inline __attribute__((always_inline)) void
+attention_neon(int kv_type, const float *q, const void *k, const void *v, size_t row_bytes, int64_t n_pos,
+               int64_t head_dim, float scale, float *scores, float *out) {
+    float maxv = -INFINITY;
+    for (int64_t j = 0; j < n_pos; j++) {
+        const uint8_t *row = (const uint8_t *)k + (size_t)j * row_bytes;
+        float32x4_t acc0 = vdupq_n_f32(0.0f), acc1 = acc0;
+        float tail = 0.0f;
+        if (kv_type == EK_TYPE_Q8_0) {
+            const block_q8_0 *b = (const block_q8_0 *)row;
+            for (int64_t blk = 0; blk < head_dim / QK32; blk++) {
+                const float *qq = q + blk * QK32;
+                float32x4_t kv[8];
+                q8x16_to_f32(b[blk].qs, kv);
+                q8x16_to_f32(b[blk].qs + 16, kv + 4);
+                float32x4_t s0 = vmulq_f32(vld1q_f32(qq), kv[0]), s1 = vmulq_f32(vld1q_f32(qq + 4), kv[1]);
+                for (int r = 2; r < 8; r += 2) {
+                    s0 = vfmaq_f32(s0, vld1q_f32(qq + 4 * r), kv[r]);
+                    s1 = vfmaq_f32(s1, vld1q_f32(qq + 4 * r + 4), kv[r + 1]);
+                }
+                acc0 = vfmaq_n_f32(acc0, vaddq_f32(s0, s1), fp16_to_f32(b[blk].d));
+            }
+        } else {
+            const uint16_t *h = (const uint16_t *)row;
+            int64_t i = 0;
+            for (; i + 8 <= head_dim; i += 8) {
+                acc0 = vfmaq_f32(acc0, vld1q_f32(q + i), fp16x4_to_f32(h + i));
+                acc1 = vfmaq_f32(acc1, vld1q_f32(q + i + 4), fp16x4_to_f32(h + i + 4));
+            }
+            if (i + 4 <= head_dim) {
+                acc0 = vfmaq_f32(acc0, vld1q_f32(q + i), fp16x4_to_f32(h + i));
+                i += 4;
+            }
+            for (; i < head_dim; i++) tail += q[i] * fp16_to_f32(h[i]);
+        }
+        const float s = scale * (vaddvq_f32(vaddq_f32(acc0, acc1)) + tail);
+        scores[j] = s;
+        maxv = s > maxv ? s : maxv;
+    }
+    double sum = 0.0;
+    for (int64_t j = 0; j < n_pos; j++) {
+        scores[j] = expf(scores[j] - maxv);
+        sum += scores[j];
+    }
+    const float inv = (float)(1.0 / sum);
+    for (int64_t i0 = 0; i0 < head_dim; i0 += 64) {
+        const int64_t width = head_dim - i0 < 64 ? head_dim - i0 : 64; /* Q8_0: a multiple of 32 */
+        const int64_t n_vec = width / 4, n_tail = width % 4;
+        float32x4_t acc[16];
+        float tail[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        for (int r = 0; r < 16; r++) acc[r] = vdupq_n_f32(0.0f);
+        for (int64_t j = 0; j < n_pos; j++) {
+            const uint8_t *row = (const uint8_t *)v + (size_t)j * row_bytes;
+            if (kv_type == EK_TYPE_Q8_0) {
+                const block_q8_0 *b = (const block_q8_0 *)row + i0 / QK32;
+                for (int64_t r = 0; r < n_vec; r += 8) { /* a block: 8 vectors */
+                    const block_q8_0 *bb = b + r / 8;
+                    const float a = scores[j] * fp16_to_f32(bb->d);
+                    float32x4_t kv[8];
+                    q8x16_to_f32(bb->qs, kv);
+                    q8x16_to_f32(bb->qs + 16, kv + 4);
+                    for (int t = 0; t < 8; t++) acc[r + t] = vfmaq_n_f32(acc[r + t], kv[t], a);
+                }
+            } else {
+                const uint16_t *h = (const uint16_t *)row + i0;
+                for (int64_t r = 0; r < n_vec; r++) acc[r] = vfmaq_n_f32(acc[r], fp16x4_to_f32(h + 4 * r), scores[j]);
+                for (int64_t t = 0; t < n_tail; t++) tail[t] += scores[j] * fp16_to_f32(h[4 * n_vec + t]);
+            }
+        }
+        for (int64_t r = 0; r < n_vec; r++) vst1q_f32(out + i0 + 4 * r, vmulq_n_f32(acc[r], inv));
+        for (int64_t t = 0; t < n_tail; t++) out[i0 + 4 * n_vec + t] = tail[t] * inv;
+    }
+}
+
+static void attention_f16_neon(const float *q, const void *k, const void *v, size_t row_bytes, int64_t n_pos,
+                               int64_t head_dim, float scale, float *scores, float *out) {
+    attention_neon(EK_TYPE_F16, q, k, v, row_bytes, n_pos, head_dim, scale, scores, out);
+}
+
+static void attention_q8_0_neon(const float *q, const void *k, const void *v, size_t row_bytes, int64_t n_pos,
+                                int64_t head_dim, float scale, float *scores, float *out) {
+    attention_neon(EK_TYPE_Q8_0, q, k, v, row_bytes, n_pos, head_dim, scale, scores, out);
+}
+
 /* ---------------------------------------------------- bandwidth probe */
 
 static uint64_t read_sum_neon(const uint8_t *const *streams, int n_streams, size_t n) {
@@ -320,6 +536,52 @@ static inline int32x4_t dot_i8x2_small_widening(int32x4_t acc, int8x16_t a0, int
 #define NEON_HAS_SDOT 0
 #define NEON_KERNEL(name) name##_neon
 #include "kernels_neon_int8.h"
+
+static void gemm_q4_0_q8_neon(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                              int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_block32_neon(BLOCK32_Q4_0, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q4_1_q8_neon(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                              int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_block32_neon(BLOCK32_Q4_1, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q5_0_q8_neon(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                              int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_block32_neon(BLOCK32_Q5_0, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q8_0_q8_neon(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                              int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_block32_neon(BLOCK32_Q8_0, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q4_k_q8k_neon(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                               int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_super_neon(SUPER_Q4_K, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q6_k_q8k_neon(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                               int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_super_neon(SUPER_Q6_K, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q4_0x8_q8_neon(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                                int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_x8_neon(BLOCK32_Q4_0, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q4_1x8_q8_neon(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                                int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_x8_neon(BLOCK32_Q4_1, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q8_0x8_q8_neon(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                                int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_x8_neon(BLOCK32_Q8_0, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
 #undef DOT_I8
 #undef DOT_I8X2_SMALL
 #undef NEON_HAS_SDOT
@@ -332,6 +594,53 @@ static inline int32x4_t dot_i8x2_small_widening(int32x4_t acc, int8x16_t a0, int
 #define NEON_HAS_SDOT 1
 #define NEON_KERNEL(name) name##_neon_dotprod
 #include "kernels_neon_int8.h"
+
+/* Inside the dotprod pragma: these inline the SDOT bodies. */
+static void gemm_q4_0_q8_neon_dotprod(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                                      int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_block32_neon_dotprod(BLOCK32_Q4_0, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q4_1_q8_neon_dotprod(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                                      int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_block32_neon_dotprod(BLOCK32_Q4_1, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q5_0_q8_neon_dotprod(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                                      int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_block32_neon_dotprod(BLOCK32_Q5_0, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q8_0_q8_neon_dotprod(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                                      int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_block32_neon_dotprod(BLOCK32_Q8_0, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q4_k_q8k_neon_dotprod(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                                       int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_super_neon_dotprod(SUPER_Q4_K, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q6_k_q8k_neon_dotprod(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                                       int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_super_neon_dotprod(SUPER_Q6_K, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q4_0x8_q8_neon_dotprod(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                                        int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_x8_neon_dotprod(BLOCK32_Q4_0, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q4_1x8_q8_neon_dotprod(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                                        int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_x8_neon_dotprod(BLOCK32_Q4_1, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q8_0x8_q8_neon_dotprod(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                                        int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_x8_neon_dotprod(BLOCK32_Q8_0, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
 #undef DOT_I8
 #undef DOT_I8X2_SMALL
 #undef NEON_HAS_SDOT
@@ -341,13 +650,19 @@ static inline int32x4_t dot_i8x2_small_widening(int32x4_t acc, int8x16_t a0, int
 /* ------------------------------------------------------------- tables */
 
 static void fill_common(ek_kernels *k) {
-    memset(k, 0, sizeof *k);
+    ek_fill_kernels_scalar(k);
     k->quantize_q8_32 = quantize_q8_32_neon;
     k->quantize_q8_k = quantize_q8_k_neon;
     k->gemm[EK_TYPE_F32] = gemm_f32_neon;
     k->gemm[EK_TYPE_F16] = gemm_f16_neon;
     k->gemm[EK_TYPE_BF16] = gemm_bf16_neon;
     k->read_sum = read_sum_neon;
+    k->rmsnorm = rmsnorm_neon;
+    k->silu_mul = silu_mul_neon;
+    k->gelu_mul = gelu_mul_neon;
+    k->softmax = softmax_neon;
+    k->attention_f16 = attention_f16_neon;
+    k->attention_q8_0 = attention_q8_0_neon;
 }
 
 void ek_fill_kernels_neon(ek_kernels *k) {

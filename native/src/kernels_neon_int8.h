@@ -6,7 +6,8 @@
  *   NEON_HAS_SDOT       1 in the dotprod copy (for code shaped differently around SDOT)
  *   NEON_KERNEL(name)   name with the family's suffix (_neon, _neon_dotprod)
  * The second inclusion sits under `#pragma GCC target("arch=armv8.2-a+dotprod")`, so only
- * those copies may contain SDOT. Not a header of its own: it uses kernels_neon.c's helpers.
+ * those copies may contain SDOT. Not a header of its own: it uses kernels_neon.c's helpers,
+ * and kernels_neon.c defines the named kernels (gemm_q4_0_q8_neon, ...) on these bodies.
  *
  * Every kernel fills y[i * ldy + r] for r in [r0, r1), i in [0, m) (contract in kernels.h).
  * Work is tiled as (a chunk of weight rows) x (a few activation rows): each decoded weight
@@ -105,26 +106,6 @@ EK_NEON_INLINE void NEON_KERNEL(gemm_block32)(int kind, const void *w, size_t w_
     }
 }
 
-static void NEON_KERNEL(gemm_q4_0_q8)(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
-                                   int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
-    NEON_KERNEL(gemm_block32)(BLOCK32_Q4_0, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
-}
-
-static void NEON_KERNEL(gemm_q4_1_q8)(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
-                                   int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
-    NEON_KERNEL(gemm_block32)(BLOCK32_Q4_1, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
-}
-
-static void NEON_KERNEL(gemm_q5_0_q8)(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
-                                   int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
-    NEON_KERNEL(gemm_block32)(BLOCK32_Q5_0, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
-}
-
-static void NEON_KERNEL(gemm_q8_0_q8)(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
-                                   int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
-    NEON_KERNEL(gemm_block32)(BLOCK32_Q8_0, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
-}
-
 /* ------------------------------------------------------------------ Q4_K
  * Per super-block: dx * (d * sum_j sc[j] * sum(q * qx over sub-block j)
  *                        - dmin * sum_j mn[j] * sum(qx over sub-block j)),
@@ -221,16 +202,6 @@ EK_NEON_INLINE void NEON_KERNEL(gemm_super)(int kind, const void *w, size_t w_ro
             }
         }
     }
-}
-
-static void NEON_KERNEL(gemm_q4_k_q8k)(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
-                                   int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
-    NEON_KERNEL(gemm_super)(SUPER_Q4_K, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
-}
-
-static void NEON_KERNEL(gemm_q6_k_q8k)(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
-                                   int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
-    NEON_KERNEL(gemm_super)(SUPER_Q6_K, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
 }
 
 /* ------------------------------------------- 8-row repacked Q4_0, Q4_1, Q8_0
@@ -399,19 +370,4 @@ EK_NEON_INLINE void NEON_KERNEL(gemm_x8)(int kind, const void *w, size_t w_row_b
             }
         }
     }
-}
-
-static void NEON_KERNEL(gemm_q4_0x8_q8)(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes,
-                                     float *y, int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
-    NEON_KERNEL(gemm_x8)(BLOCK32_Q4_0, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
-}
-
-static void NEON_KERNEL(gemm_q4_1x8_q8)(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes,
-                                     float *y, int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
-    NEON_KERNEL(gemm_x8)(BLOCK32_Q4_1, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
-}
-
-static void NEON_KERNEL(gemm_q8_0x8_q8)(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes,
-                                     float *y, int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
-    NEON_KERNEL(gemm_x8)(BLOCK32_Q8_0, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
 }

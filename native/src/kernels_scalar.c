@@ -1,10 +1,13 @@
-/* Portable C reference kernels: one dot product per weight type, and the
- * GEMM built from it. Every SIMD kernel is tested against these.
+/* Portable C reference kernels: one dot product per weight type and the GEMM
+ * built from it, and the f32 building blocks (RMSNorm, softmax, gated
+ * activations, attention over f16 and q8_0 KV rows). Every SIMD kernel is
+ * tested against these.
  * Dots take n_cols values of one weight row and one activation row in the
  * weight type's activation format (see kernels.h).
  */
 #include "kernels.h"
 
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -148,20 +151,50 @@ static void gemm_by_rows(row_dot_fn dot, const void *w, size_t w_row_bytes, cons
     }
 }
 
-#define SCALAR_GEMM(name, dot)                                                                         \
-    static void name(const void *w, size_t wrb, const void *x, size_t xrb, float *y, int64_t ldy,       \
-                     int64_t r0, int64_t r1, int64_t m, int64_t n) {                                    \
-        gemm_by_rows(dot, w, wrb, x, xrb, y, ldy, r0, r1, m, n);                                        \
-    }
-SCALAR_GEMM(gemm_f32_scalar, dot_f32_f32)
-SCALAR_GEMM(gemm_f16_scalar, dot_f16_f32)
-SCALAR_GEMM(gemm_bf16_scalar, dot_bf16_f32)
-SCALAR_GEMM(gemm_q4_0_q8_scalar, dot_q4_0_q8)
-SCALAR_GEMM(gemm_q4_1_q8_scalar, dot_q4_1_q8)
-SCALAR_GEMM(gemm_q5_0_q8_scalar, dot_q5_0_q8)
-SCALAR_GEMM(gemm_q8_0_q8_scalar, dot_q8_0_q8)
-SCALAR_GEMM(gemm_q4_k_q8k_scalar, dot_q4_k_q8k)
-SCALAR_GEMM(gemm_q6_k_q8k_scalar, dot_q6_k_q8k)
+static void gemm_f32_scalar(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                            int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_by_rows(dot_f32_f32, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_f16_scalar(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                            int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_by_rows(dot_f16_f32, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_bf16_scalar(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                             int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_by_rows(dot_bf16_f32, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q4_0_q8_scalar(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                                int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_by_rows(dot_q4_0_q8, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q4_1_q8_scalar(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                                int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_by_rows(dot_q4_1_q8, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q5_0_q8_scalar(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                                int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_by_rows(dot_q5_0_q8, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q8_0_q8_scalar(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                                int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_by_rows(dot_q8_0_q8, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q4_k_q8k_scalar(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                                 int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_by_rows(dot_q4_k_q8k, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
+
+static void gemm_q6_k_q8k_scalar(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y,
+                                 int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    gemm_by_rows(dot_q6_k_q8k, w, w_row_bytes, x, x_row_bytes, y, ldy, r0, r1, m, n_cols);
+}
 
 static uint64_t read_sum_scalar(const uint8_t *const *streams, int n_streams, size_t n) {
     uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
@@ -174,6 +207,93 @@ static uint64_t read_sum_scalar(const uint8_t *const *streams, int n_streams, si
             s3 += u[3] + u[7];
         }
     return s0 + s1 + s2 + s3;
+}
+
+/* ------------------------------------------------- f32 building blocks */
+
+static void rmsnorm_scalar(const float *x, const float *w, float *y, int64_t n, float eps) {
+    double sum = 0.0; /* double: the reference; float lanes differ by rounding only */
+    for (int64_t i = 0; i < n; i++) sum += (double)x[i] * x[i];
+    const float scale = (float)(1.0 / sqrt(sum / (double)n + eps));
+    for (int64_t i = 0; i < n; i++) y[i] = x[i] * scale * (w ? w[i] : 1.0f);
+}
+
+static void softmax_scalar(float *x, int64_t n) {
+    float maxv = -INFINITY;
+    for (int64_t i = 0; i < n; i++) maxv = x[i] > maxv ? x[i] : maxv;
+    double sum = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        x[i] = expf(x[i] - maxv);
+        sum += x[i];
+    }
+    const float inv = (float)(1.0 / sum);
+    for (int64_t i = 0; i < n; i++) x[i] *= inv;
+}
+
+static float silu1(float g) { return g / (1.0f + expf(-g)); }
+
+static float gelu1(float g) {
+    const float c = 0.7978845608028654f; /* sqrt(2/pi) */
+    return 0.5f * g * (1.0f + tanhf(c * (g + 0.044715f * g * g * g)));
+}
+
+static void silu_mul_scalar(const float *gate, const float *up, float *out, int64_t n) {
+    for (int64_t i = 0; i < n; i++) out[i] = silu1(gate[i]) * (up ? up[i] : 1.0f);
+}
+
+static void gelu_mul_scalar(const float *gate, const float *up, float *out, int64_t n) {
+    for (int64_t i = 0; i < n; i++) out[i] = gelu1(gate[i]) * (up ? up[i] : 1.0f);
+}
+
+/* dot(q, row) and out += a * row for one KV row of n values. */
+static float kv_dot_f16(const float *q, const void *row, int64_t n) {
+    const uint16_t *h = row;
+    float sum = 0.0f;
+    for (int64_t i = 0; i < n; i++) sum += q[i] * ek_fp16_to_fp32(h[i]);
+    return sum;
+}
+
+static float kv_dot_q8_0(const float *q, const void *row, int64_t n) {
+    const block_q8_0 *b = row;
+    float sum = 0.0f;
+    for (int64_t blk = 0; blk < n / QK32; blk++) {
+        float s = 0.0f;
+        for (int j = 0; j < QK32; j++) s += q[blk * QK32 + j] * b[blk].qs[j];
+        sum += s * ek_fp16_to_fp32(b[blk].d);
+    }
+    return sum;
+}
+
+static void kv_axpy_f16(float a, const void *row, float *out, int64_t n) {
+    const uint16_t *h = row;
+    for (int64_t i = 0; i < n; i++) out[i] += a * ek_fp16_to_fp32(h[i]);
+}
+
+static void kv_axpy_q8_0(float a, const void *row, float *out, int64_t n) {
+    const block_q8_0 *b = row;
+    for (int64_t blk = 0; blk < n / QK32; blk++) {
+        const float ad = a * ek_fp16_to_fp32(b[blk].d);
+        for (int j = 0; j < QK32; j++) out[blk * QK32 + j] += ad * b[blk].qs[j];
+    }
+}
+
+static void attention_f16_scalar(const float *q, const void *k, const void *v, size_t row_bytes, int64_t n_pos,
+                                 int64_t head_dim, float scale, float *scores, float *out) {
+    for (int64_t j = 0; j < n_pos; j++)
+        scores[j] = scale * kv_dot_f16(q, (const uint8_t *)k + (size_t)j * row_bytes, head_dim);
+    softmax_scalar(scores, n_pos);
+    memset(out, 0, (size_t)head_dim * sizeof(float));
+    for (int64_t j = 0; j < n_pos; j++) kv_axpy_f16(scores[j], (const uint8_t *)v + (size_t)j * row_bytes, out, head_dim);
+}
+
+static void attention_q8_0_scalar(const float *q, const void *k, const void *v, size_t row_bytes, int64_t n_pos,
+                                  int64_t head_dim, float scale, float *scores, float *out) {
+    for (int64_t j = 0; j < n_pos; j++)
+        scores[j] = scale * kv_dot_q8_0(q, (const uint8_t *)k + (size_t)j * row_bytes, head_dim);
+    softmax_scalar(scores, n_pos);
+    memset(out, 0, (size_t)head_dim * sizeof(float));
+    for (int64_t j = 0; j < n_pos; j++)
+        kv_axpy_q8_0(scores[j], (const uint8_t *)v + (size_t)j * row_bytes, out, head_dim);
 }
 
 void ek_fill_kernels_scalar(ek_kernels *k) {
@@ -191,4 +311,10 @@ void ek_fill_kernels_scalar(ek_kernels *k) {
     k->gemm[EK_TYPE_Q4_K] = gemm_q4_k_q8k_scalar;
     k->gemm[EK_TYPE_Q6_K] = gemm_q6_k_q8k_scalar;
     k->read_sum = read_sum_scalar;
+    k->rmsnorm = rmsnorm_scalar;
+    k->silu_mul = silu_mul_scalar;
+    k->gelu_mul = gelu_mul_scalar;
+    k->softmax = softmax_scalar;
+    k->attention_f16 = attention_f16_scalar;
+    k->attention_q8_0 = attention_q8_0_scalar;
 }

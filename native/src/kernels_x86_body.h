@@ -1,9 +1,16 @@
-/* The x86 kernels, written once for 256-bit integer dot products and
+/* The x86 kernel bodies, written once for 256-bit integer dot products and
  * compiled twice: by kernels_avx2.c (maddubs + madd) and by kernels_avx512.c
  * (AVX-512 VNNI's vpdpbusd on 256-bit registers). Not a standalone header.
  *
+ * Everything here is static and inlined into the including file's kernels:
+ * the bodies (x86_gemm_block32, x86_gemm_kquant, x86_gemm_float,
+ * x86_gemm_block32_x8, the quantizers, x86_read_sum) take the weight family as
+ * a constant argument, and the ISA file defines each named kernel
+ * (gemm_q4_0_q8_avx2, ...) as a call of one with the family fixed, which GCC
+ * specialises as it would a hand-written copy. The repacked K-quant tiles
+ * (q4_kx8_tile, q6_kx8_tile) are driven by the ISA file's kernels themselves.
+ *
  * The including file defines, before including:
- *   X86_SUFFIX(name)        name with the ISA suffix (gemm_q4_0_q8 -> gemm_q4_0_q8_avx2)
  *   dot_u8s8(acc, u, s)     acc + (32-bit lane j: sum over bytes 4j..4j+3 of u8 * s8)
  *   dot_u8s8_scaled(acc, u, s, sc)  the same with lanes 0..3 times sc's first and
  *                           lanes 4..7 times its second scale, sc from make_scales
@@ -22,23 +29,23 @@
 
 #define ACT_TILE 4 /* activation rows sharing each decoded weight block */
 
-static inline float X86_SUFFIX(hsum)(__m256 v) {
+static inline float hsum(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
 }
 
-static inline float X86_SUFFIX(f16)(uint16_t h) { return _cvtsh_ss(h); }
+static inline float f16(uint16_t h) { return _cvtsh_ss(h); }
 
 /* 16 bytes of nibbles -> 32 bytes: low nibbles (elements 0..15), then high (16..31). */
-static inline __m256i X86_SUFFIX(unpack_nibbles)(const uint8_t *qs) {
+static inline __m256i unpack_nibbles(const uint8_t *qs) {
     const __m128i v = _mm_loadu_si128((const __m128i *)qs);
     return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(v, 4), v), _mm256_set1_epi8(0x0F));
 }
 
 /* Q5_0's 32 high bits -> byte j = 0x10 where bit j is set. */
-static inline __m256i X86_SUFFIX(q5_high_bits)(const uint8_t *qh4) {
+static inline __m256i q5_high_bits(const uint8_t *qh4) {
     uint32_t qh;
     memcpy(&qh, qh4, 4);
     const __m256i spread = _mm256_shuffle_epi8(_mm256_set1_epi32((int32_t)qh),
@@ -53,7 +60,7 @@ static inline __m256i X86_SUFFIX(q5_high_bits)(const uint8_t *qh4) {
 
 /* Same arithmetic as ek_quantize_q8_32_scalar (x * (127 / amax), round half
    even), so every path sees the same activation bytes. */
-static inline float X86_SUFFIX(quantize32)(const float *x, int8_t *q, int32_t *sum) {
+static inline float quantize32(const float *x, int8_t *q, int32_t *sum) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
     __m256 v[4], amax8 = _mm256_setzero_ps();
     for (int k = 0; k < 4; k++) {
@@ -80,17 +87,17 @@ static inline float X86_SUFFIX(quantize32)(const float *x, int8_t *q, int32_t *s
     return amax;
 }
 
-static void X86_SUFFIX(quantize_q8_32)(const float *x, void *xq, int64_t n) {
+static inline __attribute__((always_inline)) void x86_quantize_q8_32(const float *x, void *xq, int64_t n) {
     block_q8_32 *b = xq;
     for (int64_t i = 0; i < n / QK32; i++) {
         int32_t sum;
-        const float amax = X86_SUFFIX(quantize32)(x + i * QK32, b[i].qs, &sum);
+        const float amax = quantize32(x + i * QK32, b[i].qs, &sum);
         b[i].d = amax / 127.0f;
         b[i].s = b[i].d * (float)sum;
     }
 }
 
-static void X86_SUFFIX(quantize_q8_k)(const float *x, void *xq, int64_t n) {
+static inline __attribute__((always_inline)) void x86_quantize_q8_k(const float *x, void *xq, int64_t n) {
     block_q8_k *b = xq;
     const __m256 sign = _mm256_set1_ps(-0.0f);
     for (int64_t i = 0; i < n / QK_K; i++, x += QK_K) {
@@ -126,31 +133,31 @@ enum { FAM_Q4_0, FAM_Q4_1, FAM_Q5_0, FAM_Q8_0 };
 /* One weight block decoded for the dot: bytes u (unsigned, or |w| for Q8_0 with
    the sign kept in w_sign), the integer-dot scale dw, and the coefficient of the
    activation block's s (Q4_0: -8 dw, Q4_1: m, Q5_0: -16 dw, Q8_0: 0). */
-typedef struct { __m256i u, w_sign; float dw, coef_s; } X86_SUFFIX(decoded32);
+typedef struct { __m256i u, w_sign; float dw, coef_s; } decoded32;
 
-static inline __attribute__((always_inline)) X86_SUFFIX(decoded32)
-X86_SUFFIX(decode32)(int fam, const uint8_t *block) {
-    X86_SUFFIX(decoded32) r;
+static inline __attribute__((always_inline)) decoded32
+decode32(int fam, const uint8_t *block) {
+    decoded32 r;
     r.w_sign = _mm256_setzero_si256();
     switch (fam) {
     case FAM_Q4_0: {
         const block_q4_0 *b = (const block_q4_0 *)block;
-        r.u = X86_SUFFIX(unpack_nibbles)(b->qs);
-        r.dw = X86_SUFFIX(f16)(b->d);
+        r.u = unpack_nibbles(b->qs);
+        r.dw = f16(b->d);
         r.coef_s = -8.0f * r.dw;
         break;
     }
     case FAM_Q4_1: {
         const block_q4_1 *b = (const block_q4_1 *)block;
-        r.u = X86_SUFFIX(unpack_nibbles)(b->qs);
-        r.dw = X86_SUFFIX(f16)(b->d);
-        r.coef_s = X86_SUFFIX(f16)(b->m);
+        r.u = unpack_nibbles(b->qs);
+        r.dw = f16(b->d);
+        r.coef_s = f16(b->m);
         break;
     }
     case FAM_Q5_0: {
         const block_q5_0 *b = (const block_q5_0 *)block;
-        r.u = _mm256_or_si256(X86_SUFFIX(unpack_nibbles)(b->qs), X86_SUFFIX(q5_high_bits)(b->qh));
-        r.dw = X86_SUFFIX(f16)(b->d);
+        r.u = _mm256_or_si256(unpack_nibbles(b->qs), q5_high_bits(b->qh));
+        r.dw = f16(b->d);
         r.coef_s = -16.0f * r.dw;
         break;
     }
@@ -158,7 +165,7 @@ X86_SUFFIX(decode32)(int fam, const uint8_t *block) {
         const block_q8_0 *b = (const block_q8_0 *)block;
         r.w_sign = _mm256_loadu_si256((const __m256i *)b->qs);
         r.u = _mm256_abs_epi8(r.w_sign);
-        r.dw = X86_SUFFIX(f16)(b->d);
+        r.dw = f16(b->d);
         r.coef_s = 0.0f;
         break;
     }
@@ -167,7 +174,7 @@ X86_SUFFIX(decode32)(int fam, const uint8_t *block) {
 }
 
 static inline __attribute__((always_inline)) void
-X86_SUFFIX(accumulate32)(int fam, const X86_SUFFIX(decoded32) *w, const block_q8_32 *x, __m256 *acc, float *corr) {
+accumulate32(int fam, const decoded32 *w, const block_q8_32 *x, __m256 *acc, float *corr) {
     __m256i xs = _mm256_loadu_si256((const __m256i *)x->qs);
     if (fam == FAM_Q8_0) xs = _mm256_sign_epi8(xs, w->w_sign);
     const __m256i isum = dot_u8s8(_mm256_setzero_si256(), w->u, xs);
@@ -175,10 +182,10 @@ X86_SUFFIX(accumulate32)(int fam, const X86_SUFFIX(decoded32) *w, const block_q8
     if (fam != FAM_Q8_0) *corr += w->coef_s * x->s;
 }
 
+/* The GEMM of a plain Q4_0/Q4_1/Q5_0/Q8_0 weight (fam, with its block_bytes). */
 static inline __attribute__((always_inline)) void
-X86_SUFFIX(gemm_q8_32_family)(int fam, size_t block_bytes, const void *w, size_t w_row_bytes, const void *x,
-                              size_t x_row_bytes, float *y, int64_t ldy, int64_t r0, int64_t r1, int64_t m,
-                              int64_t n_cols) {
+x86_gemm_block32(int fam, size_t block_bytes, const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes,
+                 float *y, int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
     const int64_t nb = n_cols / QK32;
     for (int64_t r = r0; r < r1; r++) {
         const uint8_t *wr = (const uint8_t *)w + (size_t)r * w_row_bytes;
@@ -193,43 +200,31 @@ X86_SUFFIX(gemm_q8_32_family)(int fam, size_t block_bytes, const void *w, size_t
                 corr[t] = 0.0f;
             }
             for (int64_t b = 0; b < nb; b++) {
-                const X86_SUFFIX(decoded32) wd = X86_SUFFIX(decode32)(fam, wr + (size_t)b * block_bytes);
-                for (int t = 0; t < ACT_TILE; t++) X86_SUFFIX(accumulate32)(fam, &wd, &xb[t][b], &acc[t], &corr[t]);
+                const decoded32 wd = decode32(fam, wr + (size_t)b * block_bytes);
+                for (int t = 0; t < ACT_TILE; t++) accumulate32(fam, &wd, &xb[t][b], &acc[t], &corr[t]);
             }
-            for (int t = 0; t < ACT_TILE; t++) y[(i + t) * ldy + r] = X86_SUFFIX(hsum)(acc[t]) + corr[t];
+            for (int t = 0; t < ACT_TILE; t++) y[(i + t) * ldy + r] = hsum(acc[t]) + corr[t];
         }
         for (; i < m; i++) {
             const block_q8_32 *xb = (const block_q8_32 *)((const uint8_t *)x + (size_t)i * x_row_bytes);
             __m256 acc = _mm256_setzero_ps();
             float corr = 0.0f;
             for (int64_t b = 0; b < nb; b++) {
-                const X86_SUFFIX(decoded32) wd = X86_SUFFIX(decode32)(fam, wr + (size_t)b * block_bytes);
-                X86_SUFFIX(accumulate32)(fam, &wd, &xb[b], &acc, &corr);
+                const decoded32 wd = decode32(fam, wr + (size_t)b * block_bytes);
+                accumulate32(fam, &wd, &xb[b], &acc, &corr);
             }
-            y[i * ldy + r] = X86_SUFFIX(hsum)(acc) + corr;
+            y[i * ldy + r] = hsum(acc) + corr;
         }
     }
 }
-
-/* An ek_gemm_fn for one weight type: its family kernel with the type fixed,
-   so the always-inline family body is specialised per type. */
-#define X86_GEMM_FOR_TYPE(name, family, fam, unit_type)                                                      \
-    static void X86_SUFFIX(name)(const void *w, size_t wrb, const void *x, size_t xrb, float *y, int64_t ldy, \
-                                 int64_t r0, int64_t r1, int64_t m, int64_t n) {                              \
-        X86_SUFFIX(family)(fam, sizeof(unit_type), w, wrb, x, xrb, y, ldy, r0, r1, m, n);                      \
-    }
-X86_GEMM_FOR_TYPE(gemm_q4_0_q8, gemm_q8_32_family, FAM_Q4_0, block_q4_0)
-X86_GEMM_FOR_TYPE(gemm_q4_1_q8, gemm_q8_32_family, FAM_Q4_1, block_q4_1)
-X86_GEMM_FOR_TYPE(gemm_q5_0_q8, gemm_q8_32_family, FAM_Q5_0, block_q5_0)
-X86_GEMM_FOR_TYPE(gemm_q8_0_q8, gemm_q8_32_family, FAM_Q8_0, block_q8_0)
 
 /* ------------------------------------------- K-quants, q8_k activations */
 
 /* A Q4_K super-block decoded once: 8 sub-blocks of 32 nibbles as bytes, their
    6-bit scales, and the mins repeated per 16 (to meet the bsums of 16). */
-typedef struct { __m256i q[8]; uint8_t sc[8]; __m256i mins16; float d, dmin; } X86_SUFFIX(decoded_q4_k);
+typedef struct { __m256i q[8]; uint8_t sc[8]; __m256i mins16; float d, dmin; } decoded_q4_k;
 
-static inline void X86_SUFFIX(decode_q4_k)(const block_q4_k *b, X86_SUFFIX(decoded_q4_k) *r) {
+static inline void decode_q4_k(const block_q4_k *b, decoded_q4_k *r) {
     uint32_t s0, s1, s2;
     memcpy(&s0, b->scales, 4);
     memcpy(&s1, b->scales + 4, 4);
@@ -252,11 +247,11 @@ static inline void X86_SUFFIX(decode_q4_k)(const block_q4_k *b, X86_SUFFIX(decod
         r->q[2 * c] = _mm256_and_si256(v, low);
         r->q[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
     }
-    r->d = X86_SUFFIX(f16)(b->d);
-    r->dmin = X86_SUFFIX(f16)(b->dmin);
+    r->d = f16(b->d);
+    r->dmin = f16(b->dmin);
 }
 
-static inline __m256 X86_SUFFIX(dot_q4_k_block)(const X86_SUFFIX(decoded_q4_k) *w, const block_q8_k *x, __m256 acc) {
+static inline __m256 dot_q4_k_block(const decoded_q4_k *w, const block_q8_k *x, __m256 acc) {
     __m256i isum = _mm256_setzero_si256();
     for (int j = 0; j < 8; j++)
         isum = dot_u8s8_scaled(isum, w->q[j], _mm256_loadu_si256((const __m256i *)(x->qs + 32 * j)),
@@ -268,9 +263,9 @@ static inline __m256 X86_SUFFIX(dot_q4_k_block)(const X86_SUFFIX(decoded_q4_k) *
 
 /* A Q6_K super-block decoded once: 8 vectors of 32 six-bit values (two
    sub-blocks of 16 each, in element order) and the 16 scales as int16. */
-typedef struct { __m256i q[8]; int8_t sc[16]; __m256i scales16; float d; } X86_SUFFIX(decoded_q6_k);
+typedef struct { __m256i q[8]; int8_t sc[16]; __m256i scales16; float d; } decoded_q6_k;
 
-static inline void X86_SUFFIX(decode_q6_k)(const block_q6_k *b, X86_SUFFIX(decoded_q6_k) *r) {
+static inline void decode_q6_k(const block_q6_k *b, decoded_q6_k *r) {
     const __m256i low = _mm256_set1_epi8(0x0F), two = _mm256_set1_epi8(0x03);
     for (int h = 0; h < 2; h++) {
         const __m256i ql0 = _mm256_loadu_si256((const __m256i *)(b->ql + 64 * h));
@@ -287,10 +282,10 @@ static inline void X86_SUFFIX(decode_q6_k)(const block_q6_k *b, X86_SUFFIX(decod
     }
     memcpy(r->sc, b->scales, 16);
     r->scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)b->scales));
-    r->d = X86_SUFFIX(f16)(b->d);
+    r->d = f16(b->d);
 }
 
-static inline __m256 X86_SUFFIX(dot_q6_k_block)(const X86_SUFFIX(decoded_q6_k) *w, const block_q8_k *x, __m256 acc) {
+static inline __m256 dot_q6_k_block(const decoded_q6_k *w, const block_q8_k *x, __m256 acc) {
     __m256i isum = _mm256_setzero_si256();
     for (int j = 0; j < 8; j++) /* vector j holds sub-blocks 2j and 2j+1 */
         isum = dot_u8s8_scaled(isum, w->q[j], _mm256_loadu_si256((const __m256i *)(x->qs + 32 * j)),
@@ -301,77 +296,79 @@ static inline __m256 X86_SUFFIX(dot_q6_k_block)(const X86_SUFFIX(decoded_q6_k) *
     return _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(w->d * x->d), acc);
 }
 
-#define X86_GEMM_K(type_lower, block_type)                                                                    \
-    static void X86_SUFFIX(gemm_##type_lower##_q8k)(const void *w, size_t wrb, const void *x, size_t xrb,     \
-                                                    float *y, int64_t ldy, int64_t r0, int64_t r1, int64_t m, \
-                                                    int64_t n_cols) {                                         \
-        const int64_t nb = n_cols / QK_K;                                                                     \
-        X86_SUFFIX(decoded_##type_lower) wd;                                                                  \
-        for (int64_t r = r0; r < r1; r++) {                                                                   \
-            const block_type *wr = (const block_type *)((const uint8_t *)w + (size_t)r * wrb);                \
-            for (int64_t i0 = 0; i0 < m; i0 += ACT_TILE) {                                                    \
-                const int tile = (int)(m - i0 < ACT_TILE ? m - i0 : ACT_TILE);                                \
-                __m256 acc[ACT_TILE] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),        \
-                                        _mm256_setzero_ps()};                                                 \
-                for (int64_t b = 0; b < nb; b++) {                                                            \
-                    X86_SUFFIX(decode_##type_lower)(&wr[b], &wd);                                             \
-                    for (int t = 0; t < tile; t++) {                                                          \
-                        const block_q8_k *xb = (const block_q8_k *)((const uint8_t *)x + (size_t)(i0 + t) * xrb); \
-                        acc[t] = X86_SUFFIX(dot_##type_lower##_block)(&wd, &xb[b], acc[t]);                   \
-                    }                                                                                         \
-                }                                                                                             \
-                for (int t = 0; t < tile; t++) y[(i0 + t) * ldy + r] = X86_SUFFIX(hsum)(acc[t]);              \
-            }                                                                                                 \
-        }                                                                                                     \
+enum { KQ_Q4_K, KQ_Q6_K };
+
+/* The GEMM of a plain Q4_K or Q6_K weight (kq): each super-block decoded once per tile of
+   activation rows. */
+static inline __attribute__((always_inline)) void
+x86_gemm_kquant(int kq, const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y, int64_t ldy,
+                int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
+    const int64_t nb = n_cols / QK_K;
+    decoded_q4_k wd4;
+    decoded_q6_k wd6;
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *wr = (const uint8_t *)w + (size_t)r * w_row_bytes;
+        for (int64_t i0 = 0; i0 < m; i0 += ACT_TILE) {
+            const int tile = (int)(m - i0 < ACT_TILE ? m - i0 : ACT_TILE);
+            __m256 acc[ACT_TILE] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+            for (int64_t b = 0; b < nb; b++) {
+                if (kq == KQ_Q4_K) decode_q4_k((const block_q4_k *)wr + b, &wd4);
+                else decode_q6_k((const block_q6_k *)wr + b, &wd6);
+                for (int t = 0; t < tile; t++) {
+                    const block_q8_k *xb = (const block_q8_k *)((const uint8_t *)x + (size_t)(i0 + t) * x_row_bytes);
+                    acc[t] = kq == KQ_Q4_K ? dot_q4_k_block(&wd4, &xb[b], acc[t]) : dot_q6_k_block(&wd6, &xb[b], acc[t]);
+                }
+            }
+            for (int t = 0; t < tile; t++) y[(i0 + t) * ldy + r] = hsum(acc[t]);
+        }
     }
-X86_GEMM_K(q4_k, block_q4_k)
-X86_GEMM_K(q6_k, block_q6_k)
-#undef X86_GEMM_K
+}
 
 /* ------------------------------------------------ float weights, f32 x */
 
-static inline __m256 X86_SUFFIX(load8_f32)(const void *w, int64_t k) { return _mm256_loadu_ps((const float *)w + k); }
-static inline __m256 X86_SUFFIX(load8_f16)(const void *w, int64_t k) {
-    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)w + k)));
-}
-static inline __m256 X86_SUFFIX(load8_bf16)(const void *w, int64_t k) {
+enum { WEIGHT_F32, WEIGHT_F16, WEIGHT_BF16 };
+
+/* Weights k..k+7 and weight k of a float row of `kind`, as f32. */
+static inline __attribute__((always_inline)) __m256 load8_weights(int kind, const void *w, int64_t k) {
+    if (kind == WEIGHT_F32) return _mm256_loadu_ps((const float *)w + k);
+    if (kind == WEIGHT_F16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)w + k)));
     const __m256i u = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)w + k)));
     return _mm256_castsi256_ps(_mm256_slli_epi32(u, 16));
 }
-static inline float X86_SUFFIX(load1_f32)(const void *w, int64_t k) { return ((const float *)w)[k]; }
-static inline float X86_SUFFIX(load1_f16)(const void *w, int64_t k) { return X86_SUFFIX(f16)(((const uint16_t *)w)[k]); }
-static inline float X86_SUFFIX(load1_bf16)(const void *w, int64_t k) { return ek_bf16_to_fp32(((const uint16_t *)w)[k]); }
 
-#define X86_GEMM_FLOAT(type_lower)                                                                            \
-    static void X86_SUFFIX(gemm_##type_lower)(const void *w, size_t wrb, const void *x, size_t xrb, float *y, \
-                                              int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n) {    \
-        const int64_t n8 = n - n % 8;                                                                         \
-        for (int64_t r = r0; r < r1; r++) {                                                                   \
-            const uint8_t *wr = (const uint8_t *)w + (size_t)r * wrb;                                         \
-            for (int64_t i0 = 0; i0 < m; i0 += ACT_TILE) {                                                    \
-                const int tile = (int)(m - i0 < ACT_TILE ? m - i0 : ACT_TILE);                                \
-                const float *xr[ACT_TILE];                                                                    \
-                __m256 acc[ACT_TILE];                                                                         \
-                for (int t = 0; t < ACT_TILE; t++) {                                                          \
-                    xr[t] = (const float *)((const uint8_t *)x + (size_t)(i0 + (t < tile ? t : 0)) * xrb);    \
-                    acc[t] = _mm256_setzero_ps();                                                             \
-                }                                                                                             \
-                for (int64_t k = 0; k < n8; k += 8) {                                                         \
-                    const __m256 wv = X86_SUFFIX(load8_##type_lower)(wr, k);                                  \
-                    for (int t = 0; t < tile; t++) acc[t] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xr[t] + k), acc[t]); \
-                }                                                                                             \
-                for (int t = 0; t < tile; t++) {                                                              \
-                    float sum = X86_SUFFIX(hsum)(acc[t]);                                                     \
-                    for (int64_t k = n8; k < n; k++) sum += X86_SUFFIX(load1_##type_lower)(wr, k) * xr[t][k]; \
-                    y[(i0 + t) * ldy + r] = sum;                                                              \
-                }                                                                                             \
-            }                                                                                                 \
-        }                                                                                                     \
+static inline __attribute__((always_inline)) float load1_weight(int kind, const void *w, int64_t k) {
+    if (kind == WEIGHT_F32) return ((const float *)w)[k];
+    if (kind == WEIGHT_F16) return f16(((const uint16_t *)w)[k]);
+    return ek_bf16_to_fp32(((const uint16_t *)w)[k]);
+}
+
+/* The GEMM of an F32, F16 or BF16 weight (kind) with f32 activations. */
+static inline __attribute__((always_inline)) void
+x86_gemm_float(int kind, const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes, float *y, int64_t ldy,
+               int64_t r0, int64_t r1, int64_t m, int64_t n) {
+    const int64_t n8 = n - n % 8;
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *wr = (const uint8_t *)w + (size_t)r * w_row_bytes;
+        for (int64_t i0 = 0; i0 < m; i0 += ACT_TILE) {
+            const int tile = (int)(m - i0 < ACT_TILE ? m - i0 : ACT_TILE);
+            const float *xr[ACT_TILE];
+            __m256 acc[ACT_TILE];
+            for (int t = 0; t < ACT_TILE; t++) {
+                xr[t] = (const float *)((const uint8_t *)x + (size_t)(i0 + (t < tile ? t : 0)) * x_row_bytes);
+                acc[t] = _mm256_setzero_ps();
+            }
+            for (int64_t k = 0; k < n8; k += 8) {
+                const __m256 wv = load8_weights(kind, wr, k);
+                for (int t = 0; t < tile; t++) acc[t] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xr[t] + k), acc[t]);
+            }
+            for (int t = 0; t < tile; t++) {
+                float sum = hsum(acc[t]);
+                for (int64_t k = n8; k < n; k++) sum += load1_weight(kind, wr, k) * xr[t][k];
+                y[(i0 + t) * ldy + r] = sum;
+            }
+        }
     }
-X86_GEMM_FLOAT(f32)
-X86_GEMM_FLOAT(f16)
-X86_GEMM_FLOAT(bf16)
-#undef X86_GEMM_FLOAT
+}
 
 /* ------------------------------------------- repacked 8-row interleave */
 
@@ -381,7 +378,7 @@ X86_GEMM_FLOAT(bf16)
    time was the sum of decode time and memory time; asking for the weights some way
    ahead of the slice being decoded overlaps the two. */
 static inline __attribute__((always_inline)) void
-X86_SUFFIX(prefetch_lines)(const void *p, size_t bytes, int first, int count) {
+prefetch_lines(const void *p, size_t bytes, int first, int count) {
     const size_t n_lines = (bytes + 63) / 64 + 1;
     for (int l = first; l < first + count; l++)
         if ((size_t)l < n_lines)
@@ -389,22 +386,21 @@ X86_SUFFIX(prefetch_lines)(const void *p, size_t bytes, int first, int count) {
 }
 
 /* How far ahead of the slice being decoded the 8-row kernels prefetch their one stream:
-   AVX2, one thread, 2048x2048 from DRAM: Q4_0 7.7 -> 10.3 GB/s at 2 KiB (1 KiB: 9.0),
-   Q8_0 10.0 -> 11.1 GB/s; further gave nothing more. */
+   2 KiB beat 1 KiB, and further gave nothing more (benchmarks/RESULTS_kernels.md). */
 #define X86_PREFETCH_AHEAD 2048
 
 /* The lines of the `bytes` slice bytes X86_PREFETCH_AHEAD past `slice` (consecutive
    slices of a stream each ask for their own bytes' worth, so the stream is covered). */
-static inline __attribute__((always_inline)) void X86_SUFFIX(prefetch_ahead)(const void *slice, size_t bytes) {
-    X86_SUFFIX(prefetch_lines)((const uint8_t *)slice + X86_PREFETCH_AHEAD, bytes, 0, (int)((bytes + 63) / 64));
+static inline __attribute__((always_inline)) void prefetch_ahead(const void *slice, size_t bytes) {
+    prefetch_lines((const uint8_t *)slice + X86_PREFETCH_AHEAD, bytes, 0, (int)((bytes + 63) / 64));
 }
 
 /* One slice of 8 rows decoded: the 8 (Q4) or 8 (Q8_0, |w|) byte vectors, the
    8 rows' scales, and the s coefficients (Q4_0: -8 d, Q4_1: m). */
-typedef struct { __m256i u[8], w_sign[8]; __m256 dw, coef_s; } X86_SUFFIX(decoded_x8);
+typedef struct { __m256i u[8], w_sign[8]; __m256 dw, coef_s; } decoded_x8;
 
 static inline __attribute__((always_inline)) void
-X86_SUFFIX(decode_x8)(int fam, const uint8_t *slice, X86_SUFFIX(decoded_x8) *r) {
+decode_x8(int fam, const uint8_t *slice, decoded_x8 *r) {
     const __m256i low = _mm256_set1_epi8(0x0F);
     const uint16_t *d = (const uint16_t *)slice;
     r->dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)d));
@@ -444,7 +440,7 @@ X86_SUFFIX(decode_x8)(int fam, const uint8_t *slice, X86_SUFFIX(decoded_x8) *r) 
 }
 
 static inline __attribute__((always_inline)) void
-X86_SUFFIX(dot_x8)(int fam, const X86_SUFFIX(decoded_x8) *w, const block_q8_32 *x, __m256 *acc, __m256 *corr) {
+dot_x8(int fam, const decoded_x8 *w, const block_q8_32 *x, __m256 *acc, __m256 *corr) {
     __m256i isum = _mm256_setzero_si256();
     int32_t piece[8];
     memcpy(piece, x->qs, 32);
@@ -459,12 +455,12 @@ X86_SUFFIX(dot_x8)(int fam, const X86_SUFFIX(decoded_x8) *w, const block_q8_32 *
     if (fam != FAM_Q8_0) *corr = _mm256_fmadd_ps(w->coef_s, _mm256_set1_ps(x->s), *corr);
 }
 
+/* The GEMM of a repacked Q4_0/Q4_1/Q5_0/Q8_0 weight (fam, with its slice_bytes). */
 static inline __attribute__((always_inline)) void
-X86_SUFFIX(gemm_x8_family)(int fam, size_t slice_bytes, const void *w, size_t w_row_bytes, const void *x,
-                           size_t x_row_bytes, float *y, int64_t ldy, int64_t r0, int64_t r1, int64_t m,
-                           int64_t n_cols) {
+x86_gemm_block32_x8(int fam, size_t slice_bytes, const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes,
+                    float *y, int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
     const int64_t nb = n_cols / QK32;
-    X86_SUFFIX(decoded_x8) wd;
+    decoded_x8 wd;
     for (int64_t g0 = r0; g0 < r1; g0 += EK_REPACK_ROWS) {
         const uint8_t *group = (const uint8_t *)w + (size_t)g0 * w_row_bytes;
         const int n_valid = (int)(r1 - g0 < EK_REPACK_ROWS ? r1 - g0 : EK_REPACK_ROWS);
@@ -473,11 +469,11 @@ X86_SUFFIX(gemm_x8_family)(int fam, size_t slice_bytes, const void *w, size_t w_
             __m256 acc[ACT_TILE], corr[ACT_TILE];
             for (int t = 0; t < ACT_TILE; t++) acc[t] = corr[t] = _mm256_setzero_ps();
             for (int64_t b = 0; b < nb; b++) {
-                X86_SUFFIX(prefetch_ahead)(group + (size_t)b * slice_bytes, slice_bytes);
-                X86_SUFFIX(decode_x8)(fam, group + (size_t)b * slice_bytes, &wd);
+                prefetch_ahead(group + (size_t)b * slice_bytes, slice_bytes);
+                decode_x8(fam, group + (size_t)b * slice_bytes, &wd);
                 for (int t = 0; t < tile; t++) {
                     const block_q8_32 *xb = (const block_q8_32 *)((const uint8_t *)x + (size_t)(i0 + t) * x_row_bytes);
-                    X86_SUFFIX(dot_x8)(fam, &wd, &xb[b], &acc[t], &corr[t]);
+                    dot_x8(fam, &wd, &xb[b], &acc[t], &corr[t]);
                 }
             }
             for (int t = 0; t < tile; t++) {
@@ -489,11 +485,6 @@ X86_SUFFIX(gemm_x8_family)(int fam, size_t slice_bytes, const void *w, size_t w_
     }
 }
 
-X86_GEMM_FOR_TYPE(gemm_q4_0x8_q8, gemm_x8_family, FAM_Q4_0, block_q4_0x8)
-X86_GEMM_FOR_TYPE(gemm_q4_1x8_q8, gemm_x8_family, FAM_Q4_1, block_q4_1x8)
-X86_GEMM_FOR_TYPE(gemm_q8_0x8_q8, gemm_x8_family, FAM_Q8_0, block_q8_0x8)
-X86_GEMM_FOR_TYPE(gemm_q5_0x8_q8, gemm_x8_family, FAM_Q5_0, block_q5_0x8)
-#undef X86_GEMM_FOR_TYPE
 
 /* ------------------------------------- repacked K-quants, q8_k activations
  *
@@ -502,21 +493,21 @@ X86_GEMM_FOR_TYPE(gemm_q5_0x8_q8, gemm_x8_family, FAM_Q5_0, block_q5_0x8)
  * picks madd-by-scale or dot-then-multiply), so a super-block of 8 rows ends in one
  * int32 vector and two float multiply-adds per activation row. */
 
-static inline int32_t X86_SUFFIX(load_i32)(const int8_t *p) {
+static inline int32_t load_i32(const void *p) {
     int32_t v;
     memcpy(&v, p, 4);
     return v;
 }
 
 /* int16 pair (a, b) as one int32, to meet a madd lane holding (w[2p], w[2p+1]). */
-static inline int32_t X86_SUFFIX(pair16)(int32_t a, int32_t b) {
+static inline int32_t pair16(int32_t a, int32_t b) {
     return (int32_t)((uint32_t)(uint16_t)(int16_t)a | ((uint32_t)(uint16_t)(int16_t)b << 16));
 }
 
 /* One tile of activation rows [i0, i0 + tile) against one 8-row group; always inlined
    with tile a constant where it can be (GEMV: 1), so the tile loops unroll into registers. */
 static inline __attribute__((always_inline)) void
-X86_SUFFIX(q4_kx8_tile)(const block_q4_kx8 *group, int n_valid, int64_t g0, int64_t nb, const void *x, size_t x_row_bytes,
+q4_kx8_tile(const block_q4_kx8 *group, int n_valid, int64_t g0, int64_t nb, const void *x, size_t x_row_bytes,
                         int64_t i0, const int tile, float *y, int64_t ldy) {
     const __m256i low = _mm256_set1_epi8(0x0F), low16 = _mm256_set1_epi32(0xFFFF);
     const block_q8_k *xr[ACT_TILE];
@@ -527,7 +518,7 @@ X86_SUFFIX(q4_kx8_tile)(const block_q4_kx8 *group, int n_valid, int64_t g0, int6
     }
     for (int64_t b = 0; b < nb; b++) {
         const block_q4_kx8 *s = &group[b];
-        X86_SUFFIX(prefetch_ahead)(s, sizeof *s);
+        prefetch_ahead(s, sizeof *s);
         __m256i scl[8], mins[4], isum[ACT_TILE];
         for (int p = 0; p < 4; p++) {
             const __m256i sp = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(s->sc + 16 * p)));
@@ -547,8 +538,8 @@ X86_SUFFIX(q4_kx8_tile)(const block_q4_kx8 *group, int n_valid, int64_t g0, int6
                 const int8_t *xq = xr[t][b].qs + 64 * c;
                 __m256i xl[8], xh[8];
                 for (int k = 0; k < 8; k++) {
-                    xl[k] = _mm256_set1_epi32(X86_SUFFIX(load_i32)(xq + 4 * k));
-                    xh[k] = _mm256_set1_epi32(X86_SUFFIX(load_i32)(xq + 32 + 4 * k));
+                    xl[k] = _mm256_set1_epi32(load_i32(xq + 4 * k));
+                    xh[k] = _mm256_set1_epi32(load_i32(xq + 32 + 4 * k));
                 }
                 isum[t] = sub_dot_scaled(isum[t], lo, xl, 8, scl[2 * c]);
                 isum[t] = sub_dot_scaled(isum[t], hi, xh, 8, scl[2 * c + 1]);
@@ -560,7 +551,7 @@ X86_SUFFIX(q4_kx8_tile)(const block_q4_kx8 *group, int n_valid, int64_t g0, int6
             const block_q8_k *xb = &xr[t][b];
             __m256i msum = _mm256_setzero_si256();
             for (int p = 0; p < 4; p++) {
-                const int32_t pair = X86_SUFFIX(pair16)(xb->bsums[4 * p] + xb->bsums[4 * p + 1],
+                const int32_t pair = pair16(xb->bsums[4 * p] + xb->bsums[4 * p + 1],
                                                         xb->bsums[4 * p + 2] + xb->bsums[4 * p + 3]);
                 msum = _mm256_add_epi32(msum, _mm256_madd_epi16(mins[p], _mm256_set1_epi32(pair)));
             }
@@ -576,29 +567,11 @@ X86_SUFFIX(q4_kx8_tile)(const block_q4_kx8 *group, int n_valid, int64_t g0, int6
     }
 }
 
-/* The group driver of a repacked K-quant tile: one 8-row group at a time, activation
-   rows in tiles of ACT_TILE, each tile size a compile-time constant of the inlined tile. */
-#define X86_GEMM_K_X8(name, tile_fn, slice_type)                                                              \
-    static void X86_SUFFIX(name)(const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes,       \
-                                 float *y, int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) { \
-        const int64_t nb = n_cols / QK_K;                                                                     \
-        for (int64_t g0 = r0; g0 < r1; g0 += EK_REPACK_ROWS) {                                                \
-            const slice_type *group = (const slice_type *)((const uint8_t *)w + (size_t)g0 * w_row_bytes);    \
-            const int n_valid = (int)(r1 - g0 < EK_REPACK_ROWS ? r1 - g0 : EK_REPACK_ROWS);                   \
-            for (int64_t i0 = 0; i0 < m; i0 += ACT_TILE) {                                                    \
-                const int tile = (int)(m - i0 < ACT_TILE ? m - i0 : ACT_TILE);                                \
-                if (tile == ACT_TILE) tile_fn(group, n_valid, g0, nb, x, x_row_bytes, i0, ACT_TILE, y, ldy);  \
-                else if (tile == 1) tile_fn(group, n_valid, g0, nb, x, x_row_bytes, i0, 1, y, ldy);           \
-                else tile_fn(group, n_valid, g0, nb, x, x_row_bytes, i0, tile, y, ldy);                       \
-            }                                                                                                 \
-        }                                                                                                     \
-    }
-X86_GEMM_K_X8(gemm_q4_kx8_q8k, X86_SUFFIX(q4_kx8_tile), block_q4_kx8)
 
 /* One tile of activation rows [i0, i0 + tile) against one 8-row group; always inlined
    with tile a constant where it can be (GEMV: 1), so the tile loops unroll into registers. */
 static inline __attribute__((always_inline)) void
-X86_SUFFIX(q6_kx8_tile)(const block_q6_kx8 *group, int n_valid, int64_t g0, int64_t nb, const void *x, size_t x_row_bytes,
+q6_kx8_tile(const block_q6_kx8 *group, int n_valid, int64_t g0, int64_t nb, const void *x, size_t x_row_bytes,
                         int64_t i0, const int tile, float *y, int64_t ldy) {
     const __m256i low = _mm256_set1_epi8(0x0F), two = _mm256_set1_epi8(0x30);
     const block_q8_k *xr[ACT_TILE];
@@ -609,7 +582,7 @@ X86_SUFFIX(q6_kx8_tile)(const block_q6_kx8 *group, int n_valid, int64_t g0, int6
     }
     for (int64_t b = 0; b < nb; b++) {
         const block_q6_kx8 *s = &group[b];
-        X86_SUFFIX(prefetch_ahead)(s, sizeof *s);
+        prefetch_ahead(s, sizeof *s);
         __m256i pairs[8], isum[ACT_TILE];
         for (int p = 0; p < 8; p++)
             pairs[p] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(s->sc + 16 * p)));
@@ -648,7 +621,7 @@ X86_SUFFIX(q6_kx8_tile)(const block_q6_kx8 *group, int n_valid, int64_t g0, int6
                     const int8_t *xq = xr[t][b].qs + 128 * h + 16 * g;
                     for (int q = 0; q < 4; q++) {
                         __m256i xs[4];
-                        for (int i = 0; i < 4; i++) xs[i] = _mm256_set1_epi32(X86_SUFFIX(load_i32)(xq + 32 * q + 4 * i));
+                        for (int i = 0; i < 4; i++) xs[i] = _mm256_set1_epi32(load_i32(xq + 32 * q + 4 * i));
                         isum[t] = sub_dot_scaled(isum[t], u[q], xs, 4, scl[q]);
                     }
                 }
@@ -664,12 +637,9 @@ X86_SUFFIX(q6_kx8_tile)(const block_q6_kx8 *group, int n_valid, int64_t g0, int6
     }
 }
 
-X86_GEMM_K_X8(gemm_q6_kx8_q8k, X86_SUFFIX(q6_kx8_tile), block_q6_kx8)
-#undef X86_GEMM_K_X8
-
 /* ------------------------------------------------------ bandwidth probe */
 
-static uint64_t X86_SUFFIX(read_sum)(const uint8_t *const *streams, int n_streams, size_t n) {
+static inline __attribute__((always_inline)) uint64_t x86_read_sum(const uint8_t *const *streams, int n_streams, size_t n) {
     __m256i s0 = _mm256_setzero_si256(), s1 = s0;
     for (size_t off = 0; off < n; off += 64)
         for (int k = 0; k < n_streams; k++) {
@@ -681,25 +651,4 @@ static uint64_t X86_SUFFIX(read_sum)(const uint8_t *const *streams, int n_stream
     uint64_t lanes[4];
     _mm256_storeu_si256((__m256i *)lanes, s);
     return lanes[0] + lanes[1] + lanes[2] + lanes[3];
-}
-
-static void X86_SUFFIX(fill_table)(ek_kernels *k) {
-    k->quantize_q8_32 = X86_SUFFIX(quantize_q8_32);
-    k->quantize_q8_k = X86_SUFFIX(quantize_q8_k);
-    k->gemm[EK_TYPE_F32] = X86_SUFFIX(gemm_f32);
-    k->gemm[EK_TYPE_F16] = X86_SUFFIX(gemm_f16);
-    k->gemm[EK_TYPE_BF16] = X86_SUFFIX(gemm_bf16);
-    k->gemm[EK_TYPE_Q4_0] = X86_SUFFIX(gemm_q4_0_q8);
-    k->gemm[EK_TYPE_Q4_1] = X86_SUFFIX(gemm_q4_1_q8);
-    k->gemm[EK_TYPE_Q5_0] = X86_SUFFIX(gemm_q5_0_q8);
-    k->gemm[EK_TYPE_Q8_0] = X86_SUFFIX(gemm_q8_0_q8);
-    k->gemm[EK_TYPE_Q4_K] = X86_SUFFIX(gemm_q4_k_q8k);
-    k->gemm[EK_TYPE_Q6_K] = X86_SUFFIX(gemm_q6_k_q8k);
-    k->gemm_repacked[EK_TYPE_Q4_0] = X86_SUFFIX(gemm_q4_0x8_q8);
-    k->gemm_repacked[EK_TYPE_Q4_1] = X86_SUFFIX(gemm_q4_1x8_q8);
-    k->gemm_repacked[EK_TYPE_Q8_0] = X86_SUFFIX(gemm_q8_0x8_q8);
-    k->gemm_repacked[EK_TYPE_Q5_0] = X86_SUFFIX(gemm_q5_0x8_q8);
-    k->gemm_repacked[EK_TYPE_Q4_K] = X86_SUFFIX(gemm_q4_kx8_q8k);
-    k->gemm_repacked[EK_TYPE_Q6_K] = X86_SUFFIX(gemm_q6_kx8_q8k);
-    k->read_sum = X86_SUFFIX(read_sum);
 }

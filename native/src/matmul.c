@@ -269,8 +269,8 @@ ek_status ek_vec_dot(int type, const void *w, const float *x, int64_t n, float *
 
 /* Each thread reads its share as READ_STREAMS equal runs side by side, a line of each
    in turn: with several sequential streams a core keeps more lines in flight than with
-   one (this 2-core Xeon VM, 2 threads: 1 stream each 26-27 GB/s, 2 to 8 streams 29-30
-   GB/s), and the GEMV kernels read several row groups side by side the same way. */
+   one (benchmarks/RESULTS_kernels.md), and the GEMV kernels read several row groups side
+   by side the same way. */
 #define READ_STREAMS 4
 
 typedef struct {

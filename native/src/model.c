@@ -1,5 +1,5 @@
 /* The inference engine: one forward pass for the llama family (llama, qwen2)
- * and gemma3, on the kernel layer's ek_matmul and the ops of ops.c.
+ * and gemma3, on the kernel layer's ek_matmul, the ops of its kernel table and ops.c's RoPE and KV rows.
  *
  * Names follow llama2.c once mapped here:
  *   x    (n, n_embd)          residual stream of the n tokens in this batch
@@ -31,6 +31,7 @@ typedef struct layer {
 struct ek_model {
     ek_model_desc d; /* copy; d.layers is not kept */
     ek_pool *pool;
+    const ek_kernels *kernels; /* the active ISA's table at creation: the ops run on the weights' ISA */
     ek_weight *tok_embd, *output; /* output == tok_embd when tied */
     const float *output_norm;
     layer *layers;
@@ -184,6 +185,7 @@ ek_status ek_model_create(const ek_model_desc *desc, ek_model **out) {
     if (!m) return EK_ERR_NO_MEMORY;
     m->d = *desc;
     m->d.layers = NULL;
+    m->kernels = ek_kernels_active();
     m->matmul_act_bytes = matmul_act_bytes(desc);
     m->rope_global = ops_rope_scaling_init(desc->n_rot, desc->rope_base, desc->rope_freq_scale, desc->yarn_ext_factor,
                                            desc->rope_mscale, desc->yarn_n_ctx_orig, desc->yarn_beta_fast,
@@ -297,15 +299,15 @@ static void attn_task(void *ctx, int ith, int nth) {
     const uint8_t *kc = m->k_cache + (size_t)job->il * d->n_ctx * m->kv_row_bytes;
     const uint8_t *vc = m->v_cache + (size_t)job->il * d->n_ctx * m->kv_row_bytes;
     float *scores = m->scores + (size_t)ith * d->n_ctx;
+    const ek_attention_fn attend = d->kv_type == EK_TYPE_Q8_0 ? m->kernels->attention_q8_0 : m->kernels->attention_f16;
     for (int64_t item = ith; item < job->n * d->n_head; item += nth) {
         const int64_t i = item / d->n_head, h = item % d->n_head;
         const int64_t pos = job->start + i;
         /* Sliding window: positions pos - n_swa + 1 .. pos (llama.cpp masks p_q - p_k >= n_swa). */
         const int64_t lo = L->is_swa && pos - d->n_swa + 1 > 0 ? pos - d->n_swa + 1 : 0;
         const size_t head_off = (size_t)(h / group) * m->kv_head_bytes;
-        ek_attention_head(m->q + i * q_dim(d) + h * hd, kc + lo * m->kv_row_bytes + head_off,
-                          vc + lo * m->kv_row_bytes + head_off, d->kv_type, (size_t)m->kv_row_bytes,
-                          pos - lo + 1, hd, d->attn_scale, scores, m->att + i * q_dim(d) + h * hd);
+        attend(m->q + i * q_dim(d) + h * hd, kc + lo * m->kv_row_bytes + head_off, vc + lo * m->kv_row_bytes + head_off,
+               (size_t)m->kv_row_bytes, pos - lo + 1, hd, d->attn_scale, scores, m->att + i * q_dim(d) + h * hd);
     }
 }
 
@@ -316,8 +318,8 @@ static void add_rows(float *y, const float *b, int64_t n, int64_t dim) {
         for (int64_t j = 0; j < dim; j++) y[i * dim + j] += b[j];
 }
 
-static void norm_rows(const float *x, const float *w, float *y, int64_t n, int64_t dim, float eps) {
-    for (int64_t i = 0; i < n; i++) ek_rmsnorm(x + i * dim, w, y + i * dim, dim, eps);
+static void norm_rows(const ek_model *m, const float *x, const float *w, float *y, int64_t n, int64_t dim) {
+    for (int64_t i = 0; i < n; i++) m->kernels->rmsnorm(x + i * dim, w, y + i * dim, dim, m->d.norm_eps);
 }
 
 /* One transformer block for n tokens at positions start..start+n-1; x updated in place. */
@@ -327,15 +329,15 @@ static ek_status block_forward(ek_model *m, int il, int64_t n, int64_t start) {
     const int64_t E = d->n_embd, QD = q_dim(d), KD = m->kv_dim, hd = d->head_dim;
     ek_status st;
 
-    norm_rows(m->x, L->attn_norm, m->xb, n, E, d->norm_eps);
+    norm_rows(m, m->x, L->attn_norm, m->xb, n, E);
     const ek_weight *qkv[] = {L->wq, L->wk, L->wv};
     float *const qkv_out[] = {m->q, m->k, m->v};
     if ((st = ek_matmul_shared_input(qkv, qkv_out, 3, m->xb, n, m->pool)) != EK_OK) return st;
     if (L->q_bias) add_rows(m->q, L->q_bias, n, QD);
     if (L->k_bias) add_rows(m->k, L->k_bias, n, KD);
     if (L->v_bias) add_rows(m->v, L->v_bias, n, KD);
-    if (L->q_norm) norm_rows(m->q, L->q_norm, m->q, n * d->n_head, hd, d->norm_eps);
-    if (L->k_norm) norm_rows(m->k, L->k_norm, m->k, n * d->n_head_kv, hd, d->norm_eps);
+    if (L->q_norm) norm_rows(m, m->q, L->q_norm, m->q, n * d->n_head, hd);
+    if (L->k_norm) norm_rows(m, m->k, L->k_norm, m->k, n * d->n_head_kv, hd);
 
     const float *angles = m->rope + (L->is_swa ? n * d->n_rot : 0);
     uint8_t *kc = m->k_cache + (size_t)il * d->n_ctx * m->kv_row_bytes;
@@ -352,17 +354,16 @@ static ek_status block_forward(ek_model *m, int il, int64_t n, int64_t start) {
     attn_job job = {m, il, n, start};
     ek_pool_run(m->pool, attn_task, &job);
     if ((st = ek_matmul(L->wo, m->att, n, m->xb, m->pool)) != EK_OK) return st;
-    if (L->post_attn_norm) norm_rows(m->xb, L->post_attn_norm, m->xb, n, E, d->norm_eps);
+    if (L->post_attn_norm) norm_rows(m, m->xb, L->post_attn_norm, m->xb, n, E);
     for (int64_t j = 0; j < n * E; j++) m->x[j] += m->xb[j];
 
-    norm_rows(m->x, L->ffn_norm, m->xb, n, E, d->norm_eps);
+    norm_rows(m, m->x, L->ffn_norm, m->xb, n, E);
     const ek_weight *gate_up[] = {L->w_gate, L->w_up};
     float *const gate_up_out[] = {m->hb, m->hb2};
     if ((st = ek_matmul_shared_input(gate_up, gate_up_out, 2, m->xb, n, m->pool)) != EK_OK) return st;
-    if (d->act == EK_ACT_GELU) ek_gelu_mul(m->hb, m->hb2, m->hb, n * d->n_ff);
-    else ek_silu_mul(m->hb, m->hb2, m->hb, n * d->n_ff);
+    (d->act == EK_ACT_GELU ? m->kernels->gelu_mul : m->kernels->silu_mul)(m->hb, m->hb2, m->hb, n * d->n_ff);
     if ((st = ek_matmul(L->w_down, m->hb, n, m->xb, m->pool)) != EK_OK) return st;
-    if (L->post_ffn_norm) norm_rows(m->xb, L->post_ffn_norm, m->xb, n, E, d->norm_eps);
+    if (L->post_ffn_norm) norm_rows(m, m->xb, L->post_ffn_norm, m->xb, n, E);
     for (int64_t j = 0; j < n * E; j++) m->x[j] += m->xb[j];
     return EK_OK;
 }
@@ -389,7 +390,7 @@ static ek_status batch_forward(ek_model *m, const int32_t *ids, int64_t n, int64
         if ((st = block_forward(m, il, n, start)) != EK_OK) return st;
     if (!logits) return EK_OK;
     const int64_t first = all_logits ? 0 : n - 1, rows = n - first;
-    norm_rows(m->x + first * E, m->output_norm, m->xb, rows, E, d->norm_eps);
+    norm_rows(m, m->x + first * E, m->output_norm, m->xb, rows, E);
     return ek_matmul(m->output, m->xb, rows, logits, m->pool);
 }
 

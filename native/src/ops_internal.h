@@ -4,9 +4,6 @@
 
 #include <stdint.h>
 
-float ops_half_to_float(uint16_t h);
-uint16_t ops_float_to_half(float f);
-
 /* How the angles of one kind of layer are scaled beyond plain RoPE.
    YaRN (Peng et al. 2023, "YaRN: Efficient Context Window Extension"): rotation pair i
    turns pos * theta_i times per position. Pairs that complete many turns within the

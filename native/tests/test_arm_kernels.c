@@ -17,7 +17,11 @@
  *   - no kernel reads past the weights or the activations: both end right before an
  *     inaccessible page (AddressSanitizer does not see NEON loads, a guard page does);
  *   - the family's activation quantizers produce the scalar quantizer's bytes exactly
- *     (round half to even included), and its bandwidth probe sums what the scalar one does.
+ *     (round half to even included), and its bandwidth probe sums what the scalar one does;
+ *   - the f32 building blocks of its table (RMSNorm, softmax, SiLU and GELU gates, attention
+ *     over f16 and q8_0 KV rows) agree with float64 and with the scalar table on lengths that
+ *     are not multiples of any vector width, read and write nothing outside their buffers,
+ *     and are what the public entry points (ek_rmsnorm, ...) run.
  */
 #define _DEFAULT_SOURCE /* mmap, mprotect, sysconf */
 #include "arm_check.h"
@@ -573,6 +577,262 @@ static void check_read_sum(int isa) {
     guarded_free(buf, n);
 }
 
+/* ---------------------------------------------------- f32 building blocks */
+
+/* Each op's result against float64, per element. A family passes when it is within the bound
+   of float64; two families within it are within twice it of each other, which is what the
+   comparison with the scalar table allows (the scalar ops use libm's expf and tanhf, the
+   vector ones a polynomial exp, so they never agree bit for bit). */
+
+/* RMSNorm: the sum of n squares is accumulated in float lanes of up to a few hundred terms
+   (n <= 4101 here, 4 or 8 lanes); its relative error is a few hundred roundings of 2^-24 at
+   worst, 1/sqrt halves it, and y = x * scale * w adds two more roundings. */
+#define RMSNORM_RTOL 1e-5
+/* SiLU and GELU gates: the vector exp is a polynomial with relative error ~2e-7, then a division
+   and up to three products, each 2^-24: a few 1e-7 in all, with 4x slack. */
+#define ACT_RTOL 2e-6
+/* GELU's 1 + tanh(y) cancels for negative gates: an error of 1 ulp of 1 in tanh, times 0.5|g|
+   (|g| <= 8 where the result is not already 0), is at most 5e-7 of |up|. */
+#define ACT_ATOL 1e-6
+/* Softmax: exp as for the gates, the sum in double, one division and one product. */
+#define SOFTMAX_RTOL 2e-6
+/* Weights far below the largest underflow: the vector exp stops at e^-87.3 (~1e-38). */
+#define SOFTMAX_ATOL 1e-30
+
+/* n floats from the sum of three uniforms (a bell shape), times `spread`; guarded. */
+static float *bell_floats(int64_t n, float spread) {
+    float *x = guarded_alloc((size_t)n * sizeof(float));
+    for (int64_t i = 0; i < n; i++)
+        x[i] = spread * (rng_uniform(-1.0f, 1.0f) + rng_uniform(-1.0f, 1.0f) + rng_uniform(-1.0f, 1.0f));
+    return x;
+}
+
+static float *nan_floats(int64_t n) { /* guarded, every element must be overwritten */
+    float *y = guarded_alloc((size_t)n * sizeof(float));
+    for (int64_t i = 0; i < n; i++) y[i] = NAN;
+    return y;
+}
+
+/* Lengths: 1 and short vectors, one less and more than 4, 8 and 16 lanes, and long rows with
+   every remainder after the widest step. */
+static const int64_t op_lengths[] = {1, 3, 7, 8, 9, 15, 17, 31, 257, 1003, 2050, 4101};
+#define N_OP_LENGTHS ((int)(sizeof op_lengths / sizeof op_lengths[0]))
+
+static void check_rmsnorm(int isa) {
+    const ek_kernels *k = ek_kernels_for(isa), *ref = ek_kernels_for(EK_ISA_SCALAR);
+    for (int li = 0; li < N_OP_LENGTHS; li++) {
+        const int64_t n = op_lengths[li];
+        const float eps = 1e-6f;
+        float *x = bell_floats(n, 2.0f), *w = bell_floats(n, 1.0f);
+        float *y = nan_floats(n), *y_ref = nan_floats(n), *y_pub = nan_floats(n), *inplace = nan_floats(n);
+        double sum = 0.0;
+        for (int64_t i = 0; i < n; i++) sum += (double)x[i] * x[i];
+        const double scale = 1.0 / sqrt(sum / (double)n + eps);
+        for (int with_w = 0; with_w < 2; with_w++) {
+            const float *wp = with_w ? w : NULL;
+            k->rmsnorm(x, wp, y, n, eps);
+            ref->rmsnorm(x, wp, y_ref, n, eps);
+            ek_rmsnorm(x, wp, y_pub, n, eps);
+            memcpy(inplace, x, (size_t)n * sizeof(float));
+            k->rmsnorm(inplace, wp, inplace, n, eps);
+            int bad = 0;
+            for (int64_t i = 0; i < n && bad < 3; i++) {
+                const double want = x[i] * scale * (wp ? wp[i] : 1.0);
+                const double tol = RMSNORM_RTOL * fabs(want);
+                const int ok = fabs(y[i] - want) <= tol && fabs(y[i] - y_ref[i]) <= 2 * tol &&
+                               y_pub[i] == y[i] && inplace[i] == y[i];
+                bad += !ok;
+                CHECK(ok, "%s rmsnorm n=%lld w=%d [%lld]: %.9g, scalar %.9g, entry point %.9g, in place %.9g, "
+                      "float64 %.9g", ek_isa_name(isa), (long long)n, with_w, (long long)i, y[i], y_ref[i],
+                      y_pub[i], inplace[i], want);
+            }
+        }
+        guarded_free(x, (size_t)n * sizeof(float));
+        guarded_free(w, (size_t)n * sizeof(float));
+        guarded_free(y, (size_t)n * sizeof(float));
+        guarded_free(y_ref, (size_t)n * sizeof(float));
+        guarded_free(y_pub, (size_t)n * sizeof(float));
+        guarded_free(inplace, (size_t)n * sizeof(float));
+    }
+}
+
+static double silu64(double g) { return g / (1.0 + exp(-g)); }
+static double gelu64(double g) { return 0.5 * g * (1.0 + tanh(sqrt(2.0 / 3.14159265358979323846) * (g + 0.044715 * g * g * g))); }
+
+static void check_gated_act(int isa, int gelu) {
+    const ek_kernels *k = ek_kernels_for(isa), *ref = ek_kernels_for(EK_ISA_SCALAR);
+    const ek_gated_act_fn fn = gelu ? k->gelu_mul : k->silu_mul, fn_ref = gelu ? ref->gelu_mul : ref->silu_mul;
+    void (*const entry)(const float *, const float *, float *, int64_t) = gelu ? ek_gelu_mul : ek_silu_mul;
+    const char *name = gelu ? "gelu_mul" : "silu_mul";
+    for (int li = 0; li < N_OP_LENGTHS; li++) {
+        const int64_t n = op_lengths[li];
+        float *g = bell_floats(n, 2.5f), *up = bell_floats(n, 1.0f);
+        /* both saturations and zero, where they fit */
+        const float special[] = {-30.0f, 30.0f, 0.0f, -88.0f, 89.0f};
+        for (int i = 0; i < 5 && i < n; i++) g[(i * 7) % n] = special[i];
+        float *y = nan_floats(n), *y_ref = nan_floats(n), *y_pub = nan_floats(n), *inplace = nan_floats(n);
+        for (int with_up = 0; with_up < 2; with_up++) {
+            const float *upp = with_up ? up : NULL;
+            fn(g, upp, y, n);
+            fn_ref(g, upp, y_ref, n);
+            entry(g, upp, y_pub, n);
+            memcpy(inplace, g, (size_t)n * sizeof(float));
+            fn(inplace, upp, inplace, n);
+            int bad = 0;
+            for (int64_t i = 0; i < n && bad < 3; i++) {
+                const double u = upp ? upp[i] : 1.0;
+                const double want = (gelu ? gelu64(g[i]) : silu64(g[i])) * u;
+                const double tol = ACT_RTOL * fabs(want) + ACT_ATOL * fabs(u);
+                const int ok = fabs(y[i] - want) <= tol && fabs(y[i] - y_ref[i]) <= 2 * tol &&
+                               y_pub[i] == y[i] && inplace[i] == y[i];
+                bad += !ok;
+                CHECK(ok, "%s %s n=%lld up=%d [%lld] g=%.9g: %.9g, scalar %.9g, entry point %.9g, in place %.9g, "
+                      "float64 %.9g", ek_isa_name(isa), name, (long long)n, with_up, (long long)i, g[i], y[i],
+                      y_ref[i], y_pub[i], inplace[i], want);
+            }
+        }
+        guarded_free(g, (size_t)n * sizeof(float));
+        guarded_free(up, (size_t)n * sizeof(float));
+        guarded_free(y, (size_t)n * sizeof(float));
+        guarded_free(y_ref, (size_t)n * sizeof(float));
+        guarded_free(y_pub, (size_t)n * sizeof(float));
+        guarded_free(inplace, (size_t)n * sizeof(float));
+    }
+}
+
+static void check_softmax(int isa) {
+    const ek_kernels *k = ek_kernels_for(isa), *ref = ek_kernels_for(EK_ISA_SCALAR);
+    for (int li = 0; li < N_OP_LENGTHS; li++) {
+        const int64_t n = op_lengths[li];
+        float *x = bell_floats(n, 6.0f); /* logits spread over ~36 nats: weights down to ~1e-16 */
+        float *y = guarded_alloc((size_t)n * sizeof(float)), *y_ref = guarded_alloc((size_t)n * sizeof(float));
+        float *y_pub = guarded_alloc((size_t)n * sizeof(float));
+        memcpy(y, x, (size_t)n * sizeof(float));
+        memcpy(y_ref, x, (size_t)n * sizeof(float));
+        memcpy(y_pub, x, (size_t)n * sizeof(float));
+        k->softmax(y, n);
+        ref->softmax(y_ref, n);
+        ek_softmax(y_pub, n);
+        double maxv = -INFINITY, sum = 0.0;
+        for (int64_t i = 0; i < n; i++) maxv = x[i] > maxv ? x[i] : maxv;
+        for (int64_t i = 0; i < n; i++) sum += exp(x[i] - maxv);
+        int bad = 0;
+        for (int64_t i = 0; i < n && bad < 3; i++) {
+            const double want = exp(x[i] - maxv) / sum;
+            const double tol = SOFTMAX_RTOL * want + SOFTMAX_ATOL;
+            const int ok = fabs(y[i] - want) <= tol && fabs(y[i] - y_ref[i]) <= 2 * tol && y_pub[i] == y[i];
+            bad += !ok;
+            CHECK(ok, "%s softmax n=%lld [%lld]: %.9g, scalar %.9g, entry point %.9g, float64 %.9g", ek_isa_name(isa),
+                  (long long)n, (long long)i, y[i], y_ref[i], y_pub[i], want);
+        }
+        guarded_free(x, (size_t)n * sizeof(float));
+        guarded_free(y, (size_t)n * sizeof(float));
+        guarded_free(y_ref, (size_t)n * sizeof(float));
+        guarded_free(y_pub, (size_t)n * sizeof(float));
+    }
+}
+
+/* Attention over a cache of n_pos rows of n_heads heads, checking the last head (its rows end
+   where the buffer does on the last position). KV values are random f16 bit patterns, or random
+   q8_0 blocks (f16 scale, int8 values), decoded exactly here.
+   Bound: each score is a float dot of head_dim products (error <= FLOAT_ACCUM_RTOL of
+   scale * sum |q k|); a score error delta moves its softmax weight by a factor within
+   e^(+-2 max delta), so out[i] moves by at most 2 max delta * sum_j p_j |v_ji|; the weighted
+   sum of V adds FLOAT_ACCUM_RTOL of the same sum (expf and the final division included). */
+static void check_attention_case(int isa, int kv_type, int64_t head_dim, int64_t n_pos, int n_heads) {
+    const ek_kernels *k = ek_kernels_for(isa), *ref = ek_kernels_for(EK_ISA_SCALAR);
+    const ek_attention_fn fn = kv_type == EK_TYPE_Q8_0 ? k->attention_q8_0 : k->attention_f16;
+    const ek_attention_fn fn_ref = kv_type == EK_TYPE_Q8_0 ? ref->attention_q8_0 : ref->attention_f16;
+    const size_t head_bytes = (size_t)ek_kv_row_bytes(kv_type, head_dim), row_bytes = head_bytes * (size_t)n_heads;
+    const size_t cache_bytes = row_bytes * (size_t)n_pos;
+    uint8_t *kc = guarded_alloc(cache_bytes), *vc = guarded_alloc(cache_bytes);
+    for (size_t i = 0; i < cache_bytes; i += 2) {
+        if (kv_type == EK_TYPE_F16) { /* magnitudes 2^-3 .. 2^1 */
+            put_u16(kc + i, rng_half(1, 12, 15));
+            put_u16(vc + i, rng_half(1, 12, 15));
+        } else if (i % sizeof(block_q8_0) == 0) { /* scale 2^-8 .. 2^-6: values up to 127/64 */
+            put_u16(kc + i, rng_half(1, 7, 9));
+            put_u16(vc + i, rng_half(1, 7, 9));
+        } else {
+            put_u16(kc + i, (uint16_t)rng_u32());
+            put_u16(vc + i, (uint16_t)rng_u32());
+        }
+    }
+    const size_t head_off = head_bytes * (size_t)(n_heads - 1);
+    double *kd = malloc((size_t)(n_pos * head_dim) * sizeof(double)), *vd = malloc((size_t)(n_pos * head_dim) * sizeof(double));
+    for (int64_t j = 0; j < n_pos; j++) {
+        const uint8_t *kr = kc + (size_t)j * row_bytes + head_off, *vr = vc + (size_t)j * row_bytes + head_off;
+        if (kv_type == EK_TYPE_F16) {
+            for (int64_t i = 0; i < head_dim; i++) {
+                kd[j * head_dim + i] = half_to_double(get_u16(kr + 2 * i));
+                vd[j * head_dim + i] = half_to_double(get_u16(vr + 2 * i));
+            }
+        } else {
+            for (int64_t b = 0; b < head_dim / 32; b++) {
+                decode_block_f64(EK_TYPE_Q8_0, kr + b * sizeof(block_q8_0), kd + j * head_dim + 32 * b);
+                decode_block_f64(EK_TYPE_Q8_0, vr + b * sizeof(block_q8_0), vd + j * head_dim + 32 * b);
+            }
+        }
+    }
+    float *q = bell_floats(head_dim, 1.0f);
+    const float scale = 1.0f / sqrtf((float)head_dim);
+    float *scores = nan_floats(n_pos), *out = nan_floats(head_dim), *out_ref = nan_floats(head_dim);
+    float *out_pub = nan_floats(head_dim);
+    fn(q, kc + head_off, vc + head_off, row_bytes, n_pos, head_dim, scale, scores, out);
+    fn_ref(q, kc + head_off, vc + head_off, row_bytes, n_pos, head_dim, scale, scores, out_ref);
+    ek_attention_head(q, kc + head_off, vc + head_off, kv_type, row_bytes, n_pos, head_dim, scale, scores, out_pub);
+
+    double *p = malloc((size_t)n_pos * sizeof(double)), maxs = -INFINITY, sum = 0.0, delta = 0.0;
+    for (int64_t j = 0; j < n_pos; j++) {
+        double s = 0.0, s_abs = 0.0;
+        for (int64_t i = 0; i < head_dim; i++) {
+            s += q[i] * kd[j * head_dim + i];
+            s_abs += fabs(q[i] * kd[j * head_dim + i]);
+        }
+        p[j] = scale * s;
+        maxs = p[j] > maxs ? p[j] : maxs;
+        delta = FLOAT_ACCUM_RTOL * scale * s_abs > delta ? FLOAT_ACCUM_RTOL * scale * s_abs : delta;
+    }
+    for (int64_t j = 0; j < n_pos; j++) sum += (p[j] = exp(p[j] - maxs));
+    int bad = 0;
+    for (int64_t i = 0; i < head_dim && bad < 3; i++) {
+        double want = 0.0, weighted_abs = 0.0;
+        for (int64_t j = 0; j < n_pos; j++) {
+            want += p[j] / sum * vd[j * head_dim + i];
+            weighted_abs += p[j] / sum * fabs(vd[j * head_dim + i]);
+        }
+        const double tol = (2.0 * delta + FLOAT_ACCUM_RTOL) * weighted_abs + ABS_FLOOR;
+        const int ok = fabs(out[i] - want) <= tol && fabs(out[i] - out_ref[i]) <= 2 * tol && out_pub[i] == out[i];
+        bad += !ok;
+        CHECK(ok, "%s attention %s head_dim=%lld n_pos=%lld [%lld]: %.9g, scalar %.9g, entry point %.9g, "
+              "float64 %.9g (bound %.3g)", ek_isa_name(isa), kv_type == EK_TYPE_F16 ? "f16" : "q8_0",
+              (long long)head_dim, (long long)n_pos, (long long)i, out[i], out_ref[i], out_pub[i], want, tol);
+    }
+    free(p);
+    free(kd);
+    free(vd);
+    guarded_free(kc, cache_bytes);
+    guarded_free(vc, cache_bytes);
+    guarded_free(q, (size_t)head_dim * sizeof(float));
+    guarded_free(scores, (size_t)n_pos * sizeof(float));
+    guarded_free(out, (size_t)head_dim * sizeof(float));
+    guarded_free(out_ref, (size_t)head_dim * sizeof(float));
+    guarded_free(out_pub, (size_t)head_dim * sizeof(float));
+}
+
+static void check_attention(int isa) {
+    /* F16 rows take any head_dim: the common ones and a few with every tail after 16, 8, 4
+       lanes; q8_0 rows come in blocks of 32. Positions: 1, odd, and past a few hundred. */
+    static const int64_t f16_dims[] = {64, 80, 128, 256, 36, 13, 5, 1}, q8_dims[] = {32, 64, 96, 256};
+    static const int64_t positions[] = {1, 7, 33, 300};
+    for (size_t pi = 0; pi < sizeof positions / sizeof positions[0]; pi++) {
+        for (size_t di = 0; di < sizeof f16_dims / sizeof f16_dims[0]; di++)
+            check_attention_case(isa, EK_TYPE_F16, f16_dims[di], positions[pi], 1 + (int)(di % 3));
+        for (size_t di = 0; di < sizeof q8_dims / sizeof q8_dims[0]; di++)
+            check_attention_case(isa, EK_TYPE_Q8_0, q8_dims[di], positions[pi], 1 + (int)(di % 3));
+    }
+}
+
 /* Row counts: below, at and above thread counts and SIMD row groups, all odd or off by one. */
 static const int64_t row_counts[] = {1, 7, 13, 37};
 /* Blocks per row: 1, odd, and enough for several unrolled iterations plus a tail. */
@@ -594,6 +854,11 @@ int main(void) {
     rng_state = 0x243F6A8885A308D3ull;
     check_quantizers(isa);
     check_read_sum(isa);
+    check_rmsnorm(isa);
+    check_gated_act(isa, 0);
+    check_gated_act(isa, 1);
+    check_softmax(isa);
+    check_attention(isa);
 
     for (int f = 0; f < N_FORMATS; f++) {
         const format_desc *fmt = &formats[f];
