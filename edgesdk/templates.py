@@ -142,7 +142,10 @@ def _split_marked(marked: str, contents: List[str]) -> Optional[List[Tuple[str, 
         if close_at < 0:
             return None
         index_text = marked[open_at + 1:close_at]
-        if not index_text.isdigit() or int(index_text) >= len(contents):
+        # The template may print slot markers itself: ASCII digits only (str.isdigit() accepts '²',
+        # which int() refuses), and no longer than the largest index, so that int() stays cheap.
+        if (not (index_text.isascii() and index_text.isdigit()) or len(index_text) > len(str(len(contents)))
+                or int(index_text) >= len(contents)):
             return None
         if open_at > pos:
             segments.append((marked[pos:open_at], False))
