@@ -76,6 +76,7 @@ setup(
             "llama-cpp-python>=0.3.0",
             "gguf>=0.17.0",
             "pexpect>=4.8",
+            "atheris>=2.3.0; platform_system == 'Linux' and platform_machine == 'x86_64'",  # tests/fuzz; wheels only there
         ],
     },
     entry_points={"console_scripts": ["edgesdk=edgesdk.cli:main"]},
