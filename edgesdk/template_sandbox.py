@@ -63,6 +63,7 @@ from jinja2.utils import Cycler, Namespace
 from .errors import TemplateError
 
 RENDER_TIME_LIMIT_S = 2.0            # real templates render in milliseconds
+_TEMPLATE_FILE = "<template>"        # the file name Jinja compiles a template from a string under
 MAX_RENDER_CHARS = 4 << 20           # far above any context window's worth of text
 
 # Real chat templates, tool-calling ones included, are under 16 KB. Compiling costs ~20 us and ~1.5 KB
@@ -826,15 +827,30 @@ def _materializing_filter(name: str):
     return bounded
 
 
-def _string_filter(name: str, size_of):
-    """A Jinja filter making one string from str(value): refused first when size_of(text, *args) is too long."""
-    original = _JINJA_FILTERS[name]
-
-    def bounded(value, *args, **kwargs):
-        text = _text(value, name)
-        _check_chars(size_of(text, *args, **kwargs), name, text)
-        return _new_str(original(text, *args, **kwargs), name)
+def _cased_filter(method: str):
+    """Jinja's capitalize/lower/upper (str(value).method()), bounded; written out, as these run once per
+    message in real templates and each Python call costs extra under the deadline's trace."""
+    def bounded(value):
+        text = value if type(value) is str else _text(value, method)
+        budget = _BUDGET.get()
+        # Full Unicode case mapping makes at most three characters of one ('\ufb03'.upper() == 'FFI').
+        if 3 * len(text) > MAX_VALUE_SIZE or _STR_BYTES + 12 * len(text) > budget.bytes_left:
+            _check_chars(3 * len(text), method, text)       # says why, or passes for ASCII text
+        result = getattr(text, method)()
+        budget.bytes_left -= sys.getsizeof(result)
+        return result
     return bounded
+
+
+def _trim_filter(value, chars=None):
+    # Jinja's trim: str(value).strip(chars), never longer than its input.
+    text = value if type(value) is str else _text(value, "trim")
+    result = text.strip(chars)
+    budget = _BUDGET.get()
+    budget.bytes_left -= sys.getsizeof(result)
+    if budget.bytes_left < 0:
+        _charge(0, "trim")                                  # raises, saying why
+    return result
 
 
 def _center_filter(value, width=80):
@@ -1065,11 +1081,9 @@ _FILTERS: Dict[str, Any] = {
         "abs", "attr", "count", "d", "default", "filesizeformat", "first", "float", "items", "last", "length")},
     **{name: _iterating_filter(name) for name in ("map", "reject", "rejectattr", "select", "selectattr")},
     **{name: _materializing_filter(name) for name in ("groupby", "max", "min", "sort", "unique")},
-    "capitalize": _string_filter("capitalize", lambda text: 3 * len(text)),
-    "lower": _string_filter("lower", lambda text: 3 * len(text)),
-    "upper": _string_filter("upper", lambda text: 3 * len(text)),
+    "capitalize": _cased_filter("capitalize"), "lower": _cased_filter("lower"), "upper": _cased_filter("upper"),
     "title": _title_filter, "truncate": _truncate_filter,
-    "trim": _string_filter("trim", lambda text, chars=None: len(text)),
+    "trim": _trim_filter,
     "string": lambda value: _text(value, "string"),
     "center": _center_filter, "indent": _indent_filter, "replace": _replace_filter, "format": _format_filter,
     "join": _join_filter, "sum": _sum_filter, "batch": _batch_filter, "slice": _slice_filter,
@@ -1094,9 +1108,12 @@ class _GenerationTag(Extension):
 class _Deadline:
     """A trace function that aborts the traced thread's Python code after a deadline.
 
-    It checks on every line Jinja and the compiled template run, and on every call into this module,
-    whose functions are not traced line by line: each does bounded work, and tracing them would
-    multiply their cost."""
+    It checks the time on every line of the compiled template, and on every Python call anywhere
+    (Jinja's runtime and filters, this module). Only the template's own lines need watching: its
+    loops can run for ever without calling anything, while a loop in Jinja's or this module's code
+    either calls Python on each round (a generator resumed, a key function) or walks a value whose
+    size the sandbox has bounded. Tracing those modules line by line would cost more than the
+    render."""
 
     def __init__(self, seconds: float):
         self.until = time.monotonic() + seconds
@@ -1105,12 +1122,11 @@ class _Deadline:
     def __call__(self, frame, event, arg):
         if time.monotonic() > self.until:
             raise TemplateError(f"the chat template ran longer than {self.seconds:.1f} s and was stopped")
-        if event == "call" and frame.f_code.co_filename == _SANDBOX_FILE:
+        if event == "call" and frame.f_code.co_filename != _TEMPLATE_FILE:
             return None
         return self
 
 
-_SANDBOX_FILE = _Deadline.__call__.__code__.co_filename
 
 
 def _new_environment() -> _BoundedSandbox:

@@ -410,3 +410,13 @@ def test_template_source_longer_than_the_cap_is_refused_before_compiling():
 def test_autoescape_block_is_refused_at_compile_time():
     with pytest.raises(TemplateError, match="does not compile.*autoescape"):
         ChatTemplate("{% autoescape true %}{{ messages }}{% endautoescape %}")
+
+
+def test_deadline_stops_long_work_inside_jinja_filters_not_only_template_loops():
+    # One template line; the work is 5 million filter calls in Jinja's map generators, which the
+    # deadline sees at each Python call (it traces only the template's own lines line by line).
+    source = "{{ range(100000)" + " | map('abs')" * 50 + " | sum }}"
+    started = time.monotonic()
+    with pytest.raises(TemplateError, match="longer than"):
+        ChatTemplate(source).render_text([{"role": "user", "content": "hi"}])
+    assert time.monotonic() - started < HOSTILE_RENDER_SECONDS
