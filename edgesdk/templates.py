@@ -1,19 +1,8 @@
 """Chat templates: the model's own Jinja template, sandboxed, or a built-in one.
 
-A chat template comes from a downloaded file and is hostile until proven
-otherwise. It is rendered with Jinja2's ImmutableSandboxedEnvironment (no
-attribute starting with "_", no mutation of lists/dicts, no unsafe callables),
-and on top of that:
-
-- a time limit: a trace function checks a deadline on every line the compiled
-  template executes, so nested loops cannot run for ever;
-- a size limit on the rendered text, checked while rendering, and bounds on
-  the operations that allocate in one C call (`*` on strings and lists, `**`,
-  %-formatting and str.format widths, padding methods, replace, the
-  center/indent/format filters), so one expression cannot allocate gigabytes;
-- `range` capped by the sandbox (MAX_RANGE).
-
-Any failure is a TemplateError saying what happened.
+The model's template is compiled and rendered in edgesdk.template_sandbox,
+which bounds its time and every allocation; any failure is a TemplateError
+saying what happened.
 
 Message contents must never become special tokens: the template is rendered
 with a slot marker in place of each message's content, the result is split into
@@ -28,27 +17,14 @@ carry none, chosen from the architecture and the vocabulary.
 from __future__ import annotations
 
 import logging
-import operator
-import re
-import sys
-import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-import json
-from datetime import datetime
-
-from jinja2 import TemplateSyntaxError, nodes
-from jinja2.exceptions import SecurityError, TemplateError as JinjaTemplateError
-from jinja2.ext import Extension, loopcontrols
-from jinja2.sandbox import ImmutableSandboxedEnvironment
-
 from .errors import ChatFormatError, TemplateError
+from .template_sandbox import MAX_RENDER_CHARS, RENDER_TIME_LIMIT_S, compile_template, render
 
 log = logging.getLogger("edgesdk")
 
-RENDER_TIME_LIMIT_S = 2.0            # real templates render in milliseconds
-MAX_RENDER_CHARS = 4 << 20           # far above any context window's worth of text
 ROLES = ("system", "user", "assistant")
 TOKEN_TYPE_UNKNOWN, TOKEN_TYPE_CONTROL = 2, 3     # GGUF tokenizer.ggml.token_type values
 
@@ -112,127 +88,8 @@ def builtin_family(architecture: Optional[str], token_texts: "set[str]") -> str:
     return "chatml"
 
 
-# -- the sandbox ---------------------------------------------------------------
-
-MAX_FORMAT_WIDTH = 100_000        # a width/precision in a format string, or a padding argument
-_PADDING_METHODS = frozenset(["ljust", "rjust", "center", "zfill", "expandtabs"])
-_DIGITS = re.compile(r"\d+")
-
-
-def _check_format_string(fmt: str) -> None:
-    """Reject %- or {}-format strings whose widths would allocate huge strings ('{:>999999999}')."""
-    for match in _DIGITS.finditer(fmt):
-        if len(match.group()) > 6 or int(match.group()) > MAX_FORMAT_WIDTH:
-            raise SecurityError(f"format string with width/number {match.group()[:20]} exceeds {MAX_FORMAT_WIDTH}")
-
-
-def _repeated_size(seq, count: int) -> int:
-    per_copy = len(seq) if isinstance(seq, str) else sum(len(x) if isinstance(x, str) else 1 for x in seq)
-    return per_copy * max(count, 0)
-
-
-class _BoundedSandbox(ImmutableSandboxedEnvironment):
-    """The immutable sandbox with the operations that can allocate without bound checked first.
-
-    `*` on strings and lists, `**`, `%`-formatting and str.format widths, the
-    str padding methods, replace, and the center/indent filters are bounded;
-    anything else slow is stopped by the render deadline.
-    """
-
-    intercepted_binops = frozenset(["*", "**", "%"])
-
-    def call_binop(self, context, operator_name, left, right):
-        if operator_name == "*":
-            for seq, count in ((left, right), (right, left)):
-                if isinstance(seq, (str, list, tuple)) and isinstance(count, int):
-                    size = _repeated_size(seq, count)
-                    if size > MAX_RENDER_CHARS:
-                        raise SecurityError(f"repetition would make {size} items or characters, "
-                                            f"more than the cap of {MAX_RENDER_CHARS}")
-            return operator.mul(left, right)
-        if operator_name == "**":
-            if isinstance(left, int) and isinstance(right, int) and abs(left) > 1 and right > 64:
-                raise SecurityError(f"{left} ** {right} is too large for a template")
-            return operator.pow(left, right)
-        if operator_name == "%" and isinstance(left, str):
-            _check_format_string(left)
-        return super().call_binop(context, operator_name, left, right)
-
-    def wrap_str_format(self, value):
-        wrapper = super().wrap_str_format(value)
-        if wrapper is not None:
-            _check_format_string(value.__self__)
-        return wrapper
-
-    def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 - jinja's signature
-        owner = getattr(__obj, "__self__", None)
-        if isinstance(owner, str):
-            name = getattr(__obj, "__name__", "")
-            if name in _PADDING_METHODS:
-                for arg in list(args) + list(kwargs.values()):
-                    if isinstance(arg, int) and arg > MAX_FORMAT_WIDTH:
-                        raise SecurityError(f"str.{name}({arg}) exceeds the width cap of {MAX_FORMAT_WIDTH}")
-            elif name == "replace" and len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str):
-                matches = owner.count(args[0]) if args[0] else len(owner) + 1
-                if len(owner) + matches * len(args[1]) > MAX_RENDER_CHARS:
-                    raise SecurityError(f"replace would make more than {MAX_RENDER_CHARS} characters")
-        return super().call(__context, __obj, *args, **kwargs)
-
-
-def _bounded_width_filter(original, name: str):
-    def bounded(value, width=80, *args, **kwargs):
-        if isinstance(width, int) and width > MAX_FORMAT_WIDTH:
-            raise SecurityError(f"{name}({width}) exceeds the width cap of {MAX_FORMAT_WIDTH}")
-        return original(value, width, *args, **kwargs)
-    return bounded
-
-
-class _GenerationTag(Extension):
-    """`{% generation %}...{% endgeneration %}` (Hugging Face's marker for training masks) renders its body."""
-
-    tags = {"generation"}
-
-    def parse(self, parser):
-        lineno = next(parser.stream).lineno
-        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
-        return nodes.Scope(body, lineno=lineno)
-
-
-def _tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False) -> str:
-    # Hugging Face renders tojson without HTML escaping; templates rely on that.
-    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-
-
-def _bounded_format_filter(value, *args, **kwargs) -> str:
-    # Jinja's `format` filter is printf-style formatting of the value.
-    if isinstance(value, str):
-        _check_format_string(value)
-    return str(value) % (kwargs or args)
-
-
-def _strftime_now(fmt: str) -> str:
-    return datetime.now().strftime(fmt)
-
-
 class _ContentsNotSeparable(TemplateError):
     """The template rewrites contents so that scaffolding and contents cannot be told apart."""
-
-
-def _raise_exception(message: str):
-    raise TemplateError(f"the chat template refused the conversation: {message}")
-
-
-class _Deadline:
-    """A trace function that aborts the traced thread's Python code after a deadline."""
-
-    def __init__(self, seconds: float):
-        self.until = time.monotonic() + seconds
-        self.seconds = seconds
-
-    def __call__(self, frame, event, arg):
-        if time.monotonic() > self.until:
-            raise TemplateError(f"the chat template ran longer than {self.seconds:.1f} s and was stopped")
-        return self
 
 
 @dataclass
@@ -252,49 +109,13 @@ class ChatTemplate:
         self.name = name
         self.bos_token = bos_token
         self.eos_token = eos_token
-        # The options Hugging Face transformers (and llama-cpp-python) render chat templates with.
-        env = _BoundedSandbox(trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, loopcontrols])
-        env.filters["tojson"] = _tojson
-        for name in ("center", "indent"):
-            env.filters[name] = _bounded_width_filter(env.filters[name], name)
-        env.filters["format"] = _bounded_format_filter
-        env.globals["raise_exception"] = _raise_exception
-        env.globals["strftime_now"] = _strftime_now
-        try:
-            self._template = env.from_string(source)
-        except TemplateSyntaxError as exc:
-            raise TemplateError(f"the {name} chat template does not compile: {exc.message} (line {exc.lineno})") from None
-        except RecursionError:
-            raise TemplateError(f"the {name} chat template nests too deeply to compile") from None
+        self._template = compile_template(source, name)
 
     def render_text(self, messages: Sequence[Dict[str, str]], add_generation_prompt: bool = True) -> str:
         """The template's output for these messages, within the sandbox's time and size limits."""
         variables = dict(messages=[dict(m) for m in messages], add_generation_prompt=add_generation_prompt,
                          bos_token=self.bos_token, eos_token=self.eos_token)
-        deadline = _Deadline(RENDER_TIME_LIMIT_S)
-        previous_trace = sys.gettrace()
-        pieces: List[str] = []
-        size = 0
-        sys.settrace(deadline)
-        try:
-            for piece in self._template.generate(**variables):
-                size += len(piece)
-                if size > MAX_RENDER_CHARS:
-                    raise TemplateError(f"the {self.name} chat template produced more than {MAX_RENDER_CHARS} "
-                                        "characters and was stopped")
-                pieces.append(piece)
-        except TemplateError:
-            raise
-        except SecurityError as exc:
-            raise TemplateError(f"the {self.name} chat template tried something the sandbox forbids: {exc}") from None
-        except RecursionError:
-            raise TemplateError(f"the {self.name} chat template recursed too deeply") from None
-        except (JinjaTemplateError, TypeError, ValueError, KeyError, IndexError, AttributeError,
-                ZeroDivisionError, OverflowError, MemoryError) as exc:
-            raise TemplateError(f"the {self.name} chat template failed: {type(exc).__name__}: {exc}") from None
-        finally:
-            sys.settrace(previous_trace)
-        return "".join(pieces)
+        return render(self._template, variables, self.name)
 
     def render(self, messages: Sequence[Dict[str, str]], add_generation_prompt: bool = True) -> RenderedPrompt:
         """Render with contents kept apart from scaffolding (see the module docstring)."""
@@ -321,7 +142,10 @@ def _split_marked(marked: str, contents: List[str]) -> Optional[List[Tuple[str, 
         if close_at < 0:
             return None
         index_text = marked[open_at + 1:close_at]
-        if not index_text.isdigit() or int(index_text) >= len(contents):
+        # The template may print slot markers itself: ASCII digits only (str.isdigit() accepts '²',
+        # which int() refuses), and no longer than the largest index, so that int() stays cheap.
+        if (not (index_text.isascii() and index_text.isdigit()) or len(index_text) > len(str(len(contents)))
+                or int(index_text) >= len(contents)):
             return None
         if open_at > pos:
             segments.append((marked[pos:open_at], False))

@@ -128,6 +128,15 @@ def test_recursive_template_raises_template_error():
         ChatTemplate(RECURSIVE_TEMPLATE).render_text([{"role": "user", "content": "hi"}])
 
 
+@pytest.mark.parametrize("index", ["\u00b2", "9" * 5000, "0" * 3], ids=["superscript two", "5000 digits", "zeros"])
+def test_slot_markers_printed_by_the_template_itself_make_contents_not_separable(index):
+    # Found while writing tests/fuzz/fuzz_template.py: '\u00b2'.isdigit() is True but int() refuses it,
+    # and int() refuses (or, with Python's digit limit lifted, slowly parses) 5000 digits.
+    source = "{{ '\U000F0001" + index + "\U000F0002' }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    with pytest.raises(TemplateError, match="cannot be kept apart"):
+        ChatTemplate(source).render([{"role": "user", "content": "hi"}])
+
+
 def test_template_raise_exception_becomes_template_error_with_its_message():
     source = "{% if messages[0]['role'] != 'system' %}{{ raise_exception('system first please') }}{% endif %}"
     with pytest.raises(TemplateError, match="system first please"):
