@@ -64,6 +64,7 @@ setup(
         "numpy>=1.22",
         "sentencepiece>=0.1.99",
         "jinja2>=3.1",
+        "markupsafe>=2.0",   # jinja2's escaping, called by the template sandbox itself
         "regex>=2023.10.3",  # Unicode 15.1 tables or newer (see edgesdk/tokenizer/pretokenize.py)
         "tqdm>=4.60",        # the CLI's download progress bar
     ],

@@ -93,7 +93,8 @@ def _imported_projects(directory: Path) -> set:
                 continue
             for module in modules:
                 top = module.split(".")[0]
-                if top in sys.stdlib_module_names or top == "edgesdk" or (directory / f"{top}.py").exists():
+                local = (directory / f"{top}.py").exists() or (path.parent / f"{top}.py").exists()
+                if top in sys.stdlib_module_names or top == "edgesdk" or local:
                     continue
                 assert top in providers, f"{path.name} imports {top}, which no installed project provides"
                 projects.update(_project(p) for p in providers[top])
