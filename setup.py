@@ -76,6 +76,7 @@ setup(
             "llama-cpp-python>=0.3.0",
             "gguf>=0.17.0",
             "pexpect>=4.8",
+            "hypothesis>=6.0",
         ],
     },
     entry_points={"console_scripts": ["edgesdk=edgesdk.cli:main"]},
