@@ -299,7 +299,8 @@ class LineLink(Link):
             text, since, end = answer.pending()
             if text:
                 n = proto.take_line_chunk(text, limits.line_chunk_bytes)
-                ready = (n < len(text) or text[n - 1] == "\n" or end is not None
+                # The first piece goes at once (the device sees its answer begin); later ones fill lines.
+                ready = (n < len(text) or text[n - 1] == "\n" or end is not None or answer.sent_bytes == 0
                          or now - since >= limits.line_coalesce_s)
                 if not ready:
                     break
