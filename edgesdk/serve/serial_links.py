@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import TYPE_CHECKING, Callable, List, Optional, Tuple
 
 from . import serial_protocol as proto
@@ -45,7 +44,6 @@ class Answer:
         self._lock = threading.Lock()
         self._wake = wake
         self._text = ""
-        self._since = 0.0
         self.cancel = threading.Event()
         self.end: Optional[Tuple[str, str]] = None     # (reason, message)
         self.tokens = 0
@@ -56,8 +54,6 @@ class Answer:
         with self._lock:
             if self.end is not None or not text:
                 return
-            if not self._text:
-                self._since = time.monotonic()
             self._text += text
         self._wake()
 
@@ -75,15 +71,14 @@ class Answer:
             self._text = ""
         self._wake()
 
-    def pending(self) -> Tuple[str, float, Optional[Tuple[str, str]]]:
-        """(text not yet sent, when the oldest of it arrived, the end if there is one)."""
+    def pending(self) -> Tuple[str, Optional[Tuple[str, str]]]:
+        """(text not yet sent, the end if there is one)."""
         with self._lock:
-            return self._text, self._since, self.end
+            return self._text, self.end
 
     def consume(self, n_chars: int) -> None:
         with self._lock:
             taken, self._text = self._text[:n_chars], self._text[n_chars:]
-            self._since = time.monotonic()
         self.sent_bytes += len(taken.encode("utf-8"))
 
     @property
@@ -226,6 +221,7 @@ class LineLink(Link):
         self.auto = auto
         self.probe = proto.FrameDecoder(self.limits.max_request_bytes) if auto else None
         self.framing_seen = False     # a 0x00 came since the last good line: control bytes are frame bytes
+        self.text_since: Optional[float] = None     # when the link first saw the answer text it holds now
 
     def greet(self, now: float) -> None:
         self.send(proto.ready_line(self.port.model_name, self.limits.max_request_bytes), now)
@@ -294,17 +290,29 @@ class LineLink(Link):
         self.send(proto.error_line(code, message), now)
 
     def pump(self, now: float) -> None:
+        while self._format(now):      # more lines as long as the OS takes them at once
+            self.flush(now)
+            if self.out:
+                break
+        self.flush(now)
+
+    def _format(self, now: float) -> bool:
+        """Answer text (then END) into lines while less than LINE_LOW_WATER bytes wait; whether it made any."""
         answer, limits = self.answer, self.limits
+        made = False
         while answer is not None and len(self.out) < LINE_LOW_WATER:
-            text, since, end = answer.pending()
+            text, end = answer.pending()
             if text:
+                if self.text_since is None:
+                    self.text_since = now
                 n = proto.take_line_chunk(text, limits.line_chunk_bytes)
                 # The first piece goes at once (the device sees its answer begin); later ones fill lines.
                 ready = (n < len(text) or text[n - 1] == "\n" or end is not None or answer.sent_bytes == 0
-                         or now - since >= limits.line_coalesce_s)
+                         or now - self.text_since >= limits.line_coalesce_s)
                 if not ready:
                     break
                 answer.consume(n)
+                self.text_since = None
                 self.send(proto.chunk_line(text[:n]), now, control=False)
             elif end is not None:
                 reason, message = end
@@ -313,7 +321,8 @@ class LineLink(Link):
                 answer = None
             else:
                 break
-        self.flush(now)
+            made = True
+        return made
 
 
 class FramedLink(Link):
@@ -446,7 +455,7 @@ class FramedLink(Link):
     def pump(self, now: float) -> None:
         answer, limits = self.answer, self.limits
         while answer is not None and not answer.end_sent and len(self.unacked) < self.window:
-            text, _since, end = answer.pending()
+            text, end = answer.pending()
             if text:
                 n = proto.utf8_prefix_chars(text, self.chunk_payload)
                 answer.consume(n)
@@ -457,14 +466,14 @@ class FramedLink(Link):
                 self._send_answer_frame(FrameType.END, proto.end_payload(reason, answer.tokens, answer.sent_bytes), now)
             else:
                 break
+        if self.unacked and now - self.waiting_since >= limits.stall_timeout_s:
+            self.stall(f"the device acknowledged nothing for {limits.stall_timeout_s:g} s", now)
         if self.unacked and not self.out and now - self.sent_at >= self.backoff:
             for _seq, wire in self.unacked:        # go-back-N: everything not acknowledged, in order
                 self.send(wire, now, control=False)
             self.stats.retransmits += 1
             self.sent_at = now
             self.backoff = min(self.backoff * 2, MAX_BACKOFF_S)
-        if self.unacked and now - self.waiting_since >= limits.stall_timeout_s:
-            self.stall(f"the device acknowledged nothing for {limits.stall_timeout_s:g} s", now)
         self.flush(now)
 
     def stall(self, message: str, now: float) -> None:
