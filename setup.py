@@ -81,6 +81,7 @@ setup(
             "gguf>=0.17.0",
             "pexpect>=4.8",
             "onnxruntime>=1.16",
+            "pyserial>=3.5",
             "atheris>=2.3.0; platform_system == 'Linux' and platform_machine == 'x86_64'",  # tests/fuzz; wheels only there
         ],
     },

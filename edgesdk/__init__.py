@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 
 
 _LAZY = {"load": "model", "Model": "model", "ChatSession": "chat", "LoadConfig": "config",
-         "GenerationConfig": "generation"}
+         "GenerationConfig": "generation", "serial_bridge": "serve.serial"}
 
 
 def __getattr__(name):

@@ -88,3 +88,7 @@ class SessionFileError(EdgeSDKError):
 
 class BackendUnavailableError(EdgeSDKError):
     """The requested backend's library is not installed or cannot run here."""
+
+
+class MissingDependencyError(EdgeSDKError, ImportError):
+    """An optional part of edgesdk needs a package that is not installed; the message names the pip extra."""
