@@ -16,7 +16,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from . import _native, gguf
-from .errors import InvalidArgumentError, UnsupportedModelError
+from .errors import InvalidArgumentError, NativeMemoryError, UnsupportedModelError
 
 # GGUF type ids of the types the kernels implement (same numbers as ek_type).
 KERNEL_TYPES = ("F32", "F16", "Q4_0", "Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q6_K", "BF16")
@@ -325,5 +325,5 @@ def measure_read_bandwidth(n_bytes: int = 1 << 30, repeats: int = 5, pool: Optio
     with pool.lock if pool is not None else _NO_LOCK:
         bandwidth = float(_native.lib.ek_measure_read_bandwidth(n_bytes, repeats, pool_handle))
     if bandwidth <= 0.0:
-        raise MemoryError(f"could not allocate {n_bytes} bytes to measure read bandwidth")
+        raise NativeMemoryError(f"could not allocate {n_bytes} bytes to measure read bandwidth")
     return bandwidth
