@@ -223,6 +223,18 @@ def test_a_conversation_survives_a_restart_of_the_bridge(bridges, tmp_path):
     assert history[0]["content"] == "My name is Ada. Say hello."
 
 
+def test_a_session_file_that_does_not_load_is_moved_aside_and_a_new_conversation_begins(bridges, tmp_path):
+    device = FakeDevice(tmp_path / "usb-old")
+    bridge = bridges(PortSpec(str(device.link), mode="line", rtscts=True))     # RTS/CTS asked for: a pty takes it
+    saved = bridge.session_path(str(device.link))
+    saved.write_bytes(b"EDGESDK-SESSION\x00 from another model, or half a file")
+    assert device.reply().kind == "ready"
+    text, end = device.ask_line(QUESTION)
+    assert end.kind == "end" and "4" in text
+    assert saved.with_name(saved.name + ".unreadable").read_bytes().startswith(b"EDGESDK-SESSION")
+    assert len(bridge.session(str(device.link)).history) == 2 and saved.is_file()
+
+
 # -- limits -------------------------------------------------------------------------------------------------------------
 
 def test_busy_for_a_full_queue_an_answer_in_progress_and_the_rate_limit(bridges, tmp_path, model, monkeypatch):

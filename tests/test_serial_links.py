@@ -171,3 +171,24 @@ def test_a_framed_question_is_acknowledged_with_the_first_answer_seq_and_a_repea
     link.flush(0.0)
     assert frames_in(bytes(io.written)) == [proto.Frame(FrameType.BRIDGE_ACK, 17, b"\xfa")] * 2
     assert len(port.submitted) == 1 and port.submitted[0][1] == "What is 2+2?"
+
+
+def test_a_stall_is_counted_once_and_a_cancelled_answer_that_stalls_just_ends():
+    port, io = FakePort(stall_timeout_s=1.0), FakeIO(take=0)
+    link = LineLink(port, io, now=0.0)
+    link.answer = finished_answer(TEXT[:900])
+    for tenth in range(40):
+        link.pump(tenth / 10)
+    assert port.stats.stalls == 1 and link.answer is None
+    end = proto.parse_reply_line(bytes(link.out).split(b"\r\n")[-2])
+    assert (end.kind, end.word, end.message) == ("end", "error", "the device took no bytes for 1 s")
+
+    port, io, link = _framed(64, 1, stall_timeout_s=1.0)
+    link.pump(0.0)
+    link.cancel("cancelled", 0.1)                               # the device cancels, then goes quiet
+    io.written.clear()
+    for tenth in range(1, 40):
+        link.pump(tenth / 10)
+    assert port.stats.stalls == 0 and link.answer is None
+    end = [f for f in frames_in(bytes(io.written)) if f.type == FrameType.END][-1]
+    assert proto.parse_end(end.payload)[0] == "cancelled"

@@ -422,14 +422,14 @@ class _Port:
             except EdgeSDKError as exc:
                 log.error("%s: %s; this port is not served", self.spec.path, exc)
                 return
-            waiting_logged = False
+            waiting_logged = failed = False
             try:
                 self._serve(io)
             except OSError as exc:
                 log.warning("%s: the port went away (%s); waiting for it to come back", self.spec.path, exc)
             except Exception:       # a bug of ours must not end the port's service: log it, open it again
                 log.exception("%s: unexpected error; the port is opened again", self.spec.path)
-                stop.wait(self.bridge.limits.reopen_interval_s)
+                failed = True
             finally:
                 self._io = None
                 if self.link is not None:
@@ -437,6 +437,8 @@ class _Port:
                     self.link = None
                 self.stats.connected = False
                 io.close()
+            if failed:
+                stop.wait(self.bridge.limits.reopen_interval_s)
 
     def _serve(self, io) -> None:
         stop, limits = self.bridge._stop, self.bridge.limits

@@ -81,11 +81,6 @@ class Answer:
             taken, self._text = self._text[:n_chars], self._text[n_chars:]
         self.sent_bytes += len(taken.encode("utf-8"))
 
-    @property
-    def pending_bytes(self) -> int:
-        with self._lock:
-            return len(self._text.encode("utf-8"))
-
 
 class Link:
     """One open port in one mode: what the device sent, what goes back, the answer in flight; never blocks."""
@@ -177,10 +172,22 @@ class Link:
             self.answer.abort(reason, message)
 
     def stall(self, message: str, now: float) -> None:
-        self.stats.stalls += 1
-        log.warning("%s: %s; the answer is cancelled", self.port.path, message)
-        if self.answer is not None:
-            self.answer.abort("error", message)
+        """The device takes nothing: the answer in flight ends with "error" (once; one already cancelled,
+        by the device or an unplug, just ends)."""
+        answer = self.answer
+        if answer is None:
+            return
+        if answer.cancel.is_set():
+            reason, message = "cancelled", ""
+        else:
+            self.stats.stalls += 1
+            log.warning("%s: %s; the answer is cancelled", self.port.path, message)
+            answer.abort("error", message)
+            reason = "error"           # even if the model had finished: the device did not get it all
+        self.stalled(answer, reason, message, now)
+
+    def stalled(self, answer: Answer, reason: str, message: str, now: float) -> None:
+        """What else a mode does when its device stops taking the answer."""
 
     def finish_answer(self) -> None:
         if self.answer is not None:
@@ -250,6 +257,11 @@ class LineLink(Link):
             if zero >= 0:
                 self.decoder.reset()
                 self.framing_seen = True
+
+    def stalled(self, answer: Answer, reason: str, message: str, now: float) -> None:
+        # END now, after the lines already waiting: a device that reads again gets them, then why it ended.
+        self.send(proto.end_line(reason, answer.tokens, answer.sent_bytes, message), now, control=False)
+        self.finish_answer()
 
     def on_event(self, event, now: float) -> None:
         if isinstance(event, proto.Interrupt):
@@ -476,17 +488,15 @@ class FramedLink(Link):
             self.backoff = min(self.backoff * 2, MAX_BACKOFF_S)
         self.flush(now)
 
-    def stall(self, message: str, now: float) -> None:
-        super().stall(message, now)
-        answer = self.answer
+    def stalled(self, answer: Answer, reason: str, message: str, now: float) -> None:
+        # Nothing more is waited for. The END goes out once, unacknowledged: a device that reads again
+        # learns why the answer stopped.
         self.unacked.clear()
-        if answer is not None:
-            # The END goes out once, unacknowledged: a device that reads again learns why the answer stopped.
-            self.send(proto.encode_frame(FrameType.END, self.tx_seq,
-                                         proto.end_payload("error", answer.tokens, answer.sent_bytes)), now)
-            self.tx_seq = proto.next_seq(self.tx_seq)
-            answer.end_sent = True
-            self.finish_answer()
+        self.send(proto.encode_frame(FrameType.END, self.tx_seq,
+                                     proto.end_payload(reason, answer.tokens, answer.sent_bytes)), now)
+        self.tx_seq = proto.next_seq(self.tx_seq)
+        answer.end_sent = True
+        self.finish_answer()
 
 
 __all__ = ["Answer", "Link", "LineLink", "FramedLink", "HELP", "LINE_LOW_WATER"]
