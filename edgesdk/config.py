@@ -20,6 +20,7 @@ from .errors import InvalidArgumentError
 KV_CACHE_TYPES = ("f32", "f16", "q8_0", "q4_0")
 MAX_N_CTX = 1 << 24          # the same bound the GGUF reader puts on a trained context
 MAX_N_BATCH = 1 << 16
+MAX_N_SEQ = 256              # sequences (server slots) one loaded model holds
 # More compute threads than the CPUs this process may run on only makes the workers wait
 # for each other (a spinning pool with 1000 threads on 2 cores takes seconds per token).
 THREADS_PER_CPU_LIMIT = 1
@@ -83,6 +84,7 @@ class LoadConfig:
     kv_type: str = "f16"
     max_memory: Optional[Union[int, str]] = None  # bytes or "1.5GB"; None: what the device has free
     n_batch: int = 512                          # prompt tokens evaluated per step
+    n_seq: int = 1                              # sequences held at once, each with n_ctx positions
     options: Mapping[str, Any] = field(default_factory=dict)  # backend-specific, checked by the backend
 
     def __post_init__(self):
@@ -97,6 +99,7 @@ class LoadConfig:
         if self.kv_type not in KV_CACHE_TYPES:
             raise InvalidArgumentError(f"kv_type {self.kv_type!r} is not one of {', '.join(KV_CACHE_TYPES)}")
         check_positive_int("n_batch", self.n_batch, MAX_N_BATCH)
+        check_positive_int("n_seq", self.n_seq, MAX_N_SEQ)
         if self.max_memory is not None:
             parse_size(self.max_memory)
         if not isinstance(self.options, Mapping) or not all(isinstance(k, str) for k in self.options):
@@ -119,4 +122,4 @@ class LoadConfig:
 
 DEFAULT_LOAD = LoadConfig()
 
-__all__ = ["LoadConfig", "DEFAULT_LOAD", "KV_CACHE_TYPES", "MAX_N_CTX", "check_positive_int", "parse_size", "usable_cpus"]
+__all__ = ["LoadConfig", "DEFAULT_LOAD", "KV_CACHE_TYPES", "MAX_N_CTX", "MAX_N_SEQ", "check_positive_int", "parse_size", "usable_cpus"]

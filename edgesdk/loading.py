@@ -110,13 +110,14 @@ def prepare(model: ModelArg, config: LoadConfig, root: str = "/") -> Prepared:
 
 def plan(model: ModelArg, n_ctx: Optional[int] = None, kv_type: str = DEFAULT_LOAD.kv_type,
          budget: Optional[int] = None, backend: str = DEFAULT_LOAD.backend, n_batch: int = DEFAULT_LOAD.n_batch,
-         threads: Optional[int] = None) -> memory.MemoryPlan:
+         threads: Optional[int] = None, n_seq: int = DEFAULT_LOAD.n_seq) -> memory.MemoryPlan:
     """Bytes this model needs on this backend, part by part, before anything is loaded (no budget check).
 
     n_ctx defaults to the model's trained context, threads to the device's
     default. `budget` (bytes) is only recorded in the plan for its summary.
     """
-    config = LoadConfig(backend=backend, n_ctx=n_ctx, kv_type=kv_type, n_batch=n_batch, threads=threads)
+    config = LoadConfig(backend=backend, n_ctx=n_ctx, kv_type=kv_type, n_batch=n_batch, threads=threads,
+                        n_seq=n_seq)
     _, source = _open_source(model, None)
     try:
         config = config.with_(threads=config.threads or hardware.default_threads())

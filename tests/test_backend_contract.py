@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from edgesdk import backends, loading
-from edgesdk.backends.base import Availability, Backend, BackendInfo
+from edgesdk.backends.base import Availability, Backend, BackendInfo, SeqInput
 from edgesdk.config import KV_CACHE_TYPES, LoadConfig
 from edgesdk.errors import ContextOverflowError, InvalidArgumentError, SessionFileError
 
@@ -187,3 +187,24 @@ def test_state_that_does_not_fit_is_rejected_as_a_session_file_error(backend, rn
         backend.load_state(blob[: len(blob) // 2], 12)
     with pytest.raises(InvalidArgumentError):
         backend.load_state(blob, -1)
+
+
+def test_one_sequence_eval_batch_is_eval_and_other_sequences_are_refused(backend, rng):
+    ids = _ids(rng, 11)
+    expected = backend.eval(ids, 0)
+    backend.eval(ids[:3], 0)
+    (last,) = backend.eval_batch([SeqInput(0, ids[3:], 3)])
+    np.testing.assert_allclose(last, expected, atol=REUSE_ATOL)
+    assert backend.seq_n_past(0) == len(ids)
+    for entries in ([], [SeqInput(backend.n_seq, ids, 0)], [SeqInput(0, ids, 0), SeqInput(0, ids, 0)]):
+        with pytest.raises(InvalidArgumentError):
+            backend.eval_batch(entries)
+    with pytest.raises(InvalidArgumentError):
+        backend.copy_seq(0, 0, len(ids) + 1)
+
+
+@pytest.mark.parametrize("name", backends.names())
+def test_more_sequences_than_a_backend_holds_are_refused_before_loading(name, smollm2_path):
+    cls = backends.get(name)
+    with pytest.raises(InvalidArgumentError, match="n_seq"):
+        loading.plan(smollm2_path, backend=name, n_ctx=N_CTX, threads=THREADS, n_seq=cls.max_seqs + 1)

@@ -18,13 +18,20 @@ The KV cache holds the tokens evaluated so far at positions 0..n_past-1.
 `eval(ids, start)` first forgets every position >= start, then appends `ids`
 at positions start, start+1, ...; so reusing a shared prefix is just calling
 eval with start = length of that prefix.
+
+Several sequences: a backend opened with config.n_seq = N holds N independent
+caches (sequences 0..N-1, each of n_ctx positions). `eval_batch` advances
+several of them in one engine step, so a weight read serves every sequence in
+the step (generation is bandwidth-bound: N streams cost little more than one).
+`eval`, `n_past`, `save_state` and `load_state` are sequence 0's. A backend that
+holds one sequence only keeps `max_seqs = 1`; the default eval_batch serves it.
 """
 from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Dict, Optional, Sequence, Tuple
+from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -63,6 +70,14 @@ class BackendInfo:
     kv_type: str           # "f16", "q8_0", ...
 
 
+@dataclass(frozen=True)
+class SeqInput:
+    """One sequence's part of an eval_batch step: ids written at positions start.. of sequence seq."""
+    seq: int
+    ids: Sequence[int]
+    start: int
+
+
 class Backend(abc.ABC):
     """A model loaded for inference, with a KV cache of at most n_ctx positions."""
 
@@ -74,6 +89,8 @@ class Backend(abc.ABC):
     auto_rank: ClassVar[Optional[int]] = None
     # Whether the backend keeps the GGUFFile it was checked with open (it reads weights from it).
     keeps_file: ClassVar[bool] = False
+    # Most sequences (config.n_seq) it can hold at once; check() refuses more.
+    max_seqs: ClassVar[int] = 1
 
     n_ctx: int
     n_vocab: int
@@ -136,6 +153,35 @@ class Backend(abc.ABC):
     def info(self) -> BackendInfo:
         ...
 
+    # -- several sequences ------------------------------------------------------------
+
+    @property
+    def n_seq(self) -> int:
+        """Sequences this loaded backend holds (config.n_seq)."""
+        return 1
+
+    def eval_batch(self, entries: Sequence[SeqInput]) -> List[np.ndarray]:
+        """One engine step over several sequences, each at most once: entry i's ids go to positions
+        entries[i].start.. of its sequence after that sequence forgets positions >= start. Returns
+        each entry's last-token float32 logits (n_vocab,). Errors as eval's, plus
+        InvalidArgumentError for a sequence outside [0, n_seq) or named twice.
+        The default, for backends holding one sequence, is eval."""
+        check_seq_inputs(entries, self.n_seq)
+        return [self.eval(e.ids, e.start) for e in entries]
+
+    def seq_n_past(self, seq: int) -> int:
+        """Positions held in sequence seq's cache."""
+        check_seq_inputs([SeqInput(seq, (0,), 0)], self.n_seq)
+        return self.n_past
+
+    def copy_seq(self, src: int, dst: int, n: int) -> None:
+        """Make sequence dst hold sequence src's first n positions (a shared prompt prefix is
+        computed once); dst forgets what it held. InvalidArgumentError when n > seq_n_past(src)."""
+        check_seq_inputs([SeqInput(src, (0,), 0), SeqInput(dst, (0,), 0)] if src != dst
+                         else [SeqInput(src, (0,), 0)], self.n_seq)
+        if n > self.seq_n_past(src):
+            raise InvalidArgumentError(f"sequence {src} holds {self.seq_n_past(src)} positions, not {n}")
+
     def close(self) -> None:
         """Release native resources now rather than at garbage collection."""
 
@@ -144,6 +190,21 @@ class Backend(abc.ABC):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def check_seq_inputs(entries: Sequence[SeqInput], n_seq: int) -> None:
+    """InvalidArgumentError unless every entry names a sequence in [0, n_seq), each at most once."""
+    if not entries:
+        raise InvalidArgumentError("eval_batch needs at least one sequence")
+    seen = set()
+    for e in entries:
+        if not isinstance(e, SeqInput):
+            raise InvalidArgumentError(f"eval_batch takes SeqInput entries, got {type(e).__name__}")
+        if isinstance(e.seq, bool) or not isinstance(e.seq, int) or not 0 <= e.seq < n_seq:
+            raise InvalidArgumentError(f"sequence {e.seq!r} is outside [0, {n_seq})")
+        if e.seq in seen:
+            raise InvalidArgumentError(f"sequence {e.seq} appears twice in one eval_batch step")
+        seen.add(e.seq)
 
 
 def check_common_settings(cls, config: LoadConfig) -> None:
@@ -155,6 +216,9 @@ def check_common_settings(cls, config: LoadConfig) -> None:
     if unknown:
         known = ", ".join(cls.options) or "none"
         raise InvalidArgumentError(f"the {cls.name} backend has no option(s) {', '.join(unknown)}; it takes {known}")
+    if config.n_seq > cls.max_seqs:
+        raise InvalidArgumentError(f"n_seq {config.n_seq}: the {cls.name} backend holds at most "
+                                   f"{cls.max_seqs} sequence{'s' if cls.max_seqs != 1 else ''}")
 
 
 def threads_text(threads: int) -> str:
