@@ -203,6 +203,65 @@ def test_one_sequence_eval_batch_is_eval_and_other_sequences_are_refused(backend
         backend.copy_seq(0, 0, len(ids) + 1)
 
 
+N_SEQ = 4
+
+
+@pytest.fixture(scope="module", params=[name for name in _installed() if backends.get(name).max_seqs >= N_SEQ])
+def seqs_backend(request, smollm2_path):
+    b = loading.prepare(smollm2_path, LoadConfig(backend=request.param, n_ctx=N_CTX, threads=THREADS,
+                                                 n_seq=N_SEQ)).open()
+    yield b
+    b.close()
+
+
+def test_sequences_stepped_together_match_each_evaluated_alone(seqs_backend, rng):
+    b = seqs_backend
+    assert b.n_seq == N_SEQ
+    prompts, tokens = [_ids(rng, n) for n in (7, 12, 3, 9)], _ids(rng, N_SEQ)
+    first = b.eval_batch([SeqInput(s, p, 0) for s, p in enumerate(prompts)])
+    step = b.eval_batch([SeqInput(s, [t], len(p)) for s, (p, t) in enumerate(zip(prompts, tokens))])
+    assert [b.seq_n_past(s) for s in range(N_SEQ)] == [len(p) + 1 for p in prompts]
+    for s, (p, t) in enumerate(zip(prompts, tokens)):   # each alone, in sequence 0
+        alone = b.eval(p + [t], 0, all_logits=True)
+        np.testing.assert_allclose(first[s], alone[-2], atol=REUSE_ATOL)
+        np.testing.assert_allclose(step[s], alone[-1], atol=REUSE_ATOL)
+
+
+def test_a_prompt_shares_steps_with_the_decodes_of_another_sequence(seqs_backend, rng):
+    b = seqs_backend
+    running, arriving, (t1, t2) = _ids(rng, 10), _ids(rng, 15), _ids(rng, 2)
+    b.eval_batch([SeqInput(2, running, 0)])
+    got = b.eval_batch([SeqInput(2, [t1], 10), SeqInput(1, arriving[:6], 0)])
+    got += b.eval_batch([SeqInput(1, arriving[6:], 6), SeqInput(2, [t2], 11)])
+    assert b.seq_n_past(1) == 15 and b.seq_n_past(2) == 12
+    decoded = b.eval(running + [t1, t2], 0, all_logits=True)
+    prompt = b.eval(arriving, 0, all_logits=True)
+    for row, expected in zip(got, (decoded[-2], prompt[5], prompt[-1], decoded[-1])):
+        np.testing.assert_allclose(row, expected, atol=REUSE_ATOL)
+
+
+def test_a_copied_prefix_continues_like_a_fresh_eval(seqs_backend, rng):
+    b = seqs_backend
+    shared, other, tail = _ids(rng, 20), _ids(rng, 7), _ids(rng, 5)
+    b.eval_batch([SeqInput(2, shared + other, 0), SeqInput(3, _ids(rng, 30), 0)])
+    b.copy_seq(2, 3, len(shared))
+    assert b.seq_n_past(3) == len(shared) and b.seq_n_past(2) == len(shared) + len(other)
+    (got,) = b.eval_batch([SeqInput(3, tail, len(shared))])
+    np.testing.assert_allclose(got, b.eval(shared + tail, 0), atol=REUSE_ATOL)
+
+
+def test_one_sequence_past_its_context_fails_the_step_before_anything_runs(seqs_backend, rng):
+    b = seqs_backend
+    b.eval_batch([SeqInput(1, _ids(rng, N_CTX - 2), 0), SeqInput(2, _ids(rng, 5), 0)])
+    with pytest.raises(ContextOverflowError):
+        b.eval_batch([SeqInput(2, _ids(rng, 3), 5), SeqInput(1, _ids(rng, 3), N_CTX - 2)])
+    with pytest.raises(InvalidArgumentError, match="start"):
+        b.eval_batch([SeqInput(1, _ids(rng, 1), N_CTX - 2), SeqInput(2, _ids(rng, 3), 6)])
+    assert b.seq_n_past(1) == N_CTX - 2 and b.seq_n_past(2) == 5
+    b.eval_batch([SeqInput(1, _ids(rng, 2), N_CTX - 2), SeqInput(2, _ids(rng, N_CTX - 5), 5)])
+    assert b.seq_n_past(1) == b.seq_n_past(2) == N_CTX
+
+
 @pytest.mark.parametrize("name", backends.names())
 def test_more_sequences_than_a_backend_holds_are_refused_before_loading(name, smollm2_path):
     cls = backends.get(name)

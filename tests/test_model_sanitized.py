@@ -58,6 +58,41 @@ model.close()
 print("ERRORS" if errors else "OK", errors)
 '''
 
+# Several sequences: steps that mix prompt chunks and decodes across passes of n_batch rows,
+# prefix copies and per-sequence state, each checked against sequence 0 evaluated alone.
+SEQS_CHILD = r'''
+import sys
+import numpy as np
+from edgesdk.backends.base import SeqInput
+from edgesdk.backends.native import NativeBackend
+
+be = NativeBackend(sys.argv[1], n_ctx=48, threads=2, n_batch=8, n_seq=4)
+rng = np.random.default_rng(0)
+prompts = [[int(t) for t in rng.integers(300, 49152, n)] for n in (11, 3, 17, 6)]
+first = be.eval_batch([SeqInput(s, p, 0) for s, p in enumerate(prompts)])
+step = be.eval_batch([SeqInput(3, [5], 6), SeqInput(1, [9], 3), SeqInput(2, prompts[0][:4], 0)])
+be.copy_seq(2, 0, 4)
+copied = be.eval_batch([SeqInput(0, prompts[0][4:], 4)])[0]
+blob = be.save_state(seq=3)
+be.load_state(blob, 7, seq=2)
+restored = be.eval_batch([SeqInput(2, [1, 2], 7)])[0]
+bad = []
+def same(got, ids, what):
+    want = be.eval(ids, 0)
+    if not np.allclose(got, want, rtol=0, atol=1e-4):  # tests/test_native_seqs.py BATCH_VS_ALONE_ATOL
+        bad.append((what, float(np.abs(got - want).max())))
+for s, p in enumerate(prompts):
+    same(first[s], p, f"prompt {s}")
+same(step[0], prompts[3] + [5], "decode 3")
+same(step[1], prompts[1] + [9], "decode 1")
+same(step[2], prompts[0][:4], "chunk 2")
+same(copied, prompts[0], "copied prefix")
+same(restored, prompts[3] + [5, 1, 2], "restored state")
+be.eval_batch([SeqInput(s, [7] * 48, 0) for s in range(4)])  # every sequence's last position
+be.close()
+print("ERRORS" if bad else "OK", bad)
+'''
+
 
 def _sanitizer_runtime() -> str:
     path = subprocess.run([CC, "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
@@ -65,9 +100,10 @@ def _sanitizer_runtime() -> str:
     return path
 
 
-def _instrumented_package(tmp_path: Path) -> Path:
-    """A copy of edgesdk/ whose native library is built with the sanitizers."""
-    site = tmp_path / "site"
+@pytest.fixture(scope="module")
+def instrumented_site(tmp_path_factory) -> Path:
+    """A copy of edgesdk/ whose native library is built with the sanitizers (built once for this file)."""
+    site = tmp_path_factory.mktemp("sanitized") / "site"
     shutil.copytree(ROOT / "edgesdk", site / "edgesdk",
                     ignore=shutil.ignore_patterns("*.so", "__pycache__"))
     shutil.copytree(ROOT / "models", site / "edgesdk" / "models", ignore=shutil.ignore_patterns("__pycache__"))
@@ -80,16 +116,14 @@ def _instrumented_package(tmp_path: Path) -> Path:
     return site
 
 
-@pytest.mark.slow
-def test_threads_sharing_one_model_run_clean_under_address_and_undefined_behaviour_sanitizers(
-        smollm2_path, tmp_path):
-    site = _instrumented_package(tmp_path)
+def _run_clean(site: Path, child: str, smollm2_path, tmp_path) -> None:
+    """Run child(smollm2_path) on the instrumented package; no sanitizer report, exit 0, "OK"."""
     env = dict(os.environ, PYTHONPATH=str(site), LD_PRELOAD=_sanitizer_runtime(),
                # Python's own allocations are never freed at exit: leak reports would be noise.
                ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:exitcode=97",
                UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:exitcode=98")
     script = tmp_path / "child.py"
-    script.write_text(CHILD)
+    script.write_text(child)
     # cwd: not the checkout, whose edgesdk/ would come first on sys.path
     probe = ("import edgesdk._native, edgesdk; print(edgesdk.__file__); "
              "print('libasan' in open('/proc/self/maps').read())")
@@ -101,3 +135,15 @@ def test_threads_sharing_one_model_run_clean_under_address_and_undefined_behavio
     report = out.stderr[-4000:]
     assert "AddressSanitizer" not in out.stderr and "runtime error" not in out.stderr, report
     assert out.returncode == 0 and out.stdout.startswith("OK"), (out.stdout[-2000:], report)
+
+
+@pytest.mark.slow
+def test_threads_sharing_one_model_run_clean_under_address_and_undefined_behaviour_sanitizers(
+        instrumented_site, smollm2_path, tmp_path):
+    _run_clean(instrumented_site, CHILD, smollm2_path, tmp_path)
+
+
+@pytest.mark.slow
+def test_several_sequences_run_clean_under_address_and_undefined_behaviour_sanitizers(
+        instrumented_site, smollm2_path, tmp_path):
+    _run_clean(instrumented_site, SEQS_CHILD, smollm2_path, tmp_path)
