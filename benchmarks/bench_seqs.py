@@ -84,7 +84,7 @@ def main(argv=None) -> int:
         anchor = rates[(seqs[0], True)]
         for (n, together), rate in rates.items():
             mode = "together" if together else "one at a time"
-            print(f"| {name} | {n} | {mode} | {rate:.1f} | {rate / n:.1f} | {rate / anchor:.2f}x |")
+            print(f"| {name} | {n} | {mode} | {rate:.1f} | {rate / n:.1f} | {rate / anchor:.2f}x |", flush=True)
     return 0
 
 
