@@ -3,7 +3,8 @@
 ggml's RPC client calls abort() when a worker cannot be reached or stops
 answering (GGML_ABORT / RPC_STATUS_ASSERT in ggml-rpc.cpp), during a load and
 inside llama_decode alike. So every call that talks to a worker runs in a
-child process started with "spawn": `probe()` asks each worker what it offers,
+child interpreter (`python -c`, not multiprocessing's spawn, which would run
+the user's __main__ again): `probe()` asks each worker what it offers,
 `SplitLlamaCpp` holds the model (a LlamaCppBackend whose layers live on the
 workers' devices) and forwards each Backend call over a pipe. When the child
 dies, the host asks each worker's port who is gone and raises a WorkerError
@@ -12,11 +13,13 @@ naming it; the host process and its other models are untouched.
 from __future__ import annotations
 
 import collections
-import multiprocessing
 import os
 import signal
 import socket
+import subprocess
+import sys
 import tempfile
+from multiprocessing.connection import Connection
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -31,7 +34,7 @@ PROBE_TIMEOUT_S = 20.0         # the child's start (spawn, import llama_cpp) and
 LOAD_TIMEOUT_S = 600.0         # the weights cross the network once: ~100 MB/s on gigabit, slower on Wi-Fi
 LOG_TAIL_LINES = 40            # of the child's stderr (llama.cpp's log, ggml's abort) kept for messages
 
-_spawn = multiprocessing.get_context("spawn")
+CHILD_CODE = "import sys; from edgesdk.backends._rpc_host import child_main; child_main(int(sys.argv[1]))"
 
 
 def reachable(endpoint: str, timeout_s: float = CONNECT_TIMEOUT_S) -> Optional[str]:
@@ -58,17 +61,15 @@ def check_reachable(endpoints: Sequence[str]) -> None:
 
 # -- the child's side -------------------------------------------------------------------------
 
-def _child_setup(log_path: str) -> None:
-    # ggml's abort would print a backtrace with gdb when it finds one; the parent reads the log instead.
-    os.environ["GGML_NO_BACKTRACE"] = "1"
+def child_main(fd: int) -> None:
+    """The child's entry: the first message names the job (_probe_child or _model_child) and its arguments."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # Ctrl-C is the parent's to handle
-    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND)
-    os.dup2(fd, 2)
-    os.close(fd)
+    conn = Connection(fd)
+    job, args = conn.recv()
+    {"probe": _probe_child, "model": _model_child}[job](conn, *args)
 
 
-def _probe_child(conn, log_path: str, endpoints: Sequence[str]) -> None:
-    _child_setup(log_path)
+def _probe_child(conn, endpoints: Sequence[str]) -> None:
     from .. import ggml_rpc
     try:
         ggml_rpc.libraries()
@@ -92,8 +93,7 @@ class OpenRequest:
     tensor_split: Tuple[float, ...]
 
 
-def _model_child(conn, log_path: str, request: OpenRequest) -> None:
-    _child_setup(log_path)
+def _model_child(conn, request: OpenRequest) -> None:
     from .. import ggml_rpc
     from .llamacpp import LlamaCppBackend
     try:
@@ -135,16 +135,22 @@ def _model_child(conn, log_path: str, request: OpenRequest) -> None:
 class _Child:
     """A child process and its pipe: each call waits for one answer, or for the child's death."""
 
-    def __init__(self, target, args: tuple, endpoints: Sequence[str]):
+    def __init__(self, job: str, args: tuple, endpoints: Sequence[str]):
         self.endpoints = tuple(endpoints)
-        fd, self.log_path = tempfile.mkstemp(prefix="edgesdk-rpc-", suffix=".log")
-        os.close(fd)
-        self.conn, child_conn = _spawn.Pipe()
-        self.process = _spawn.Process(target=target, args=(child_conn, self.log_path) + args, daemon=True,
-                                      name="edgesdk-rpc")
-        self.process.start()
-        child_conn.close()
         self.asking: Optional[str] = None    # the worker the child said it talks to now
+        self.log = tempfile.TemporaryFile(prefix="edgesdk-rpc-", suffix=".log")   # its stdout and stderr
+        ours, theirs = socket.socketpair()
+        # ggml's abort would print a backtrace with gdb when it finds one; the log is enough.
+        env = dict(os.environ, GGML_NO_BACKTRACE="1",
+                   PYTHONPATH=os.pathsep.join(p for p in sys.path if p))   # what this process imports
+        try:
+            self.process = subprocess.Popen([sys.executable, "-c", CHILD_CODE, str(theirs.fileno())],
+                                            pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+                                            stdout=self.log, stderr=self.log, env=env, close_fds=True)
+        finally:
+            theirs.close()
+        self.conn = Connection(ours.detach())
+        self.conn.send((job, args))
 
     def receive(self, timeout_s: Optional[float]):
         """The next ("ok"|"err"|"done", value) message; None when the child died, or timed out (then it is
@@ -160,7 +166,7 @@ class _Child:
                 interrupted = exc
                 continue
             except (EOFError, OSError):
-                self.process.join(5)
+                self._wait()
                 return None
             if message[0] == "asking":
                 self.asking = message[1]
@@ -171,24 +177,27 @@ class _Child:
 
     def log_tail(self) -> str:
         try:
-            with open(self.log_path, errors="replace") as f:
-                lines = collections.deque(f, LOG_TAIL_LINES)
-        except OSError:
+            self.log.seek(0)
+            lines = collections.deque(self.log.read().decode("utf-8", "replace").splitlines(), LOG_TAIL_LINES)
+        except (OSError, ValueError):
             return ""
-        return "".join(lines).strip()
+        return "\n".join(lines).strip()
+
+    def _wait(self) -> None:
+        try:
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            self.kill()
 
     def kill(self) -> None:
-        if self.process.is_alive():
+        if self.process.poll() is None:
             self.process.kill()
-        self.process.join(5)
+        self.process.wait()
 
     def close(self) -> None:
         self.kill()
         self.conn.close()
-        try:
-            os.unlink(self.log_path)
-        except OSError:
-            pass
+        self.log.close()
 
     def lost(self, doing: str) -> WorkerError:
         """The error for a child that died or stopped answering while doing something."""
@@ -199,7 +208,7 @@ class _Child:
                 return WorkerLostError(f"worker {endpoint} stopped while {doing} ({why}); the split model is "
                                        "closed: load it again when the worker is back", endpoint)
         endpoint = self.asking if doing.startswith(("asking", "loading")) else None
-        code = self.process.exitcode
+        code = self.process.returncode
         how = "stopped answering and was stopped" if code in (None, -signal.SIGKILL) else f"ended (exit code {code})"
         detail = f"; llama.cpp said: {log.splitlines()[-1]}" if log else ""
         if endpoint is not None:
@@ -214,7 +223,7 @@ class _Child:
 def probe(endpoints: Sequence[str]) -> List[Tuple[str, int, int]]:
     """(endpoint, free, total) bytes each worker offers; WorkerUnreachableError naming the first that does not answer."""
     check_reachable(endpoints)
-    child = _Child(_probe_child, (tuple(endpoints),), endpoints)
+    child = _Child("probe", (tuple(endpoints),), endpoints)
     try:
         offered = []
         while True:
@@ -252,7 +261,7 @@ class SplitLlamaCpp(Backend):
         self.request = request
         self.layers = tuple(layers)                 # (endpoint, layers held), for info()
         self.n_ctx = request.n_ctx
-        self._child: Optional[_Child] = _Child(_model_child, (request,), request.endpoints)
+        self._child: Optional[_Child] = _Child("model", (request,), request.endpoints)
         message = self._child.receive(LOAD_TIMEOUT_S)
         if message is None or message[0] == "err":
             error = self._load_error(message)

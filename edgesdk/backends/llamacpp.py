@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import os
+import sys
 import threading
 from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple
 
@@ -45,6 +46,20 @@ LLAMACPP_LIBRARY_ADDRESS_SPACE = 64 * memory.MIB  # code and data mappings of th
 
 _init_lock = threading.Lock()
 _llama = None                 # the llama_cpp module once imported and initialised
+# enum ggml_log_level of the pinned ggml. llama-cpp-python's own logger maps an older enum (ERROR = 3):
+# it prints warnings and drops errors, so edgesdk installs its own.
+GGML_LOG_LEVEL_ERROR, GGML_LOG_LEVEL_CONT = 4, 5
+_log_callback = None          # kept alive while llama.cpp may call it
+_last_log_level = 0
+
+
+def _print_errors(level: int, text: bytes, _user_data) -> None:
+    """llama.cpp's log: only its errors (and their continuation lines), on stderr."""
+    global _last_log_level
+    if level != GGML_LOG_LEVEL_CONT:
+        _last_log_level = level
+    if _last_log_level == GGML_LOG_LEVEL_ERROR:
+        print(text.decode("utf-8", "replace"), end="", file=sys.stderr, flush=True)
 
 
 def _require_llama_cpp():
@@ -61,6 +76,9 @@ def _require_llama_cpp():
                     f"install it with: {INSTALL_HINT}") from None
             # llama.cpp logs every load step to stderr; keep only its errors.
             llama_logger.set_verbose(False)
+            global _log_callback
+            _log_callback = llama_cpp.llama_log_callback(_print_errors)
+            llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
             llama_cpp.llama_backend_init()
             _llama = llama_cpp
     return _llama
