@@ -272,3 +272,19 @@ def test_workers_are_refused_by_a_backend_that_cannot_use_them(smollm2_path):
 def test_a_malformed_worker_endpoint_is_refused(bad):
     with pytest.raises(InvalidArgumentError):
         LoadConfig(workers=(bad,))
+
+
+def test_a_worker_busy_with_another_host_is_named(smollm2_path, monkeypatch):
+    """llama.cpp's RPC server serves one host at a time: a second host's probe waits, then gives up."""
+    from edgesdk.backends import _rpc_host
+
+    with Worker() as w:
+        first = _load(smollm2_path, [w.endpoint])
+        try:
+            monkeypatch.setattr(_rpc_host, "PROBE_TIMEOUT_S", 8.0)
+            with pytest.raises(WorkerUnreachableError) as info:
+                _plan(smollm2_path, [w.endpoint])
+            assert info.value.endpoint == w.endpoint and "another host" in str(info.value)
+            assert _greedy(first, first.tokenize(PROMPT), 2)     # the first host is not disturbed
+        finally:
+            first.close()

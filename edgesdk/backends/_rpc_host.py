@@ -199,15 +199,20 @@ class _Child:
         self.conn.close()
         self.log.close()
 
-    def lost(self, doing: str) -> WorkerError:
-        """The error for a child that died or stopped answering while doing something."""
+    def lost(self, doing: str, loading: bool) -> WorkerError:
+        """The error for a child that died or stopped answering while doing something: while loading
+        (or probing) WorkerUnreachableError, afterwards WorkerLostError."""
         log = self.log_tail()
         for endpoint in self.endpoints:
             why = reachable(endpoint)
+            if why is not None and loading:
+                return WorkerUnreachableError(f"worker {endpoint} does not answer ({why}) while {doing}; a "
+                                              "worker serves one host at a time: is another host using it?",
+                                              endpoint)
             if why is not None:
                 return WorkerLostError(f"worker {endpoint} stopped while {doing} ({why}); the split model is "
                                        "closed: load it again when the worker is back", endpoint)
-        endpoint = self.asking if doing.startswith(("asking", "loading")) else None
+        endpoint = self.asking if loading else None
         code = self.process.returncode
         how = "stopped answering and was stopped" if code in (None, -signal.SIGKILL) else f"ended (exit code {code})"
         detail = f"; llama.cpp said: {log.splitlines()[-1]}" if log else ""
@@ -229,7 +234,7 @@ def probe(endpoints: Sequence[str]) -> List[Tuple[str, int, int]]:
         while True:
             message = child.receive(PROBE_TIMEOUT_S)
             if message is None:
-                raise child.lost(f"asking {child.asking or 'the workers'} for its memory")
+                raise child.lost(f"asking {child.asking or 'the workers'} for its memory", loading=True)
             kind, value = message
             if kind == "err":
                 raise value
@@ -279,7 +284,7 @@ class SplitLlamaCpp(Backend):
                                      "than it reported, or its --mem limit is below the plan: give it a larger "
                                      "--mem, a smaller n_ctx, or another worker", endpoint)
         if message is None:
-            return self._child.lost(f"loading the model onto {self._child.asking or 'the workers'}")
+            return self._child.lost(f"loading the model onto {self._child.asking or 'the workers'}", loading=True)
         return message[1]
 
     def _call(self, method: str, *args: Any) -> Any:
@@ -293,7 +298,7 @@ class SplitLlamaCpp(Backend):
             pass          # a dead child: receive() says so
         message = child.receive(None)
         if message is None:
-            error = child.lost(f"running {method}")
+            error = child.lost(f"running {method}", loading=False)
             child.close()
             self._child = None
             raise error
