@@ -121,6 +121,7 @@ def _plan(path, endpoints, **settings):
     return prepared.split
 
 
+@pytest.mark.slow
 def test_split_follows_each_workers_mem_limit(smollm2_path):
     with Worker(mem="60MiB") as small, Worker(mem="240MiB") as large:
         split = _plan(smollm2_path, [small.endpoint, large.endpoint])
@@ -139,6 +140,7 @@ def test_split_follows_each_workers_mem_limit(smollm2_path):
         assert LlamaCppBackend.probe_workers([small.endpoint])[0][1] == 60 << 20
 
 
+@pytest.mark.slow
 def test_workers_too_small_together_are_refused_with_numbers(smollm2_path):
     with Worker(mem="40MiB") as a, Worker(mem="40MiB") as b:
         with pytest.raises(MemoryBudgetError) as info:
@@ -148,6 +150,7 @@ def test_workers_too_small_together_are_refused_with_numbers(smollm2_path):
     assert "40 MiB" in message
 
 
+@pytest.mark.slow
 def test_info_prints_the_split(smollm2_path):
     with Worker(mem="100MiB") as a, Worker(mem="200MiB") as b:
         out = subprocess.run([sys.executable, "-m", "edgesdk.cli", "info", str(smollm2_path), "--backend", "llamacpp",
@@ -158,6 +161,7 @@ def test_info_prints_the_split(smollm2_path):
     assert len(rows) == 2 and "layers" in rows[0] and "+ output" in rows[1]
 
 
+@pytest.mark.slow
 def test_nothing_listening_is_named_and_the_host_stays_usable(smollm2_path):
     endpoint = f"127.0.0.1:{free_port()}"
     with pytest.raises(WorkerUnreachableError) as info:
@@ -170,6 +174,7 @@ def test_nothing_listening_is_named_and_the_host_stays_usable(smollm2_path):
         model.close()
 
 
+@pytest.mark.slow
 def test_a_port_that_is_not_a_worker_is_named(smollm2_path):
     """Something else listens there: ggml's client aborts on the failed handshake, in the child only."""
     server = socket.socket()
@@ -196,6 +201,7 @@ def test_a_port_that_is_not_a_worker_is_named(smollm2_path):
     assert info.value.endpoint == endpoint and "protocol" in str(info.value)
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_generation_is_named_and_the_host_stays_usable(smollm2_path):
     survivor, victim = start_workers(2)
     try:
@@ -227,6 +233,7 @@ def test_a_worker_killed_mid_generation_is_named_and_the_host_stays_usable(smoll
         victim.stop()
 
 
+@pytest.mark.slow
 def test_a_worker_refuses_a_share_above_its_limit(smollm2_path, monkeypatch):
     """The host is told 1 GiB (a stale or wrong report); the worker's allocator holds to its --mem."""
     with Worker(mem="50MiB") as tight, Worker() as roomy:
@@ -256,6 +263,7 @@ def test_worker_refuses_a_non_loopback_address_without_the_flag():
     assert out.returncode == 2 and "--allow-remote" in out.stderr and "authentication" in out.stderr
 
 
+@pytest.mark.slow
 def test_worker_warns_when_told_to_listen_beyond_loopback():
     with Worker(extra=["--host", "0.0.0.0", "--allow-remote"]) as w:
         w.kill()
@@ -274,6 +282,7 @@ def test_a_malformed_worker_endpoint_is_refused(bad):
         LoadConfig(workers=(bad,))
 
 
+@pytest.mark.slow
 def test_a_worker_busy_with_another_host_is_named(smollm2_path, monkeypatch):
     """llama.cpp's RPC server serves one host at a time: a second host's probe waits, then gives up."""
     from edgesdk.backends import _rpc_host
@@ -288,3 +297,4 @@ def test_a_worker_busy_with_another_host_is_named(smollm2_path, monkeypatch):
             assert _greedy(first, first.tokenize(PROMPT), 2)     # the first host is not disturbed
         finally:
             first.close()
+

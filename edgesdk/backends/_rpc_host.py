@@ -250,7 +250,7 @@ def _refusal(log: str, endpoints: Sequence[str]) -> Optional[Tuple[str, str]]:
     for line in reversed(log.splitlines()):
         if "failed to allocate" in line or "unable to allocate" in line:
             for endpoint in endpoints:
-                if endpoint in line:
+                if f"[{endpoint}]" in line:      # llama.cpp names an RPC buffer "RPC<n>[host:port]"
                     return endpoint, line.strip()
     return None
 
