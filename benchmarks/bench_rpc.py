@@ -131,9 +131,9 @@ def main() -> None:
                          f"| {cpu:.1f} | {cpu / anchor_cpu:.2f} |")
     lines += ["", "CPU ms per generated token adds the user and system time of every process that computes (this "
               "one, the split model's child, its workers): the honest cost of a step, whatever share of the CPUs "
-              "the scheduler gives. Splitting costs more of it (the RPC round trips: one per device per step, with "
-              "the activations and logits crossing loopback), never less: the layers run one device after "
-              "another. Wall-clock tok/s on a shared, loaded machine can still rise with workers: there, a set of "
+              "the scheduler gives. Splitting does not reduce it: the same layers run one device after another, "
+              "plus the RPC round trips (one per device per step, the activations and logits crossing "
+              "loopback); at these sizes that overhead is within the run-to-run noise of this column. Wall-clock tok/s on a shared, loaded machine can still rise with workers: there, a set of "
               "processes that sleep between short bursts gets a larger share of the contended CPUs than one busy "
               "thread (the CPU ms column shows the work did not shrink). Across real boards expect tok/s no better "
               "than one board holding the whole model, minus the network's round trips: workers pool memory, "
