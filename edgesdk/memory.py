@@ -424,8 +424,11 @@ def _greedy_counts(layer_bytes: Sequence[int], rooms: Sequence[int]) -> Optional
 
 def split_rows(p: SplitPlan) -> List[Tuple[str, str]]:
     """The split as (label, value) rows, for `edgesdk info MODEL --workers ...`."""
+    def layers(s: WorkerShare) -> str:
+        return f"layers {s.first:3}-{s.end - 1:<3}" if s.n_layers else "no layers  "
+
     return [("workers" if i == 0 else "",
-             f"{s.endpoint:21} layers {s.first:3}-{s.end - 1:<3} ({s.n_layers:3} of {p.n_layer})"
+             f"{s.endpoint:21} {layers(s)} ({s.n_layers:3} of {p.n_layer})"
              f"{' + output' if s.holds_output else '         '} {s.bytes / MIB:9,.1f} MiB of {s.free / MIB:,.1f} MiB offered")
             for i, s in enumerate(p.shares)]
 
