@@ -21,13 +21,13 @@ import sys
 import tempfile
 from multiprocessing.connection import Connection
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..errors import (EdgeSDKError, InvalidArgumentError, WorkerError, WorkerLostError, WorkerMemoryError,
                       WorkerUnreachableError)
-from .base import Backend, BackendInfo, SeqInput
+from .base import Backend, BackendInfo
 
 CONNECT_TIMEOUT_S = 3.0        # a worker on a LAN answers a TCP connect in milliseconds
 PROBE_TIMEOUT_S = 20.0         # the child's start (spawn, import llama_cpp) and each worker's memory report

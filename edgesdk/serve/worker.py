@@ -17,7 +17,6 @@ non-loopback address is the caller's explicit choice (the CLI warns).
 """
 from __future__ import annotations
 
-import ctypes
 import ipaddress
 import logging
 import threading
