@@ -41,11 +41,15 @@ def add_load_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-type", default=d.kv_type, choices=KV_CACHE_TYPES, help="KV cache element type")
     p.add_argument("--max-memory", default=d.max_memory,
                    help="memory budget such as 1.5GB or 800MiB (default: what is free)")
+    p.add_argument("--workers", default="", metavar="HOST:PORT,...",
+                   help="`edgesdk worker`s to hold the model's layers, split by the memory each offers "
+                        "(llamacpp backend; see docs/workers.md)")
 
 
 def load_config(args: argparse.Namespace) -> LoadConfig:
+    workers = tuple(w.strip() for w in args.workers.split(",") if w.strip())
     return LoadConfig(backend=args.backend, n_ctx=args.n_ctx, threads=args.threads, kv_type=args.kv_type,
-                      max_memory=args.max_memory)
+                      max_memory=args.max_memory, workers=workers)
 
 
 def _add_generation_options(p: argparse.ArgumentParser) -> None:

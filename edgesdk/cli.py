@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable, List, Optional, Tuple
 from . import __version__
 from .errors import EdgeSDKError, NativeBuildError
 from .serial_cli import add_serial_command
+from .worker_cli import add_worker_command
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -210,6 +211,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
         prepared = loading.prepare(args.model, load_config(args))
         prepared.close()
         sections.append(("memory", prepared.plan, memory.plan_rows))
+        if prepared.split is not None:
+            sections.append(("split", prepared.split, memory.split_rows))
     if args.json:
         # frozensets (CPU features) become sorted lists.
         print(json.dumps({name: asdict(record) for name, record, _ in sections}, indent=2, default=sorted))
@@ -229,7 +232,7 @@ def _add_chat(sub) -> None:
     add_chat_commands(sub)
 
 
-SUBCOMMANDS = [_add_pull, _add_models, _add_info, _add_chat, add_serial_command]
+SUBCOMMANDS = [_add_pull, _add_models, _add_info, _add_chat, add_serial_command, add_worker_command]
 
 
 def build_parser() -> argparse.ArgumentParser:

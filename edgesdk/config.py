@@ -11,7 +11,7 @@ import math
 import os
 import re
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Tuple, Union
 
 from .errors import InvalidArgumentError
 
@@ -24,6 +24,7 @@ MAX_N_SEQ = 256              # sequences (server slots) one loaded model holds
 # More compute threads than the CPUs this process may run on only makes the workers wait
 # for each other (a spinning pool with 1000 threads on 2 cores takes seconds per token).
 THREADS_PER_CPU_LIMIT = 1
+MAX_WORKERS = 16             # GGML_RPC_MAX_SERVERS of ggml-rpc.h
 
 
 def usable_cpus() -> int:
@@ -63,6 +64,19 @@ def parse_size(value: Union[int, str]) -> int:
     return int(size)
 
 
+_HOST_RE = re.compile(r"^[A-Za-z0-9_.-]{1,253}$")
+
+
+def parse_endpoint(value: Any) -> str:
+    """'host:port' of a worker, checked (ggml's RPC client splits at the first ':', so no IPv6 literals)."""
+    if not isinstance(value, str) or value.count(":") != 1:
+        raise InvalidArgumentError(f"a worker is 'host:port' such as '192.168.1.20:50052', got {value!r}")
+    host, port = value.strip().split(":")
+    if not _HOST_RE.match(host) or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise InvalidArgumentError(f"a worker is 'host:port' with a port in 1..65535, got {value!r}")
+    return f"{host}:{int(port)}"
+
+
 def check_positive_int(name: str, value: Any, limit: Optional[int] = None, why: str = "") -> int:
     """value as int when it is a positive int (not a bool) no larger than limit; InvalidArgumentError otherwise."""
     if isinstance(value, bool) or not isinstance(value, int) and not hasattr(value, "__index__"):
@@ -85,6 +99,7 @@ class LoadConfig:
     max_memory: Optional[Union[int, str]] = None  # bytes or "1.5GB"; None: what the device has free
     n_batch: int = 512                          # prompt tokens evaluated per step
     n_seq: int = 1                              # sequences held at once, each with n_ctx positions
+    workers: Tuple[str, ...] = ()               # "host:port" of `edgesdk worker`s holding the layers
     options: Mapping[str, Any] = field(default_factory=dict)  # backend-specific, checked by the backend
 
     def __post_init__(self):
@@ -102,6 +117,12 @@ class LoadConfig:
         check_positive_int("n_seq", self.n_seq, MAX_N_SEQ)
         if self.max_memory is not None:
             parse_size(self.max_memory)
+        if not isinstance(self.workers, (list, tuple)):
+            raise InvalidArgumentError(f"workers must be a list of 'host:port', got {self.workers!r}")
+        workers = tuple(parse_endpoint(w) for w in self.workers)
+        if len(workers) > MAX_WORKERS or len(set(workers)) != len(workers):
+            raise InvalidArgumentError(f"workers must be at most {MAX_WORKERS} distinct endpoints, got {list(workers)}")
+        object.__setattr__(self, "workers", workers)
         if not isinstance(self.options, Mapping) or not all(isinstance(k, str) for k in self.options):
             raise InvalidArgumentError(f"options must be a mapping of option names, got {self.options!r}")
         object.__setattr__(self, "options", dict(self.options))
@@ -122,4 +143,4 @@ class LoadConfig:
 
 DEFAULT_LOAD = LoadConfig()
 
-__all__ = ["LoadConfig", "DEFAULT_LOAD", "KV_CACHE_TYPES", "MAX_N_CTX", "MAX_N_SEQ", "check_positive_int", "parse_size", "usable_cpus"]
+__all__ = ["LoadConfig", "DEFAULT_LOAD", "KV_CACHE_TYPES", "MAX_N_CTX", "MAX_N_SEQ", "MAX_WORKERS", "check_positive_int", "parse_endpoint", "parse_size", "usable_cpus"]

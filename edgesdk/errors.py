@@ -92,3 +92,26 @@ class BackendUnavailableError(EdgeSDKError):
 
 class MissingDependencyError(EdgeSDKError, ImportError):
     """An optional part of edgesdk needs a package that is not installed; the message names the pip extra."""
+
+
+class WorkerError(EdgeSDKError):
+    """An RPC worker (`edgesdk worker`) of a split model failed; `endpoint` names it (None: not known which)."""
+
+    def __init__(self, message: str, endpoint: "str | None" = None):
+        super().__init__(message)
+        self.endpoint = endpoint
+
+    def __reduce__(self):   # the split model's child process sends these to the host
+        return type(self), (self.args[0], self.endpoint)
+
+
+class WorkerUnreachableError(WorkerError):
+    """A worker does not answer at load time: nothing listens there, or it is not an edgesdk/llama.cpp worker."""
+
+
+class WorkerLostError(WorkerError):
+    """A worker stopped while the model was loaded; the split model is closed and must be loaded again."""
+
+
+class WorkerMemoryError(WorkerError, MemoryBudgetError):
+    """A worker refused the share of the model it was given (its --mem limit, or its device is full)."""

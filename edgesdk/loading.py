@@ -17,7 +17,7 @@ from typing import Any, Optional, Tuple, Type, Union
 from . import backends, gguf, hardware, memory, registry
 from .backends.base import Backend, ModelSource
 from .config import DEFAULT_LOAD, LoadConfig
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, MemoryBudgetError
 from .shape import read_shape
 
 log = logging.getLogger("edgesdk")
@@ -33,13 +33,17 @@ class Prepared:
     backend: Type[Backend]
     checked: Any                   # the backend's checked view of the model
     config: LoadConfig             # with n_ctx and threads resolved
-    plan: memory.MemoryPlan
+    plan: memory.MemoryPlan        # this process's share (the host's, when there are workers)
+    split: Optional[memory.SplitPlan] = None   # the layers on config.workers
 
     def open(self) -> Backend:
         """The loaded backend; the file goes with it when the backend reads weights from it,
         else it is closed here."""
         try:
-            backend = self.backend.open(self.checked, self.config)
+            if self.split is not None:
+                backend = self.backend.open_split(self.checked, self.config, self.split)
+            else:
+                backend = self.backend.open(self.checked, self.config)
         except BaseException:
             self.close()
             raise
@@ -85,6 +89,32 @@ def _open_source(model: ModelArg, budget: Optional[memory.Budget]) -> Tuple[str,
         raise
 
 
+def _split(source: ModelSource, cls: Type[Backend], checked: Any, config: LoadConfig) -> memory.SplitPlan:
+    """The layers on config.workers at config.n_ctx, or at the largest context they hold when it is None."""
+    offered = cls.probe_workers(config.workers)
+    if config.n_ctx is not None:
+        return cls.plan_split(checked, config, offered)
+    max_ctx = source.shape.context_length or memory.DEFAULT_CONTEXT
+    smallest = min(memory.MIN_CONTEXT, max_ctx)
+    best = cls.plan_split(checked, config.with_(n_ctx=smallest), offered)   # raises when nothing fits
+    lo, hi = smallest // memory.CONTEXT_STEP, max_ctx // memory.CONTEXT_STEP
+    while lo < hi:      # largest multiple of CONTEXT_STEP that fits (the shares grow with n_ctx)
+        mid = (lo + hi + 1) // 2
+        try:
+            best = cls.plan_split(checked, config.with_(n_ctx=mid * memory.CONTEXT_STEP), offered)
+            lo = mid
+        except MemoryBudgetError:
+            hi = mid - 1
+    if best.n_ctx < lo * memory.CONTEXT_STEP:
+        best = cls.plan_split(checked, config.with_(n_ctx=lo * memory.CONTEXT_STEP), offered)
+    if max_ctx % memory.CONTEXT_STEP and lo == max_ctx // memory.CONTEXT_STEP:
+        try:   # the trained context itself, when it is not a multiple of the step
+            best = cls.plan_split(checked, config.with_(n_ctx=max_ctx), offered)
+        except MemoryBudgetError:
+            pass
+    return best
+
+
 def prepare(model: ModelArg, config: LoadConfig, root: str = "/") -> Prepared:
     """Resolve, open, check and plan `model` under `config` (see the module docstring)."""
     if not isinstance(config, LoadConfig):
@@ -99,10 +129,14 @@ def prepare(model: ModelArg, config: LoadConfig, root: str = "/") -> Prepared:
         if config.n_ctx is not None and trained is not None and config.n_ctx > trained:
             log.warning("%s was trained for %d positions; n_ctx=%d goes past them, where its answers "
                         "degrade unless the file's RoPE scaling covers it", source.path.name, trained, config.n_ctx)
+        split = None
+        if config.workers:
+            split = _split(source, cls, checked, config)
+            config = config.with_(n_ctx=split.n_ctx)
         plan = memory.fit(_request(source, cls, checked, config), budget, n_ctx=config.n_ctx,
                           kv_type=config.kv_type)
         return Prepared(name=name, source=source, backend=cls, checked=checked,
-                        config=config.with_(n_ctx=plan.n_ctx), plan=plan)
+                        config=config.with_(n_ctx=plan.n_ctx), plan=plan, split=split)
     except BaseException:
         source.file.close()
         raise

@@ -333,6 +333,119 @@ def _mapping_error(path, file_bytes: int, room: Optional[int], source: str,
         + "; ".join(ways) + ".")
 
 
+# -- a model split over workers -----------------------------------------------------------
+
+# What a worker is asked to keep free beyond its share: llama.cpp sizes its compute buffers when
+# it first builds the graph, and our estimate of them is approximate.
+WORKER_MARGIN_FRACTION = 0.05
+WORKER_MARGIN_MIN = 8 * MIB
+
+
+@dataclass(frozen=True)
+class WorkerShare:
+    """One worker's part of a split model: the layers [first, end) and the bytes they take there."""
+    endpoint: str
+    free: int                    # what the worker offered when asked
+    first: int
+    end: int
+    holds_output: bool           # the output head (last worker)
+    bytes: int
+
+    @property
+    def n_layers(self) -> int:
+        return self.end - self.first
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    """Where each layer of a model goes, worker by worker, at one context size."""
+    model: str
+    n_ctx: int
+    n_layer: int
+    shares: Tuple[WorkerShare, ...]
+
+    def tensor_split(self) -> List[float]:
+        """llama.cpp's tensor_split: per device, its layers, plus one slot for the output head on the last.
+        (llama.cpp gives layer il, of n_layer + 1 slots, to the first device whose running sum exceeds il.)"""
+        return [float(s.n_layers + (1 if s.holds_output else 0)) for s in self.shares]
+
+
+def _worker_room(free: int) -> int:
+    return free - max(WORKER_MARGIN_MIN, int(WORKER_MARGIN_FRACTION * free))
+
+
+def split_layers(model: str, n_ctx: int, offered: Sequence[Tuple[str, int]], layer_bytes: Sequence[int],
+                 fixed_bytes: int, output_bytes: int) -> SplitPlan:
+    """Contiguous layers for each worker (in the order given), in proportion to what each offers, so that
+    every share fits: layer_bytes[i] (weights + KV of layer i), fixed_bytes on every worker (compute
+    buffers), output_bytes on the last. MemoryBudgetError with every worker's numbers when they cannot."""
+    rooms = [_worker_room(free) - fixed_bytes - (output_bytes if j == len(offered) - 1 else 0)
+             for j, (_, free) in enumerate(offered)]
+    n = len(layer_bytes)
+    counts = _proportional_counts(layer_bytes, rooms) or _greedy_counts(layer_bytes, rooms)
+    if counts is None:
+        need = sum(layer_bytes) + fixed_bytes * len(offered) + output_bytes
+        have = sum(max(0, _worker_room(free)) for _, free in offered)
+        rows = "; ".join(f"{endpoint} offers {_mib(free)}" for endpoint, free in offered)
+        raise MemoryBudgetError(
+            f"{os.path.basename(model)} does not fit its workers at n_ctx={n_ctx}: {n} layers of "
+            f"{_mib(sum(layer_bytes))} (weights and KV cache), {_mib(fixed_bytes)} of compute buffers on each "
+            f"worker and a {_mib(output_bytes)} output head need {_mib(need)}, the workers have {_mib(have)} "
+            f"after a {WORKER_MARGIN_FRACTION:.0%} margin ({rows}).\nWays out: a smaller context (n_ctx), "
+            f"an 8-bit KV cache (kv_type=\"q8_0\"), more workers, or a larger --mem on a worker.")
+    shares, first = [], 0
+    for j, ((endpoint, free), count) in enumerate(zip(offered, counts)):
+        last = j == len(offered) - 1
+        held = sum(layer_bytes[first:first + count]) + fixed_bytes + (output_bytes if last else 0)
+        shares.append(WorkerShare(endpoint, free, first, first + count, last, held))
+        first += count
+    return SplitPlan(model=model, n_ctx=n_ctx, n_layer=n, shares=tuple(shares))
+
+
+def _proportional_counts(layer_bytes: Sequence[int], rooms: Sequence[int]) -> Optional[List[int]]:
+    """Each worker's layers in proportion to its room (what is left shared by who is left); None when
+    a worker would overflow."""
+    counts, first, n = [], 0, len(layer_bytes)
+    for j, room in enumerate(rooms):
+        left_room = sum(max(0, r) for r in rooms[j:])
+        if j == len(rooms) - 1:
+            count = n - first
+        else:
+            target = (n - first) * max(0, room) / left_room if left_room > 0 else 0
+            count = min(n - first, int(target + 0.5))
+        if room < 0 or sum(layer_bytes[first:first + count]) > room:
+            return None
+        counts.append(count)
+        first += count
+    return counts
+
+
+def _greedy_counts(layer_bytes: Sequence[int], rooms: Sequence[int]) -> Optional[List[int]]:
+    """Each worker as many layers as fit, in order (for contiguous shares, the most that can fit at all)."""
+    counts, first = [], 0
+    for room in rooms:
+        if room < 0:
+            return None
+        count, held = 0, 0
+        while first + count < len(layer_bytes) and held + layer_bytes[first + count] <= room:
+            held += layer_bytes[first + count]
+            count += 1
+        counts.append(count)
+        first += count
+    return counts if first == len(layer_bytes) else None
+
+
+def split_rows(p: SplitPlan) -> List[Tuple[str, str]]:
+    """The split as (label, value) rows, for `edgesdk info MODEL --workers ...`."""
+    def layers(s: WorkerShare) -> str:
+        return f"layers {s.first:3}-{s.end - 1:<3}" if s.n_layers else "no layers  "
+
+    return [("workers" if i == 0 else "",
+             f"{s.endpoint:21} {layers(s)} ({s.n_layers:3} of {p.n_layer})"
+             f"{' + output' if s.holds_output else '         '} {s.bytes / MIB:9,.1f} MiB of {s.free / MIB:,.1f} MiB offered")
+            for i, s in enumerate(p.shares)]
+
+
 # -- reporting -------------------------------------------------------------------------
 
 def plan_rows(p: MemoryPlan) -> List[Tuple[str, str]]:
@@ -352,5 +465,5 @@ def format_plan(p: MemoryPlan) -> str:
     return "\n".join([f"model:    {p.model}"] + [f"{label + ':':16}{value}" for label, value in plan_rows(p)])
 
 
-__all__ = ["Budget", "KV_BLOCKS", "MemoryPlan", "PlanRequest", "device_budget", "fit", "format_plan",
+__all__ = ["Budget", "KV_BLOCKS", "MemoryPlan", "PlanRequest", "SplitPlan", "WorkerShare", "split_layers", "split_rows", "device_budget", "fit", "format_plan",
            "gguf_metadata_bytes", "kv_cache_bytes", "open_within", "parse_size", "plan_rows", "tokenizer_table_bytes"]

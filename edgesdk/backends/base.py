@@ -25,6 +25,12 @@ several of them in one engine step, so a weight read serves every sequence in
 the step (generation is bandwidth-bound: N streams cost little more than one).
 `eval`, `n_past`, `save_state` and `load_state` are sequence 0's. A backend that
 holds one sequence only keeps `max_seqs = 1`; the default eval_batch serves it.
+
+Workers: a backend with `takes_workers` places layers on other devices
+(config.workers, `edgesdk worker`s): `probe_workers(endpoints)` asks what each
+offers, `plan_split(checked, config, offered)` gives the memory.SplitPlan
+(MemoryBudgetError when they cannot hold the model) and `open_split(checked,
+config, split)` loads it; `memory_parts` is then the host's share only.
 """
 from __future__ import annotations
 
@@ -91,6 +97,8 @@ class Backend(abc.ABC):
     keeps_file: ClassVar[bool] = False
     # Most sequences (config.n_seq) it can hold at once; check() refuses more.
     max_seqs: ClassVar[int] = 1
+    # Whether it can put layers on workers (config.workers; see the module docstring).
+    takes_workers: ClassVar[bool] = False
 
     n_ctx: int
     n_vocab: int
@@ -216,6 +224,9 @@ def check_common_settings(cls, config: LoadConfig) -> None:
     if unknown:
         known = ", ".join(cls.options) or "none"
         raise InvalidArgumentError(f"the {cls.name} backend has no option(s) {', '.join(unknown)}; it takes {known}")
+    if config.workers and not cls.takes_workers:
+        raise InvalidArgumentError(f"the {cls.name} backend cannot use workers; the llamacpp backend can "
+                                   f"(backend=\"llamacpp\")")
     if config.n_seq > cls.max_seqs:
         raise InvalidArgumentError(f"n_seq {config.n_seq}: the {cls.name} backend holds at most "
                                    f"{cls.max_seqs} sequence{'s' if cls.max_seqs != 1 else ''}")

@@ -16,8 +16,9 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import os
+import sys
 import threading
-from typing import Dict, FrozenSet, List, Sequence
+from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -48,6 +49,20 @@ LLAMACPP_LIBRARY_ADDRESS_SPACE = 64 * memory.MIB  # code and data mappings of th
 
 _init_lock = threading.Lock()
 _llama = None                 # the llama_cpp module once imported and initialised
+# enum ggml_log_level of the pinned ggml. llama-cpp-python's own logger maps an older enum (ERROR = 3):
+# it prints warnings and drops errors, so edgesdk installs its own.
+GGML_LOG_LEVEL_ERROR, GGML_LOG_LEVEL_CONT = 4, 5
+_log_callback = None          # kept alive while llama.cpp may call it
+_last_log_level = 0
+
+
+def _print_errors(level: int, text: bytes, _user_data) -> None:
+    """llama.cpp's log: only its errors (and their continuation lines), on stderr."""
+    global _last_log_level
+    if level != GGML_LOG_LEVEL_CONT:
+        _last_log_level = level
+    if _last_log_level == GGML_LOG_LEVEL_ERROR:
+        print(text.decode("utf-8", "replace"), end="", file=sys.stderr, flush=True)
 
 
 def _require_llama_cpp():
@@ -64,18 +79,31 @@ def _require_llama_cpp():
                     f"install it with: {INSTALL_HINT}") from None
             # llama.cpp logs every load step to stderr; keep only its errors.
             llama_logger.set_verbose(False)
+            global _log_callback
+            _log_callback = llama_cpp.llama_log_callback(_print_errors)
+            llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
             llama_cpp.llama_backend_init()
             _llama = llama_cpp
     return _llama
 
 
-def _load_llama_model(model_path: str, vocab_only: bool):
+def _load_llama_model(model_path: str, vocab_only: bool, devices: Sequence[int] = (),
+                      tensor_split: Sequence[float] = ()):
+    """The model on this CPU, or with its layers on `devices` (ggml devices, such as RPC workers) in the
+    proportions of tensor_split (see memory.SplitPlan.tensor_split)."""
     lib = _require_llama_cpp()
     if not os.path.isfile(model_path):
         raise ModelFormatError(f"{model_path}: no such model file")
     params = lib.llama_model_default_params()
     params.vocab_only = vocab_only
     params.n_gpu_layers = 0
+    if devices:
+        # llama.cpp copies both lists during the load: these arrays need to live only as long as this call.
+        device_list = (ctypes.c_void_p * (len(devices) + 1))(*devices, None)
+        split = (ctypes.c_float * lib.LLAMA_MAX_DEVICES)(*tensor_split)
+        params.devices = ctypes.cast(device_list, ctypes.c_void_p)
+        params.tensor_split = split
+        params.n_gpu_layers = -1       # every layer and the output head on the devices
     # llama.cpp's "extra" CPU buffer types (AMX tiles, repacked weights) crash in
     # llama_decode for batches of more than one token on CPUs that report AMX
     # where the OS does not grant its tile state (seen on this project's build
@@ -90,6 +118,17 @@ def _load_llama_model(model_path: str, vocab_only: bool):
 def _cells_per_seq(n_ctx: int) -> int:
     """KV cells llama.cpp gives each sequence for n_ctx positions: it pads them to a multiple of 256."""
     return -(-n_ctx // 256) * 256
+
+
+def _layer_of(tensor_name: str) -> Optional[int]:
+    """i of a "blk.i.*" tensor, else None."""
+    parts = tensor_name.split(".", 2)
+    return int(parts[1]) if len(parts) == 3 and parts[0] == "blk" and parts[1].isdigit() else None
+
+
+def _held_by_host(tensor_name: str) -> bool:
+    """Whether llama.cpp keeps a tensor on the host when the layers are on other devices: the input layer."""
+    return _layer_of(tensor_name) is None and not tensor_name.startswith("output")
 
 
 def _floats_per_token(shape: ModelShape) -> int:
@@ -108,6 +147,7 @@ class LlamaCppBackend(Backend):
     kv_types = KV_TYPES
     auto_rank = 20
     max_seqs = min(MAX_N_SEQ, LLAMACPP_MAX_SEQ)
+    takes_workers = True
 
     # -- the class: before loading --------------------------------------------------
 
@@ -124,6 +164,14 @@ class LlamaCppBackend(Backend):
     @classmethod
     def check(cls, source: ModelSource, config: LoadConfig) -> ModelSource:
         check_common_settings(cls, config)
+        if config.workers and config.n_seq > 1:
+            # the split model's child process (_rpc_host) drives one sequence
+            raise InvalidArgumentError(f"n_seq {config.n_seq}: a model split over workers holds one sequence")
+        if config.workers:
+            from .. import ggml_rpc
+            ok, why = ggml_rpc.available()
+            if not ok:
+                raise BackendUnavailableError(why)
         return source
 
     @classmethod
@@ -144,12 +192,64 @@ class LlamaCppBackend(Backend):
         kv = config.n_seq * memory.kv_cache_bytes(shape, _cells_per_seq(n_ctx), kv_type)
         # llama.cpp reserves its compute buffer for the worst case, logits of every token of a ubatch.
         compute_reserve = activations + mask + 4 * shape.n_vocab * n_ubatch
+        runtime = memory.PYTHON_NUMPY_RSS + LLAMACPP_LIBRARY_RSS + LLAMACPP_LOADER_RSS
+        if config.workers:
+            # The host keeps the token embeddings, the logits of a batch and the vocabulary; the layers,
+            # their KV cache and the output head live on the workers (plan_split). The model's llama.cpp
+            # runs in a child process: a second interpreter with numpy and the libraries.
+            host_weights = sum(t.nbytes for t in checked.file.tensors.values() if _held_by_host(t.name))
+            scratch = 4 * shape.n_vocab * n_ubatch + 2 * 4 * shape.n_embd * n_ubatch
+            return {"weights_mapped": host_weights, "weights_owned": 0, "kv_cache": 0, "scratch": scratch,
+                    "tokenizer": vocab, "runtime": 2 * runtime,
+                    "address_space": shape.file_bytes + scratch + vocab + 2 * LLAMACPP_LIBRARY_ADDRESS_SPACE
+                    + threads * memory.THREAD_ADDRESS_SPACE}
         address_space = (shape.file_bytes + kv + compute_reserve + vocab + LLAMACPP_LIBRARY_ADDRESS_SPACE
                          + threads * memory.THREAD_ADDRESS_SPACE)
         return {"weights_mapped": shape.tensor_bytes, "weights_owned": 0, "kv_cache": kv, "scratch": scratch,
-                "tokenizer": vocab,
-                "runtime": memory.PYTHON_NUMPY_RSS + LLAMACPP_LIBRARY_RSS + LLAMACPP_LOADER_RSS,
-                "address_space": address_space}
+                "tokenizer": vocab, "runtime": runtime, "address_space": address_space}
+
+    # -- workers: the layers on `edgesdk worker`s over ggml's RPC -----------------------------
+
+    @classmethod
+    def probe_workers(cls, endpoints: Sequence[str]) -> List[Tuple[str, int, int]]:
+        """(endpoint, free, total) bytes each worker offers (asked from a child process: see _rpc_host)."""
+        from ._rpc_host import probe
+        return probe(endpoints)
+
+    @classmethod
+    def plan_split(cls, checked: ModelSource, config: LoadConfig,
+                   offered: Sequence[Tuple[str, int, int]]) -> memory.SplitPlan:
+        """Which layers each worker holds at config.n_ctx: layer i's weights and KV cache where it goes,
+        a compute buffer on every worker, the output head on the last. MemoryBudgetError when they do not fit."""
+        shape, n_ctx = checked.shape, config.n_ctx
+        n_ubatch = min(config.n_batch, MAX_BATCH, n_ctx)
+        layer_weights = [0] * shape.n_layer
+        output_bytes = 0
+        for t in checked.file.tensors.values():
+            layer = _layer_of(t.name)
+            if layer is not None and layer < shape.n_layer:
+                layer_weights[layer] += t.nbytes
+            elif t.name.startswith("output"):
+                output_bytes += t.nbytes
+        if "output.weight" not in checked.file.tensors:
+            # Tied embeddings: llama.cpp puts a copy of token_embd on the output head's device.
+            output_bytes += checked.file.tensors["token_embd.weight"].nbytes
+        kv_per_layer = memory.kv_cache_bytes(shape, n_ctx, config.kv_type) // shape.n_layer
+        mask = (2 if shape.sliding_window else 1) * 2 * n_ctx * n_ubatch
+        compute = int(LLAMACPP_ACTIVATION_FACTOR * 4 * n_ubatch * _floats_per_token(shape)) + mask
+        return memory.split_layers(str(checked.path), n_ctx, [(e, free) for e, free, _ in offered],
+                                   [w + kv_per_layer for w in layer_weights], compute,
+                                   output_bytes + 4 * shape.n_vocab * n_ubatch)
+
+    @classmethod
+    def open_split(cls, checked: ModelSource, config: LoadConfig, split: memory.SplitPlan) -> Backend:
+        """The model with its layers on the workers of the split, in a child process (see _rpc_host)."""
+        from ._rpc_host import OpenRequest, SplitLlamaCpp
+        request = OpenRequest(model_path=str(checked.path), n_ctx=config.n_ctx, threads=config.threads,
+                              kv_type=config.kv_type, n_batch=config.n_batch,
+                              endpoints=tuple(s.endpoint for s in split.shares),
+                              tensor_split=tuple(split.tensor_split()))
+        return SplitLlamaCpp(request, [(s.endpoint, s.n_layers) for s in split.shares])
 
     @classmethod
     def open(cls, checked: ModelSource, config: LoadConfig) -> "LlamaCppBackend":
@@ -159,7 +259,8 @@ class LlamaCppBackend(Backend):
     # -- loading -----------------------------------------------------------------------
 
     def __init__(self, model_path: str | os.PathLike, n_ctx: int, threads: int, kv_type: str = "f16",
-                 n_batch: int = MAX_BATCH, n_seq: int = 1):
+                 n_batch: int = MAX_BATCH, devices: Sequence[int] = (), tensor_split: Sequence[float] = (),
+                 n_seq: int = 1):
         config = LoadConfig(backend=self.name, n_ctx=n_ctx, threads=threads, kv_type=kv_type, n_batch=n_batch,
                             n_seq=n_seq)
         check_common_settings(type(self), config)
@@ -173,7 +274,8 @@ class LlamaCppBackend(Backend):
         self._model = None
         self._ctx = None
         self._batch = None
-        self._model = _load_llama_model(self.model_path, vocab_only=False)
+        self._model = _load_llama_model(self.model_path, vocab_only=False, devices=devices,
+                                        tensor_split=tensor_split)
         self._vocab = lib.llama_model_get_vocab(self._model)
         self.n_vocab = int(lib.llama_vocab_n_tokens(self._vocab))
 
