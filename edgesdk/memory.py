@@ -282,9 +282,11 @@ def _budget_error(p: MemoryPlan, budget: Budget, make, request: PlanRequest) -> 
     smallest = min(MIN_CONTEXT, max_ctx)
     if _verdict(make(smallest, p.kv_type), budget)[0] and p.n_ctx > smallest:
         ctx = _largest_fitting(lambda c, kv=p.kv_type: make(c, kv), budget, smallest, min(max_ctx, p.n_ctx))
-        ways.append(f"a smaller context: n_ctx={ctx} fits" + (f" for each of {p.n_seq} sequences" if p.n_seq > 1 else ""))
+        each = f" for each of {p.n_seq} sequences" if p.n_seq > 1 else ""
+        ways.append(f"a smaller context: n_ctx={ctx} fits{each}")
     if p.n_seq > 1:
-        fewer = [n for n in range(p.n_seq - 1, 0, -1) if _verdict(request.plan(p.n_ctx, p.kv_type, budget, n), budget)[0]]
+        fewer = [n for n in range(p.n_seq - 1, 0, -1)
+                 if _verdict(request.plan(p.n_ctx, p.kv_type, budget, n), budget)[0]]
         if fewer:
             ways.append(f"fewer sequences: n_seq={fewer[0]} fits at n_ctx={p.n_ctx}")
     if p.kv_type not in ("q8_0", "q4_0") and "q8_0" in request.kv_types:

@@ -57,8 +57,8 @@ def test_each_mirrored_struct_matches_the_library_member_by_member(which, struct
 def test_struct_indices_are_the_headers():
     defined = dict(re.findall(r"#define (EK_STRUCT_\w+) (\d+)", header_text()))
     assert {name: int(value) for name, value in defined.items()} == {
-        name: getattr(_native, name) for name in ("EK_STRUCT_TENSOR_DESC", "EK_STRUCT_MODEL_DESC", "EK_STRUCT_MODEL_MEMORY",
-                                                  "EK_STRUCT_SEQ_INPUT")}
+        name: getattr(_native, name) for name in ("EK_STRUCT_TENSOR_DESC", "EK_STRUCT_MODEL_DESC",
+                                                  "EK_STRUCT_MODEL_MEMORY", "EK_STRUCT_SEQ_INPUT")}
 
 
 @pytest.mark.parametrize("which, c_name", [(_native.EK_STRUCT_TENSOR_DESC, "ek_tensor_desc"),
