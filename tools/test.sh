@@ -32,6 +32,9 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PY" -m venv --system-site-packages "$VENV"
 fi
 VPY="$VENV/bin/python"
+# llama.cpp as the suite uses it (reference, second backend, RPC engine): built once without
+# its AMX buffers (they crash on AMX CPUs) and with GGML_RPC, cached under $EDGESDK_HOME.
+"$VPY" tools/build_llamacpp.py --config ci --install
 "$VPY" -m pip install --disable-pip-version-check -q -e ".[test]"
 
 # 3. The real models (no network when already cached in $EDGESDK_HOME).
