@@ -44,6 +44,11 @@ class BuildNative(build_ext):
             )
         super().run()
 
+    def finalize_options(self):
+        super().finalize_options()
+        if self.parallel is None:   # native/src is a dozen files: compile them on every core
+            self.parallel = os.cpu_count() or 1
+
     def build_extensions(self):
         # Python's LDSHARED may add its own -L and -rpath (a pyenv or conda prefix): a library that
         # never links libpython needs neither, and a wheel must not point into the build machine.
@@ -115,6 +120,7 @@ setup(
             "pexpect>=4.8",
             "onnxruntime>=1.16",
             "pyserial>=3.5",
+            "auditwheel>=6.1",              # tools/build_wheels.py: the manylinux tag, read from the library
             "atheris>=2.3.0; platform_system == 'Linux' and platform_machine == 'x86_64'",  # tests/fuzz; wheels only there
         ],
     },
