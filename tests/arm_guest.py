@@ -44,7 +44,7 @@ def load_session(task: dict) -> dict:
     with edgesdk.load(job["model"], **job["load"]) as model:
         session = edgesdk.ChatSession.load(job["path"], model)
         restored = {"history": session.history, "cached_ids": model.cached_ids}
-        answer = session.send(job["next_turn"], **job["options"])
+        answer = session.send(job["next_turn"])   # with the sampling options the session saved
         stats = model.last_stats
         return dict(restored, answer=answer, reused_tokens=stats.reused_tokens,
                     completion_tokens=stats.completion_tokens)

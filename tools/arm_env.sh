@@ -5,7 +5,8 @@
 #
 # Made once and cached in $EDGESDK_HOME/arm64-bookworm (default ~/.cache/edgesdk). Run Python in it with
 #   qemu-aarch64 -L DIR/rootfs -cpu cortex-a72 DIR/venv/bin/python ...
-# Needs debootstrap and qemu-user (tools/test.sh installs them) and network access the first time.
+# Needs debootstrap and qemu-user (tools/test.sh installs them), root (debootstrap) and network access the
+# first time.
 #
 # Why not a chroot: running the root file system's programs transparently needs binfmt_misc, a host-wide
 # kernel setting that containers (CI's included) usually may not change. So nothing of the arm64 system is
@@ -52,5 +53,9 @@ PIP_WHEEL=$(ls "$ROOT"/usr/share/python-wheels/pip-*.whl)
 "${GUEST[@]}" "$DIR/venv/bin/python" "$PIP_WHEEL/pip" install -q --disable-pip-version-check --no-index "$PIP_WHEEL"
 "${GUEST[@]}" "$DIR/venv/bin/python" -c "import platform, sys; assert platform.machine() == 'aarch64', platform.machine(); print(sys.version)" >&2
 
+# Made with sudo (debootstrap wants root): the tests that install into the venv run as the user.
+if [ -n "${SUDO_UID:-}" ]; then
+    chown -R "$SUDO_UID:$SUDO_GID" "$DIR"
+fi
 touch "$STAMP"
 echo "$DIR"
