@@ -121,6 +121,8 @@ setup(
             "onnxruntime>=1.16",
             "pyserial>=3.5",
             "auditwheel>=6.1",              # tools/build_wheels.py: the manylinux tag, read from the library
+            "setuptools>=64",               # tools/build_wheels.py builds without isolation (offline),
+            "wheel>=0.40",                  # and retags with `wheel tags`
             "atheris>=2.3.0; platform_system == 'Linux' and platform_machine == 'x86_64'",  # tests/fuzz; wheels only there
         ],
     },

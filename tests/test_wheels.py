@@ -218,8 +218,7 @@ def x86_side(smollm2_path, gemma3_path, tmp_path_factory):
             prompt_ids = model.tokenize(PROMPT)
             expected["generate"] = {"text": text, "prompt_ids": prompt_ids, "cached_ids": model.cached_ids,
                                     "score": model.score}
-            # The session, two turns, on the default path.
-            _native.isa_set(before)
+            # The session, two turns (on the scalar path too: a saved KV cache does not depend on it).
             session = edgesdk.ChatSession(model, system="You answer in one short sentence.", max_tokens=6, **GREEDY)
             session.send("Name a fruit.")
             session.send("And a vegetable?")
@@ -235,7 +234,7 @@ def x86_side(smollm2_path, gemma3_path, tmp_path_factory):
             task["session"] = {"path": str(session_path), "next_turn": next_turn}
             task_path = work / "task.json"
             task_path.write_text(json.dumps(task))
-            # score() needs the model open: the near-tie check runs inside this fixture's lifetime.
+            # score() needs the model open and scalar active: the near-tie check runs within this fixture.
             yield task_path, expected
     finally:
         _native.isa_set(before)
