@@ -15,6 +15,7 @@ Emulation says nothing about speed: the timings printed are a sanity check only.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -33,8 +34,17 @@ from tokenizer_corpus import build_corpus
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
 VERSION = "0.1.0"
-# The oldest glibc among the systems each wheel must install on (tools/build_wheels.py, MUST_INSTALL_ON).
-OLDEST_GLIBC = {"x86_64": (2, 35), "aarch64": (2, 35)}
+
+
+def _build_wheels_module():
+    spec = importlib.util.spec_from_file_location("build_wheels", REPO_ROOT / "tools" / "build_wheels.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# The oldest glibc among the systems each wheel must install on, as tools/build_wheels.py lists them.
+OLDEST_GLIBC = {arch: min(spec["must_install_on"].values()) for arch, spec in _build_wheels_module().ARCHES.items()}
 ELF_MACHINE = {"x86_64": "Advanced Micro Devices X86-64", "aarch64": "AArch64"}
 ALLOWED_NEEDED = {"libc.so.6", "libm.so.6"}
 # qemu CPU model -> the kernel family dispatch must choose on it.

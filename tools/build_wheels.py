@@ -8,9 +8,9 @@ Python 3 and, through the run-time ISA dispatch, every CPU of that architecture 
 without dot product, a Pi 5 or a Jetson with it).
 
 The platform tag is the manylinux tag auditwheel finds the library consistent with (it reads the
-glibc symbol versions and the libraries it links, and refuses any other library); this script checks that tag against a target
-list of systems the wheel must install on (MUST_INSTALL_ON) and fails rather than ship a wheel one of
-them would refuse.
+glibc symbol versions and the libraries it links, and refuses any other library). That tag is then
+checked against the systems each wheel must install on (ARCHES, "must_install_on"): the build fails
+rather than ship a wheel one of them would refuse.
 
 Needs: a C compiler for the host; for aarch64, Debian's gcc-aarch64-linux-gnu and
 libc6-dev-arm64-cross (tools/test.sh installs them); auditwheel (the test extra) and wheel.
