@@ -1,9 +1,11 @@
 """Build edgesdk: the Python package plus the native kernel layer (native/) as one shared library.
 
-native/ is plain C11 with no Python in it. It is compiled into the extension
-module edgesdk._edgekern only so that pip builds and installs it with the
+native/ is plain C11 with no Python in it. setuptools builds it as a plain shared
+library, edgesdk/libedgekern.so, only so that pip compiles and installs it with the
 package; edgesdk/_native.py loads that file with ctypes and calls the C API
 declared in native/include/edgekern.h (ctypes releases the GIL around calls).
+Since the library uses no Python C API, one wheel per architecture serves every
+Python 3 (tag py3-none-<platform>); tools/build_wheels.py builds them.
 """
 import glob
 import os
@@ -14,29 +16,65 @@ import sysconfig
 from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
 
+try:
+    from setuptools.command.bdist_wheel import bdist_wheel   # setuptools >= 70.1
+except ImportError:
+    from wheel.bdist_wheel import bdist_wheel
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+# Built as edgesdk/libedgekern.so, the file edgesdk/_native.py loads (its LIBRARY_FILE): not an
+# extension-module name, so Python never mistakes it for one, and without the interpreter's ABI suffix.
+LIBRARY_NAME = "edgesdk.libedgekern"
+
+
 class BuildNative(build_ext):
-    """build_ext that fails early, in words, when no C compiler is installed."""
+    """build_ext for a plain shared library, failing early, in words, when no C compiler is installed."""
 
     def run(self):
         # CC may carry arguments ("ccache gcc"); the first word is the program.
         compiler = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()[0]
         if shutil.which(compiler) is None:
             sys.exit(
-                f"edgesdk: no C compiler found (looked for '{compiler}'). edgesdk compiles its "
-                "native kernels at install time. Install one first, e.g. "
-                "'sudo apt-get install build-essential' on Debian/Ubuntu/Raspberry Pi OS, "
-                "then run pip again."
+                f"edgesdk: no C compiler found (looked for '{compiler}'). Building edgesdk from source "
+                "compiles its native kernels; the wheels on linux x86_64 and aarch64 need no compiler. "
+                "Install one first, e.g. 'sudo apt-get install build-essential' on Debian/Ubuntu/"
+                "Raspberry Pi OS, then run pip again."
             )
         super().run()
+
+    def finalize_options(self):
+        super().finalize_options()
+        if self.parallel is None:   # native/src is a dozen files: compile them on every core
+            self.parallel = os.cpu_count() or 1
+
+    def build_extensions(self):
+        # Python's LDSHARED may add its own -L and -rpath (a pyenv or conda prefix): a library that
+        # never links libpython needs neither, and a wheel must not point into the build machine.
+        linker = [arg for arg in self.compiler.linker_so if not arg.startswith(("-L", "-Wl,-rpath"))]
+        self.compiler.set_executable("linker_so", linker)
+        super().build_extensions()
+
+    def get_ext_filename(self, fullname):
+        filename = super().get_ext_filename(fullname)
+        if LIBRARY_NAME.endswith(fullname):   # asked by full name or by its last part
+            filename = filename[: -len(sysconfig.get_config_var("EXT_SUFFIX"))] + ".so"
+        return filename
+
+
+class Wheel(bdist_wheel):
+    """The library is loaded with ctypes, not imported: the wheel fits any Python 3 of its platform."""
+
+    def get_tag(self):
+        _, _, platform = super().get_tag()
+        return "py3", "none", platform
 
 
 native_sources = sorted(glob.glob(os.path.join("native", "src", "*.c")))
 extension = Extension(
-    "edgesdk._edgekern",
-    sources=native_sources + [os.path.join("edgesdk", "_edgekern_module.c")],
+    LIBRARY_NAME,
+    sources=native_sources,
     include_dirs=[os.path.join("native", "include")],
     define_macros=[("EK_BUILDING", "1")],
     # No -march=native: one build must run on every CPU of its architecture;
@@ -59,7 +97,7 @@ setup(
     package_dir={"edgesdk.models": "models"},
     package_data={"edgesdk.models": ["*.json"]},
     ext_modules=[extension],
-    cmdclass={"build_ext": BuildNative},
+    cmdclass={"build_ext": BuildNative, "bdist_wheel": Wheel},
     install_requires=[
         "numpy>=1.22",
         "sentencepiece>=0.1.99",
@@ -82,6 +120,9 @@ setup(
             "pexpect>=4.8",
             "onnxruntime>=1.16",
             "pyserial>=3.5",
+            "auditwheel>=6.1",              # tools/build_wheels.py: the manylinux tag, read from the library
+            "setuptools>=64",               # tools/build_wheels.py builds without isolation (offline),
+            "wheel>=0.40",                  # and retags with `wheel tags`
             "atheris>=2.3.0; platform_system == 'Linux' and platform_machine == 'x86_64'",  # tests/fuzz; wheels only there
         ],
     },

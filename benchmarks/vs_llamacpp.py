@@ -16,6 +16,10 @@ $EDGESDK_HOME/bench.
 
   python benchmarks/vs_llamacpp.py [--runs 3] [--threads 2] [--models smollm2,gemma3,llama1b]
 Writes benchmarks/RESULTS.md.
+
+On a device without llama.cpp (a Raspberry Pi with edgesdk's wheel: llama-cpp-python has no aarch64
+wheel), `--engines native --out RESULTS_device.md` measures edgesdk alone; the anchor is then the read
+bandwidth measured in the same run (generation as a fraction of the bandwidth limit).
 """
 from __future__ import annotations
 
@@ -34,7 +38,9 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(ROOT))
+# The checkout's edgesdk when its native library is built here; otherwise the installed one (a wheel).
+if (ROOT / "edgesdk" / "libedgekern.so").exists():
+    sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 PROMPT_TOKENS = 512
@@ -234,7 +240,7 @@ def weight_bytes_per_token(path) -> int:
         f.close()
 
 
-def machine_description() -> str:
+def machine_description(engines) -> str:
     from edgesdk import _native
 
     cpu = platform.processor()
@@ -246,11 +252,46 @@ def machine_description() -> str:
     except OSError:
         pass
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
+    text = (f"{cpu}, {os.cpu_count()} logical CPUs, {mem:.1f} GiB RAM, {platform.system()} {platform.release()} "
+            f"{platform.machine()}; native ISA {_native.isa_current()}")
+    if "llamacpp" not in engines:
+        return text
     import llama_cpp
 
-    return (f"{cpu}, {os.cpu_count()} logical CPUs, {mem:.1f} GiB RAM, {platform.system()} {platform.release()}; "
-            f"native ISA {_native.isa_current()}; llama-cpp-python {llama_cpp.__version__} "
+    return (f"{text}; llama-cpp-python {llama_cpp.__version__} "
             "(loaded with use_extra_bufts=False: its AMX path crashes on Q4_1 on this CPU)")
+
+
+def bandwidth_lines(rows) -> list:
+    lines = ["", "Read bandwidth and weight bytes per token:", ""]
+    for name, _, per_token, bandwidth in rows:
+        lines.append(f"- {name}: {per_token / 2 ** 20:.1f} MiB per token, {bandwidth / 1e9:.2f} GB/s "
+                     f"-> limit {bandwidth / per_token:.1f} tok/s")
+    return lines
+
+
+def native_report(rows, args, load_before) -> str:
+    """edgesdk alone (no llama.cpp here): its figures, and generation against the bandwidth limit."""
+    lines = [
+        "# Native engine on this device",
+        "",
+        f"Machine: {machine_description(['native'])}.",
+        "",
+        f"Load average (1 min) at start {load_before:.1f}, at end {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs.",
+        "",
+        f"Threads: {args.threads}; medians of {args.runs} runs, each measurement in its own process. Prompt: "
+        f"{PROMPT_TOKENS} tokens; generation: {GEN_TOKENS} greedy tokens; time to first token: load + "
+        f"{TTFT_PROMPT_TOKENS}-token prompt. Bandwidth fraction: weight bytes per token x generation tok/s / "
+        "read bandwidth measured in the same run.",
+        "",
+        "| model | prompt tok/s | gen tok/s | TTFT s | peak RSS MiB | gen % of BW limit |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, med, per_token, bandwidth in rows:
+        n = med["native"]
+        lines.append(f"| {name} | {n['pp_tok_s']:.1f} | {n['gen_tok_s']:.1f} | {n['ttft_s']:.2f} "
+                     f"| {n['peak_rss'] / 2 ** 20:.0f} | {100 * n['gen_tok_s'] * per_token / bandwidth:.0f}% |")
+    return "\n".join(lines + bandwidth_lines(rows)) + "\n"
 
 
 def main() -> None:
@@ -260,6 +301,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--models", default="smollm2,gemma3,llama1b")
     ap.add_argument("--out", default=str(HERE / "RESULTS.md"))
+    ap.add_argument("--engines", default="native,llamacpp", choices=["native,llamacpp", "native"],
+                    help="native alone where llama.cpp is not installed")
     args = ap.parse_args()
     if args.worker:
         engine, path, threads, what = args.worker
@@ -268,15 +311,16 @@ def main() -> None:
 
     from edgesdk import kernels
 
+    engines = args.engines.split(",")
     paths = model_paths(args.models.split(","))
     load_before = os.getloadavg()[0]
     rows = []
     for name, path in paths.items():
-        res = {"native": {}, "llamacpp": {}}
+        res = {engine: {} for engine in engines}
         for run in range(args.runs):
             # Alternate the engines within each run so drift in machine load hits both.
             for what in ("pp", "gen", "ttft"):
-                for engine in ("native", "llamacpp"):
+                for engine in engines:
                     for key, value in run_worker(engine, path, args.threads, what).items():
                         res[engine].setdefault(key, []).append(value)
             print(f"{name}: run {run + 1}/{args.runs} done", file=sys.stderr, flush=True)
@@ -287,10 +331,15 @@ def main() -> None:
         rows.append((name, med, per_token, bandwidth))
         print(name, json.dumps(med), file=sys.stderr, flush=True)
 
+    if engines == ["native"]:
+        text = native_report(rows, args, load_before)
+        Path(args.out).write_text(text)
+        print(text)
+        return
     lines = [
         "# Native engine vs llama.cpp",
         "",
-        f"Machine: {machine_description()}.",
+        f"Machine: {machine_description(engines)}.",
         "",
         f"Load average (1 min) at start {load_before:.1f}, at end {os.getloadavg()[0]:.1f} on "
         f"{os.cpu_count()} CPUs: other processes running during the benchmark slow both engines, llama.cpp's "
@@ -317,10 +366,7 @@ def main() -> None:
             f"| {rss_n:.0f} | {rss_l:.0f} | {rss_n / rss_l:.2f} "
             f"| {100 * n['gen_tok_s'] / limit:.0f}% | {100 * l['gen_tok_s'] / limit:.0f}% |"
         )
-    lines += ["", "Read bandwidth and weight bytes per token:", ""]
-    for name, _, per_token, bandwidth in rows:
-        lines.append(f"- {name}: {per_token / 2 ** 20:.1f} MiB per token, {bandwidth / 1e9:.2f} GB/s "
-                     f"-> limit {bandwidth / per_token:.1f} tok/s")
+    lines += bandwidth_lines(rows)
     text = "\n".join(lines) + "\n"
     Path(args.out).write_text(text)
     print(text)

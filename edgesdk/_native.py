@@ -1,7 +1,7 @@
 """Low-level binding of the native library: a one-to-one mirror of native/include/edgekern.h.
 
-The library is the extension file edgesdk._edgekern, built by setup.py from
-native/src. We load it with ctypes: ctypes releases the GIL for the duration of
+The library is edgesdk/libedgekern.so, a plain shared library built by setup.py
+from native/src (no Python C API in it, so one wheel serves every Python 3). We load it with ctypes: ctypes releases the GIL for the duration of
 every foreign call, so long kernels never block other Python threads.
 
 This module only declares prototypes, checks at import that the library was
@@ -12,7 +12,6 @@ status codes into exceptions. Callers validate shapes, dtypes and buffer sizes
 from __future__ import annotations
 
 import ctypes
-import importlib.util
 import os
 from ctypes import POINTER, c_char_p, c_double, c_float, c_int, c_int32, c_int64, c_size_t, c_uint32, c_uint64, c_void_p
 
@@ -157,14 +156,19 @@ def check_abi(library) -> None:
         check_struct_layout(library, which, structure)
 
 
+# setup.py's LIBRARY_FILE: the library beside this module.
+LIBRARY_FILE = "libedgekern.so"
+
+
 def _library_path() -> str:
-    spec = importlib.util.find_spec("edgesdk._edgekern")
-    if spec is None or spec.origin is None or not os.path.exists(spec.origin):
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), LIBRARY_FILE)
+    if not os.path.exists(path):
         raise NativeBuildError(
-            "edgesdk's native library (edgesdk._edgekern) is not built. Install the package with "
-            "'pip install .' (or 'python setup.py build_ext --inplace' in a source checkout)."
+            f"edgesdk's native library ({path}) is not built. Install the package with "
+            "'pip install edgesdk' (a wheel) or 'pip install .' (or 'python setup.py build_ext --inplace' "
+            "in a source checkout)."
         )
-    return spec.origin
+    return path
 
 
 def _load() -> ctypes.CDLL:

@@ -11,10 +11,11 @@ import os
 import shutil
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
+
+from edgesdk._native import LIBRARY_FILE
 
 ROOT = Path(__file__).resolve().parent.parent
 CC = os.environ.get("CC", "cc")
@@ -108,10 +109,9 @@ def instrumented_site(tmp_path_factory) -> Path:
                     ignore=shutil.ignore_patterns("*.so", "__pycache__"))
     shutil.copytree(ROOT / "models", site / "edgesdk" / "models", ignore=shutil.ignore_patterns("__pycache__"))
     sources = sorted(str(p) for p in (ROOT / "native" / "src").glob("*.c"))
-    target = site / "edgesdk" / f"_edgekern{sysconfig.get_config_var('EXT_SUFFIX')}"
+    target = site / "edgesdk" / LIBRARY_FILE
     cmd = [CC, "-std=c11", "-O1", "-g", "-shared", "-fPIC", "-pthread", *SANITIZE, "-DEK_BUILDING=1",
-           f"-I{ROOT / 'native' / 'include'}", f"-I{sysconfig.get_paths()['include']}", *sources,
-           str(ROOT / "edgesdk" / "_edgekern_module.c"), "-o", str(target), "-lm"]
+           f"-I{ROOT / 'native' / 'include'}", *sources, "-o", str(target), "-lm"]
     subprocess.run(cmd, check=True, timeout=BUILD_TIMEOUT_S, capture_output=True)
     return site
 

@@ -4,7 +4,7 @@
 #
 # Needs: Python >= 3.9 with venv and pip, a C compiler, network access to PyPI
 # the first time, and (for the ARM kernel tests) root or sudo to install
-# Debian's aarch64 cross compiler and qemu-user the first time.
+# Debian's aarch64 cross compiler, qemu-user and debootstrap the first time.
 #
 # Everything Python goes into ./.venv (created with --system-site-packages, so
 # packages the machine already has are reused, not rebuilt); nothing is
@@ -14,16 +14,19 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=${EDGESDK_TEST_VENV:-.venv}
 
-# 1. Debian packages for the aarch64 kernel tests (cross compiler + user-mode emulation).
-if ! command -v aarch64-linux-gnu-gcc >/dev/null || ! command -v qemu-aarch64 >/dev/null; then
+# 1. Debian packages for the aarch64 tests (cross compiler + user-mode emulation; debootstrap
+#    downloads the arm64 Python environment the aarch64 wheel is tested in).
+if ! command -v aarch64-linux-gnu-gcc >/dev/null || ! command -v qemu-aarch64 >/dev/null \
+        || ! command -v debootstrap >/dev/null; then
     SUDO=""
     if [ "$(id -u)" -ne 0 ]; then
-        command -v sudo >/dev/null || { echo "tools/test.sh: need root or sudo to install gcc-aarch64-linux-gnu and qemu-user" >&2; exit 1; }
+        command -v sudo >/dev/null || { echo "tools/test.sh: need root or sudo to install gcc-aarch64-linux-gnu, qemu-user and debootstrap" >&2; exit 1; }
         SUDO="sudo"
     fi
-    echo "tools/test.sh: installing gcc-aarch64-linux-gnu and qemu-user"
+    echo "tools/test.sh: installing gcc-aarch64-linux-gnu, qemu-user and debootstrap"
     $SUDO apt-get update -q
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user \
+        debootstrap
 fi
 
 # 2. A virtual environment with the package (native build included) and its
@@ -41,7 +44,15 @@ VPY="$VENV/bin/python"
 "$VPY" -m edgesdk.cli pull smollm2-135m-instruct
 "$VPY" -m edgesdk.cli pull gemma3-270m
 
-# 4. Everything. Exit status 5 (no tests collected) means a broken test tree or
+# 4. The Debian arm64 Python the aarch64 wheel is tested in (made once, ~3 min; then cached in
+#    $EDGESDK_HOME/arm64-bookworm). debootstrap runs as root; arm_env.sh gives the result to the sudo user.
+if [ "$(id -u)" -eq 0 ]; then
+    bash tools/arm_env.sh >/dev/null
+else
+    sudo env EDGESDK_HOME="${EDGESDK_HOME:-$HOME/.cache/edgesdk}" bash tools/arm_env.sh >/dev/null
+fi
+
+# 5. Everything. Exit status 5 (no tests collected) means a broken test tree or
 #    a filter that matched nothing: report it as the failure it is.
 set +e
 "$VPY" -m pytest "$@"
