@@ -92,3 +92,15 @@ class BackendUnavailableError(EdgeSDKError):
 
 class MissingDependencyError(EdgeSDKError, ImportError):
     """An optional part of edgesdk needs a package that is not installed; the message names the pip extra."""
+
+
+class ProviderUnavailableError(BackendUnavailableError):
+    """The ONNX Runtime execution provider asked for is not in this onnxruntime build; the message lists those that are."""
+
+
+class ExportError(EdgeSDKError):
+    """An ONNX export could not be written (disk full, no permission); nothing half-written is left under its name."""
+
+
+class CorruptExportError(ExportError):
+    """A cached ONNX export does not match its manifest (truncated, changed, or unreadable); the message names it."""

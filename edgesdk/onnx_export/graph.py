@@ -24,6 +24,7 @@ rotation form serves every architecture.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
@@ -33,13 +34,15 @@ from .. import gguf
 from ..errors import UnsupportedModelError
 from ..shape import ModelShape
 from .rope import rope_tables
-from .weights import FLOAT_TYPES, MAPPED_TYPES, NBitsMatrix, map_matrix
+from .weights import FLOAT_TYPES, MAPPED_TYPES, NBitsMatrix, StackedMatrix, map_matrix, stackable
 
 OPSET = 20                    # Gelu(approximate="tanh") is opset 20
 MS_DOMAIN = "com.microsoft"
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "gemma3")
 KV_DTYPES = {"f16": np.float16, "f32": np.float32}
-MASKED = -1.0e30              # additive bias of a key a query must not see (finite: no inf - inf)
+MASKED = -1.0e30
+# Model metadata: which GGUF tensor rows each weight initializer holds (JSON), for checks and tools.
+WEIGHT_ROWS_KEY = "edgesdk.weight_rows"              # additive bias of a key a query must not see (finite: no inf - inf)
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,8 @@ class _Decoder:
         self.neox_perm_k = (permute_for_neox(shape.n_head_kv, self.hd, shape.n_rot)
                             if shape.rope_style == "norm" else None)
         self._matrices: Dict[str, dict] = {}
+        # initializer base name -> [gguf tensor, first row, rows, rows permuted for RoPE]
+        self.weight_rows: Dict[str, list] = {}
 
     # -- weights ---------------------------------------------------------------------
 
@@ -130,58 +135,82 @@ class _Decoder:
             arr = arr[perm]
         return self.b.init(name, arr)
 
-    def matrix(self, name: str, perm: Optional[np.ndarray] = None) -> dict:
-        """The initializers of a GGUF matrix, made once: nbits form or float (K, N)."""
-        if name in self._matrices:
-            return self._matrices[name]
+    def _load(self, name: str, perm: Optional[np.ndarray] = None):
+        """A GGUF matrix as float32 (N, K) or an NBitsMatrix, rows reordered by perm."""
         info = self.f.tensors[name]
         n_cols, n_rows = info.shape
         if info.type_name in FLOAT_TYPES:
             w = np.asarray(self.f.tensor_array(name), dtype=np.float32).reshape(n_rows, n_cols)
-            if perm is not None:
-                w = w[perm]
-            entry = {"kind": "float", "w": w, "K": n_cols, "N": n_rows, "wT": None}
-        else:
-            m = map_matrix(info.type_name, self.f.tensor_data(name), n_rows, n_cols, name)
-            if perm is not None:
-                m = NBitsMatrix(n_rows, n_cols, m.bits, m.block_size, m.zero_point, m.codes[perm], m.scales[perm],
-                                None if m.mins is None else m.mins[perm])
-            entry = {"kind": "nbits", "m": m, "K": n_cols, "N": n_rows,
-                     "codes": self.b.init(name + ".codes", m.codes),
-                     "scales": self.b.init(name + ".scales", m.scales),
-                     "zero_points": self.b.init(name + ".zero_points", m.zero_points()),
-                     "minsT": None}
-        self._matrices[name] = entry
-        return entry
+            return w if perm is None else w[perm]
+        m = map_matrix(info.type_name, self.f.tensor_data(name), n_rows, n_cols, name)
+        if perm is not None:
+            m = NBitsMatrix(n_rows, n_cols, m.bits, m.block_size, m.zero_point, m.codes[perm], m.scales[perm],
+                            None if m.mins is None else m.mins[perm])
+        return m
 
-    def matmul(self, x: str, name: str, perm: Optional[np.ndarray] = None) -> str:
-        """x (1, S, K) times the matrix's transpose: (1, S, N)."""
-        e = self.matrix(name, perm)
+    def _nbits_inits(self, base: str, parts: List[NBitsMatrix]) -> dict:
+        """The initializers of matrices stacked by rows under one name (made once per name)."""
+        if base not in self._matrices:
+            st = StackedMatrix(tuple(parts))
+            mins = st.mins()
+            self._matrices[base] = {
+                "m": st.head, "N": st.n_rows, "codes": self.b.init(base + ".codes", st.codes()),
+                "scales": self.b.init(base + ".scales", st.scales()),
+                "zero_points": self.b.init(base + ".zero_points", st.zero_points()),
+                "mins": mins, "minsT": None if mins is None else self.b.init(base + ".minsT", np.ascontiguousarray(mins.T))}
+        return self._matrices[base]
+
+    def matmuls(self, x: str, specs: Sequence[tuple], stacked_name: Optional[str] = None) -> List[str]:
+        """x (1, S, K) times each matrix's transpose, (1, S, N_i) each; matrices in MatMulNBits form
+        that can share one product are stacked by rows (under stacked_name) and split after it."""
         b = self.b
-        if e["kind"] == "float":
-            if e["wT"] is None:
-                e["wT"] = b.init(name + ".T", np.ascontiguousarray(e["w"].T))
-            return b.op("MatMul", [x, e["wT"]], "mm")
-        m: NBitsMatrix = e["m"]
-        y = b.op("MatMulNBits", [x, e["codes"], e["scales"], e["zero_points"]], "mmq", domain=MS_DOMAIN,
-                 K=m.n_cols, N=m.n_rows, bits=m.bits, block_size=m.block_size, accuracy_level=self.o.accuracy_level)
-        if m.mins is not None:
-            # Each block's minimum times the sum of the input over that block.
-            if e["minsT"] is None:
-                e["minsT"] = b.init(name + ".minsT", np.ascontiguousarray(m.mins.T))
-            blocks = b.op("Reshape", [x, b.const([0, 0, m.k_blocks, m.block_size])], "blocks")
-            sums = b.op("ReduceSum", [blocks, b.const([-1])], "block_sums", keepdims=0)
-            y = b.op("Add", [y, b.op("MatMul", [sums, e["minsT"]], "mins")], "mmq_min")
-        return y
+        loaded = [(name, self._load(name, perm), perm is not None) for name, perm in specs]
+        groups: List[list] = []
+        for item in loaded:
+            if (groups and isinstance(item[1], NBitsMatrix) and isinstance(groups[-1][0][1], NBitsMatrix)
+                    and stackable(groups[-1][0][1], item[1])):
+                groups[-1].append(item)
+            else:
+                groups.append([item])
+        outs: List[str] = []
+        for group in groups:
+            name, first, _ = group[0]
+            if not isinstance(first, NBitsMatrix):
+                outs.append(b.op("MatMul", [x, b.init(name + ".T", np.ascontiguousarray(first.T))], "mm"))
+                self.weight_rows[name + ".T"] = [[name, 0, first.shape[0], group[0][2]]]
+                continue
+            base = name if len(group) == 1 else f"{stacked_name}.{len(outs)}"
+            e = self._nbits_inits(base, [m for _, m, _ in group])
+            rows, row0 = [], 0
+            for part_name, m, permuted in group:
+                rows.append([part_name, row0, m.n_rows, permuted])
+                row0 += m.n_rows
+            self.weight_rows[base] = rows
+            m = first
+            y = b.op("MatMulNBits", [x, e["codes"], e["scales"], e["zero_points"]], "mmq", domain=MS_DOMAIN,
+                     K=m.n_cols, N=e["N"], bits=m.bits, block_size=m.block_size, accuracy_level=self.o.accuracy_level)
+            if e["minsT"] is not None:
+                # Each block's minimum times the sum of the input over that block.
+                blocks = b.op("Reshape", [x, b.const([0, 0, m.k_blocks, m.block_size])], "blocks")
+                sums = b.op("ReduceSum", [blocks, b.const([-1])], "block_sums", keepdims=0)
+                y = b.op("Add", [y, b.op("MatMul", [sums, e["minsT"]], "mins")], "mmq_min")
+            if len(group) == 1:
+                outs.append(y)
+            else:
+                outs += b.op("Split", [y, b.const([r[2] for r in rows])], "part", axis=-1, n_out=len(group))
+        return outs
+
+    def matmul(self, x: str, name: str) -> str:
+        return self.matmuls(x, [(name, None)])[0]
 
     def embed(self, ids: str) -> str:
         """Rows of token_embd.weight for ids (1, S): (1, S, n_embd), dequantized in the graph."""
-        e = self.matrix("token_embd.weight")
         b = self.b
-        if e["kind"] == "float":
-            if "rows" not in e:
-                e["rows"] = b.init("token_embd.weight", e["w"])
-            return b.op("Gather", [e["rows"], ids], "embd", axis=0)
+        loaded = self._load("token_embd.weight")
+        if not isinstance(loaded, NBitsMatrix):
+            return b.op("Gather", [b.init("token_embd.weight", loaded), ids], "embd", axis=0)
+        e = self._nbits_inits("token_embd.weight", [loaded])
+        self.weight_rows["token_embd.weight"] = [["token_embd.weight", 0, loaded.n_rows, False]]
         m: NBitsMatrix = e["m"]
         codes = b.op("Gather", [e["codes"], ids], "embd_codes", axis=0)         # (1, S, kb, blob)
         if m.bits == 4:
@@ -194,7 +223,7 @@ class _Decoder:
         scales = b.op("Gather", [e["scales"], ids], "embd_scales", axis=0)
         rows = b.op("Mul", [q, b.op("Unsqueeze", [scales, b.const([-1])])], "embd_w")
         if m.mins is not None:
-            mins = b.op("Gather", [b.init("token_embd.weight.mins", m.mins), ids], "embd_mins", axis=0)
+            mins = b.op("Gather", [b.init("token_embd.weight.mins", e["mins"]), ids], "embd_mins", axis=0)
             rows = b.op("Add", [rows, b.op("Unsqueeze", [mins, b.const([-1])])], "embd_wm")
         return b.op("Reshape", [rows, b.const([0, 0, m.n_cols])], "embd")
 
@@ -219,9 +248,8 @@ class _Decoder:
     def attention(self, il: int, h: str, cos: str, sin: str, mask: str, past_k: str, past_v: str):
         """(attention output (1, S, n_embd) before the residual, new k, new v, keys, values)."""
         b, s, p = self.b, self.s, f"blk.{il}."
-        q = self.matmul(h, p + "attn_q.weight", self.neox_perm_q)
-        k = self.matmul(h, p + "attn_k.weight", self.neox_perm_k)
-        v = self.matmul(h, p + "attn_v.weight")
+        q, k, v = self.matmuls(h, [(p + "attn_q.weight", self.neox_perm_q), (p + "attn_k.weight", self.neox_perm_k),
+                                   (p + "attn_v.weight", None)], p + "attn_qkv")
         if p + "attn_q.bias" in self.f.tensors:
             q = b.op("Add", [q, self.vector(p + "attn_q.bias", self.neox_perm_q)])
             k = b.op("Add", [k, self.vector(p + "attn_k.bias", self.neox_perm_k)])
@@ -263,7 +291,7 @@ class _Decoder:
             o = self.rmsnorm(o, self.vector(p + "post_attention_norm.weight"))
         x = b.op("Add", [x, o], "resid")
         h = self.rmsnorm(x, self.vector(p + "ffn_norm.weight"))
-        gate, up = self.matmul(h, p + "ffn_gate.weight"), self.matmul(h, p + "ffn_up.weight")
+        gate, up = self.matmuls(h, [(p + "ffn_gate.weight", None), (p + "ffn_up.weight", None)], p + "ffn_gate_up")
         if s.activation == "gelu":
             act = b.op("Gelu", [gate], "gelu", approximate="tanh")
         else:
@@ -366,8 +394,10 @@ class _Decoder:
         from onnx import helper
         (self.build_static if self.o.static else self.build_dynamic)()
         graph = helper.make_graph(self.b.nodes, "edgesdk_decoder", self.b.inputs, self.b.outputs, self.b.inits)
-        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)],
-                                 producer_name="edgesdk", ir_version=10)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)],
+                                  producer_name="edgesdk", ir_version=10)
+        helper.set_model_props(model, {WEIGHT_ROWS_KEY: json.dumps(self.weight_rows, sort_keys=True)})
+        return model
 
 
 def check_exportable(f: gguf.GGUFFile, shape: ModelShape) -> None:
@@ -393,5 +423,32 @@ def build_model(f: gguf.GGUFFile, shape: ModelShape, options: ExportOptions):
     return _Decoder(f, shape, options).model()
 
 
+
+
+def initializer_bytes(f: gguf.GGUFFile, shape: ModelShape, options: ExportOptions) -> int:
+    """The bytes of the graph's initializers, counted from the tensor index without exporting."""
+    from .weights import NBITS_FORMS
+    total = 0
+    for name, info in f.tensors.items():
+        if len(info.shape) == 1:
+            total += 4 * info.shape[0]
+            continue
+        n_cols, n_rows = info.shape
+        if info.type_name in FLOAT_TYPES:
+            total += 4 * n_rows * n_cols
+            continue
+        bits, block, _ = NBITS_FORMS[info.type_name]
+        k_blocks = n_cols // block
+        total += n_rows * n_cols * bits // 8 + 4 * n_rows * k_blocks          # codes, scales
+        total += n_rows * (k_blocks if bits == 8 else (k_blocks + 1) // 2)     # zero points
+        if info.type_name in ("Q4_1", "Q4_K"):
+            # minimums, transposed for the product; the embedding also gathers them by row
+            total += 4 * n_rows * k_blocks * (2 if name == "token_embd.weight" else 1)
+    n_pos = options.n_ctx + (options.chunk if options.static else 0)
+    tables = 2 if shape.sliding_window and shape.swa_pattern else 1
+    return total + tables * 2 * 4 * n_pos * (shape.n_rot // 2)
+
+
 __all__ = ["ExportOptions", "KV_DTYPES", "OPSET", "SUPPORTED_ARCHITECTURES", "build_model", "check_exportable",
+           "initializer_bytes",
            "permute_for_neox"]

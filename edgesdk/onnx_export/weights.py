@@ -161,4 +161,40 @@ def map_matrix(type_name: str, raw: np.ndarray, n_rows: int, n_cols: int, name: 
                        mins=None if mins is None else np.ascontiguousarray(mins, dtype=np.float32))
 
 
-__all__ = ["NBitsMatrix", "NBITS_FORMS", "FLOAT_TYPES", "MAPPED_TYPES", "map_matrix"]
+
+
+
+@dataclass(frozen=True)
+class StackedMatrix:
+    """Matrices of one input stacked by rows into a single MatMulNBits (q, k, v; gate, up): one
+    product instead of several. Rows keep their own zero points; a part without minimums gets zeros."""
+    parts: "tuple[NBitsMatrix, ...]"
+
+    @property
+    def n_rows(self) -> int:
+        return sum(p.n_rows for p in self.parts)
+
+    @property
+    def head(self) -> NBitsMatrix:
+        return self.parts[0]
+
+    def codes(self) -> np.ndarray:
+        return np.concatenate([p.codes for p in self.parts])
+
+    def scales(self) -> np.ndarray:
+        return np.concatenate([p.scales for p in self.parts])
+
+    def zero_points(self) -> np.ndarray:
+        return np.concatenate([p.zero_points() for p in self.parts])
+
+    def mins(self) -> Optional[np.ndarray]:
+        if all(p.mins is None for p in self.parts):
+            return None
+        return np.concatenate([p.mins if p.mins is not None else np.zeros_like(p.scales) for p in self.parts])
+
+
+def stackable(a: NBitsMatrix, b: NBitsMatrix) -> bool:
+    """Whether two matrices of the same input can share one MatMulNBits."""
+    return (a.n_cols, a.bits, a.block_size) == (b.n_cols, b.bits, b.block_size)
+
+__all__ = ["NBitsMatrix", "NBITS_FORMS", "FLOAT_TYPES", "MAPPED_TYPES", "StackedMatrix", "map_matrix", "stackable"]
