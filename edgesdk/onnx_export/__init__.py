@@ -102,6 +102,15 @@ def _write(gguf_path: Path, directory: Path, options: ExportOptions, gguf_sha256
     (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1, sort_keys=True))
 
 
+def _share(directory: Path) -> None:
+    """The permissions of an ordinary directory and files (mkdtemp and onnx's writer make them private)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(directory, 0o777 & ~umask)
+    for path in directory.iterdir():
+        os.chmod(path, 0o666 & ~umask)
+
+
 def export(gguf_path: Union[str, os.PathLike], out_dir: Union[str, os.PathLike],
            options: ExportOptions = ExportOptions(), gguf_sha256: Optional[str] = None) -> Export:
     """Write the export of gguf_path to out_dir (which must not exist yet), atomically."""
@@ -115,6 +124,7 @@ def export(gguf_path: Union[str, os.PathLike], out_dir: Union[str, os.PathLike],
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
         _write(gguf_path, tmp, options, sha)
+        _share(tmp)
         os.replace(tmp, out_dir)
     except OSError as exc:
         if tmp is not None:
