@@ -435,7 +435,9 @@ def initializer_bytes(f: gguf.GGUFFile, shape: ModelShape, options: ExportOption
             continue
         n_cols, n_rows = info.shape
         if info.type_name in FLOAT_TYPES:
-            total += 4 * n_rows * n_cols
+            # a tied float embedding is gathered from as it is and multiplied as its transpose
+            tied = name == "token_embd.weight" and "output.weight" not in f.tensors
+            total += 4 * n_rows * n_cols * (2 if tied else 1)
             continue
         bits, block, _ = NBITS_FORMS[info.type_name]
         k_blocks = n_cols // block
