@@ -27,8 +27,10 @@ def add_export_onnx_command(sub) -> None:
     p.add_argument("--chunk", type=int, default=defaults["chunk"],
                    help="static: tokens per run (default %(default)s)")
     p.add_argument("--kv-dtype", choices=("f16", "f32"), default=defaults["kv_dtype"])
-    p.add_argument("--accuracy-level", type=int, choices=(0, 1, 2, 3, 4), default=defaults["accuracy_level"],
-                   help="MatMulNBits accuracy_level: 0 float32, 4 int8 activations (default %(default)s)")
+    for bits in (4, 8):
+        p.add_argument(f"--accuracy-{bits}bit", type=int, choices=(0, 1, 2, 3, 4), default=defaults[f"accuracy_{bits}bit"],
+                       help=f"MatMulNBits accuracy_level of {bits}-bit weights: 0 float32, 4 int8 activations "
+                            f"(default %(default)s)")
     p.add_argument("--genai-config", action="store_true",
                    help="also write genai_config.json for onnxruntime-genai (dynamic exports)")
     p.set_defaults(func=cmd_export_onnx)
@@ -39,7 +41,8 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     from .onnx_export.genai import write_genai_config
 
     options = onnx_export.ExportOptions(static=args.static, n_ctx=args.n_ctx, chunk=args.chunk,
-                                        kv_dtype=args.kv_dtype, accuracy_level=args.accuracy_level)
+                                        kv_dtype=args.kv_dtype, accuracy_4bit=args.accuracy_4bit,
+                                        accuracy_8bit=args.accuracy_8bit)
     path = registry.resolve(args.model)
     started = time.monotonic()
     export = onnx_export.export(path, args.out_dir, options)

@@ -190,7 +190,8 @@ def _tiny(tmp_path, cfg, name="tiny.gguf"):
 
 
 def _onnx_backend(path, n_ctx=64, kv_type="f32", **options):
-    options.setdefault("accuracy_level", 0)
+    options.setdefault("accuracy_4bit", 0)
+    options.setdefault("accuracy_8bit", 0)
     config = LoadConfig(backend="onnx", n_ctx=n_ctx, threads=1, kv_type=kv_type, options=options)
     return loading.prepare(path, config).open()
 

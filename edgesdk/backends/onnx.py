@@ -12,7 +12,7 @@ Options (LoadConfig.options):
                    default: chosen from the hardware probe (choose_providers)
   static           fixed-shape graph; default: True for an NPU provider, else False
   chunk            tokens per run of the static graph (default 64)
-  accuracy_level   MatMulNBits accuracy_level (default 4: int8 activations, like llama.cpp)
+  accuracy_4bit, accuracy_8bit   MatMulNBits accuracy_level of 4- and 8-bit weights (ExportOptions)
 """
 from __future__ import annotations
 
@@ -41,13 +41,14 @@ NPU_PROVIDERS = ("QNNExecutionProvider",)          # and OpenVINO with device_ty
 DYNAMIC_TABLE_POSITIONS = 4096                      # smallest RoPE table a dynamic export covers
 STATE_MAGIC = b"EKOX"
 STATE_HEADER = struct.Struct("<4sIIIIq")            # magic, n_layer, n_kv_heads, head_dim, kv itemsize, n_past
-OPTION_NAMES = ("providers", "static", "chunk", "accuracy_level")
-# -- ONNX Runtime's memory on the CPU provider, measured (benchmarks/bench_onnx.py --memory, x86-64,
-#    onnxruntime 1.32) as RSS growth over the initializer bytes: the library itself, and the
-#    MatMulNBits weights it repacks at load for int8 compute (accuracy_level 4) next to the
-#    initializers it keeps.
-ORT_LIBRARY_RSS = 30 * memory.MIB
-ORT_WEIGHT_FACTOR = {0: 1.0, 4: 1.75}
+OPTION_NAMES = ("providers", "static", "chunk", "accuracy_4bit", "accuracy_8bit")
+# -- ONNX Runtime's memory on the CPU provider, measured (benchmarks/bench_onnx.py, x86-64,
+#    onnxruntime 1.32) as RSS growth: `import onnxruntime, onnx` and edgesdk.loading +42 MiB over numpy; a session holds
+#    the initializers, less those MatMulNBits repacks and frees, plus the repacked copy of a tied
+#    embedding, whose original the Gather still reads: 1.68 (SmolLM2) and 1.46 (Gemma-3) times
+#    its bytes above the initializers.
+ORT_LIBRARY_RSS = 42 * memory.MIB
+ORT_SHARED_PREPACK_FACTOR = 1.7
 # The arena keeps the largest activations of a run: per token, the layer's widest tensors a few
 # times over (measured ~3x the floats of one layer on both models).
 ORT_ACTIVATION_FACTOR = 3
@@ -105,7 +106,8 @@ def _probe_providers() -> List[ProviderSpec]:
     ort = _ort()
     info = hardware.probe()
     devices: Sequence[str] = ()
-    get_devices = getattr(ort, "get_available_openvino_device_ids", None)
+    # onnxruntime-openvino has this in its binding only
+    get_devices = getattr(getattr(ort.capi, "_pybind_state", None), "get_available_openvino_device_ids", None)
     if get_devices is not None:
         try:
             devices = tuple(get_devices())
@@ -136,7 +138,6 @@ def _export_options(source: ModelSource, config: LoadConfig, providers: List[Pro
         raise InvalidArgumentError(f"the onnx backend's option static must be True or False, got {static!r}")
     base = ExportOptions()
     chunk = opts.get("chunk", base.chunk)
-    accuracy = opts.get("accuracy_level", base.accuracy_level)
     n_ctx = n_ctx or source.shape.context_length or DYNAMIC_TABLE_POSITIONS
     if static:
         table = n_ctx                  # the static cache is exactly the context
@@ -145,8 +146,9 @@ def _export_options(source: ModelSource, config: LoadConfig, providers: List[Pro
         while table < n_ctx:
             table *= 2
     kv_dtype = "f16" if config.kv_type == "f16" else "f32"
-    return check_options(replace(base, static=static, n_ctx=table, chunk=chunk, accuracy_level=accuracy,
-                                 kv_dtype=kv_dtype))
+    return check_options(replace(base, static=static, n_ctx=table, chunk=chunk, kv_dtype=kv_dtype,
+                                 accuracy_4bit=opts.get("accuracy_4bit", base.accuracy_4bit),
+                                 accuracy_8bit=opts.get("accuracy_8bit", base.accuracy_8bit)))
 
 
 def _capture_stderr(fn):
@@ -220,11 +222,11 @@ class OnnxBackend(Backend):
 
     @classmethod
     def memory_parts(cls, checked: _Checked, config: LoadConfig) -> Dict[str, int]:
-        from ..onnx_export.graph import initializer_bytes
+        from ..onnx_export.graph import initializer_bytes, tied_embedding_bytes
         shape, n_ctx = checked.source.shape, config.n_ctx
         options = _export_options(checked.source, config, checked.providers)
         init = initializer_bytes(checked.source.file, shape, options)
-        weights = int(init * ORT_WEIGHT_FACTOR.get(options.accuracy_level, max(ORT_WEIGHT_FACTOR.values())))
+        weights = init + int(ORT_SHARED_PREPACK_FACTOR * tied_embedding_bytes(checked.source.file))
         item = 2 if options.kv_dtype == "f16" else 4
         kv_len = options.n_ctx if options.static else n_ctx
         kv = 2 * shape.n_layer * shape.n_head_kv * shape.head_dim_k * kv_len * item

@@ -66,8 +66,9 @@ def check_options(options: ExportOptions) -> ExportOptions:
     """InvalidArgumentError naming the option that is out of range."""
     if options.kv_dtype not in KV_DTYPES:
         raise InvalidArgumentError(f"kv_dtype {options.kv_dtype!r} is not one of {', '.join(KV_DTYPES)}")
-    if options.accuracy_level not in (0, 1, 2, 3, 4):
-        raise InvalidArgumentError(f"accuracy_level must be 0..4 (MatMulNBits), got {options.accuracy_level!r}")
+    for name in ("accuracy_4bit", "accuracy_8bit"):
+        if getattr(options, name) not in (0, 1, 2, 3, 4):
+            raise InvalidArgumentError(f"{name} must be a MatMulNBits accuracy_level 0..4, got {getattr(options, name)!r}")
     if not isinstance(options.n_ctx, int) or not 1 <= options.n_ctx <= (1 << 20):
         raise InvalidArgumentError(f"n_ctx must be 1..{1 << 20}, got {options.n_ctx!r}")
     if not isinstance(options.chunk, int) or not 1 <= options.chunk <= MAX_STATIC_CHUNK:

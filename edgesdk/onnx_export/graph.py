@@ -52,9 +52,13 @@ class ExportOptions:
     n_ctx: int = 4096         # dynamic: positions the RoPE tables cover; static: the cache length L
     chunk: int = 64           # static: tokens per run
     kv_dtype: str = "f16"
-    # MatMulNBits accuracy_level: 0 computes in float32; 4 quantizes the activations to int8
-    # per block (as llama.cpp and the native engine do), which the CPU provider runs much faster.
-    accuracy_level: int = 4
+    # MatMulNBits accuracy_level per weight width: 0 computes in float32, 4 quantizes the
+    # activations to int8 per block. On the CPU provider (benchmarks/RESULTS_onnx.md) int8 costs
+    # 4-bit products 3-5x their KL against the float64 truth (the block minimum's product keeps
+    # the exact input, so the quantization error no longer cancels as in llama.cpp's Q4_1 x Q8_1),
+    # while float32 on 8-bit weights dequantizes the whole matrix every run (50x slower at M=1).
+    accuracy_4bit: int = 0
+    accuracy_8bit: int = 4
 
 
 def permute_for_neox(n_heads: int, head_dim: int, n_rot: int) -> np.ndarray:
@@ -188,7 +192,8 @@ class _Decoder:
             self.weight_rows[base] = rows
             m = first
             y = b.op("MatMulNBits", [x, e["codes"], e["scales"], e["zero_points"]], "mmq", domain=MS_DOMAIN,
-                     K=m.n_cols, N=e["N"], bits=m.bits, block_size=m.block_size, accuracy_level=self.o.accuracy_level)
+                     K=m.n_cols, N=e["N"], bits=m.bits, block_size=m.block_size,
+                     accuracy_level=self.o.accuracy_4bit if m.bits == 4 else self.o.accuracy_8bit)
             if e["minsT"] is not None:
                 # Each block's minimum times the sum of the input over that block.
                 blocks = b.op("Reshape", [x, b.const([0, 0, m.k_blocks, m.block_size])], "blocks")
@@ -425,32 +430,47 @@ def build_model(f: gguf.GGUFFile, shape: ModelShape, options: ExportOptions):
 
 
 
+def _matrix_bytes(info) -> int:
+    """Bytes of one GGUF matrix's initializers: float (K, N), or codes, scales, zero points, minimums."""
+    from .weights import NBITS_FORMS
+    n_cols, n_rows = info.shape
+    if info.type_name in FLOAT_TYPES:
+        return 4 * n_rows * n_cols
+    bits, block, _ = NBITS_FORMS[info.type_name]
+    k_blocks = n_cols // block
+    total = n_rows * n_cols * bits // 8 + 4 * n_rows * k_blocks                 # codes, scales
+    total += n_rows * (k_blocks if bits == 8 else (k_blocks + 1) // 2)          # zero points
+    if info.type_name in ("Q4_1", "Q4_K"):
+        total += 4 * n_rows * k_blocks                                           # minimums
+    return total
+
+
+def tied_embedding_bytes(f: gguf.GGUFFile) -> int:
+    """Bytes of the embedding's initializers when the output layer multiplies by the same ones
+    (the graph gathers rows from them and runs MatMulNBits on them)."""
+    if "output.weight" in f.tensors or "token_embd.weight" not in f.tensors:
+        return 0
+    return _matrix_bytes(f.tensors["token_embd.weight"])
+
+
 def initializer_bytes(f: gguf.GGUFFile, shape: ModelShape, options: ExportOptions) -> int:
     """The bytes of the graph's initializers, counted from the tensor index without exporting."""
-    from .weights import NBITS_FORMS
     total = 0
     for name, info in f.tensors.items():
         if len(info.shape) == 1:
             total += 4 * info.shape[0]
             continue
-        n_cols, n_rows = info.shape
-        if info.type_name in FLOAT_TYPES:
-            # a tied float embedding is gathered from as it is and multiplied as its transpose
-            tied = name == "token_embd.weight" and "output.weight" not in f.tensors
-            total += 4 * n_rows * n_cols * (2 if tied else 1)
-            continue
-        bits, block, _ = NBITS_FORMS[info.type_name]
-        k_blocks = n_cols // block
-        total += n_rows * n_cols * bits // 8 + 4 * n_rows * k_blocks          # codes, scales
-        total += n_rows * (k_blocks if bits == 8 else (k_blocks + 1) // 2)     # zero points
-        if info.type_name in ("Q4_1", "Q4_K"):
-            # minimums, transposed for the product; the embedding also gathers them by row
-            total += 4 * n_rows * k_blocks * (2 if name == "token_embd.weight" else 1)
+        total += _matrix_bytes(info)
+        tied = name == "token_embd.weight" and "output.weight" not in f.tensors
+        if tied and info.type_name in FLOAT_TYPES:
+            total += _matrix_bytes(info)        # gathered from as it is, multiplied as its transpose
+        elif tied and info.type_name in ("Q4_1", "Q4_K"):
+            total += 4 * info.shape[1] * (info.shape[0] // 32)   # minimums gathered by row, and transposed
     n_pos = options.n_ctx + (options.chunk if options.static else 0)
     tables = 2 if shape.sliding_window and shape.swa_pattern else 1
     return total + tables * 2 * 4 * n_pos * (shape.n_rot // 2)
 
 
 __all__ = ["ExportOptions", "KV_DTYPES", "OPSET", "SUPPORTED_ARCHITECTURES", "build_model", "check_exportable",
-           "initializer_bytes",
+           "initializer_bytes", "tied_embedding_bytes",
            "permute_for_neox"]
