@@ -34,11 +34,15 @@ fi
 VPY="$VENV/bin/python"
 "$VPY" -m pip install --disable-pip-version-check -q -e ".[test]"
 
-# 3. The real models (no network when already cached in $EDGESDK_HOME).
+# 3. onnxruntime builds that ship their own `onnxruntime` module, each in its own venv under
+#    $EDGESDK_HOME/venvs (the OpenVINO provider's tests, the ONNX benchmark's genai reference).
+bash tools/onnx_envs.sh
+
+# 4. The real models (no network when already cached in $EDGESDK_HOME).
 "$VPY" -m edgesdk.cli pull smollm2-135m-instruct
 "$VPY" -m edgesdk.cli pull gemma3-270m
 
-# 4. Everything. Exit status 5 (no tests collected) means a broken test tree or
+# 5. Everything. Exit status 5 (no tests collected) means a broken test tree or
 #    a filter that matched nothing: report it as the failure it is.
 set +e
 "$VPY" -m pytest "$@"
