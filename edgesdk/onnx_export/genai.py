@@ -14,8 +14,10 @@ from . import GRAPH_FILE, Export
 GENAI_CONFIG_FILE = "genai_config.json"
 
 
-def genai_config(f: gguf.GGUFFile, export: Export, provider: Optional[str] = None) -> dict:
-    """The config as a dict; provider: a genai provider name ("openvino", "cuda"), None for CPU."""
+def genai_config(f: gguf.GGUFFile, export: Export, provider: Optional[str] = None,
+                 threads: Optional[int] = None) -> dict:
+    """The config as a dict; provider: a genai provider name ("openvino", "cuda"), None for CPU;
+    threads: ONNX Runtime's intra-op threads (None: its default, every core)."""
     if export.options.static:
         raise InvalidArgumentError("onnxruntime-genai runs the dynamic export (static=False)")
     shape = read_shape(f)
@@ -25,6 +27,8 @@ def genai_config(f: gguf.GGUFFile, export: Export, provider: Optional[str] = Non
         return int(value) if isinstance(value, int) else default
 
     session = {"log_id": "onnxruntime-genai", "provider_options": [{provider: {}}] if provider else []}
+    if threads is not None:
+        session["intra_op_num_threads"] = threads
     return {
         "model": {
             "type": {"llama": "llama", "qwen2": "qwen2", "gemma3": "gemma3_text"}[shape.architecture],
@@ -50,10 +54,10 @@ def genai_config(f: gguf.GGUFFile, export: Export, provider: Optional[str] = Non
 
 
 def write_genai_config(gguf_path, export: Export, provider: Optional[str] = None,
-                       directory: Optional[Path] = None) -> Path:
+                       directory: Optional[Path] = None, threads: Optional[int] = None) -> Path:
     """Write genai_config.json into directory (default: the export's own)."""
     with gguf.open(gguf_path) as f:
-        config = genai_config(f, export, provider)
+        config = genai_config(f, export, provider, threads)
     path = Path(directory or export.directory) / GENAI_CONFIG_FILE
     path.write_text(json.dumps(config, indent=2))
     return path
