@@ -327,3 +327,21 @@ def test_planned_initializer_bytes_match_the_export(tmp_path):
         with egguf.open(path) as f:
             planned = initializer_bytes(f, read_shape(f), options)
         assert abs(export.data_bytes - planned) <= 0.02 * planned
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_group_query_attention_graph_matches_the_float64_reference(arch, tmp_path, rng):
+    # The attention="gqa" export (com.microsoft.GroupQueryAttention with its rotary and window).
+    cfg = TINY_MODELS[arch]
+    path, tensors = _tiny(tmp_path, cfg)
+    ids = [int(i) for i in rng.integers(0, cfg.n_vocab, size=23)]
+    want = reference_logits(cfg, tensors, ids)
+    with _onnx_backend(path, attention="gqa") as b:
+        assert b.export_options.attention == "gqa"
+        np.testing.assert_allclose(b.eval(ids, 0, all_logits=True), want, atol=TINY_F32_ATOL)
+        b.eval(ids[:10], 0)
+        for k, t in enumerate(ids[10:]):
+            last = b.eval([t], 10 + k)
+        np.testing.assert_allclose(last, want[-1], atol=TINY_F32_ATOL)
+    with pytest.raises(InvalidArgumentError, match="gqa"):
+        _onnx_backend(path, attention="gqa", static=True)

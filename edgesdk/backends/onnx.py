@@ -13,6 +13,7 @@ Options (LoadConfig.options):
   static           fixed-shape graph; default: True for an NPU provider, else False
   chunk            tokens per run of the static graph (default 64)
   accuracy_4bit, accuracy_8bit   MatMulNBits accuracy_level of 4- and 8-bit weights (ExportOptions)
+  attention        "plain" or "gqa" (GroupQueryAttention, dynamic graph only; ExportOptions)
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ NPU_PROVIDERS = ("QNNExecutionProvider",)          # and OpenVINO with device_ty
 DYNAMIC_TABLE_POSITIONS = 4096                      # smallest RoPE table a dynamic export covers
 STATE_MAGIC = b"EKOX"
 STATE_HEADER = struct.Struct("<4sIIIIq")            # magic, n_layer, n_kv_heads, head_dim, kv itemsize, n_past
-OPTION_NAMES = ("providers", "static", "chunk", "accuracy_4bit", "accuracy_8bit")
+OPTION_NAMES = ("providers", "static", "chunk", "accuracy_4bit", "accuracy_8bit", "attention")
 # -- ONNX Runtime's memory on the CPU provider, measured (benchmarks/bench_onnx.py, x86-64,
 #    onnxruntime 1.32) as RSS growth: `import onnxruntime, onnx` and edgesdk.loading +42 MiB over numpy; a session holds
 #    the initializers, less those MatMulNBits repacks and frees, plus the repacked copy of a tied
@@ -148,7 +149,8 @@ def _export_options(source: ModelSource, config: LoadConfig, providers: List[Pro
     kv_dtype = "f16" if config.kv_type == "f16" else "f32"
     return check_options(replace(base, static=static, n_ctx=table, chunk=chunk, kv_dtype=kv_dtype,
                                  accuracy_4bit=opts.get("accuracy_4bit", base.accuracy_4bit),
-                                 accuracy_8bit=opts.get("accuracy_8bit", base.accuracy_8bit)))
+                                 accuracy_8bit=opts.get("accuracy_8bit", base.accuracy_8bit),
+                                 attention=opts.get("attention", "plain" if static else base.attention)))
 
 
 def _capture_stderr(fn):

@@ -28,7 +28,7 @@ from ..shape import read_shape
 from .graph import KV_DTYPES, ExportOptions, build_model, check_exportable
 
 # Bumped whenever the graph or the weight mapping changes, so older exports are not reused.
-EXPORTER_VERSION = 1
+EXPORTER_VERSION = 2
 GRAPH_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
 MANIFEST_FILE = "manifest.json"
@@ -69,6 +69,9 @@ def check_options(options: ExportOptions) -> ExportOptions:
     for name in ("accuracy_4bit", "accuracy_8bit"):
         if getattr(options, name) not in (0, 1, 2, 3, 4):
             raise InvalidArgumentError(f"{name} must be a MatMulNBits accuracy_level 0..4, got {getattr(options, name)!r}")
+    if options.attention not in ("plain", "gqa") or (options.attention == "gqa" and options.static):
+        raise InvalidArgumentError(f"attention must be 'plain' or (dynamic graph only) 'gqa', got "
+                                   f"{options.attention!r}{' with static=True' if options.static else ''}")
     if not isinstance(options.n_ctx, int) or not 1 <= options.n_ctx <= (1 << 20):
         raise InvalidArgumentError(f"n_ctx must be 1..{1 << 20}, got {options.n_ctx!r}")
     if not isinstance(options.chunk, int) or not 1 <= options.chunk <= MAX_STATIC_CHUNK:

@@ -59,6 +59,8 @@ class ExportOptions:
     # while float32 on 8-bit weights dequantizes the whole matrix every run (50x slower at M=1).
     accuracy_4bit: int = 0
     accuracy_8bit: int = 4
+    # "plain": MatMul/Softmax on the cache; "gqa": com.microsoft.GroupQueryAttention (dynamic only)
+    attention: str = "plain"
 
 
 def permute_for_neox(n_heads: int, head_dim: int, n_rot: int) -> np.ndarray:
@@ -266,6 +268,8 @@ class _Decoder:
         if p + "attn_q_norm.weight" in self.f.tensors:
             q = self.rmsnorm(q, self.vector(p + "attn_q_norm.weight", head_perm))
             k = self.rmsnorm(k, self.vector(p + "attn_k_norm.weight", head_perm))
+        if self.o.attention == "gqa":
+            return self._gqa(il, q, k, v, past_k, past_v)
         q = b.op("Transpose", [self.rope(q, cos, sin)], "qT", perm=[0, 2, 1, 3])      # (1, H, S, hd)
         k = b.op("Transpose", [self.rope(k, cos, sin)], "kT", perm=[0, 2, 1, 3])      # (1, n_kv, S, hd)
         v = b.op("Transpose", [v], "vT", perm=[0, 2, 1, 3])
@@ -285,9 +289,30 @@ class _Decoder:
         att = b.op("Reshape", [b.op("Transpose", [att], perm=[0, 2, 1, 3]), b.const([0, 0, s.n_head * self.hd])])
         return self.matmul(att, p + "attn_output.weight"), new_k, new_v, keys, values
 
+    def _gqa(self, il: int, q: str, k: str, v: str, past_k: str, past_v: str):
+        """com.microsoft.GroupQueryAttention with its rotary: (output, None, None, present k, present v)."""
+        b, s, p = self.b, self.s, f"blk.{il}."
+        sliding = self._sliding(il)
+        flat = [b.op("Reshape", [t, b.const([0, 0, -1])]) for t in (q, k, v)]
+        if self.kv_elem != self.T.FLOAT:
+            flat = [b.op("Cast", [t], to=self.kv_elem) for t in flat]
+        cos, sin = self._gqa_tables["local" if sliding else "global"]
+        out, present_k, present_v = b.op(
+            "GroupQueryAttention", flat + [past_k, past_v, self._seqlens_k, self._total_i32, cos, sin], "gqa",
+            domain=MS_DOMAIN, n_out=3, num_heads=s.n_head, kv_num_heads=s.n_head_kv, scale=float(s.attn_scale),
+            do_rotary=1, rotary_interleaved=0,
+            local_window_size=(s.sliding_window) if sliding else -1)
+        if self.kv_elem != self.T.FLOAT:
+            out = b.op("Cast", [out], to=self.T.FLOAT)
+        return self.matmul(out, p + "attn_output.weight"), None, None, present_k, present_v
+
+    def _sliding(self, il: int) -> bool:
+        s = self.s
+        return bool(s.sliding_window) and s.swa_pattern > 0 and (il + 1) % s.swa_pattern != 0
+
     def block(self, il: int, x: str, ropes: dict, masks: dict, past_k: str, past_v: str):
         b, s, p = self.b, self.s, f"blk.{il}."
-        sliding = bool(s.sliding_window) and s.swa_pattern > 0 and (il + 1) % s.swa_pattern != 0
+        sliding = self._sliding(il)
         cos, sin = ropes["local" if sliding else "global"]
         h = self.rmsnorm(x, self.vector(p + "attn_norm.weight"))
         o, new_k, new_v, keys, values = self.attention(il, h, cos, sin, masks["local" if sliding else "global"],
@@ -315,11 +340,20 @@ class _Decoder:
                  if "rope_freqs.weight" in self.f.tensors else None)
         out = {}
         kinds = ["global"] + (["local"] if self.s.sliding_window and self.s.swa_pattern else [])
+        self._gqa_tables = {}
         for kind in kinds:
             cos, sin = rope_tables(self.s, n_pos, sliding=kind == "local", freq_factors=freqs)
+            if self.o.attention == "gqa":
+                dtype = KV_DTYPES[self.o.kv_dtype]
+                self._gqa_tables[kind] = (b.init(f"gqa_{kind}.cos", cos.astype(dtype)),
+                                          b.init(f"gqa_{kind}.sin", sin.astype(dtype)))
+                continue
             out[kind] = tuple(b.op("Unsqueeze", [b.op("Gather", [b.init(f"rope_{kind}.{fn}", table), positions],
                                                       f"{fn}_{kind}", axis=0), b.const([2])])
                               for fn, table in (("cos", cos), ("sin", sin)))
+        if self.o.attention == "gqa":
+            self._gqa_tables.setdefault("local", self._gqa_tables["global"])
+            return {"global": (None, None), "local": (None, None)}
         out.setdefault("local", out["global"])
         return out
 
@@ -341,6 +375,9 @@ class _Decoder:
         total = b.op("Add", [n_past, n_new], "total")
         positions = b.op("Range", [n_past, total, b.const(1)], "positions")            # (S,)
         ropes = self._rope_inputs(b.op("Unsqueeze", [positions, b.const([0])]))
+        self._seqlens_k = b.op("Cast", [b.op("Unsqueeze", [b.op("Sub", [total, b.const(1)]), b.const([0])])],
+                               "seqlens_k", to=self.T.INT32)
+        self._total_i32 = b.op("Cast", [total], "total_i32", to=self.T.INT32)
         q_pos = b.op("Unsqueeze", [positions, b.const([1])])                          # (S, 1)
         k_pos = b.op("Unsqueeze", [b.op("Range", [b.const(0), total, b.const(1)]), b.const([0])])  # (1, T)
         behind = b.op("Sub", [q_pos, k_pos], "behind")                                # (S, T): q - k
