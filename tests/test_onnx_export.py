@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -157,7 +156,7 @@ def test_every_exported_weight_equals_ours(model, request, real_export, monkeypa
             arr = lambda suffix: numpy_helper.to_array(inits[base + suffix])  # noqa: E731
             node = nodes[base + ".codes"]
             attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-            n_rows, n_cols, bits, block = attrs["N"], attrs["K"], attrs["bits"], attrs["block_size"]
+            n_cols, bits, block = attrs["K"], attrs["bits"], attrs["block_size"]
             codes, scales, zps = arr(".codes"), arr(".scales"), arr(".zero_points")
             mins = arr(".minsT").T if base + ".minsT" in inits else None
             for name, row0, count, permuted in parts:

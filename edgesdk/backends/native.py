@@ -24,11 +24,11 @@ import numpy as np
 from .. import gguf, memory
 from ..config import LoadConfig
 from ..errors import (ContextOverflowError, InvalidArgumentError, ModelFormatError, NativeBuildError,
-                      SessionFileError, UnsupportedModelError)
+                      UnsupportedModelError)
 from ..shape import ROPE_SCALING_TYPES, ModelShape, read_shape
 from . import register
-from .base import (Availability, Backend, BackendInfo, ModelSource, check_common_settings, check_ids, resolved,
-                   threads_text)
+from .base import (Availability, Backend, BackendInfo, ModelSource, check_common_settings, check_ids, check_state,
+                   resolved, threads_text)
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "gemma3")
 # Tensor types the engine multiplies (ek_type ids are GGUF's ggml_type ids).
@@ -401,22 +401,15 @@ class NativeBackend(Backend):
 
     def load_state(self, blob: bytes, n_past: int) -> None:
         handle = self._require_open()
-        if not isinstance(n_past, (int, np.integer)) or n_past < 0 or n_past > self.n_ctx:
-            raise InvalidArgumentError(f"n_past {n_past!r} must be in [0, {self.n_ctx}]")
-        head = STATE_HEADER.size
-        if len(blob) < head:
-            raise SessionFileError(f"KV state is {len(blob)} bytes, shorter than its {head}-byte header")
-        if bytes(blob[:head]) != self._state_header(n_past):
-            magic, n_layer, kv_type, kv_dim, _, saved_past = STATE_HEADER.unpack(bytes(blob[:head]))
-            raise SessionFileError(
-                f"KV state does not belong to this model/settings: saved n_layer={n_layer}, kv_type={kv_type}, "
-                f"kv_dim={kv_dim}, n_past={saved_past}; expected n_layer={self.shape.n_layer}, "
-                f"kv_type={_type_id(self.kv_type.upper())}, kv_dim={self.shape.n_head_kv * self.shape.head_dim_k}, "
-                f"n_past={n_past}"
-            )
-        size = int(_engine().lib.ek_model_state_bytes(handle, n_past))
-        if len(blob) - head != size:
-            raise SessionFileError(f"KV state holds {len(blob) - head} bytes, {n_past} positions need {size}")
+
+        def mismatch(saved):
+            magic, n_layer, kv_type, kv_dim, _, saved_past = saved
+            return (f"saved n_layer={n_layer}, kv_type={kv_type}, kv_dim={kv_dim}, n_past={saved_past}; expected "
+                    f"n_layer={self.shape.n_layer}, kv_type={_type_id(self.kv_type.upper())}, "
+                    f"kv_dim={self.shape.n_head_kv * self.shape.head_dim_k}, n_past={n_past}")
+        head = check_state(blob, n_past, self.n_ctx, STATE_HEADER, self._state_header,
+                           lambda n: int(_engine().lib.ek_model_state_bytes(handle, n)), mismatch)
+        size = len(blob) - head
         payload = (ctypes.c_char * size).from_buffer_copy(blob, head)
         _engine().lib.ek_model_state_load(handle, n_past, payload)
         self._n_past = n_past

@@ -29,10 +29,10 @@ import numpy as np
 
 from .. import memory
 from ..config import LoadConfig
-from ..errors import (BackendUnavailableError, ContextOverflowError, InvalidArgumentError, ProviderUnavailableError,
-                      SessionFileError)
+from ..errors import BackendUnavailableError, ContextOverflowError, InvalidArgumentError, ProviderUnavailableError
 from . import register
-from .base import Availability, Backend, BackendInfo, ModelSource, check_common_settings, check_ids, resolved, threads_text
+from .base import (Availability, Backend, BackendInfo, ModelSource, check_common_settings, check_ids, check_state,
+                   resolved, threads_text)
 
 log = logging.getLogger("edgesdk")
 
@@ -388,21 +388,13 @@ class OnnxBackend(Backend):
 
     def load_state(self, blob: bytes, n_past: int) -> None:
         self._require_open()
-        if not isinstance(n_past, (int, np.integer)) or isinstance(n_past, bool) or not 0 <= n_past <= self.n_ctx:
-            raise InvalidArgumentError(f"n_past {n_past!r} must be in [0, {self.n_ctx}]")
-        head = STATE_HEADER.size
-        if len(blob) < head:
-            raise SessionFileError(f"KV state is {len(blob)} bytes, shorter than its {head}-byte header")
-        if bytes(blob[:head]) != self._state_header(n_past):
-            magic, n_layer, n_kv, hd, item, saved = STATE_HEADER.unpack(bytes(blob[:head]))
-            raise SessionFileError(
-                f"KV state does not belong to this model/settings: saved magic={magic!r} n_layer={n_layer}, "
-                f"n_kv_heads={n_kv}, head_dim={hd}, kv bytes={item}, n_past={saved}; expected n_layer="
-                f"{self.shape.n_layer}, n_kv_heads={self._n_kv}, head_dim={self._hd}, kv bytes="
-                f"{np.dtype(self._kv_dtype).itemsize}, n_past={n_past}")
-        size = self._state_bytes(n_past)
-        if len(blob) - head != size:
-            raise SessionFileError(f"KV state holds {len(blob) - head} bytes, {n_past} positions need {size}")
+
+        def mismatch(saved):
+            magic, n_layer, n_kv, hd, item, saved_past = saved
+            return (f"saved magic={magic!r} n_layer={n_layer}, n_kv_heads={n_kv}, head_dim={hd}, kv bytes={item}, "
+                    f"n_past={saved_past}; expected n_layer={self.shape.n_layer}, n_kv_heads={self._n_kv}, "
+                    f"head_dim={self._hd}, kv bytes={np.dtype(self._kv_dtype).itemsize}, n_past={n_past}")
+        head = check_state(blob, n_past, self.n_ctx, STATE_HEADER, self._state_header, self._state_bytes, mismatch)
         data = np.frombuffer(blob, dtype=self._kv_dtype, offset=head).reshape(
             self.shape.n_layer, 2, 1, self._n_kv, n_past, self._hd)
         if self.static:
