@@ -31,7 +31,7 @@ import numpy as np
 
 from .. import gguf
 from ..config import LoadConfig
-from ..errors import InvalidArgumentError, SessionFileError
+from ..errors import ContextOverflowError, InvalidArgumentError, SessionFileError
 from ..shape import ModelShape
 
 
@@ -158,6 +158,17 @@ def check_common_settings(cls, config: LoadConfig) -> None:
         raise InvalidArgumentError(f"the {cls.name} backend has no option(s) {', '.join(unknown)}; it takes {known}")
 
 
+def check_start(start: Any, n_new: int, n_past: int, n_ctx: int) -> None:
+    """eval's start: an int in [0, n_past] (InvalidArgumentError) with room for n_new tokens before n_ctx
+    (ContextOverflowError)."""
+    if not isinstance(start, (int, np.integer)) or isinstance(start, bool) or start < 0:
+        raise InvalidArgumentError(f"start must be a non-negative integer, got {start!r}")
+    if start > n_past:
+        raise InvalidArgumentError(f"start {start} is past the {n_past} cached positions")
+    if start + n_new > n_ctx:
+        raise ContextOverflowError(f"{start} cached + {n_new} new tokens = {start + n_new} exceeds the context of {n_ctx}")
+
+
 def check_state(blob: bytes, n_past: Any, n_ctx: int, header: "struct.Struct", expected: Callable[[int], bytes],
                 payload_bytes: Callable[[int], int], mismatch: Callable[[tuple], str]) -> int:
     """The offset of a load_state blob's payload once it is known to restore n_past positions:
@@ -203,5 +214,5 @@ def check_ids(ids: Sequence[int], n_vocab: int) -> np.ndarray:
     return arr.astype(np.int32, copy=False)
 
 
-__all__ = ["Availability", "Backend", "BackendInfo", "ModelSource", "check_common_settings", "check_ids", "check_state",
+__all__ = ["Availability", "Backend", "BackendInfo", "ModelSource", "check_common_settings", "check_ids", "check_start", "check_state",
            "resolved", "threads_text"]

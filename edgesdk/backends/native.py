@@ -23,11 +23,11 @@ import numpy as np
 
 from .. import gguf, memory
 from ..config import LoadConfig
-from ..errors import (ContextOverflowError, InvalidArgumentError, ModelFormatError, NativeBuildError,
+from ..errors import (InvalidArgumentError, ModelFormatError, NativeBuildError,
                       UnsupportedModelError)
 from ..shape import ROPE_SCALING_TYPES, ModelShape, read_shape
 from . import register
-from .base import (Availability, Backend, BackendInfo, ModelSource, check_common_settings, check_ids, check_state,
+from .base import (Availability, Backend, BackendInfo, ModelSource, check_common_settings, check_ids, check_start, check_state,
                    resolved, threads_text)
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "gemma3")
@@ -364,14 +364,7 @@ class NativeBackend(Backend):
     def eval(self, ids: Sequence[int], start: int, all_logits: bool = False) -> np.ndarray:
         handle = self._require_open()
         arr = np.ascontiguousarray(check_ids(ids, self.n_vocab))
-        if not isinstance(start, (int, np.integer)) or isinstance(start, bool) or start < 0:
-            raise InvalidArgumentError(f"start must be a non-negative integer, got {start!r}")
-        if start > self._n_past:
-            raise InvalidArgumentError(f"start {start} is past the {self._n_past} cached positions")
-        if start + arr.size > self.n_ctx:
-            raise ContextOverflowError(
-                f"{start} cached + {arr.size} new tokens = {start + arr.size} exceeds the context of {self.n_ctx}"
-            )
+        check_start(start, arr.size, self._n_past, self.n_ctx)
         rows = arr.size if all_logits else 1
         logits = np.empty((rows, self.n_vocab), dtype=np.float32)
         # Forget first: if the engine fails midway, the cache past `start` is not trusted.

@@ -29,9 +29,9 @@ import numpy as np
 
 from .. import memory
 from ..config import LoadConfig
-from ..errors import BackendUnavailableError, ContextOverflowError, InvalidArgumentError, ProviderUnavailableError
+from ..errors import BackendUnavailableError, InvalidArgumentError, ProviderUnavailableError
 from . import register
-from .base import (Availability, Backend, BackendInfo, ModelSource, check_common_settings, check_ids, check_state,
+from .base import (Availability, Backend, BackendInfo, ModelSource, check_common_settings, check_ids, check_start, check_state,
                    resolved, threads_text)
 
 log = logging.getLogger("edgesdk")
@@ -304,13 +304,7 @@ class OnnxBackend(Backend):
     def eval(self, ids: Sequence[int], start: int, all_logits: bool = False) -> np.ndarray:
         self._require_open()
         arr = check_ids(ids, self.n_vocab).astype(np.int64)
-        if not isinstance(start, (int, np.integer)) or isinstance(start, bool) or start < 0:
-            raise InvalidArgumentError(f"start must be a non-negative integer, got {start!r}")
-        if start > self._n_past:
-            raise InvalidArgumentError(f"start {start} is past the {self._n_past} cached positions")
-        if start + arr.size > self.n_ctx:
-            raise ContextOverflowError(
-                f"{start} cached + {arr.size} new tokens = {start + arr.size} exceeds the context of {self.n_ctx}")
+        check_start(start, arr.size, self._n_past, self.n_ctx)
         self._truncate(start)
         step = self._chunk if self.static else self.n_batch
         rows = []
