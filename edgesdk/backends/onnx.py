@@ -29,7 +29,7 @@ import numpy as np
 
 from .. import memory
 from ..config import LoadConfig
-from ..errors import BackendUnavailableError, InvalidArgumentError, ProviderUnavailableError
+from ..errors import BackendUnavailableError, InvalidArgumentError, NativeError, ProviderUnavailableError
 from . import register
 from .base import (Availability, Backend, BackendInfo, ModelSource, check_common_settings, check_ids, check_start, check_state,
                    resolved, threads_text)
@@ -314,6 +314,13 @@ class OnnxBackend(Backend):
             rows.append((self._run_static if self.static else self._run_dynamic)(piece, all_logits or not last))
         return np.concatenate(rows) if all_logits else rows[-1][-1]
 
+    def _run(self, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        try:
+            return dict(zip(self._output_names, self._session.run(None, feeds)))
+        except Exception as exc:     # onnxruntime's own error types; inputs were checked above
+            raise NativeError(f"ONNX Runtime failed running {self.export.graph_path} on "
+                              f"{self.providers[0]}: {exc}") from None
+
     def _truncate(self, start: int) -> None:
         if start < self._n_past and not self.static:
             self._k = [np.ascontiguousarray(k[:, :, :start]) for k in self._k]
@@ -325,7 +332,7 @@ class OnnxBackend(Backend):
         for il in range(self.shape.n_layer):
             feeds[f"past_key_values.{il}.key"] = self._k[il]
             feeds[f"past_key_values.{il}.value"] = self._v[il]
-        out = dict(zip(self._output_names, self._session.run(None, feeds)))
+        out = self._run(feeds)
         self._k = [out[f"present.{il}.key"] for il in range(self.shape.n_layer)]
         self._v = [out[f"present.{il}.value"] for il in range(self.shape.n_layer)]
         self._n_past += ids.size
@@ -354,7 +361,7 @@ class OnnxBackend(Backend):
         for il in range(self.shape.n_layer):
             feeds[f"past_key.{il}"] = self._k[il]
             feeds[f"past_value.{il}"] = self._v[il]
-        out = dict(zip(self._output_names, self._session.run(None, feeds)))
+        out = self._run(feeds)
         for il in range(self.shape.n_layer):
             self._k[il][:, :, start:start + n] = out[f"new_key.{il}"][:, :, :n]
             self._v[il][:, :, start:start + n] = out[f"new_value.{il}"][:, :, :n]
