@@ -306,7 +306,7 @@ def truth_hidden(gguf_path: os.PathLike, ids: Sequence[int]) -> np.ndarray:
     model = truth_model(gguf_path)
     arr = np.asarray(ids, dtype=np.int64)
     if arr.ndim != 1 or arr.size == 0 or arr.min() < 0 or arr.max() >= output_head(model.weights).shape[0]:
-        raise ValueError(f"ids must be a non-empty sequence of token ids below the vocabulary size")
+        raise ValueError("ids must be a non-empty sequence of token ids below the vocabulary size")
     return _computed_hidden(model, arr)
 
 
