@@ -4,11 +4,12 @@ Everything about the file is checked here, once, before the C engine sees a
 pointer: the architecture, the hyperparameters the engine needs (from the
 model's ModelShape), each tensor's presence, shape and type. The engine then
 trusts the description it is given; the same description answers the memory
-planner (ek_model_memory_needs) and creates the engine. Q4_0, Q4_1 and Q8_0
-matrices get an owned interleaved copy at load (built over the thread pool),
-and their pages of the file mapping are released (the file still backs them);
-the other matrices and the F32 vectors stay memory-mapped; norm vectors stored
-as F16 are converted.
+planner (ek_model_memory_needs) and creates the engine. Quantized matrices of
+a type the active kernels have a repacked layout for (on x86 Q4_0, Q4_1, Q5_0,
+Q8_0, Q4_K, Q6_K; on NEON Q4_0, Q4_1, Q8_0) get an owned interleaved copy at
+load (built over the thread pool), and their pages of the file mapping are
+released (the file still backs them); the other matrices and the F32 vectors
+stay memory-mapped; norm vectors stored as F16 are converted.
 """
 from __future__ import annotations
 
@@ -36,8 +37,9 @@ MATRIX_TYPES = ("F32", "F16", "Q4_0", "Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q6_K")
 VECTOR_TYPES = ("F32", "F16")
 STATE_MAGIC = b"EKKV"
 STATE_HEADER = struct.Struct("<4sIIIIq")  # magic, n_layer, kv_type, kv_dim, n_ctx, n_past
-# Repack matrices at load (faster prompts and generation, benchmarks/RESULTS.md; the engine
-# picks the types, see flags_for in native/src/model.c). options={"repack": False} keeps the file layout.
+# Repack matrices at load (faster prompts and generation, benchmarks/RESULTS.md; every type the
+# active kernels have a repacked layout for, see ek_weight_repacked_bytes in native/src/matmul.c).
+# options={"repack": False} keeps the file layout.
 DEFAULT_REPACK = True
 # edgesdk's modules, the native library and the code pages an eval pages in, above python + numpy:
 # 33 MiB RSS measured after a SmolLM2 eval with nothing else alive.
