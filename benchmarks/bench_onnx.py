@@ -41,6 +41,7 @@ N_CTX = 512
 MODELS = {"smollm2": "smollm2-135m-instruct", "gemma3": "gemma3-270m"}
 ENGINES = ("native", "llamacpp", "onnx-cpu", "onnx-openvino", "genai-cpu")
 RESULTS = HERE / "RESULTS_onnx.md"
+NOTES_HEADING = "## Choices measured"
 
 
 def _ids(n):
@@ -160,7 +161,9 @@ def _write(rows, args, load_start, seconds) -> None:
         ours, ref = engines["onnx-cpu"], engines["genai-cpu"]
         lines.append(f"- {model}: prompt {ours['prompt_tps'] / ref['prompt_tps']:.2f}x, generation "
                      f"{ours['gen_tps'] / ref['gen_tps']:.2f}x")
-    RESULTS.write_text("\n".join(lines) + "\n")
+    # Measurements made by hand (commands given there) are kept from the previous file.
+    notes = RESULTS.read_text().partition(NOTES_HEADING)[2] if RESULTS.exists() else ""
+    RESULTS.write_text("\n".join(lines) + "\n" + (f"\n{NOTES_HEADING}{notes}" if notes else ""))
     print(RESULTS.read_text())
 
 
