@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,9 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
+
+from onnx_child import peak_rss  # noqa: E402  (the children's measure, for the in-venv engines too)
 
 PROMPT_TOKENS = 128
 GEN_TOKENS = 64
@@ -64,7 +66,7 @@ def worker(engine: str, path: str, threads: int) -> dict:
         logits = b.eval([int(np.argmax(logits))], PROMPT_TOKENS + k)
     gen_s = time.perf_counter() - t
     return {"load_s": load_s, "prompt_tps": PROMPT_TOKENS / prompt_s, "gen_tps": GEN_TOKENS / gen_s,
-            "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+            "peak_rss": peak_rss()}
 
 
 def _venv_python(name: str) -> Path:

@@ -9,13 +9,21 @@ Prints one JSON line: load_s, prompt_tps, gen_tps, peak_rss (bytes). The ort loo
 edgesdk's backend runs on the dynamic graph: the cache of every layer fed back as it came out.
 """
 import json
-import resource
 import sys
 import time
 
 import numpy as np
 
 PROMPT_FIRST_ID = 300       # ordinary vocabulary ids, the same as bench_onnx.py's in-process engines
+
+
+def peak_rss() -> int:
+    """This process's peak RSS (VmHWM: getrusage's ru_maxrss survives exec and would report the parent's)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def _ids(n):
@@ -78,7 +86,7 @@ def main(argv):
         n_prompt, n_gen = int(argv[3]), int(argv[4])
         load_s, prompt_s, gen_s = run_genai(argv[1], argv[2], n_prompt, n_gen)
     print(json.dumps({"load_s": load_s, "prompt_tps": n_prompt / prompt_s, "gen_tps": n_gen / gen_s,
-                      "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+                      "peak_rss": peak_rss()}))
 
 
 if __name__ == "__main__":

@@ -135,14 +135,6 @@ def test_info_names_the_provider_and_graph(model):
     assert model.backend.providers[0] == "CPUExecutionProvider"
 
 
-def _rss() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
-
-
 MEMORY_CHILD = """
 import sys, json
 from edgesdk import loading
