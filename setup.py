@@ -110,7 +110,9 @@ setup(
     # 32-bit ARM wheel, so a Raspberry Pi OS (armhf) install must not require it.
     extras_require={
         "llamacpp": ["llama-cpp-python>=0.3.0"],
-        "onnx": ["onnxruntime>=1.16"],      # the ONNX Runtime providers in `edgesdk info`, the ONNX backend
+        # the ONNX Runtime providers in `edgesdk info`; the ONNX backend and its exporter
+        # (8-bit MatMulNBits on the CPU provider needs onnxruntime 1.20; IR version 10, onnx 1.16)
+        "onnx": ["onnxruntime>=1.20", "onnx>=1.16"],
         "serial": ["pyserial>=3.5"],        # the serial bridge
         "test": [                           # everything the whole suite imports (tests/test_packaging.py checks)
             "pytest>=7.4",
@@ -118,7 +120,8 @@ setup(
             "llama-cpp-python>=0.3.0",
             "gguf>=0.17.0",
             "pexpect>=4.8",
-            "onnxruntime>=1.16",
+            "onnxruntime>=1.20",
+            "onnx>=1.16",
             "pyserial>=3.5",
             "auditwheel>=6.1",              # tools/build_wheels.py: the manylinux tag, read from the library
             "setuptools>=64",               # tools/build_wheels.py builds without isolation (offline),

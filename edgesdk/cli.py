@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable, List, Optional, Tuple
 
 from . import __version__
 from .errors import EdgeSDKError, NativeBuildError
+from .onnx_cli import add_export_onnx_command
 from .serial_cli import add_serial_command
 from .worker_cli import add_worker_command
 
@@ -232,7 +233,8 @@ def _add_chat(sub) -> None:
     add_chat_commands(sub)
 
 
-SUBCOMMANDS = [_add_pull, _add_models, _add_info, _add_chat, add_serial_command, add_worker_command]
+SUBCOMMANDS = [_add_pull, _add_models, _add_info, _add_chat, add_serial_command, add_worker_command,
+               add_export_onnx_command]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -115,3 +115,15 @@ class WorkerLostError(WorkerError):
 
 class WorkerMemoryError(WorkerError, MemoryBudgetError):
     """A worker refused the share of the model it was given (its --mem limit, or its device is full)."""
+
+
+class ProviderUnavailableError(BackendUnavailableError):
+    """The ONNX Runtime execution provider asked for is not in this onnxruntime build; the message lists those that are."""
+
+
+class ExportError(EdgeSDKError):
+    """An ONNX export could not be written (disk full, no permission); nothing half-written is left under its name."""
+
+
+class CorruptExportError(ExportError):
+    """A cached ONNX export does not match its manifest (truncated, changed, or unreadable); the message names it."""

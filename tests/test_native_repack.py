@@ -3,7 +3,9 @@ independent numpy forward pass, repacked copies counted as owned memory, and the
 tensors' file pages released from the resident set."""
 from __future__ import annotations
 
+import dataclasses
 import gc
+import math
 
 import gguf
 import numpy as np
@@ -11,6 +13,7 @@ import pytest
 
 from edgesdk import gguf as ek_gguf
 from edgesdk.backends.native import NativeBackend, memory_requirements
+from kernel_reference import dequantize, random_blocks
 from tiny_gguf import TinyConfig, reference_logits, tiny_tensors
 
 # Both engines quantize the same activations to int8 and differ only in float summation
@@ -31,7 +34,21 @@ RESIDUAL_PAGES_PER_TENSOR = 16
 PAGE = 4096
 
 MATRIX_TYPES = {"q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_0": gguf.GGMLQuantizationType.Q4_0,
-                "q4_1": gguf.GGMLQuantizationType.Q4_1}
+                "q4_1": gguf.GGMLQuantizationType.Q4_1, "q5_0": gguf.GGMLQuantizationType.Q5_0,
+                "q4_k": gguf.GGMLQuantizationType.Q4_K, "q6_k": gguf.GGMLQuantizationType.Q6_K}
+# gguf cannot quantize to these: their blocks are random (kernel_reference.random_blocks), and
+# the model is as wide as one 256-value super-block.
+RANDOM_BLOCK_TYPES = ("q4_k", "q6_k")
+WIDE_CONFIG = TinyConfig(arch="llama", n_embd=256, n_ff=256, n_head=4, n_head_kv=2, head_dim=64)
+
+
+def random_matrix(qtype, shape, rng) -> np.ndarray:
+    """Raw blocks of qtype for a (rows, cols) matrix whose values have about unit-scale rows
+    (standard deviation 1/sqrt(cols), as tiny_tensors' matrices)."""
+    name = qtype.name
+    probe = dequantize(name, random_blocks(name, shape[0] * shape[1], np.random.default_rng(0)))
+    scale = 0.05 / (probe.std() * math.sqrt(shape[1]))  # random_blocks' values are linear in its scale
+    return random_blocks(name, shape[0] * shape[1], rng, scale=scale).reshape(shape[0], -1)
 
 
 def write_quantized_tiny(path, cfg: TinyConfig, qtype) -> dict:
@@ -47,9 +64,11 @@ def write_quantized_tiny(path, cfg: TinyConfig, qtype) -> dict:
     w.add_float32(f"{a}.rope.freq_base", cfg.rope_base)
     w.add_float32(f"{a}.attention.layer_norm_rms_epsilon", cfg.eps)
     dequantized = {}
+    rng = np.random.default_rng(11)
     for name, arr in tensors.items():
         if arr.ndim == 2:
-            raw = gguf.quants.quantize(arr, qtype)
+            random_raw = qtype.name.lower() in RANDOM_BLOCK_TYPES
+            raw = random_matrix(qtype, arr.shape, rng) if random_raw else gguf.quants.quantize(arr, qtype)
             w.add_tensor(name, raw, raw_shape=raw.shape, raw_dtype=qtype)
             dequantized[name] = gguf.quants.dequantize(raw, qtype).reshape(arr.shape).astype(np.float32)
         else:
@@ -67,6 +86,8 @@ def write_quantized_tiny(path, cfg: TinyConfig, qtype) -> dict:
 def test_repacked_engine_matches_plain_engine_and_numpy(tmp_path, qtype, tied):
     # n_vocab 97 and n_ff 96: row counts that are not multiples of the 8/16-row groups.
     cfg = TinyConfig(arch="llama", tied=tied)
+    if qtype in RANDOM_BLOCK_TYPES:
+        cfg = dataclasses.replace(WIDE_CONFIG, tied=tied)
     path = tmp_path / f"tiny-{qtype}.gguf"
     weights = write_quantized_tiny(path, cfg, MATRIX_TYPES[qtype])
     ids = list(np.random.default_rng(5).integers(0, cfg.n_vocab, 11))

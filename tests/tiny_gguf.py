@@ -1,5 +1,6 @@
-"""Tiny random-weight GGUF models of each supported architecture (F32, seeded), and a
-float64 numpy forward pass written from the architectures' definitions, for tests."""
+"""Tiny random-weight GGUF models of each supported architecture (F32, seeded), and their
+float64 reference logits (the forward pass of tests/truth_forward.py, set up from the
+architectures' definitions rather than from the file)."""
 from __future__ import annotations
 
 import math
@@ -8,6 +9,8 @@ from typing import Optional
 
 import gguf
 import numpy as np
+
+from truth_forward import ForwardConfig, forward_logits, plain_rope, yarn_frequencies
 
 
 @dataclass
@@ -134,95 +137,21 @@ def write_tiny(path, cfg: TinyConfig, tensors: dict | None = None, arch_name: st
 
 # ---------------------------------------------------------------- reference
 
-def _rms(x, w, eps):
-    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * w
-
-
-def yarn_frequencies(d: int, base: float, orig_ctx: int, factor: float, ext_factor: float = 1.0,
-                     attn_factor: Optional[float] = None, beta_fast: float = 32.0, beta_slow: float = 1.0):
-    """YaRN (Peng et al. 2023) as Hugging Face transformers defines it (_compute_yarn_parameters,
-    with llama.cpp's ext_factor weighting the extrapolated share): per-pair inverse
-    frequencies (d/2,) and the factor on cos and sin (attn_factor, else 0.1 ln(factor) + 1)."""
-    def pair_for_turns(turns):  # pair whose wavelength 2 pi base^(2i/d) fits `turns` times in orig_ctx
-        return d * math.log(orig_ctx / (turns * 2 * math.pi)) / (2 * math.log(base))
-    low = max(math.floor(pair_for_turns(beta_fast)), 0)
-    high = min(math.ceil(pair_for_turns(beta_slow)), d - 1)
-    ramp = np.clip((np.arange(d // 2) - low) / max(high - low, 0.001), 0.0, 1.0)  # 0: keep, 1: interpolate
-    keep = (1.0 - ramp) * ext_factor
-    extrapolated = base ** (-2.0 * np.arange(d // 2) / d)
-    inv_freq = extrapolated / factor * (1.0 - keep) + extrapolated * keep
-    if attn_factor is not None:
-        mscale = attn_factor
-    else:
-        mscale = 0.1 * math.log(factor) + 1.0 if factor > 1 and ext_factor != 0 else 1.0
-    return inv_freq, mscale
-
-
-def _rope(x, pos, base, neox, yarn=None):
-    """x (n_heads, head_dim) at position pos, all dims rotated. yarn: (inv_freq, mscale) or None."""
-    d = x.shape[-1]
-    i = np.arange(d // 2)
-    inv_freq, mscale = yarn if yarn is not None else (base ** (-2.0 * i / d), 1.0)
-    theta = pos * inv_freq
-    c, s = np.cos(theta) * mscale, np.sin(theta) * mscale
-    out = x.copy()
-    a, b = (i, i + d // 2) if neox else (2 * i, 2 * i + 1)
-    out[:, a] = x[:, a] * c - x[:, b] * s
-    out[:, b] = x[:, a] * s + x[:, b] * c
-    return out
+def forward_config(cfg: TinyConfig) -> ForwardConfig:
+    """The float64 forward's settings for a tiny model, from the architectures' definitions."""
+    gemma = cfg.arch == "gemma3"
+    hd = cfg.head_dim
+    rope_global = plain_rope(hd, cfg.rope_base)
+    if cfg.yarn is not None:  # gemma3's sliding layers are not scaled
+        orig = cfg.yarn.original_context_length or cfg.context_length
+        rope_global = yarn_frequencies(hd, cfg.rope_base, orig, cfg.yarn.factor, **cfg.yarn.settings())
+    return ForwardConfig(
+        arch=cfg.arch, n_layer=cfg.n_layer, n_embd=cfg.n_embd, n_head=cfg.n_head, n_head_kv=cfg.n_head_kv,
+        head_dim=hd, eps=cfg.eps, attn_scale=1.0 / math.sqrt(hd), embd_scale=math.sqrt(cfg.n_embd) if gemma else 1.0,
+        rope_neox=cfg.arch in ("qwen2", "gemma3"), rope_global=rope_global, rope_local=plain_rope(hd, 10000.0),
+        swa_pattern=6 if gemma else 0, n_swa=cfg.n_swa if gemma else 0)
 
 
 def reference_logits(cfg: TinyConfig, t: dict, ids) -> np.ndarray:
     """(len(ids), n_vocab) float64 logits of the whole sequence from position 0."""
-    T = {k: v.astype(np.float64) for k, v in t.items()}
-    gemma = cfg.arch == "gemma3"
-    neox = cfg.arch in ("qwen2", "gemma3")
-    n, hd, group = len(ids), cfg.head_dim, cfg.n_head // cfg.n_head_kv
-    x = T["token_embd.weight"][np.asarray(ids)]
-    if gemma:
-        x = x * math.sqrt(cfg.n_embd)
-    for il in range(cfg.n_layer):
-        p = f"blk.{il}."
-        sliding = gemma and (il + 1) % 6 != 0
-        base = 10000.0 if sliding else cfg.rope_base
-        yarn = None
-        if cfg.yarn is not None and not sliding:  # gemma3's sliding layers are not scaled
-            orig = cfg.yarn.original_context_length or cfg.context_length
-            yarn = yarn_frequencies(hd, base, orig, cfg.yarn.factor, **cfg.yarn.settings())
-        h = _rms(x, T[p + "attn_norm.weight"], cfg.eps)
-        q, k, v = h @ T[p + "attn_q.weight"].T, h @ T[p + "attn_k.weight"].T, h @ T[p + "attn_v.weight"].T
-        if cfg.arch == "qwen2":
-            q, k, v = q + T[p + "attn_q.bias"], k + T[p + "attn_k.bias"], v + T[p + "attn_v.bias"]
-        q = q.reshape(n, cfg.n_head, hd)
-        k = k.reshape(n, cfg.n_head_kv, hd)
-        v = v.reshape(n, cfg.n_head_kv, hd)
-        if gemma:
-            q = _rms(q, T[p + "attn_q_norm.weight"], cfg.eps)
-            k = _rms(k, T[p + "attn_k_norm.weight"], cfg.eps)
-        q = np.stack([_rope(q[i], i, base, neox, yarn) for i in range(n)])
-        k = np.stack([_rope(k[i], i, base, neox, yarn) for i in range(n)])
-        att = np.zeros((n, cfg.n_head, hd))
-        for i in range(n):
-            lo = max(0, i - cfg.n_swa + 1) if sliding else 0
-            for hh in range(cfg.n_head):
-                s = k[lo:i + 1, hh // group] @ q[i, hh] / math.sqrt(hd)
-                pr = np.exp(s - s.max())
-                pr /= pr.sum()
-                att[i, hh] = pr @ v[lo:i + 1, hh // group]
-        o = att.reshape(n, -1) @ T[p + "attn_output.weight"].T
-        if gemma:
-            o = _rms(o, T[p + "post_attention_norm.weight"], cfg.eps)
-        x = x + o
-        h = _rms(x, T[p + "ffn_norm.weight"], cfg.eps)
-        g, u = h @ T[p + "ffn_gate.weight"].T, h @ T[p + "ffn_up.weight"].T
-        if gemma:
-            act = 0.5 * g * (1 + np.tanh(math.sqrt(2 / math.pi) * (g + 0.044715 * g ** 3)))
-        else:
-            act = g / (1 + np.exp(-g))
-        f = (act * u) @ T[p + "ffn_down.weight"].T
-        if gemma:
-            f = _rms(f, T[p + "post_ffw_norm.weight"], cfg.eps)
-        x = x + f
-    x = _rms(x, T["output_norm.weight"], cfg.eps)
-    head = T.get("output.weight", T["token_embd.weight"])
-    return x @ head.T
+    return forward_logits(forward_config(cfg), {k: v.astype(np.float64) for k, v in t.items()}, ids)

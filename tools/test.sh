@@ -40,11 +40,15 @@ VPY="$VENV/bin/python"
 "$VPY" tools/build_llamacpp.py --config ci --install
 "$VPY" -m pip install --disable-pip-version-check -q -e ".[test]"
 
-# 3. The real models (no network when already cached in $EDGESDK_HOME).
+# 3. onnxruntime-openvino ships its own `onnxruntime` module: its own venv under $EDGESDK_HOME/venvs
+#    for the OpenVINO provider's tests (`tools/onnx_envs.sh genai` adds the ONNX benchmark's reference).
+bash tools/onnx_envs.sh openvino
+
+# 4. The real models (no network when already cached in $EDGESDK_HOME).
 "$VPY" -m edgesdk.cli pull smollm2-135m-instruct
 "$VPY" -m edgesdk.cli pull gemma3-270m
 
-# 4. The Debian arm64 Python the aarch64 wheel is tested in (made once, ~3 min; then cached in
+# 5. The Debian arm64 Python the aarch64 wheel is tested in (made once, ~3 min; then cached in
 #    $EDGESDK_HOME/arm64-bookworm). debootstrap runs as root; arm_env.sh gives the result to the sudo user.
 if [ "$(id -u)" -eq 0 ]; then
     bash tools/arm_env.sh >/dev/null
@@ -52,7 +56,7 @@ else
     sudo env EDGESDK_HOME="${EDGESDK_HOME:-$HOME/.cache/edgesdk}" bash tools/arm_env.sh >/dev/null
 fi
 
-# 5. Everything. Exit status 5 (no tests collected) means a broken test tree or
+# 6. Everything. Exit status 5 (no tests collected) means a broken test tree or
 #    a filter that matched nothing: report it as the failure it is.
 set +e
 "$VPY" -m pytest "$@"

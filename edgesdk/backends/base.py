@@ -37,13 +37,14 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple
+import struct
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .. import gguf
 from ..config import LoadConfig
-from ..errors import InvalidArgumentError
+from ..errors import ContextOverflowError, InvalidArgumentError, SessionFileError
 from ..shape import ModelShape
 
 
@@ -232,6 +233,37 @@ def check_common_settings(cls, config: LoadConfig) -> None:
                                    f"{cls.max_seqs} sequence{'s' if cls.max_seqs != 1 else ''}")
 
 
+def check_start(start: Any, n_new: int, n_past: int, n_ctx: int, where: str = "") -> None:
+    """eval's start: an int in [0, n_past] (InvalidArgumentError) with room for n_new tokens before n_ctx
+    (ContextOverflowError); `where` ends the messages (" of sequence 3")."""
+    if not isinstance(start, (int, np.integer)) or isinstance(start, bool) or start < 0:
+        raise InvalidArgumentError(f"start must be a non-negative integer, got {start!r}")
+    if start > n_past:
+        raise InvalidArgumentError(f"start {start} is past the {n_past} cached positions{where}")
+    if start + n_new > n_ctx:
+        raise ContextOverflowError(
+            f"{start} cached + {n_new} new tokens = {start + n_new} exceeds the context of {n_ctx}{where}")
+
+
+def check_state(blob: bytes, n_past: Any, n_ctx: int, header: "struct.Struct", expected: Callable[[int], bytes],
+                payload_bytes: Callable[[int], int], mismatch: Callable[[tuple], str]) -> int:
+    """The offset of a load_state blob's payload once it is known to restore n_past positions:
+    InvalidArgumentError for n_past outside [0, n_ctx], SessionFileError for a short blob, a header
+    other than expected(n_past) (mismatch(saved fields) says how) or a payload of the wrong size."""
+    if not isinstance(n_past, (int, np.integer)) or isinstance(n_past, bool) or not 0 <= n_past <= n_ctx:
+        raise InvalidArgumentError(f"n_past {n_past!r} must be in [0, {n_ctx}]")
+    head = header.size
+    if len(blob) < head:
+        raise SessionFileError(f"KV state is {len(blob)} bytes, shorter than its {head}-byte header")
+    if bytes(blob[:head]) != expected(int(n_past)):
+        raise SessionFileError("KV state does not belong to this model/settings: "
+                               + mismatch(header.unpack(bytes(blob[:head]))))
+    size = payload_bytes(int(n_past))
+    if len(blob) - head != size:
+        raise SessionFileError(f"KV state holds {len(blob) - head} bytes, {n_past} positions need {size}")
+    return head
+
+
 def threads_text(threads: int) -> str:
     return f"{threads} thread{'s' if threads != 1 else ''}"
 
@@ -258,5 +290,5 @@ def check_ids(ids: Sequence[int], n_vocab: int) -> np.ndarray:
     return arr.astype(np.int32, copy=False)
 
 
-__all__ = ["Availability", "Backend", "BackendInfo", "ModelSource", "check_common_settings", "check_ids",
+__all__ = ["Availability", "Backend", "BackendInfo", "ModelSource", "check_common_settings", "check_ids", "check_start", "check_state",
            "resolved", "threads_text"]

@@ -4,11 +4,12 @@ Everything about the file is checked here, once, before the C engine sees a
 pointer: the architecture, the hyperparameters the engine needs (from the
 model's ModelShape), each tensor's presence, shape and type. The engine then
 trusts the description it is given; the same description answers the memory
-planner (ek_model_memory_needs) and creates the engine. Q4_0, Q4_1 and Q8_0
-matrices get an owned interleaved copy at load (built over the thread pool),
-and their pages of the file mapping are released (the file still backs them);
-the other matrices and the F32 vectors stay memory-mapped; norm vectors stored
-as F16 are converted.
+planner (ek_model_memory_needs) and creates the engine. Quantized matrices of
+a type the active kernels have a repacked layout for (on x86 Q4_0, Q4_1, Q5_0,
+Q8_0, Q4_K, Q6_K; on NEON Q4_0, Q4_1, Q8_0) get an owned interleaved copy at
+load (built over the thread pool), and their pages of the file mapping are
+released (the file still backs them); the other matrices and the F32 vectors
+stay memory-mapped; norm vectors stored as F16 are converted.
 """
 from __future__ import annotations
 
@@ -23,12 +24,11 @@ import numpy as np
 
 from .. import gguf, memory
 from ..config import MAX_N_SEQ, LoadConfig
-from ..errors import (ContextOverflowError, InvalidArgumentError, ModelFormatError, NativeBuildError,
-                      SessionFileError, UnsupportedModelError)
+from ..errors import InvalidArgumentError, ModelFormatError, NativeBuildError, UnsupportedModelError
 from ..shape import ROPE_SCALING_TYPES, ModelShape, read_shape
 from . import register
 from .base import (Availability, Backend, BackendInfo, ModelSource, SeqInput, check_common_settings, check_ids,
-                   check_seq_inputs, resolved, threads_text)
+                   check_seq_inputs, check_start, check_state, resolved, threads_text)
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "gemma3")
 # Tensor types the engine multiplies (ek_type ids are GGUF's ggml_type ids).
@@ -36,8 +36,9 @@ MATRIX_TYPES = ("F32", "F16", "Q4_0", "Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q6_K")
 VECTOR_TYPES = ("F32", "F16")
 STATE_MAGIC = b"EKKV"
 STATE_HEADER = struct.Struct("<4sIIIIq")  # magic, n_layer, kv_type, kv_dim, n_ctx, n_past
-# Repack matrices at load (faster prompts and generation, benchmarks/RESULTS.md; the engine
-# picks the types, see flags_for in native/src/model.c). options={"repack": False} keeps the file layout.
+# Repack matrices at load (faster prompts and generation, benchmarks/RESULTS.md; every type the
+# active kernels have a repacked layout for, see ek_weight_repacked_bytes in native/src/matmul.c).
+# options={"repack": False} keeps the file layout.
 DEFAULT_REPACK = True
 # edgesdk's modules, the native library and the code pages an eval pages in, above python + numpy:
 # 33 MiB RSS measured after a SmolLM2 eval with nothing else alive.
@@ -365,18 +366,8 @@ class NativeBackend(Backend):
     def _checked_entry(self, seq: int, ids: Sequence[int], start) -> np.ndarray:
         """ids of one sequence's step as a contiguous int32 array, after every check the engine trusts."""
         arr = np.ascontiguousarray(check_ids(ids, self.n_vocab))
-        if not isinstance(start, (int, np.integer)) or isinstance(start, bool) or start < 0:
-            raise InvalidArgumentError(f"start must be a non-negative integer, got {start!r}")
-        held = self._seq_n_past[seq]
-        if start > held:
-            where = "" if self.n_seq == 1 else f" of sequence {seq}"
-            raise InvalidArgumentError(f"start {start} is past the {held} cached positions{where}")
-        if start + arr.size > self.n_ctx:
-            where = "" if self.n_seq == 1 else f" of sequence {seq}"
-            raise ContextOverflowError(
-                f"{start} cached + {arr.size} new tokens = {start + arr.size} exceeds the context of "
-                f"{self.n_ctx}{where}"
-            )
+        where = "" if self.n_seq == 1 else f" of sequence {seq}"
+        check_start(start, arr.size, self._seq_n_past[seq], self.n_ctx, where)
         return arr
 
     def eval(self, ids: Sequence[int], start: int, all_logits: bool = False) -> np.ndarray:
@@ -452,22 +443,15 @@ class NativeBackend(Backend):
         """Restore sequence seq's cache (sequence 0's by default) from save_state of any sequence."""
         handle = self._require_open()
         check_seq_inputs([SeqInput(seq, (0,), 0)], self.n_seq)
-        if not isinstance(n_past, (int, np.integer)) or n_past < 0 or n_past > self.n_ctx:
-            raise InvalidArgumentError(f"n_past {n_past!r} must be in [0, {self.n_ctx}]")
-        head = STATE_HEADER.size
-        if len(blob) < head:
-            raise SessionFileError(f"KV state is {len(blob)} bytes, shorter than its {head}-byte header")
-        if bytes(blob[:head]) != self._state_header(n_past):
-            magic, n_layer, kv_type, kv_dim, _, saved_past = STATE_HEADER.unpack(bytes(blob[:head]))
-            raise SessionFileError(
-                f"KV state does not belong to this model/settings: saved n_layer={n_layer}, kv_type={kv_type}, "
-                f"kv_dim={kv_dim}, n_past={saved_past}; expected n_layer={self.shape.n_layer}, "
-                f"kv_type={_type_id(self.kv_type.upper())}, kv_dim={self.shape.n_head_kv * self.shape.head_dim_k}, "
-                f"n_past={n_past}"
-            )
-        size = int(_engine().lib.ek_model_state_bytes(handle, n_past))
-        if len(blob) - head != size:
-            raise SessionFileError(f"KV state holds {len(blob) - head} bytes, {n_past} positions need {size}")
+
+        def mismatch(saved):
+            magic, n_layer, kv_type, kv_dim, _, saved_past = saved
+            return (f"saved n_layer={n_layer}, kv_type={kv_type}, kv_dim={kv_dim}, n_past={saved_past}; expected "
+                    f"n_layer={self.shape.n_layer}, kv_type={_type_id(self.kv_type.upper())}, "
+                    f"kv_dim={self.shape.n_head_kv * self.shape.head_dim_k}, n_past={n_past}")
+        head = check_state(blob, n_past, self.n_ctx, STATE_HEADER, self._state_header,
+                           lambda n: int(_engine().lib.ek_model_state_bytes(handle, n)), mismatch)
+        size = len(blob) - head
         payload = (ctypes.c_char * size).from_buffer_copy(blob, head)
         _engine().lib.ek_model_state_load(handle, seq, n_past, payload)
         self._seq_n_past[seq] = int(n_past)

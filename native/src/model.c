@@ -91,18 +91,6 @@ static uint64_t matmul_act_bytes(const ek_model_desc *d) {
     return worst * (uint64_t)d->n_batch;
 }
 
-/* The weight flags for a matrix of `type`: the engine repacks Q4_0, Q4_1 and Q8_0. Repacking
-   Gemma-3's Q5_0/Q4_K/Q6_K as well makes its prompts 2.3x and generation 1.45x faster, but
-   moves its perplexity against llama.cpp to -1.26% (issue 5's bar: 1%). Every kernel path
-   agrees with the others to float rounding (max 8e-6 on outputs of 10-20); what moves is the
-   model: on 2,048 scored tokens Gemma-3-270M's perplexity swings +-1% with ulp-level changes
-   (nine kernel/repack mixes measured 8.058-8.161, llama.cpp 8.161 batched, 8.172 token by
-   token). The K-quants stay mapped until a longer perplexity text settles it. */
-static uint32_t flags_for(uint32_t flags, int type) {
-    const int engine_repacks = type == EK_TYPE_Q4_0 || type == EK_TYPE_Q4_1 || type == EK_TYPE_Q8_0;
-    return engine_repacks ? flags : flags & ~(uint32_t)(EK_WEIGHT_ALLOW_REPACK | EK_WEIGHT_RELEASE_SOURCE);
-}
-
 /* Matrix bytes of desc split into repacked copies (owned) and what stays mapped. */
 static void weight_bytes(const ek_model_desc *d, uint64_t *owned, uint64_t *mapped) {
     *owned = *mapped = 0;
@@ -113,7 +101,7 @@ static void weight_bytes(const ek_model_desc *d, uint64_t *owned, uint64_t *mapp
         const int64_t be = ek_type_block_elems(w->type);
         if (!w->data || w->n_rows <= 1 || be == 0) continue; /* absent, or a vector */
         const uint32_t flags = t == -2 && d->output.data ? 0 : d->weight_flags; /* see embd_flags */
-        const size_t packed = ek_weight_repacked_bytes(w->type, w->n_rows, w->n_cols, flags_for(flags, w->type));
+        const size_t packed = ek_weight_repacked_bytes(w->type, w->n_rows, w->n_cols, flags);
         if (packed) *owned += packed;
         else *mapped += (uint64_t)w->n_rows * (uint64_t)(w->n_cols / be) * (uint64_t)ek_type_block_bytes(w->type);
     }
@@ -152,7 +140,7 @@ static void make_weights_task(void *ctx, int ith, int nth) {
         const weight_slot *s = &job->slots[i];
         if (!s->t->data) continue;
         const ek_status st = ek_weight_create(s->t->type, s->t->n_rows, s->t->n_cols, s->t->data,
-                                              flags_for(s->flags, s->t->type), s->out);
+                                              s->flags, s->out);
         if (st != EK_OK) {
             int expected = EK_OK;
             atomic_compare_exchange_strong(&job->failed, &expected, (int)st);
