@@ -196,6 +196,7 @@ def _load() -> ctypes.CDLL:
     proto("ek_type_block_bytes", c_int64, c_int)
     proto("ek_dequantize", c_int, c_int, c_void_p, c_void_p, c_int64)
     proto("ek_quantize", c_int, c_int, c_void_p, c_void_p, c_int64)
+    proto("ek_quantize_rows", c_int, c_int, c_void_p, c_void_p, c_int64, c_int64, c_void_p, c_void_p)
     proto("ek_pool_create", c_int, c_int, POINTER(c_void_p))
     proto("ek_pool_free", None, c_void_p)
     proto("ek_pool_threads", c_int, c_void_p)

@@ -1,5 +1,6 @@
 /* GGUF tensor formats: block sizes, fp16/bf16 conversion, dequantization of
- * every supported type, quantization of the simple ones, our 8-bit activation
+ * every supported type, quantization to every supported type (with an optional
+ * importance matrix, threaded over rows), our 8-bit activation
  * formats, and the lossless load-time repack. This file is the scalar truth
  * the kernels are tested against. Block layouts are described in kernels.h.
  */
@@ -51,6 +52,13 @@ uint16_t ek_fp32_to_fp16(float f) {
 }
 
 float ek_bf16_to_fp32(uint16_t h) { return bits_f32((uint32_t)h << 16); }
+
+/* Round to nearest even; nan stays a quiet nan. */
+static uint16_t ek_fp32_to_bf16(float f) {
+    const uint32_t u = f32_bits(f);
+    if ((u & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((u >> 16) | 0x40);
+    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
 
 /* ---------------------------------------------------------- block sizes */
 
@@ -228,11 +236,303 @@ static void quant_q8_0(const float *x, block_q8_0 *b, int64_t nb) {
         for (int j = 0; j < QK32; j++) amax = fabsf(x[j]) > amax ? fabsf(x[j]) : amax;
         const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
         b[i].d = ek_fp32_to_fp16(d);
-        for (int j = 0; j < QK32; j++) b[i].qs[j] = (int8_t)lrintf(x[j] * id);
+        /* Halves round away from zero, as llama.cpp's reference quantizer does. */
+        for (int j = 0; j < QK32; j++) b[i].qs[j] = (int8_t)roundf(x[j] * id);
     }
 }
 
-ek_status ek_quantize(int type, const float *src, void *dst, int64_t n) {
+/* Q5_0 without an importance matrix: as Q4_0, with 5-bit q = 0..31 and d = vmax / -16. */
+static void quant_q5_0(const float *x, block_q5_0 *b, int64_t nb) {
+    for (int64_t i = 0; i < nb; i++, x += QK32) {
+        float amax = 0.0f, vmax = 0.0f;
+        for (int j = 0; j < QK32; j++)
+            if (fabsf(x[j]) > amax) { amax = fabsf(x[j]); vmax = x[j]; }
+        const float d = vmax / -16.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+        b[i].d = ek_fp32_to_fp16(d);
+        uint32_t qh = 0;
+        for (int j = 0; j < 16; j++) {
+            int q0 = (int)floorf(x[j] * id + 16.5f), q1 = (int)floorf(x[j + 16] * id + 16.5f);
+            q0 = q0 < 0 ? 0 : q0 > 31 ? 31 : q0;
+            q1 = q1 < 0 ? 0 : q1 > 31 ? 31 : q1;
+            b[i].qs[j] = (uint8_t)((q0 & 0xF) | ((q1 & 0xF) << 4));
+            qh |= (uint32_t)(q0 >> 4) << j | (uint32_t)(q1 >> 4) << (j + 16);
+        }
+        memcpy(b[i].qh, &qh, 4);
+    }
+}
+
+static void q4_k_pack_scales(const uint8_t *sc, const uint8_t *m, uint8_t *q);
+
+/* ------------------------------------------------ fitting block scales */
+/* The fits choose a block's scale (and offset) and integer levels L to minimize
+   the weighted squared error sum w[i] * (x[i] - x'[i])^2. Without an importance
+   matrix the weights are what llama.cpp's quantizers use (x^2 for the symmetric
+   fits, |x| + rms for the affine ones); with one, each column's mean squared
+   activation times sqrt(sigma2 + x^2). */
+
+/* x ~= d * (L - nmax) with L in [0, 2 nmax): tries 19 scales around the one mapping the
+   value of largest magnitude to -nmax and keeps the best; w NULL means w = x^2. Returns d. */
+static float fit_symmetric(int n, int nmax, const float *x, const float *w, uint8_t *L) {
+    float amax = 0.0f, vmax = 0.0f;
+    for (int i = 0; i < n; i++)
+        if (fabsf(x[i]) > amax) { amax = fabsf(x[i]); vmax = x[i]; }
+    if (amax < 1e-30f) {
+        for (int i = 0; i < n; i++) L[i] = (uint8_t)nmax;
+        return 0.0f;
+    }
+    float best_gain = -1.0f, best_d = 0.0f;
+    for (int step = -9; step <= 9; step++) {
+        const float iscale = -((float)nmax + 0.1f * (float)step) / vmax;
+        float sum_xq = 0.0f, sum_q2 = 0.0f;
+        for (int i = 0; i < n; i++) {
+            int q = (int)lrintf(iscale * x[i]);
+            q = q < -nmax ? -nmax : q > nmax - 1 ? nmax - 1 : q;
+            const float wi = w ? w[i] : x[i] * x[i];
+            sum_xq += wi * x[i] * (float)q;
+            sum_q2 += wi * (float)(q * q);
+        }
+        /* With d = sum_xq / sum_q2 the error is sum w x^2 - sum_xq^2 / sum_q2. */
+        if (sum_q2 > 0.0f && sum_xq * sum_xq > best_gain * sum_q2) {
+            best_gain = sum_xq * sum_xq / sum_q2;
+            best_d = sum_xq / sum_q2;
+            for (int i = 0; i < n; i++) {
+                int q = (int)lrintf(iscale * x[i]);
+                q = q < -nmax ? -nmax : q > nmax - 1 ? nmax - 1 : q;
+                L[i] = (uint8_t)(q + nmax);
+            }
+        }
+    }
+    return best_d;
+}
+
+/* x ~= d * L - m with L in [0, nmax] and m >= 0: starts from the min/max fit, then for
+   nstep + 1 trial scales (nmax + rmin + rdelta * k) / (max - min) solves the weighted
+   least squares for d and m given L. Returns d; *m_out = m. */
+static float fit_affine(int n, int nmax, const float *x, const float *w, uint8_t *L, float *m_out,
+                        float rmin, float rdelta, int nstep) {
+    float lo = x[0], hi = x[0], sum_w = 0.0f, sum_x = 0.0f;
+    for (int i = 0; i < n; i++) {
+        lo = x[i] < lo ? x[i] : lo;
+        hi = x[i] > hi ? x[i] : hi;
+        sum_w += w[i];
+        sum_x += w[i] * x[i];
+    }
+    if (lo > 0.0f) lo = 0.0f;
+    if (hi == lo) {
+        for (int i = 0; i < n; i++) L[i] = 0;
+        *m_out = -lo;
+        return 0.0f;
+    }
+    float d = (hi - lo) / (float)nmax, offset = lo, best_err = 0.0f;
+    const float iscale0 = (float)nmax / (hi - lo);
+    for (int i = 0; i < n; i++) {
+        int q = (int)lrintf(iscale0 * (x[i] - lo));
+        L[i] = (uint8_t)(q < 0 ? 0 : q > nmax ? nmax : q);
+        const float e = d * (float)L[i] + lo - x[i];
+        best_err += w[i] * e * e;
+    }
+    uint8_t trial[QK32];
+    for (int k = 0; k <= nstep; k++) {
+        const float iscale = ((float)nmax + rmin + rdelta * (float)k) / (hi - lo);
+        float sum_l = 0.0f, sum_l2 = 0.0f, sum_xl = 0.0f;
+        for (int i = 0; i < n; i++) {
+            int q = (int)lrintf(iscale * (x[i] - lo));
+            q = q < 0 ? 0 : q > nmax ? nmax : q;
+            trial[i] = (uint8_t)q;
+            sum_l += w[i] * (float)q;
+            sum_l2 += w[i] * (float)(q * q);
+            sum_xl += w[i] * (float)q * x[i];
+        }
+        const float det = sum_w * sum_l2 - sum_l * sum_l;
+        if (det <= 0.0f) continue;
+        float trial_d = (sum_w * sum_xl - sum_x * sum_l) / det;
+        float trial_offset = (sum_l2 * sum_x - sum_l * sum_xl) / det;
+        if (trial_offset > 0.0f) { /* the offset may only move values down */
+            trial_offset = 0.0f;
+            trial_d = sum_xl / sum_l2;
+        }
+        float err = 0.0f;
+        for (int i = 0; i < n; i++) {
+            const float e = trial_d * (float)trial[i] + trial_offset - x[i];
+            err += w[i] * e * e;
+        }
+        if (err < best_err) {
+            best_err = err;
+            d = trial_d;
+            offset = trial_offset;
+            memcpy(L, trial, (size_t)n);
+        }
+    }
+    *m_out = -offset;
+    return d;
+}
+
+/* Weights for the fits from an importance matrix (imp, one per value) and the values. */
+static void importance_weights(int n, const float *x, const float *imp, float sigma2, float *w) {
+    for (int i = 0; i < n; i++) w[i] = imp[i] * sqrtf(sigma2 + x[i] * x[i]);
+}
+
+static float mean_square(const float *x, int64_t n) {
+    double s = 0.0;
+    for (int64_t i = 0; i < n; i++) s += (double)x[i] * x[i];
+    return (float)(s / (double)n);
+}
+
+/* ------------------------------------------------------------ K-quants */
+
+/* One Q4_K super-block. The sub-block fits give 8 scales and 8 offsets in float; they are
+   stored as 6-bit multiples of d and dmin (f16). Rounding them to 6 bits moves the best
+   levels, so each sub-block then tries the 3 x 3 neighbouring (scale, offset) codes and
+   keeps the one with the least error after the final rounding of its levels: the plain
+   nearest codes are among the candidates, so this never does worse than rounding. */
+static void quant_q4_k_block(const float *x, const float *imp, block_q4_k *b) {
+    uint8_t L[QK_K];
+    float scale[8], offset[8], w[32];
+    const float sigma2 = 2.0f * mean_square(x, QK_K);
+    for (int j = 0; j < 8; j++) {
+        const float *xs = x + 32 * j;
+        if (imp) {
+            importance_weights(32, xs, imp + 32 * j, sigma2, w);
+            scale[j] = fit_affine(32, 15, xs, w, L + 32 * j, &offset[j], -0.9f, 0.05f, 36);
+        } else {
+            const float rms = sqrtf(mean_square(xs, 32));
+            for (int l = 0; l < 32; l++) w[l] = rms + fabsf(xs[l]);
+            scale[j] = fit_affine(32, 15, xs, w, L + 32 * j, &offset[j], -1.0f, 0.1f, 20);
+        }
+    }
+    float max_scale = 0.0f, max_offset = 0.0f;
+    for (int j = 0; j < 8; j++) {
+        max_scale = scale[j] > max_scale ? scale[j] : max_scale;
+        max_offset = offset[j] > max_offset ? offset[j] : max_offset;
+    }
+    const float inv_scale = max_scale > 0.0f ? 63.0f / max_scale : 0.0f;
+    const float inv_offset = max_offset > 0.0f ? 63.0f / max_offset : 0.0f;
+    b->d = ek_fp32_to_fp16(max_scale / 63.0f);
+    b->dmin = ek_fp32_to_fp16(max_offset / 63.0f);
+    const float d = ek_fp16_to_fp32(b->d), dmin = ek_fp16_to_fp32(b->dmin);
+    uint8_t sc[8], mn[8];
+    for (int j = 0; j < 8; j++) {
+        const float *xs = x + 32 * j;
+        const int sc0 = (int)lrintf(inv_scale * scale[j]), mn0 = (int)lrintf(inv_offset * offset[j]);
+        float best_err = INFINITY;
+        for (int s = sc0 - 1; s <= sc0 + 1; s++) {
+            if (s < 0 || s > 63) continue;
+            for (int m = mn0 - 1; m <= mn0 + 1; m++) {
+                if (m < 0 || m > 63) continue;
+                const float ds = d * (float)s, dm = dmin * (float)m;
+                uint8_t q[32];
+                float err = 0.0f;
+                for (int l = 0; l < 32; l++) {
+                    int ql = ds != 0.0f ? (int)lrintf((xs[l] + dm) / ds) : 0;
+                    ql = ql < 0 ? 0 : ql > 15 ? 15 : ql;
+                    q[l] = (uint8_t)ql;
+                    const float e = ds * (float)ql - dm - xs[l];
+                    err += (imp ? imp[32 * j + l] : 1.0f) * e * e;
+                }
+                if (err < best_err) {
+                    best_err = err;
+                    sc[j] = (uint8_t)s, mn[j] = (uint8_t)m;
+                    memcpy(L + 32 * j, q, 32);
+                }
+            }
+        }
+    }
+    q4_k_pack_scales(sc, mn, b->scales);
+    for (int c = 0; c < 4; c++)
+        for (int l = 0; l < 32; l++)
+            b->qs[32 * c + l] = (uint8_t)(L[64 * c + l] | (L[64 * c + 32 + l] << 4));
+}
+
+/* One Q6_K super-block: 16 sub-blocks of 16 fitted symmetrically with q in -32..31, their
+   scales stored as int8 multiples of d (f16); then, as for Q4_K, each sub-block tries its
+   neighbouring scale codes after the rounding and keeps the best. */
+static void quant_q6_k_block(const float *x, const float *imp, block_q6_k *b) {
+    uint8_t L[QK_K];
+    float scale[16], w[16];
+    const float sigma2 = 2.0f * mean_square(x, QK_K);
+    float max_scale = 0.0f, max_abs = 0.0f;
+    for (int j = 0; j < 16; j++) {
+        if (imp) importance_weights(16, x + 16 * j, imp + 16 * j, sigma2, w);
+        scale[j] = fit_symmetric(16, 32, x + 16 * j, imp ? w : NULL, L + 16 * j);
+        if (fabsf(scale[j]) > max_abs) { max_abs = fabsf(scale[j]); max_scale = scale[j]; }
+    }
+    if (max_abs < 1e-30f) {
+        memset(b, 0, sizeof(*b));
+        return;
+    }
+    const float iscale = -128.0f / max_scale;
+    b->d = ek_fp32_to_fp16(1.0f / iscale);
+    const float d = ek_fp16_to_fp32(b->d);
+    for (int j = 0; j < 16; j++) {
+        const float *xs = x + 16 * j;
+        int s0 = (int)lrintf(iscale * scale[j]);
+        s0 = s0 > 127 ? 127 : s0;
+        float best_err = INFINITY;
+        for (int s = s0 - 1; s <= s0 + 1; s++) {
+            if (s < -128 || s > 127) continue;
+            const float ds = d * (float)s;
+            uint8_t q[16];
+            float err = 0.0f;
+            for (int l = 0; l < 16; l++) {
+                int ql = ds != 0.0f ? (int)lrintf(xs[l] / ds) : 0;
+                ql = ql < -32 ? -32 : ql > 31 ? 31 : ql;
+                q[l] = (uint8_t)(ql + 32);
+                const float e = ds * (float)ql - xs[l];
+                err += (imp ? imp[16 * j + l] : 1.0f) * e * e;
+            }
+            if (err < best_err) {
+                best_err = err;
+                b->scales[j] = (int8_t)s;
+                memcpy(L + 16 * j, q, 16);
+            }
+        }
+    }
+    for (int h = 0; h < 2; h++) {
+        const uint8_t *Lh = L + 128 * h;
+        uint8_t *ql = b->ql + 64 * h, *qh = b->qh + 32 * h;
+        for (int l = 0; l < 32; l++) {
+            ql[l] = (uint8_t)((Lh[l] & 0xF) | ((Lh[l + 64] & 0xF) << 4));
+            ql[l + 32] = (uint8_t)((Lh[l + 32] & 0xF) | ((Lh[l + 96] & 0xF) << 4));
+            qh[l] = (uint8_t)((Lh[l] >> 4) | ((Lh[l + 32] >> 4) << 2) | ((Lh[l + 64] >> 4) << 4) |
+                              ((Lh[l + 96] >> 4) << 6));
+        }
+    }
+}
+
+/* ------------------------------------- 32-value types with importance */
+
+static void quant_legacy_weighted(int type, const float *x, const float *imp, void *dst, int64_t n) {
+    const float sigma2 = mean_square(x, n);
+    float w[QK32];
+    uint8_t L[QK32];
+    for (int64_t i = 0; i < n / QK32; i++, x += QK32, imp += QK32) {
+        importance_weights(QK32, x, imp, sigma2, w);
+        if (type == EK_TYPE_Q4_1) {
+            block_q4_1 *b = (block_q4_1 *)dst + i;
+            float offset;
+            const float d = fit_affine(QK32, 15, x, w, L, &offset, -0.9f, 0.05f, 36);
+            b->d = ek_fp32_to_fp16(d);
+            b->m = ek_fp32_to_fp16(-offset);
+            for (int j = 0; j < 16; j++) b->qs[j] = (uint8_t)(L[j] | (L[j + 16] << 4));
+        } else if (type == EK_TYPE_Q4_0) {
+            block_q4_0 *b = (block_q4_0 *)dst + i;
+            b->d = ek_fp32_to_fp16(fit_symmetric(QK32, 8, x, w, L));
+            for (int j = 0; j < 16; j++) b->qs[j] = (uint8_t)(L[j] | (L[j + 16] << 4));
+        } else { /* Q5_0 */
+            block_q5_0 *b = (block_q5_0 *)dst + i;
+            b->d = ek_fp32_to_fp16(fit_symmetric(QK32, 16, x, w, L));
+            uint32_t qh = 0;
+            for (int j = 0; j < 16; j++) {
+                b->qs[j] = (uint8_t)((L[j] & 0xF) | ((L[j + 16] & 0xF) << 4));
+                qh |= (uint32_t)(L[j] >> 4) << j | (uint32_t)(L[j + 16] >> 4) << (j + 16);
+            }
+            memcpy(b->qh, &qh, 4);
+        }
+    }
+}
+
+/* n values of one row; imp (n weights) NULL: no importance matrix. */
+static ek_status quantize_row(int type, const float *src, void *dst, int64_t n, const float *imp) {
     const int64_t be = ek_type_block_elems(type);
     if (be == 0) return EK_ERR_UNSUPPORTED;
     if (n < 0 || n % be != 0) return EK_ERR_INVALID_ARG;
@@ -243,11 +543,58 @@ ek_status ek_quantize(int type, const float *src, void *dst, int64_t n) {
         for (int64_t i = 0; i < n; i++) h[i] = ek_fp32_to_fp16(src[i]);
         return EK_OK;
     }
-    case EK_TYPE_Q4_0: quant_q4_0(src, dst, n / be); return EK_OK;
-    case EK_TYPE_Q4_1: quant_q4_1(src, dst, n / be); return EK_OK;
-    case EK_TYPE_Q8_0: quant_q8_0(src, dst, n / be); return EK_OK;
+    case EK_TYPE_BF16: {
+        uint16_t *h = dst;
+        for (int64_t i = 0; i < n; i++) h[i] = ek_fp32_to_bf16(src[i]);
+        return EK_OK;
+    }
+    case EK_TYPE_Q8_0: quant_q8_0(src, dst, n / be); return EK_OK; /* 8 bits need no importance */
+    case EK_TYPE_Q4_0: case EK_TYPE_Q4_1: case EK_TYPE_Q5_0:
+        if (imp) quant_legacy_weighted(type, src, imp, dst, n);
+        else if (type == EK_TYPE_Q4_0) quant_q4_0(src, dst, n / be);
+        else if (type == EK_TYPE_Q4_1) quant_q4_1(src, dst, n / be);
+        else quant_q5_0(src, dst, n / be);
+        return EK_OK;
+    case EK_TYPE_Q4_K:
+        for (int64_t i = 0; i < n / be; i++) quant_q4_k_block(src + i * be, imp ? imp + i * be : NULL, (block_q4_k *)dst + i);
+        return EK_OK;
+    case EK_TYPE_Q6_K:
+        for (int64_t i = 0; i < n / be; i++) quant_q6_k_block(src + i * be, imp ? imp + i * be : NULL, (block_q6_k *)dst + i);
+        return EK_OK;
     default: return EK_ERR_UNSUPPORTED;
     }
+}
+
+ek_status ek_quantize(int type, const float *src, void *dst, int64_t n) {
+    return quantize_row(type, src, dst, n, NULL);
+}
+
+typedef struct {
+    int type;
+    const float *src;  /* (n_rows, n_cols) */
+    uint8_t *dst;      /* n_rows rows of row_bytes */
+    const float *imp;  /* (n_cols) or NULL */
+    int64_t n_rows, n_cols;
+    size_t row_bytes;
+} quantize_job;
+
+static void quantize_rows_task(void *ctx, int ith, int nth) {
+    const quantize_job *job = ctx;
+    const int64_t r0 = job->n_rows * ith / nth, r1 = job->n_rows * (ith + 1) / nth;
+    for (int64_t r = r0; r < r1; r++)
+        quantize_row(job->type, job->src + r * job->n_cols, job->dst + (size_t)r * job->row_bytes, job->n_cols,
+                     job->imp);
+}
+
+ek_status ek_quantize_rows(int type, const float *src, void *dst, int64_t n_rows, int64_t n_cols,
+                           const float *importance, ek_pool *pool) {
+    const int64_t be = ek_type_block_elems(type);
+    if (be == 0) return EK_ERR_UNSUPPORTED;
+    if (n_rows < 0 || n_cols <= 0 || n_cols % be != 0) return EK_ERR_INVALID_ARG;
+    const quantize_job job = {type, src, dst, importance, n_rows, n_cols,
+                              (size_t)(n_cols / be * ek_type_block_bytes(type))};
+    ek_pool_run(pool, quantize_rows_task, (void *)&job);
+    return EK_OK;
 }
 
 /* ------------------------------------------------- activation formats */
