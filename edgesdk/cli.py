@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable, List, Optional, Tuple
 
 from . import __version__
 from .errors import EdgeSDKError, NativeBuildError
+from .quantize_cli import add_quantize_commands
 from .serial_cli import add_serial_command
 
 EXIT_ERROR = 2
@@ -229,7 +230,7 @@ def _add_chat(sub) -> None:
     add_chat_commands(sub)
 
 
-SUBCOMMANDS = [_add_pull, _add_models, _add_info, _add_chat, add_serial_command]
+SUBCOMMANDS = [_add_pull, _add_models, _add_info, _add_chat, add_serial_command, add_quantize_commands]
 
 
 def build_parser() -> argparse.ArgumentParser:

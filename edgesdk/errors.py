@@ -92,3 +92,17 @@ class BackendUnavailableError(EdgeSDKError):
 
 class MissingDependencyError(EdgeSDKError, ImportError):
     """An optional part of edgesdk needs a package that is not installed; the message names the pip extra."""
+
+
+class OutputWriteError(EdgeSDKError, OSError):
+    """Writing an output file failed (full disk, no permission); the partial file was removed."""
+
+
+class QuantizeError(EdgeSDKError):
+    """A model cannot be quantized as asked: a tensor type we cannot read, a shape that does not
+    divide into the blocks asked for, or an already quantized source without allow_requantize."""
+
+
+class ConversionError(EdgeSDKError):
+    """A Hugging Face model folder cannot be converted: a missing or malformed file, config key
+    or tensor, or a shape that does not fit the configuration; the message names it."""

@@ -1,0 +1,112 @@
+"""`edgesdk quantize` and `edgesdk convert`: the terminal face of edgesdk.quantize and
+edgesdk.convert (argument parsing and printing only).
+
+    edgesdk quantize IN.gguf OUT.gguf --type q4_k_m [--tensor-type REGEX=TYPE ...] [--imatrix-text FILE]
+    edgesdk convert HF_DIR OUT.gguf [--type q4_k_m|f16|...]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Optional
+
+MIB = 1 << 20
+
+
+class ByteProgress:
+    """A tqdm bar of output MiB on stderr when it is a terminal; silent otherwise."""
+
+    def __init__(self, label: str, stream=None):
+        self.label = label
+        self.stream = stream or sys.stderr
+        self.bar = None
+
+    def __call__(self, p) -> None:
+        if not self.stream.isatty():
+            return
+        if self.bar is None:
+            from tqdm import tqdm   # the CLI's only progress display
+            self.bar = tqdm(total=p.total_bytes / MIB, desc=self.label, unit="MiB", file=self.stream,
+                            bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} MiB "
+                                       "[{elapsed}<{remaining}] {postfix}", dynamic_ncols=True)
+        self.bar.set_postfix_str(p.tensor, refresh=False)
+        self.bar.update(p.done_bytes / MIB - self.bar.n)
+
+    def __enter__(self) -> "ByteProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _add_mix_options(p, default: str, extra_types: tuple = ()) -> None:
+    from .quantize import MIXES
+
+    choices = list(MIXES) + list(extra_types)
+    p.add_argument("--type", dest="mix", choices=choices, default=default, metavar="TYPE",
+                   help="; ".join(f"{m.name}: {m.summary}" for m in MIXES.values()) +
+                        (f"; {', '.join(extra_types)}: unquantized" if extra_types else "") +
+                        " (default %(default)s)")
+    p.add_argument("--tensor-type", action="append", default=[], metavar="REGEX=TYPE",
+                   help="type of the tensors whose name matches REGEX, e.g. 'attn_v=q8_0'; repeat for more, the "
+                        "first match wins")
+    p.add_argument("--token-embedding-type", metavar="TYPE", help="type of token_embd.weight")
+    p.add_argument("--output-tensor-type", metavar="TYPE", help="type of the output head")
+    p.add_argument("--threads", type=int, default=0, help="quantizing threads (default: one per performance core)")
+
+
+def _options(args: argparse.Namespace):
+    from .quantize import QuantizeOptions, parse_tensor_type
+
+    return QuantizeOptions(mix=args.mix, tensor_types=[parse_tensor_type(s) for s in args.tensor_type],
+                           token_embedding_type=args.token_embedding_type,
+                           output_tensor_type=args.output_tensor_type,
+                           allow_requantize=getattr(args, "allow_requantize", False), threads=args.threads)
+
+
+def _print_report(report, out=None) -> None:
+    out = out or sys.stdout
+    counts = ", ".join(f"{t} {n}" for t, n in sorted(report.type_counts.items()))
+    print(f"{report.out_path}: {report.out_bytes / MIB:.1f} MiB from {report.in_bytes / MIB:.1f} MiB "
+          f"in {report.seconds:.1f} s ({counts} tensors)", file=out)
+
+
+def add_quantize_commands(sub) -> None:
+    """Register `quantize` and `convert` on the CLI's subparsers."""
+    p = sub.add_parser("quantize", help="quantize a GGUF model (F32/F16/BF16 tensors) to 4, 5, 6 or 8 bits",
+                       description="Write a smaller GGUF: a type per tensor as llama.cpp's file types choose "
+                                   "them, the output head kept at higher precision.")
+    p.add_argument("input", help="the GGUF to quantize")
+    p.add_argument("output", help="the GGUF to write (replaced only once it is complete)")
+    _add_mix_options(p, "q4_k_m")
+    p.add_argument("--allow-requantize", action="store_true",
+                   help="quantize tensors that are already quantized (their two roundings add up: worse than "
+                        "quantizing the float original)")
+    p.add_argument("--imatrix-text", metavar="FILE",
+                   help="calibration text: run the model on it (native engine) and weight each column by its "
+                        "mean squared activation")
+    p.add_argument("--imatrix-tokens", type=int, default=None, metavar="N",
+                   help="calibration tokens to use at most (default: edgesdk.imatrix's)")
+    p.set_defaults(func=cmd_quantize)
+
+
+def cmd_quantize(args: argparse.Namespace, progress_factory: Optional[Callable] = None) -> int:
+    from .quantize import quantize_file
+
+    options = _options(args)
+    if args.imatrix_text:
+        from . import imatrix
+
+        kwargs = {} if args.imatrix_tokens is None else {"max_tokens": args.imatrix_tokens}
+        result = imatrix.compute_from_text_file(args.input, args.imatrix_text, threads=args.threads, **kwargs)
+        print(f"importance matrix: {result.n_tokens} tokens of {args.imatrix_text}, "
+              f"{len(result.importance)} matrices", file=sys.stderr)
+        options.importance = result.importance
+        options.importance_source = args.imatrix_text
+    with ByteProgress(f"quantizing to {args.mix}") as progress:
+        report = quantize_file(args.input, args.output, options, progress=progress)
+    _print_report(report)
+    if report.requantized:
+        print(f"note: {report.requantized} tensors were requantized from quantized sources", file=sys.stderr)
+    return 0
