@@ -89,6 +89,7 @@ def add_quantize_commands(sub) -> None:
     p.add_argument("--imatrix-tokens", type=int, default=None, metavar="N",
                    help="calibration tokens to use at most (default: edgesdk.imatrix's)")
     p.set_defaults(func=cmd_quantize)
+    _add_convert(sub)
 
 
 def cmd_quantize(args: argparse.Namespace, progress_factory: Optional[Callable] = None) -> int:
@@ -109,4 +110,55 @@ def cmd_quantize(args: argparse.Namespace, progress_factory: Optional[Callable] 
     _print_report(report)
     if report.requantized:
         print(f"note: {report.requantized} tensors were requantized from quantized sources", file=sys.stderr)
+    return 0
+
+
+class TensorProgress:
+    """A tqdm bar of tensors written on stderr when it is a terminal; silent otherwise."""
+
+    def __init__(self, label: str, stream=None):
+        self.label = label
+        self.stream = stream or sys.stderr
+        self.bar = None
+
+    def __call__(self, p) -> None:
+        if not self.stream.isatty():
+            return
+        if self.bar is None:
+            from tqdm import tqdm   # the CLI's only progress display
+            self.bar = tqdm(total=p.total, desc=self.label, unit="tensor", file=self.stream, dynamic_ncols=True)
+        self.bar.set_postfix_str(p.tensor, refresh=False)
+        self.bar.update(p.done - self.bar.n)
+
+    def __enter__(self) -> "TensorProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _add_convert(sub) -> None:
+    from .convert import DEFAULT_OUTPUT_TYPE, FLOAT_OUTPUT_TYPES
+
+    p = sub.add_parser("convert", help="convert a Hugging Face model folder (llama, qwen2, gemma3) to GGUF",
+                       description="Read safetensors weights, config.json and the tokenizer (tokenizer.json or "
+                                   "tokenizer.model) of a Hugging Face folder and write one GGUF file that "
+                                   "llama.cpp and edgesdk load; quantize it on the way with --type.")
+    p.add_argument("folder", help="the Hugging Face model folder")
+    p.add_argument("output", help="the GGUF to write (replaced only once it is complete)")
+    _add_mix_options(p, DEFAULT_OUTPUT_TYPE, tuple(FLOAT_OUTPUT_TYPES))
+    p.set_defaults(func=cmd_convert)
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    import os
+
+    from .convert import FLOAT_OUTPUT_TYPES, convert_folder
+
+    options = None if args.mix in FLOAT_OUTPUT_TYPES else _options(args)
+    with TensorProgress(f"converting {os.path.basename(os.path.normpath(args.folder))}") as progress:
+        out = convert_folder(args.folder, args.output, out_type=args.mix, threads=args.threads,
+                             quantize_options=options, progress=progress)
+    print(f"{out}: {os.path.getsize(out) / MIB:.1f} MiB ({args.mix})")
     return 0
