@@ -74,6 +74,9 @@ setup(
         "llamacpp": ["llama-cpp-python>=0.3.0"],
         "onnx": ["onnxruntime>=1.16"],      # the ONNX Runtime providers in `edgesdk info`, the ONNX backend
         "serial": ["pyserial>=3.5"],        # the serial bridge
+        # edgesdk convert: safetensors reads the weights (ml_dtypes gives it numpy's bfloat16),
+        # protobuf parses tokenizer.model through sentencepiece's model proto
+        "convert": ["safetensors>=0.4", "ml_dtypes>=0.3", "protobuf>=3.20"],
         "test": [                           # everything the whole suite imports (tests/test_packaging.py checks)
             "pytest>=7.4",
             "hypothesis>=6.0",
@@ -82,6 +85,10 @@ setup(
             "pexpect>=4.8",
             "onnxruntime>=1.16",
             "pyserial>=3.5",
+            "safetensors>=0.4",             # tests/test_convert.py writes Hugging Face folders
+            "ml_dtypes>=0.3",
+            "protobuf>=3.20",
+            "tokenizers>=0.19",             # tests/test_convert.py: the tokenizer.json reference
             "atheris>=2.3.0; platform_system == 'Linux' and platform_machine == 'x86_64'",  # tests/fuzz; wheels only there
         ],
     },
