@@ -226,6 +226,8 @@ def _load() -> ctypes.CDLL:
     proto("ek_model_free", None, c_void_p)
     proto("ek_model_memory_used", None, c_void_p, POINTER(EkModelMemory))
     proto("ek_model_eval", c_int, c_void_p, c_int32_p, c_int64, c_int64, c_float_p, c_int)
+    proto("ek_model_activation_sums_len", c_int64, c_void_p)
+    proto("ek_model_set_activation_sums", None, c_void_p, c_void_p)
     proto("ek_model_state_bytes", c_uint64, c_void_p, c_int64)
     proto("ek_model_state_save", None, c_void_p, c_int64, c_void_p)
     proto("ek_model_state_load", None, c_void_p, c_int64, c_void_p)

@@ -16,6 +16,7 @@ from edgesdk import cli, gguf, kernels, quantize
 from edgesdk.errors import InvalidArgumentError, OutputWriteError, QuantizeError
 from edgesdk.backends.native import NativeBackend
 from tiny_gguf import TinyConfig, reference_logits, write_tiny
+from tokenizer_corpus import SENTENCES
 
 LEGACY_MIXES = ("q4_0", "q4_1", "q5_0", "q8_0")
 K_MIXES = ("q4_k_m", "q4_k_s", "q6_k")
@@ -342,3 +343,59 @@ def test_cli_quantizes_and_reports_errors_with_exit_status_2(float_model, tmp_pa
     assert cli.main(["quantize", str(out), str(tmp_path / "again.gguf")]) == cli.EXIT_ERROR
     assert "--allow-requantize" in capsys.readouterr().err
     assert cli.main(["quantize", str(tmp_path / "missing.gguf"), str(tmp_path / "x.gguf")]) == cli.EXIT_ERROR
+
+
+# ------------------------------------------------------------------ imatrix
+
+def test_engine_activation_sums_equal_numpy_on_the_first_layer_input(float_model):
+    from edgesdk import imatrix
+
+    src, floats = float_model
+    ids = [int(i) for i in np.random.default_rng(8).integers(4, CFG.n_vocab, 37)]
+    result = imatrix.compute(src, ids, chunk=16, threads=2)
+    x = floats["token_embd.weight"][ids].astype(np.float64)
+    h = x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + CFG.eps) * floats["blk.0.attn_norm.weight"]
+    np.testing.assert_allclose(result.importance["blk.0.attn_q.weight"], np.mean(h * h, axis=0), rtol=1e-4)
+    assert result.n_tokens == 37
+    assert set(result.importance) == {n for n in floats if n.startswith("blk.") and floats[n].ndim == 2} | \
+        {"output.weight"}
+    for name, values in result.importance.items():
+        assert values.shape == (floats[name].shape[1],) and np.all(values > 0), name
+
+
+def byte_vocab_model(path, floats):
+    """The float model with a SentencePiece vocabulary of the 256 byte tokens, so that any text tokenizes."""
+    T = gguf_pkg.GGUFValueType
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    tokens += [f"t{i}" for i in range(len(tokens), CFG.n_vocab)]
+    types = [2, 3, 3] + [6] * 256 + [1] * (CFG.n_vocab - 259)
+    write_tiny(path, CFG, tensors=floats, override_meta={
+        "tokenizer.ggml.model": ("llama", T.STRING), "tokenizer.ggml.tokens": (tokens, T.ARRAY),
+        "tokenizer.ggml.scores": ([0.0] * CFG.n_vocab, T.ARRAY), "tokenizer.ggml.token_type": (types, T.ARRAY)})
+
+
+def test_quantize_with_an_importance_matrix_from_text_lowers_the_weighted_error(float_model, tmp_path, capsys):
+    _, floats = float_model
+    src = tmp_path / "bytes.gguf"
+    byte_vocab_model(src, floats)
+    text = tmp_path / "calibration.txt"
+    text.write_text("\n".join(SENTENCES * 2))
+    out, plain = tmp_path / "imatrix.gguf", tmp_path / "plain.gguf"
+    assert cli.main(["quantize", str(src), str(out), "--type", "q4_k_m", "--imatrix-text", str(text),
+                     "--imatrix-tokens", "300"]) == 0
+    assert "importance matrix: 300 tokens" in capsys.readouterr().err
+    quantize.quantize_file(src, plain, quantize.QuantizeOptions(mix="q4_k_m"))
+    from edgesdk import imatrix
+    weights = imatrix.compute_from_text_file(src, text, max_tokens=300).importance
+    better = 0
+    for name, t in tensors_of(out).items():
+        if name not in weights or t.tensor_type.name == "F32":
+            continue
+        x = floats[name]
+        def weighted(raw):
+            return float((((kernels.dequantize(t.tensor_type.name, np.ascontiguousarray(raw)).reshape(x.shape) - x)
+                           ** 2) * weights[name]).sum())
+        better += weighted(t.data) < weighted(tensors_of(plain)[name].data)
+    assert better >= 0.9 * len(weights)
+    with gguf.open(out) as f:
+        assert f.metadata["quantize.imatrix.dataset"] == str(text)

@@ -301,6 +301,15 @@ EK_API void ek_model_memory_used(const ek_model *model, ek_model_memory *out);
 EK_API ek_status ek_model_eval(ek_model *model, const int32_t *ids, int64_t n, int64_t start,
                                float *logits, int all_logits);
 
+/* Activation statistics for importance matrices: while `sums` is set (NULL stops), every
+   evaluated token adds the square of each input column of every matrix product to it:
+   per layer il, at il * (2 n_embd + n_head * head_dim + n_ff), the input of Q/K/V (n_embd
+   values), of the attention output (n_head * head_dim), of gate/up (n_embd) and of down
+   (n_ff); after the layers, the output head's input (n_embd; rows with logits only).
+   sums holds ek_model_activation_sums_len() doubles, owned by the caller. */
+EK_API int64_t ek_model_activation_sums_len(const ek_model *model);
+EK_API void ek_model_set_activation_sums(ek_model *model, double *sums);
+
 /* KV cache of positions [0, n_past) as one blob, and back. */
 EK_API uint64_t ek_model_state_bytes(const ek_model *model, int64_t n_past);
 EK_API void ek_model_state_save(const ek_model *model, int64_t n_past, void *dst);
