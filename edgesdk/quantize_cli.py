@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable, Optional
+from typing import Callable
 
 MIB = 1 << 20
 
 
-class ByteProgress:
-    """A tqdm bar of output MiB on stderr when it is a terminal; silent otherwise."""
+class Progress:
+    """A tqdm bar on stderr when it is a terminal, silent otherwise; `count(p)` reads how far a
+    progress record is and `total(p)` of what, in `unit`s."""
 
-    def __init__(self, label: str, stream=None):
-        self.label = label
+    def __init__(self, label: str, unit: str, count: Callable, total: Callable, stream=None):
+        self.label, self.unit, self.count, self.total = label, unit, count, total
         self.stream = stream or sys.stderr
         self.bar = None
 
@@ -26,13 +27,13 @@ class ByteProgress:
             return
         if self.bar is None:
             from tqdm import tqdm   # the CLI's only progress display
-            self.bar = tqdm(total=p.total_bytes / MIB, desc=self.label, unit="MiB", file=self.stream,
-                            bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} MiB "
+            self.bar = tqdm(total=self.total(p), desc=self.label, unit=self.unit, file=self.stream,
+                            bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} {unit} "
                                        "[{elapsed}<{remaining}] {postfix}", dynamic_ncols=True)
         self.bar.set_postfix_str(p.tensor, refresh=False)
-        self.bar.update(p.done_bytes / MIB - self.bar.n)
+        self.bar.update(self.count(p) - self.bar.n)
 
-    def __enter__(self) -> "ByteProgress":
+    def __enter__(self) -> "Progress":
         return self
 
     def __exit__(self, *exc) -> None:
@@ -92,7 +93,7 @@ def add_quantize_commands(sub) -> None:
     _add_convert(sub)
 
 
-def cmd_quantize(args: argparse.Namespace, progress_factory: Optional[Callable] = None) -> int:
+def cmd_quantize(args: argparse.Namespace) -> int:
     from .quantize import quantize_file
 
     options = _options(args)
@@ -105,37 +106,13 @@ def cmd_quantize(args: argparse.Namespace, progress_factory: Optional[Callable] 
               f"{len(result.importance)} matrices", file=sys.stderr)
         options.importance = result.importance
         options.importance_source = args.imatrix_text
-    with ByteProgress(f"quantizing to {args.mix}") as progress:
+    with Progress(f"quantizing to {args.mix}", "MiB", lambda p: p.done_bytes / MIB,
+                  lambda p: p.total_bytes / MIB) as progress:
         report = quantize_file(args.input, args.output, options, progress=progress)
     _print_report(report)
     if report.requantized:
         print(f"note: {report.requantized} tensors were requantized from quantized sources", file=sys.stderr)
     return 0
-
-
-class TensorProgress:
-    """A tqdm bar of tensors written on stderr when it is a terminal; silent otherwise."""
-
-    def __init__(self, label: str, stream=None):
-        self.label = label
-        self.stream = stream or sys.stderr
-        self.bar = None
-
-    def __call__(self, p) -> None:
-        if not self.stream.isatty():
-            return
-        if self.bar is None:
-            from tqdm import tqdm   # the CLI's only progress display
-            self.bar = tqdm(total=p.total, desc=self.label, unit="tensor", file=self.stream, dynamic_ncols=True)
-        self.bar.set_postfix_str(p.tensor, refresh=False)
-        self.bar.update(p.done - self.bar.n)
-
-    def __enter__(self) -> "TensorProgress":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 def _add_convert(sub) -> None:
@@ -157,7 +134,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from .convert import FLOAT_OUTPUT_TYPES, convert_folder
 
     options = None if args.mix in FLOAT_OUTPUT_TYPES else _options(args)
-    with TensorProgress(f"converting {os.path.basename(os.path.normpath(args.folder))}") as progress:
+    with Progress(f"converting {os.path.basename(os.path.normpath(args.folder))}", "tensors",
+                  lambda p: p.done, lambda p: p.total) as progress:
         out = convert_folder(args.folder, args.output, out_type=args.mix, threads=args.threads,
                              quantize_options=options, progress=progress)
     print(f"{out}: {os.path.getsize(out) / MIB:.1f} MiB ({args.mix})")

@@ -195,15 +195,20 @@ ek_status ek_dequantize(int type, const void *src, float *dst, int64_t n) {
 
 /* ----------------------------------------------------------- quantize */
 
+/* The value of largest magnitude, with its sign (the first of equal ones). */
+static float largest_magnitude(const float *x, int n) {
+    float amax = 0.0f, vmax = 0.0f;
+    for (int j = 0; j < n; j++)
+        if (fabsf(x[j]) > amax) { amax = fabsf(x[j]); vmax = x[j]; }
+    return vmax;
+}
+
 /* The legacy quantizers below truncate sums that are >= 0 (x * id lies in [-8, 8] for Q4_0):
    truncation is floor there, and is one instruction where floorf is a libm call. */
 static void quant_q4_0(const float *x, block_q4_0 *b, int64_t nb) {
     for (int64_t i = 0; i < nb; i++, x += QK32) {
         /* The value of largest magnitude maps to q = 0 (-8 * d), keeping its sign. */
-        float amax = 0.0f, vmax = 0.0f;
-        for (int j = 0; j < QK32; j++)
-            if (fabsf(x[j]) > amax) { amax = fabsf(x[j]); vmax = x[j]; }
-        const float d = vmax / -8.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+        const float d = largest_magnitude(x, QK32) / -8.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
         b[i].d = ek_fp32_to_fp16(d);
         for (int j = 0; j < 16; j++) {
             int q0 = (int)(x[j] * id + 8.5f), q1 = (int)(x[j + 16] * id + 8.5f);
@@ -247,10 +252,7 @@ static void quant_q8_0(const float *x, block_q8_0 *b, int64_t nb) {
 /* Q5_0 without an importance matrix: as Q4_0, with 5-bit q = 0..31 and d = vmax / -16. */
 static void quant_q5_0(const float *x, block_q5_0 *b, int64_t nb) {
     for (int64_t i = 0; i < nb; i++, x += QK32) {
-        float amax = 0.0f, vmax = 0.0f;
-        for (int j = 0; j < QK32; j++)
-            if (fabsf(x[j]) > amax) { amax = fabsf(x[j]); vmax = x[j]; }
-        const float d = vmax / -16.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+        const float d = largest_magnitude(x, QK32) / -16.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
         b[i].d = ek_fp32_to_fp16(d);
         uint32_t qh = 0;
         for (int j = 0; j < 16; j++) {
@@ -294,10 +296,8 @@ EK_SUMS_REASSOCIATE static inline int nearest_int(float x) {
 /* x ~= d * (L - nmax) with L in [0, 2 nmax): tries 19 scales around the one mapping the
    value of largest magnitude to -nmax and keeps the best; w NULL means w = x^2. Returns d. */
 EK_SUMS_REASSOCIATE static float fit_symmetric(int n, int nmax, const float *x, const float *w, uint8_t *L) {
-    float amax = 0.0f, vmax = 0.0f;
-    for (int i = 0; i < n; i++)
-        if (fabsf(x[i]) > amax) { amax = fabsf(x[i]); vmax = x[i]; }
-    if (amax < 1e-30f) {
+    const float vmax = largest_magnitude(x, n);
+    if (fabsf(vmax) < 1e-30f) {
         for (int i = 0; i < n; i++) L[i] = (uint8_t)nmax;
         return 0.0f;
     }
