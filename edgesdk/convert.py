@@ -20,11 +20,10 @@ bounds: a config or tokenizer file larger than its cap is rejected.
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -403,7 +402,6 @@ def _special_entries(special: Dict[str, Any]) -> List[MetadataEntry]:
 
 def spm_tokenizer(folder: str, config: Dict[str, Any], n_vocab: int) -> List[MetadataEntry]:
     try:
-        import sentencepiece
         from sentencepiece import sentencepiece_model_pb2
     except ImportError:
         raise MissingDependencyError("converting a tokenizer.model needs sentencepiece: pip install "
