@@ -114,6 +114,9 @@ setup(
         # (8-bit MatMulNBits on the CPU provider needs onnxruntime 1.20; IR version 10, onnx 1.16)
         "onnx": ["onnxruntime>=1.20", "onnx>=1.16"],
         "serial": ["pyserial>=3.5"],        # the serial bridge
+        # edgesdk convert: safetensors reads the weights (ml_dtypes gives it numpy's bfloat16),
+        # protobuf parses tokenizer.model through sentencepiece's model proto
+        "convert": ["safetensors>=0.4", "ml_dtypes>=0.3", "protobuf>=3.20"],
         "test": [                           # everything the whole suite imports (tests/test_packaging.py checks)
             "pytest>=7.4",
             "hypothesis>=6.0",
@@ -126,6 +129,10 @@ setup(
             "auditwheel>=6.1",              # tools/build_wheels.py: the manylinux tag, read from the library
             "setuptools>=64",               # tools/build_wheels.py builds without isolation (offline),
             "wheel>=0.40",                  # and retags with `wheel tags`
+            "safetensors>=0.4",             # tests/test_convert.py writes Hugging Face folders
+            "ml_dtypes>=0.3",
+            "protobuf>=3.20",
+            "tokenizers>=0.19",             # tests/test_convert.py: the tokenizer.json reference
             "atheris>=2.3.0; platform_system == 'Linux' and platform_machine == 'x86_64'",  # tests/fuzz; wheels only there
         ],
     },

@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable, List, Optional, Tuple
 from . import __version__
 from .errors import EdgeSDKError, NativeBuildError
 from .onnx_cli import add_export_onnx_command
+from .quantize_cli import add_quantize_commands
 from .serial_cli import add_serial_command
 from .worker_cli import add_worker_command
 
@@ -234,7 +235,7 @@ def _add_chat(sub) -> None:
 
 
 SUBCOMMANDS = [_add_pull, _add_models, _add_info, _add_chat, add_serial_command, add_worker_command,
-               add_export_onnx_command]
+               add_export_onnx_command, add_quantize_commands]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -127,3 +127,17 @@ class ExportError(EdgeSDKError):
 
 class CorruptExportError(ExportError):
     """A cached ONNX export does not match its manifest (truncated, changed, or unreadable); the message names it."""
+
+
+class OutputWriteError(EdgeSDKError, OSError):
+    """Writing an output file failed (full disk, no permission); the partial file was removed."""
+
+
+class QuantizeError(EdgeSDKError):
+    """A model cannot be quantized as asked: a tensor type we cannot read, a shape that does not
+    divide into the blocks asked for, or an already quantized source without allow_requantize."""
+
+
+class ConversionError(EdgeSDKError):
+    """A Hugging Face model folder cannot be converted: a missing or malformed file, config key
+    or tensor, or a shape that does not fit the configuration; the message names it."""

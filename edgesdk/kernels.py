@@ -22,7 +22,7 @@ from .errors import InvalidArgumentError, NativeMemoryError, UnsupportedModelErr
 KERNEL_TYPES = ("F32", "F16", "Q4_0", "Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q6_K", "BF16")
 TYPE_IDS = {name: gguf.GGML_TYPES_BY_NAME[name].type_id for name in KERNEL_TYPES}
 TYPE_NAMES = {v: k for k, v in TYPE_IDS.items()}
-QUANTIZABLE = ("F32", "F16", "Q8_0", "Q4_0", "Q4_1")
+QUANTIZABLE = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q4_K", "Q6_K")
 
 Buffer = Union[bytes, bytearray, memoryview, np.ndarray]
 
@@ -119,6 +119,38 @@ def quantize(type_: Union[int, str], x: np.ndarray) -> np.ndarray:
     out = np.empty(x.size // lay.block_elems * lay.block_bytes, dtype=np.uint8)
     _native.check(_native.lib.ek_quantize(lay.type_id, x.ctypes.data, out.ctypes.data, x.size),
                   f"ek_quantize({lay.name}, n={x.size})")
+    return out
+
+
+def quantize_rows(type_: Union[int, str], x: np.ndarray, importance: Optional[np.ndarray] = None,
+                  pool: Optional["Pool"] = None) -> np.ndarray:
+    """Encode the rows of a (n_rows, n_cols) float32 matrix into `type_` blocks, split across
+    `pool`; `importance` (n_cols non-negative float32 weights, the mean squared activation of
+    each column) steers the 4-bit, 5-bit and K-quant fits. Returns (n_rows, row_bytes) uint8."""
+    lay = layout(type_)
+    if lay.name not in QUANTIZABLE:
+        raise InvalidArgumentError(f"quantizing to {lay.name} is not supported; supported: {', '.join(QUANTIZABLE)}")
+    _check_f32(x, "x")
+    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
+        raise InvalidArgumentError(f"x must be a non-empty (n_rows, n_cols) matrix, got shape {x.shape}")
+    n_rows, n_cols = x.shape
+    if n_cols % lay.block_elems:
+        raise InvalidArgumentError(
+            f"rows of {n_cols} values do not divide into {lay.name} blocks of {lay.block_elems}")
+    imp_address = None
+    if importance is not None:
+        _check_f32(importance, "importance")
+        if importance.shape != (n_cols,):
+            raise InvalidArgumentError(f"importance has shape {importance.shape}; expected ({n_cols},)")
+        if not np.all(np.isfinite(importance)) or np.any(importance < 0):
+            raise InvalidArgumentError("importance weights must be finite and non-negative")
+        imp_address = importance.ctypes.data
+    out = np.empty((n_rows, lay.row_bytes(n_cols)), dtype=np.uint8)
+    pool_handle = _pool_handle(pool)
+    with pool.lock if pool is not None else _NO_LOCK:
+        status = _native.lib.ek_quantize_rows(lay.type_id, x.ctypes.data, out.ctypes.data, n_rows, n_cols,
+                                              imp_address, pool_handle)
+    _native.check(status, f"ek_quantize_rows({lay.name}, {n_rows}x{n_cols})")
     return out
 
 

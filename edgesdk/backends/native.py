@@ -425,6 +425,22 @@ class NativeBackend(Backend):
             _engine().lib.ek_model_seq_copy(handle, src, dst, int(n))
         self._seq_n_past[dst] = int(n)
 
+    def activation_sums_len(self) -> int:
+        """Doubles record_activation_squares needs (layout: ek_model_set_activation_sums)."""
+        return int(_engine().lib.ek_model_activation_sums_len(self._require_open()))
+
+    def record_activation_squares(self, sums: Optional[np.ndarray]) -> None:
+        """While set, every eval adds each matrix input's squared columns to `sums` (float64,
+        activation_sums_len() values, kept alive here); None stops."""
+        handle = self._require_open()
+        if sums is not None:
+            if not isinstance(sums, np.ndarray) or sums.dtype != np.float64 or not sums.flags.c_contiguous \
+                    or sums.shape != (self.activation_sums_len(),) or not sums.flags.writeable:
+                raise InvalidArgumentError(f"sums must be a writable contiguous float64 array of "
+                                           f"{self.activation_sums_len()} values")
+        self._activation_sums = sums
+        _engine().lib.ek_model_set_activation_sums(handle, None if sums is None else sums.ctypes.data)
+
     def _state_header(self, n_past: int) -> bytes:
         s = self.shape
         return STATE_HEADER.pack(STATE_MAGIC, s.n_layer, _type_id(self.kv_type.upper()), s.n_head_kv * s.head_dim_k,

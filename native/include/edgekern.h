@@ -65,9 +65,18 @@ EK_API int64_t ek_type_block_bytes(int type);
 /* dst[0..n) = the n values encoded in src; n must be a multiple of the block size. */
 EK_API ek_status ek_dequantize(int type, const void *src, float *dst, int64_t n);
 
-/* Encode n floats into type's blocks (n a multiple of the block size).
-   Supported at least for F32, F16, Q8_0, Q4_0 and Q4_1 (test fixtures, a future quantize tool). */
+/* Encode n floats into type's blocks (n a multiple of the block size), every type above.
+   Q4_0, Q4_1, Q5_0 and Q8_0 give llama.cpp's reference quantizer's bytes. */
 EK_API ek_status ek_quantize(int type, const float *src, void *dst, int64_t n);
+
+typedef struct ek_pool ek_pool;
+/* ek_quantize of n_rows rows of n_cols floats (row r at src + r * n_cols) into n_rows
+   rows of type's blocks, rows split across pool (NULL: the caller alone); the bytes do
+   not depend on the thread count. importance: n_cols non-negative weights (the mean
+   squared activation each column multiplies) or NULL; the 4-bit, 5-bit and K-quant
+   fits then minimize the error those weights give (Q8_0, F16, BF16, F32 ignore it). */
+EK_API ek_status ek_quantize_rows(int type, const float *src, void *dst, int64_t n_rows, int64_t n_cols,
+                                  const float *importance, ek_pool *pool);
 
 /* ------------------------------------------------ CPU features and the ISA */
 
@@ -312,6 +321,15 @@ EK_API ek_status ek_model_eval_batch(ek_model *model, const ek_seq_input *entrie
 
 /* Sequence dst's positions [0, n) become a copy of sequence src's (src != dst, n <= n_ctx). */
 EK_API void ek_model_seq_copy(ek_model *model, int32_t src, int32_t dst, int64_t n);
+
+/* Activation statistics for importance matrices: while `sums` is set (NULL stops), every
+   evaluated token adds the square of each input column of every matrix product to it:
+   per layer il, at il * (2 n_embd + n_head * head_dim + n_ff), the input of Q/K/V (n_embd
+   values), of the attention output (n_head * head_dim), of gate/up (n_embd) and of down
+   (n_ff); after the layers, the output head's input (n_embd; rows with logits only).
+   sums holds ek_model_activation_sums_len() doubles, owned by the caller. */
+EK_API int64_t ek_model_activation_sums_len(const ek_model *model);
+EK_API void ek_model_set_activation_sums(ek_model *model, double *sums);
 
 /* The KV cache of sequence seq's positions [0, n_past) as one blob, and back. */
 EK_API uint64_t ek_model_state_bytes(const ek_model *model, int64_t n_past);

@@ -1,10 +1,12 @@
 /* GGUF tensor formats: block sizes, fp16/bf16 conversion, dequantization of
- * every supported type, quantization of the simple ones, our 8-bit activation
+ * every supported type, quantization to every supported type (with an optional
+ * importance matrix, threaded over rows), our 8-bit activation
  * formats, and the lossless load-time repack. This file is the scalar truth
  * the kernels are tested against. Block layouts are described in kernels.h.
  */
 #include "kernels.h"
 
+#include <float.h>
 #include <math.h>
 #include <string.h>
 
@@ -51,6 +53,13 @@ uint16_t ek_fp32_to_fp16(float f) {
 }
 
 float ek_bf16_to_fp32(uint16_t h) { return bits_f32((uint32_t)h << 16); }
+
+/* Round to nearest even; nan stays a quiet nan. */
+static uint16_t ek_fp32_to_bf16(float f) {
+    const uint32_t u = f32_bits(f);
+    if ((u & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((u >> 16) | 0x40);
+    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
 
 /* ---------------------------------------------------------- block sizes */
 
@@ -186,16 +195,23 @@ ek_status ek_dequantize(int type, const void *src, float *dst, int64_t n) {
 
 /* ----------------------------------------------------------- quantize */
 
+/* The value of largest magnitude, with its sign (the first of equal ones). */
+static float largest_magnitude(const float *x, int n) {
+    float amax = 0.0f, vmax = 0.0f;
+    for (int j = 0; j < n; j++)
+        if (fabsf(x[j]) > amax) { amax = fabsf(x[j]); vmax = x[j]; }
+    return vmax;
+}
+
+/* The legacy quantizers below truncate sums that are >= 0 (x * id lies in [-8, 8] for Q4_0):
+   truncation is floor there, and is one instruction where floorf is a libm call. */
 static void quant_q4_0(const float *x, block_q4_0 *b, int64_t nb) {
     for (int64_t i = 0; i < nb; i++, x += QK32) {
         /* The value of largest magnitude maps to q = 0 (-8 * d), keeping its sign. */
-        float amax = 0.0f, vmax = 0.0f;
-        for (int j = 0; j < QK32; j++)
-            if (fabsf(x[j]) > amax) { amax = fabsf(x[j]); vmax = x[j]; }
-        const float d = vmax / -8.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+        const float d = largest_magnitude(x, QK32) / -8.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
         b[i].d = ek_fp32_to_fp16(d);
         for (int j = 0; j < 16; j++) {
-            int q0 = (int)floorf(x[j] * id + 8.5f), q1 = (int)floorf(x[j + 16] * id + 8.5f);
+            int q0 = (int)(x[j] * id + 8.5f), q1 = (int)(x[j + 16] * id + 8.5f);
             q0 = q0 < 0 ? 0 : q0 > 15 ? 15 : q0;
             q1 = q1 < 0 ? 0 : q1 > 15 ? 15 : q1;
             b[i].qs[j] = (uint8_t)(q0 | (q1 << 4));
@@ -214,7 +230,7 @@ static void quant_q4_1(const float *x, block_q4_1 *b, int64_t nb) {
         b[i].d = ek_fp32_to_fp16(d);
         b[i].m = ek_fp32_to_fp16(lo);
         for (int j = 0; j < 16; j++) {
-            int q0 = (int)floorf((x[j] - lo) * id + 0.5f), q1 = (int)floorf((x[j + 16] - lo) * id + 0.5f);
+            int q0 = (int)((x[j] - lo) * id + 0.5f), q1 = (int)((x[j + 16] - lo) * id + 0.5f);
             q0 = q0 < 0 ? 0 : q0 > 15 ? 15 : q0;
             q1 = q1 < 0 ? 0 : q1 > 15 ? 15 : q1;
             b[i].qs[j] = (uint8_t)(q0 | (q1 << 4));
@@ -228,11 +244,387 @@ static void quant_q8_0(const float *x, block_q8_0 *b, int64_t nb) {
         for (int j = 0; j < QK32; j++) amax = fabsf(x[j]) > amax ? fabsf(x[j]) : amax;
         const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
         b[i].d = ek_fp32_to_fp16(d);
-        for (int j = 0; j < QK32; j++) b[i].qs[j] = (int8_t)lrintf(x[j] * id);
+        /* Halves round away from zero, as llama.cpp's reference quantizer does. */
+        for (int j = 0; j < QK32; j++) b[i].qs[j] = (int8_t)roundf(x[j] * id);
     }
 }
 
-ek_status ek_quantize(int type, const float *src, void *dst, int64_t n) {
+/* Q5_0 without an importance matrix: as Q4_0, with 5-bit q = 0..31 and d = vmax / -16. */
+static void quant_q5_0(const float *x, block_q5_0 *b, int64_t nb) {
+    for (int64_t i = 0; i < nb; i++, x += QK32) {
+        const float d = largest_magnitude(x, QK32) / -16.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+        b[i].d = ek_fp32_to_fp16(d);
+        uint32_t qh = 0;
+        for (int j = 0; j < 16; j++) {
+            int q0 = (int)(x[j] * id + 16.5f), q1 = (int)(x[j + 16] * id + 16.5f);
+            q0 = q0 < 0 ? 0 : q0 > 31 ? 31 : q0;
+            q1 = q1 < 0 ? 0 : q1 > 31 ? 31 : q1;
+            b[i].qs[j] = (uint8_t)((q0 & 0xF) | ((q1 & 0xF) << 4));
+            qh |= (uint32_t)(q0 >> 4) << j | (uint32_t)(q1 >> 4) << (j + 16);
+        }
+        memcpy(b[i].qh, &qh, 4);
+    }
+}
+
+static void q4_k_pack_scales(const uint8_t *sc, const uint8_t *m, uint8_t *q);
+
+/* ------------------------------------------------ fitting block scales */
+/* The fits' sums may be reassociated (GCC then vectorizes them): their results only choose
+   among candidate encodings, each of which is exact. The 32-value quantizers without
+   importance above stay strict, because they give llama.cpp's bytes. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define EK_SUMS_REASSOCIATE __attribute__((optimize("associative-math", "no-signed-zeros", "no-trapping-math")))
+#else
+#define EK_SUMS_REASSOCIATE
+#endif
+
+/* Round to nearest, halves to even, as lrintf in the default rounding mode, without a
+   libm call: adding 1.5 * 2^23 leaves the integer in the low mantissa bits (|x| < 2^22;
+   larger values, which every caller clamps to a few levels anyway, saturate). */
+EK_SUMS_REASSOCIATE static inline int nearest_int(float x) {
+    x = x < -4194303.0f ? -4194303.0f : x > 4194303.0f ? 4194303.0f : x;
+    const float shifted = x + 12582912.0f;
+    return (int)(f32_bits(shifted) & 0x007FFFFFu) - 0x00400000;
+}
+
+/* The fits choose a block's scale (and offset) and integer levels L to minimize
+   the weighted squared error sum w[i] * (x[i] - x'[i])^2. Without an importance
+   matrix the weights are what llama.cpp's quantizers use (x^2 for the symmetric
+   fits, |x| + rms for the affine ones); with one, each column's mean squared
+   activation times sqrt(sigma2 + x^2). */
+
+/* x ~= d * (L - nmax) with L in [0, 2 nmax): tries 19 scales around the one mapping the
+   value of largest magnitude to -nmax and keeps the best; w NULL means w = x^2. Returns d. */
+EK_SUMS_REASSOCIATE static float fit_symmetric(int n, int nmax, const float *x, const float *w, uint8_t *L) {
+    const float vmax = largest_magnitude(x, n);
+    if (fabsf(vmax) < 1e-30f) {
+        for (int i = 0; i < n; i++) L[i] = (uint8_t)nmax;
+        return 0.0f;
+    }
+    float best_gain = -1.0f, best_d = 0.0f;
+    for (int step = -9; step <= 9; step++) {
+        const float iscale = -((float)nmax + 0.1f * (float)step) / vmax;
+        float sum_xq = 0.0f, sum_q2 = 0.0f;
+        for (int i = 0; i < n; i++) {
+            int q = nearest_int(iscale * x[i]);
+            q = q < -nmax ? -nmax : q > nmax - 1 ? nmax - 1 : q;
+            const float wi = w ? w[i] : x[i] * x[i];
+            sum_xq += wi * x[i] * (float)q;
+            sum_q2 += wi * (float)(q * q);
+        }
+        /* With d = sum_xq / sum_q2 the error is sum w x^2 - sum_xq^2 / sum_q2. */
+        if (sum_q2 > 0.0f && sum_xq * sum_xq > best_gain * sum_q2) {
+            best_gain = sum_xq * sum_xq / sum_q2;
+            best_d = sum_xq / sum_q2;
+            for (int i = 0; i < n; i++) {
+                int q = nearest_int(iscale * x[i]);
+                q = q < -nmax ? -nmax : q > nmax - 1 ? nmax - 1 : q;
+                L[i] = (uint8_t)(q + nmax);
+            }
+        }
+    }
+    return best_d;
+}
+
+/* x ~= d * L - m with L in [0, nmax] and m >= 0: starts from the min/max fit, then for
+   nstep + 1 trial scales (nmax + rmin + rdelta * k) / (max - min) solves the weighted
+   least squares for d and m given L. Returns d; *m_out = m. */
+EK_SUMS_REASSOCIATE static float fit_affine(int n, int nmax, const float *x, const float *w, uint8_t *L, float *m_out,
+                        float rmin, float rdelta, int nstep) {
+    float lo = x[0], hi = x[0], sum_w = 0.0f, sum_x = 0.0f;
+    for (int i = 0; i < n; i++) {
+        lo = x[i] < lo ? x[i] : lo;
+        hi = x[i] > hi ? x[i] : hi;
+        sum_w += w[i];
+        sum_x += w[i] * x[i];
+    }
+    if (lo > 0.0f) lo = 0.0f;
+    if (hi == lo) {
+        for (int i = 0; i < n; i++) L[i] = 0;
+        *m_out = -lo;
+        return 0.0f;
+    }
+    float d = (hi - lo) / (float)nmax, offset = lo, best_err = 0.0f;
+    const float iscale0 = (float)nmax / (hi - lo);
+    for (int i = 0; i < n; i++) {
+        int q = nearest_int(iscale0 * (x[i] - lo));
+        L[i] = (uint8_t)(q < 0 ? 0 : q > nmax ? nmax : q);
+        const float e = d * (float)L[i] + lo - x[i];
+        best_err += w[i] * e * e;
+    }
+    uint8_t trial[QK32];
+    for (int k = 0; k <= nstep; k++) {
+        const float iscale = ((float)nmax + rmin + rdelta * (float)k) / (hi - lo);
+        float sum_l = 0.0f, sum_l2 = 0.0f, sum_xl = 0.0f;
+        for (int i = 0; i < n; i++) {
+            int q = nearest_int(iscale * (x[i] - lo));
+            q = q < 0 ? 0 : q > nmax ? nmax : q;
+            trial[i] = (uint8_t)q;
+            sum_l += w[i] * (float)q;
+            sum_l2 += w[i] * (float)(q * q);
+            sum_xl += w[i] * (float)q * x[i];
+        }
+        const float det = sum_w * sum_l2 - sum_l * sum_l;
+        if (det <= 0.0f) continue;
+        float trial_d = (sum_w * sum_xl - sum_x * sum_l) / det;
+        float trial_offset = (sum_l2 * sum_x - sum_l * sum_xl) / det;
+        if (trial_offset > 0.0f) { /* the offset may only move values down */
+            trial_offset = 0.0f;
+            trial_d = sum_xl / sum_l2;
+        }
+        float err = 0.0f;
+        for (int i = 0; i < n; i++) {
+            const float e = trial_d * (float)trial[i] + trial_offset - x[i];
+            err += w[i] * e * e;
+        }
+        if (err < best_err) {
+            best_err = err;
+            d = trial_d;
+            offset = trial_offset;
+            memcpy(L, trial, (size_t)n);
+        }
+    }
+    *m_out = -offset;
+    return d;
+}
+
+/* Weights for the fits from an importance matrix (imp, one per value) and the values. */
+EK_SUMS_REASSOCIATE static void importance_weights(int n, const float *x, const float *imp, float sigma2, float *w) {
+    for (int i = 0; i < n; i++) w[i] = imp[i] * sqrtf(sigma2 + x[i] * x[i]);
+}
+
+EK_SUMS_REASSOCIATE static float mean_square(const float *x, int64_t n) {
+    double s = 0.0;
+    for (int64_t i = 0; i < n; i++) s += (double)x[i] * x[i];
+    return (float)(s / (double)n);
+}
+
+/* ------------------------------------------------------------ K-quants */
+/* Each super-block is encoded twice: with the super-scales the sub-block fits suggest, then
+   with the least-squares super-scales for the codes the first encoding chose; the one with
+   the smaller error is kept. Within an encoding, rounding the sub-block scales to their
+   6-bit (Q4_K) or 8-bit (Q6_K) codes moves the best levels, so each sub-block tries the
+   neighbouring codes and keeps the one with the least error after the final rounding of its
+   levels; the plain nearest codes are among the candidates. */
+
+/* Q4_K codes for x given f16 d and dmin: sub-block j's float scale[j] and offset[j] round to
+   codes near scale[j] / d and offset[j] / dmin. Fills sc, mn, L; returns the error. */
+EK_SUMS_REASSOCIATE static float encode_q4_k(const float *x, const float *imp, const float *scale,
+                                             const float *offset, float d, float dmin, uint8_t *sc,
+                                             uint8_t *mn, uint8_t *L) {
+    const float inv_d = d > 0.0f ? 1.0f / d : 0.0f, inv_dmin = dmin > 0.0f ? 1.0f / dmin : 0.0f;
+    float total = 0.0f;
+    for (int j = 0; j < 8; j++) {
+        const float *xs = x + 32 * j;
+        const int sc0 = nearest_int(inv_d * scale[j]), mn0 = nearest_int(inv_dmin * offset[j]);
+        float best_err = FLT_MAX;
+        for (int s = sc0 - 1; s <= sc0 + 1; s++) {
+            if (s < 0 || s > 63) continue;
+            for (int m = mn0 - 1; m <= mn0 + 1; m++) {
+                if (m < 0 || m > 63) continue;
+                const float ds = d * (float)s, dm = dmin * (float)m, inv_ds = ds != 0.0f ? 1.0f / ds : 0.0f;
+                uint8_t q[32];
+                float err = 0.0f;
+                for (int l = 0; l < 32; l++) {
+                    int ql = nearest_int((xs[l] + dm) * inv_ds);
+                    ql = ql < 0 ? 0 : ql > 15 ? 15 : ql;
+                    q[l] = (uint8_t)ql;
+                    const float e = ds * (float)ql - dm - xs[l];
+                    err += (imp ? imp[32 * j + l] : 1.0f) * e * e;
+                }
+                if (err < best_err) {
+                    best_err = err;
+                    sc[j] = (uint8_t)s, mn[j] = (uint8_t)m;
+                    memcpy(L + 32 * j, q, 32);
+                }
+            }
+        }
+        total += best_err;
+    }
+    return total;
+}
+
+/* The (d, dmin) minimizing sum e (d a - dmin c - x)^2 for a = sc q and c = mn; 0 when singular. */
+EK_SUMS_REASSOCIATE static int refit_q4_k(const float *x, const float *imp, const uint8_t *sc,
+                                          const uint8_t *mn, const uint8_t *L, float *d, float *dmin) {
+    double saa = 0, sac = 0, scc = 0, sax = 0, scx = 0;
+    for (int i = 0; i < QK_K; i++) {
+        const double e = imp ? imp[i] : 1.0, a = (double)sc[i / 32] * L[i], c = mn[i / 32];
+        saa += e * a * a, sac += e * a * c, scc += e * c * c, sax += e * a * x[i], scx += e * c * x[i];
+    }
+    const double det = saa * scc - sac * sac;
+    if (!(det > 1e-12 * saa * scc)) return 0;
+    /* d saa - dmin sac = sax, d sac - dmin scc = scx */
+    *d = (float)((sax * scc - sac * scx) / det);
+    *dmin = (float)((sax * sac - saa * scx) / det);
+    return *d > 0.0f && *dmin >= 0.0f;
+}
+
+static void pack_q4_k(const uint8_t *sc, const uint8_t *mn, const uint8_t *L, block_q4_k *b) {
+    q4_k_pack_scales(sc, mn, b->scales);
+    for (int c = 0; c < 4; c++)
+        for (int l = 0; l < 32; l++)
+            b->qs[32 * c + l] = (uint8_t)(L[64 * c + l] | (L[64 * c + 32 + l] << 4));
+}
+
+/* One Q4_K super-block: 8 sub-blocks of 32 fitted as x ~= d_j q - m_j, q in 0..15, with
+   d_j and m_j stored as 6-bit multiples of the f16 d and dmin. */
+EK_SUMS_REASSOCIATE static void quant_q4_k_block(const float *x, const float *imp, block_q4_k *b) {
+    uint8_t L[QK_K], sc[8], mn[8];
+    float scale[8], offset[8], w[32];
+    const float sigma2 = 2.0f * mean_square(x, QK_K);
+    for (int j = 0; j < 8; j++) {
+        const float *xs = x + 32 * j;
+        if (imp) {
+            importance_weights(32, xs, imp + 32 * j, sigma2, w);
+            scale[j] = fit_affine(32, 15, xs, w, L + 32 * j, &offset[j], -0.9f, 0.05f, 36);
+        } else {
+            const float rms = sqrtf(mean_square(xs, 32));
+            for (int l = 0; l < 32; l++) w[l] = rms + fabsf(xs[l]);
+            scale[j] = fit_affine(32, 15, xs, w, L + 32 * j, &offset[j], -1.0f, 0.1f, 20);
+        }
+    }
+    float max_scale = 0.0f, max_offset = 0.0f;
+    for (int j = 0; j < 8; j++) {
+        max_scale = scale[j] > max_scale ? scale[j] : max_scale;
+        max_offset = offset[j] > max_offset ? offset[j] : max_offset;
+    }
+    b->d = ek_fp32_to_fp16(max_scale / 63.0f);
+    b->dmin = ek_fp32_to_fp16(max_offset / 63.0f);
+    const float err = encode_q4_k(x, imp, scale, offset, ek_fp16_to_fp32(b->d), ek_fp16_to_fp32(b->dmin),
+                                  sc, mn, L);
+    float d2, dmin2;
+    if (refit_q4_k(x, imp, sc, mn, L, &d2, &dmin2)) {
+        const uint16_t h_d = ek_fp32_to_fp16(d2), h_dmin = ek_fp32_to_fp16(dmin2);
+        uint8_t L2[QK_K], sc2[8], mn2[8];
+        if (encode_q4_k(x, imp, scale, offset, ek_fp16_to_fp32(h_d), ek_fp16_to_fp32(h_dmin), sc2, mn2, L2) < err) {
+            b->d = h_d, b->dmin = h_dmin;
+            pack_q4_k(sc2, mn2, L2, b);
+            return;
+        }
+    }
+    pack_q4_k(sc, mn, L, b);
+}
+
+/* Q6_K codes for x given the f16 d: sub-block j's float scale[j] rounds to a code near
+   scale[j] / d. Fills sc and L (q + 32); returns the error. */
+EK_SUMS_REASSOCIATE static float encode_q6_k(const float *x, const float *imp, const float *scale, float d,
+                                             int8_t *sc, uint8_t *L) {
+    const float inv_d = d != 0.0f ? 1.0f / d : 0.0f;
+    float total = 0.0f;
+    for (int j = 0; j < 16; j++) {
+        const float *xs = x + 16 * j;
+        const int s0 = nearest_int(inv_d * scale[j]);
+        float best_err = FLT_MAX;
+        for (int s = s0 - 1; s <= s0 + 1; s++) {
+            if (s < -128 || s > 127) continue;
+            const float ds = d * (float)s, inv_ds = ds != 0.0f ? 1.0f / ds : 0.0f;
+            uint8_t q[16];
+            float err = 0.0f;
+            for (int l = 0; l < 16; l++) {
+                int ql = nearest_int(xs[l] * inv_ds);
+                ql = ql < -32 ? -32 : ql > 31 ? 31 : ql;
+                q[l] = (uint8_t)(ql + 32);
+                const float e = ds * (float)ql - xs[l];
+                err += (imp ? imp[16 * j + l] : 1.0f) * e * e;
+            }
+            if (err < best_err) {
+                best_err = err;
+                sc[j] = (int8_t)s;
+                memcpy(L + 16 * j, q, 16);
+            }
+        }
+        total += best_err;
+    }
+    return total;
+}
+
+static void pack_q6_k(const int8_t *sc, const uint8_t *L, block_q6_k *b) {
+    memcpy(b->scales, sc, 16);
+    for (int h = 0; h < 2; h++) {
+        const uint8_t *Lh = L + 128 * h;
+        uint8_t *ql = b->ql + 64 * h, *qh = b->qh + 32 * h;
+        for (int l = 0; l < 32; l++) {
+            ql[l] = (uint8_t)((Lh[l] & 0xF) | ((Lh[l + 64] & 0xF) << 4));
+            ql[l + 32] = (uint8_t)((Lh[l + 32] & 0xF) | ((Lh[l + 96] & 0xF) << 4));
+            qh[l] = (uint8_t)((Lh[l] >> 4) | ((Lh[l + 32] >> 4) << 2) | ((Lh[l + 64] >> 4) << 4) |
+                              ((Lh[l + 96] >> 4) << 6));
+        }
+    }
+}
+
+/* One Q6_K super-block: 16 sub-blocks of 16 fitted symmetrically with q in -32..31, their
+   scales stored as int8 multiples of the f16 d. */
+EK_SUMS_REASSOCIATE static void quant_q6_k_block(const float *x, const float *imp, block_q6_k *b) {
+    uint8_t L[QK_K];
+    int8_t sc[16];
+    float scale[16], w[16];
+    const float sigma2 = 2.0f * mean_square(x, QK_K);
+    float max_scale = 0.0f, max_abs = 0.0f;
+    for (int j = 0; j < 16; j++) {
+        if (imp) importance_weights(16, x + 16 * j, imp + 16 * j, sigma2, w);
+        scale[j] = fit_symmetric(16, 32, x + 16 * j, imp ? w : NULL, L + 16 * j);
+        if (fabsf(scale[j]) > max_abs) { max_abs = fabsf(scale[j]); max_scale = scale[j]; }
+    }
+    if (max_abs < 1e-30f) {
+        memset(b, 0, sizeof(*b));
+        return;
+    }
+    b->d = ek_fp32_to_fp16(max_scale / -128.0f);
+    const float err = encode_q6_k(x, imp, scale, ek_fp16_to_fp32(b->d), sc, L);
+    /* least-squares d for the codes chosen: sum e x (sc q) / sum e (sc q)^2 */
+    double sxt = 0.0, stt = 0.0;
+    for (int i = 0; i < QK_K; i++) {
+        const double e = imp ? imp[i] : 1.0, t = (double)sc[i / 16] * ((int)L[i] - 32);
+        sxt += e * x[i] * t, stt += e * t * t;
+    }
+    if (stt > 0.0) {
+        const uint16_t h_d = ek_fp32_to_fp16((float)(sxt / stt));
+        uint8_t L2[QK_K];
+        int8_t sc2[16];
+        if (encode_q6_k(x, imp, scale, ek_fp16_to_fp32(h_d), sc2, L2) < err) {
+            b->d = h_d;
+            pack_q6_k(sc2, L2, b);
+            return;
+        }
+    }
+    pack_q6_k(sc, L, b);
+}
+
+/* ------------------------------------- 32-value types with importance */
+
+EK_SUMS_REASSOCIATE static void quant_legacy_weighted(int type, const float *x, const float *imp, void *dst, int64_t n) {
+    const float sigma2 = mean_square(x, n);
+    float w[QK32];
+    uint8_t L[QK32];
+    for (int64_t i = 0; i < n / QK32; i++, x += QK32, imp += QK32) {
+        importance_weights(QK32, x, imp, sigma2, w);
+        if (type == EK_TYPE_Q4_1) {
+            block_q4_1 *b = (block_q4_1 *)dst + i;
+            float offset;
+            const float d = fit_affine(QK32, 15, x, w, L, &offset, -0.9f, 0.05f, 36);
+            b->d = ek_fp32_to_fp16(d);
+            b->m = ek_fp32_to_fp16(-offset);
+            for (int j = 0; j < 16; j++) b->qs[j] = (uint8_t)(L[j] | (L[j + 16] << 4));
+        } else if (type == EK_TYPE_Q4_0) {
+            block_q4_0 *b = (block_q4_0 *)dst + i;
+            b->d = ek_fp32_to_fp16(fit_symmetric(QK32, 8, x, w, L));
+            for (int j = 0; j < 16; j++) b->qs[j] = (uint8_t)(L[j] | (L[j + 16] << 4));
+        } else { /* Q5_0 */
+            block_q5_0 *b = (block_q5_0 *)dst + i;
+            b->d = ek_fp32_to_fp16(fit_symmetric(QK32, 16, x, w, L));
+            uint32_t qh = 0;
+            for (int j = 0; j < 16; j++) {
+                b->qs[j] = (uint8_t)((L[j] & 0xF) | ((L[j + 16] & 0xF) << 4));
+                qh |= (uint32_t)(L[j] >> 4) << j | (uint32_t)(L[j + 16] >> 4) << (j + 16);
+            }
+            memcpy(b->qh, &qh, 4);
+        }
+    }
+}
+
+/* n values of one row; imp (n weights) NULL: no importance matrix. */
+static ek_status quantize_row(int type, const float *src, void *dst, int64_t n, const float *imp) {
     const int64_t be = ek_type_block_elems(type);
     if (be == 0) return EK_ERR_UNSUPPORTED;
     if (n < 0 || n % be != 0) return EK_ERR_INVALID_ARG;
@@ -243,11 +635,58 @@ ek_status ek_quantize(int type, const float *src, void *dst, int64_t n) {
         for (int64_t i = 0; i < n; i++) h[i] = ek_fp32_to_fp16(src[i]);
         return EK_OK;
     }
-    case EK_TYPE_Q4_0: quant_q4_0(src, dst, n / be); return EK_OK;
-    case EK_TYPE_Q4_1: quant_q4_1(src, dst, n / be); return EK_OK;
-    case EK_TYPE_Q8_0: quant_q8_0(src, dst, n / be); return EK_OK;
+    case EK_TYPE_BF16: {
+        uint16_t *h = dst;
+        for (int64_t i = 0; i < n; i++) h[i] = ek_fp32_to_bf16(src[i]);
+        return EK_OK;
+    }
+    case EK_TYPE_Q8_0: quant_q8_0(src, dst, n / be); return EK_OK; /* 8 bits need no importance */
+    case EK_TYPE_Q4_0: case EK_TYPE_Q4_1: case EK_TYPE_Q5_0:
+        if (imp) quant_legacy_weighted(type, src, imp, dst, n);
+        else if (type == EK_TYPE_Q4_0) quant_q4_0(src, dst, n / be);
+        else if (type == EK_TYPE_Q4_1) quant_q4_1(src, dst, n / be);
+        else quant_q5_0(src, dst, n / be);
+        return EK_OK;
+    case EK_TYPE_Q4_K:
+        for (int64_t i = 0; i < n / be; i++) quant_q4_k_block(src + i * be, imp ? imp + i * be : NULL, (block_q4_k *)dst + i);
+        return EK_OK;
+    case EK_TYPE_Q6_K:
+        for (int64_t i = 0; i < n / be; i++) quant_q6_k_block(src + i * be, imp ? imp + i * be : NULL, (block_q6_k *)dst + i);
+        return EK_OK;
     default: return EK_ERR_UNSUPPORTED;
     }
+}
+
+ek_status ek_quantize(int type, const float *src, void *dst, int64_t n) {
+    return quantize_row(type, src, dst, n, NULL);
+}
+
+typedef struct {
+    int type;
+    const float *src;  /* (n_rows, n_cols) */
+    uint8_t *dst;      /* n_rows rows of row_bytes */
+    const float *imp;  /* (n_cols) or NULL */
+    int64_t n_rows, n_cols;
+    size_t row_bytes;
+} quantize_job;
+
+static void quantize_rows_task(void *ctx, int ith, int nth) {
+    const quantize_job *job = ctx;
+    const int64_t r0 = job->n_rows * ith / nth, r1 = job->n_rows * (ith + 1) / nth;
+    for (int64_t r = r0; r < r1; r++)
+        quantize_row(job->type, job->src + r * job->n_cols, job->dst + (size_t)r * job->row_bytes, job->n_cols,
+                     job->imp);
+}
+
+ek_status ek_quantize_rows(int type, const float *src, void *dst, int64_t n_rows, int64_t n_cols,
+                           const float *importance, ek_pool *pool) {
+    const int64_t be = ek_type_block_elems(type);
+    if (be == 0) return EK_ERR_UNSUPPORTED;
+    if (n_rows < 0 || n_cols <= 0 || n_cols % be != 0) return EK_ERR_INVALID_ARG;
+    const quantize_job job = {type, src, dst, importance, n_rows, n_cols,
+                              (size_t)(n_cols / be * ek_type_block_bytes(type))};
+    ek_pool_run(pool, quantize_rows_task, (void *)&job);
+    return EK_OK;
 }
 
 /* ------------------------------------------------- activation formats */

@@ -50,6 +50,7 @@ struct ek_model {
     ops_rope_scaling rope_global, rope_sliding; /* angle scaling of global / sliding-window layers */
     uint64_t weights_owned, weights_mapped; /* as ek_model_memory_needs counts them */
     uint64_t matmul_act_bytes;
+    double *act_sums; /* NULL, or the caller's ek_model_activation_sums_len() sums (see the header) */
 };
 
 /* ------------------------------------------------------------ sizes */
@@ -328,6 +329,26 @@ static void norm_rows(const ek_model *m, const float *x, const float *w, float *
     for (int64_t i = 0; i < n; i++) m->kernels->rmsnorm(x + i * dim, w, y + i * dim, dim, m->d.norm_eps);
 }
 
+/* ------------------------------------------- activation statistics */
+
+/* Per layer: the inputs of Q/K/V (n_embd), of the output projection (q_dim), of gate/up
+   (n_embd) and of down (n_ff); then the output head's input (n_embd). */
+static int64_t act_layer_stride(const ek_model_desc *d) { return 2 * (int64_t)d->n_embd + q_dim(d) + d->n_ff; }
+
+int64_t ek_model_activation_sums_len(const ek_model *m) {
+    return m->d.n_layer * act_layer_stride(&m->d) + m->d.n_embd;
+}
+
+void ek_model_set_activation_sums(ek_model *m, double *sums) { m->act_sums = sums; }
+
+/* sums[j] += x[i, j]^2 over the n rows of x (n, dim), at `offset` in the model's sums. */
+static void add_squares(const ek_model *m, int64_t offset, const float *x, int64_t n, int64_t dim) {
+    if (!m->act_sums) return;
+    double *sums = m->act_sums + offset;
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t j = 0; j < dim; j++) sums[j] += (double)x[i * dim + j] * x[i * dim + j];
+}
+
 /* One transformer block for the n rows of the pass; x updated in place. */
 static ek_status block_forward(ek_model *m, int il, int64_t n) {
     const ek_model_desc *d = &m->d;
@@ -335,7 +356,9 @@ static ek_status block_forward(ek_model *m, int il, int64_t n) {
     const int64_t E = d->n_embd, QD = q_dim(d), KD = m->kv_dim, hd = d->head_dim;
     ek_status st;
 
+    const int64_t act = il * act_layer_stride(d);
     norm_rows(m, m->x, L->attn_norm, m->xb, n, E);
+    add_squares(m, act, m->xb, n, E);
     const ek_weight *qkv[] = {L->wq, L->wk, L->wv};
     float *const qkv_out[] = {m->q, m->k, m->v};
     if ((st = ek_matmul_shared_input(qkv, qkv_out, 3, m->xb, n, m->pool)) != EK_OK) return st;
@@ -358,15 +381,18 @@ static ek_status block_forward(ek_model *m, int il, int64_t n) {
 
     attn_job job = {m, il, n};
     ek_pool_run(m->pool, attn_task, &job);
+    add_squares(m, act + E, m->att, n, QD);
     if ((st = ek_matmul(L->wo, m->att, n, m->xb, m->pool)) != EK_OK) return st;
     if (L->post_attn_norm) norm_rows(m, m->xb, L->post_attn_norm, m->xb, n, E);
     for (int64_t j = 0; j < n * E; j++) m->x[j] += m->xb[j];
 
     norm_rows(m, m->x, L->ffn_norm, m->xb, n, E);
+    add_squares(m, act + E + QD, m->xb, n, E);
     const ek_weight *gate_up[] = {L->w_gate, L->w_up};
     float *const gate_up_out[] = {m->hb, m->hb2};
     if ((st = ek_matmul_shared_input(gate_up, gate_up_out, 2, m->xb, n, m->pool)) != EK_OK) return st;
     (d->act == EK_ACT_GELU ? m->kernels->gelu_mul : m->kernels->silu_mul)(m->hb, m->hb2, m->hb, n * d->n_ff);
+    add_squares(m, act + 2 * E + QD, m->hb, n, d->n_ff);
     if ((st = ek_matmul(L->w_down, m->hb, n, m->xb, m->pool)) != EK_OK) return st;
     if (L->post_ffn_norm) norm_rows(m, m->xb, L->post_ffn_norm, m->xb, n, E);
     for (int64_t j = 0; j < n * E; j++) m->x[j] += m->xb[j];
@@ -395,6 +421,7 @@ static ek_status batch_forward(ek_model *m, int64_t n, int64_t n_out, float *log
     if (n_out == 0) return EK_OK;
     for (int64_t r = 0; r < n_out; r++)
         m->kernels->rmsnorm(m->x + m->out_rows[r] * E, m->output_norm, m->xb + r * E, E, d->norm_eps);
+    add_squares(m, d->n_layer * act_layer_stride(d), m->xb, n_out, E);
     return ek_matmul(m->output, m->xb, n_out, logits, m->pool);
 }
 

@@ -259,7 +259,7 @@ static void test_formats(void) {
             CHECK(fabsf(back[32 * b + j] - x[32 * b + j]) <= amax / 127 * 0.5f + amax * 1e-3f, "q8_0 round trip");
     }
     CHECK(ek_quantize(EK_TYPE_Q8_0, x, q, 33) == EK_ERR_INVALID_ARG, "partial block refused");
-    CHECK(ek_quantize(EK_TYPE_Q4_K, x, q, 256) == EK_ERR_UNSUPPORTED, "Q4_K quantize is not offered");
+    CHECK(ek_quantize(7 /* Q5_1 */, x, q, 64) == EK_ERR_UNSUPPORTED, "Q5_1 quantize is not offered");
     /* fp16 corners: largest normal, smallest subnormal, overflow, round-half-even */
     const float f[] = {65504.0f, 5.9604645e-8f, 70000.0f, 1.0f + 1.0f / 2048.0f, -0.0f};
     const uint16_t expect[] = {0x7BFF, 0x0001, 0x7C00, 0x3C00, 0x8000};
