@@ -92,3 +92,15 @@ class BackendUnavailableError(EdgeSDKError):
 
 class MissingDependencyError(EdgeSDKError, ImportError):
     """An optional part of edgesdk needs a package that is not installed; the message names the pip extra."""
+
+
+class QueueFullError(EdgeSDKError):
+    """Every sequence is busy and the wait queue is full; retry after `retry_after_s` seconds."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class SchedulerClosedError(EdgeSDKError):
+    """The batching scheduler was closed (the server is stopping): the request was not answered."""
