@@ -45,6 +45,8 @@ extension = Extension(
     extra_link_args=["-pthread", "-lm"],
 )
 
+SERVER_REQUIRES = ["starlette>=0.37", "uvicorn>=0.30", "prometheus-client>=0.20"]
+
 setup(
     name="edgesdk",
     version="0.1.0",
@@ -74,6 +76,7 @@ setup(
         "llamacpp": ["llama-cpp-python>=0.3.0"],
         "onnx": ["onnxruntime>=1.16"],      # the ONNX Runtime providers in `edgesdk info`, the ONNX backend
         "serial": ["pyserial>=3.5"],        # the serial bridge
+        "server": SERVER_REQUIRES,          # edgesdk serve: the OpenAI-compatible HTTP server
         "test": [                           # everything the whole suite imports (tests/test_packaging.py checks)
             "pytest>=7.4",
             "hypothesis>=6.0",
@@ -82,6 +85,9 @@ setup(
             "pexpect>=4.8",
             "onnxruntime>=1.16",
             "pyserial>=3.5",
+            *SERVER_REQUIRES,
+            "openai>=1.40",                 # tests/test_server*.py: the real client against our server
+            "httpx>=0.27",
             "atheris>=2.3.0; platform_system == 'Linux' and platform_machine == 'x86_64'",  # tests/fuzz; wheels only there
         ],
     },

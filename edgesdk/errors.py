@@ -104,3 +104,14 @@ class QueueFullError(EdgeSDKError):
 
 class SchedulerClosedError(EdgeSDKError):
     """The batching scheduler was closed (the server is stopping): the request was not answered."""
+
+
+class ApiRequestError(InvalidArgumentError):
+    """An HTTP API request we refuse: `status` is the HTTP status, `param` the field at fault (or None),
+    `code` OpenAI's error code string (or None)."""
+
+    def __init__(self, message: str, param: "str | None" = None, status: int = 400, code: "str | None" = None):
+        super().__init__(message)
+        self.param = param
+        self.status = status
+        self.code = code
