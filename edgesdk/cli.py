@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable, List, Optional, Tuple
 from . import __version__
 from .errors import EdgeSDKError, NativeBuildError
 from .serial_cli import add_serial_command
+from .serve_cli import add_serve_command
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -229,7 +230,7 @@ def _add_chat(sub) -> None:
     add_chat_commands(sub)
 
 
-SUBCOMMANDS = [_add_pull, _add_models, _add_info, _add_chat, add_serial_command]
+SUBCOMMANDS = [_add_pull, _add_models, _add_info, _add_chat, add_serial_command, add_serve_command]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -319,6 +319,8 @@ class OpenAIServer:
         except BaseException as exc:
             self.load_error = exc
             log.error("the model did not load: %s", exc)
+            if self._load is not None and self._uvicorn is not None:
+                self._uvicorn.should_exit = True    # nothing to serve: `edgesdk serve` exits with the error
 
     def _stop_model(self) -> None:
         if self.scheduler is not None:
