@@ -75,10 +75,10 @@ def check_positive_int(name: str, value: Any, limit: Optional[int] = None, why: 
     return value
 
 
-def limit(default: Any, meaning: str):
+def limit(default: Any, meaning: str, allow_zero: bool = False):
     """A field of a limits record (SerialLimits, ServerSettings, ...): its default and what it bounds,
-    which is also its command-line flag's help."""
-    return field(default=default, metadata={"help": meaning})
+    which is also its command-line flag's help. An int limit is positive unless allow_zero."""
+    return field(default=default, metadata={"help": meaning, "allow_zero": allow_zero})
 
 
 def check_limits(record: Any) -> None:
@@ -91,6 +91,8 @@ def check_limits(record: Any) -> None:
         if value is None and f.default is None:
             continue
         if f.type in ("int", int, "Optional[int]"):
+            if f.metadata.get("allow_zero") and value == 0 and not isinstance(value, bool):
+                continue
             check_positive_int(f.name, value)
         elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
                 or value < 0:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from dataclasses import fields
 from typing import Optional
@@ -85,6 +86,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .errors import ModelNotFoundError
     from .model import load
     from .serve.http import OpenAIServer, ServerSettings
+    from .serial_cli import _stop_on_sigterm
     from .serve.openai_api import RequestLimits
 
     # Settings first: a mistake fails before the socket is bound or the model read.
@@ -111,7 +113,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"edgesdk: serving {name} on http://{settings.host}:{settings.port}/v1 ({args.parallel} at once, "
           f"{key_note}); loading the model, /health says when it is ready; Ctrl-C stops", file=sys.stderr,
           flush=True)
-    server.run()
+    # uvicorn stops on SIGINT and SIGTERM, then raises the signal again with the handlers it found:
+    # ours turns SIGTERM into the KeyboardInterrupt of Ctrl-C, and both are a normal stop.
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        print("edgesdk: stopped", file=sys.stderr)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if server.load_error is not None:
         print(f"edgesdk: error: the model did not load: {server.load_error}", file=sys.stderr)
         return 2

@@ -87,7 +87,7 @@ class ServerSettings:
     max_body_bytes: int = limit(1 << 20, "largest request body in bytes (413 beyond)")
     body_timeout_s: float = limit(10.0, "time a client has to send its request body (408 beyond)")
     stall_timeout_s: float = limit(30.0, "a streaming client that takes nothing this long loses its answer")
-    max_queue: int = limit(DEFAULT_MAX_QUEUE, "requests waiting for a free sequence (429 beyond)")
+    max_queue: int = limit(DEFAULT_MAX_QUEUE, "requests waiting for a free sequence (429 beyond)", allow_zero=True)
     max_connections: int = limit(64, "open connections (503 beyond)")
     keep_alive_s: int = limit(5, "idle keep-alive connections close after this")
     limits: RequestLimits = field(default_factory=RequestLimits)
