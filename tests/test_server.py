@@ -72,7 +72,7 @@ def start(model, **settings):
 def served(smollm2_path, refs):
     """A server whose model holds three sequences; its body limits small enough to hit."""
     model = model_with_sequences(smollm2_path, 3, **LOAD)
-    server, base = start(model, max_body_bytes=BODY_CAP, body_timeout_s=1.0)
+    server, base = start(model, max_body_bytes=BODY_CAP, body_timeout_s=1.0, header_timeout_s=2.0)
     yield server, base
     server.stop()
     model.close()
@@ -328,6 +328,9 @@ def test_slow_clients_time_out_while_others_are_served(base, refs, client):
         slow_body.settimeout(10)
         reply = slow_body.recv(4096)
         assert reply.startswith(b"HTTP/1.1 408")
+        for s in slow_headers:      # closed after header_timeout_s, so they cannot fill max_connections
+            s.settimeout(10)
+            assert s.recv(4096) == b""
     finally:
         slow_body.close()
         for s in slow_headers:

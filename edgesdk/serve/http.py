@@ -85,6 +85,7 @@ class ServerSettings:
     cors_origins: Tuple[str, ...] = ()      # browser origins allowed to call (none: no CORS headers)
     log_prompts: bool = False
     max_body_bytes: int = limit(1 << 20, "largest request body in bytes (413 beyond)")
+    header_timeout_s: float = limit(10.0, "time a connection has to send a request's headers (closed beyond)")
     body_timeout_s: float = limit(10.0, "time a client has to send its request body (408 beyond)")
     stall_timeout_s: float = limit(30.0, "a streaming client that takes nothing this long loses its answer")
     max_queue: int = limit(DEFAULT_MAX_QUEUE, "requests waiting for a free sequence (429 beyond)", allow_zero=True)
@@ -301,11 +302,44 @@ class OpenAIServer:
             async def __aenter__(self):
                 if server.scheduler is None:
                     threading.Thread(target=server._start_model, name="edgesdk-load", daemon=True).start()
+                self.reaper = asyncio.ensure_future(server._close_silent_connections())
 
             async def __aexit__(self, *exc):
+                self.reaper.cancel()
                 await asyncio.get_running_loop().run_in_executor(None, server._stop_model)
 
         return Lifespan()
+
+    async def _close_silent_connections(self) -> None:
+        """Close connections that have not sent a whole request head within header_timeout_s.
+
+        uvicorn times out idle keep-alive connections but not one that never
+        finishes its headers, and each open connection counts against
+        max_connections: without this, that many silent sockets would lock
+        everyone out. It reads uvicorn's connection set and each protocol's
+        current cycle; if a uvicorn release renames those, it says so once and
+        stops (the server keeps working, without this guard)."""
+        waiting_since: Dict[Tuple[int, int], float] = {}
+        while True:
+            await asyncio.sleep(min(1.0, self.settings.header_timeout_s / 2))
+            try:
+                connections = list(self._uvicorn.server_state.connections) if self._uvicorn is not None else []
+                now = time.monotonic()
+                seen = set()
+                for protocol in connections:
+                    cycle = protocol.cycle
+                    if cycle is not None and not cycle.response_complete:
+                        continue        # a request is being answered: its body and stall timeouts apply
+                    key = (id(protocol), id(cycle))
+                    seen.add(key)
+                    since = waiting_since.setdefault(key, now)
+                    if now - since > self.settings.header_timeout_s:
+                        protocol.transport.close()
+                waiting_since = {k: v for k, v in waiting_since.items() if k in seen}
+            except AttributeError as exc:
+                log.warning("cannot watch for silent connections with this uvicorn (%s); the header timeout is off",
+                            exc)
+                return
 
     def _start_model(self) -> None:
         try:
