@@ -52,7 +52,7 @@ STATUS_ERRORS = {
 }
 
 # EK_ABI_VERSION of the header this module mirrors.
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 EK_WEIGHT_ALLOW_REPACK = 1
 
@@ -92,7 +92,8 @@ class EkModelDesc(ctypes.Structure):
             "rope_base", "rope_freq_scale", "rope_base_swa", "rope_freq_scale_swa", "rope_mscale", "rope_mscale_swa",
             "yarn_ext_factor", "yarn_beta_fast", "yarn_beta_slow")] + [("yarn_n_ctx_orig", c_int32)] + \
         [(name, c_float) for name in ("norm_eps", "embd_scale", "attn_scale")] + \
-        [(name, c_int32) for name in ("n_swa", "swa_pattern", "act", "n_ctx", "n_batch", "n_threads", "kv_type")] + \
+        [(name, c_int32) for name in ("n_swa", "swa_pattern", "act", "n_ctx", "n_batch", "n_threads", "kv_type",
+                                      "n_seq")] + \
         [("weight_flags", c_uint32), ("tok_embd", EkTensorDesc), ("output_norm", EkTensorDesc),
          ("output", EkTensorDesc), ("rope_freqs", c_float_p), ("layers", POINTER(EkTensorDesc))]
 
@@ -102,10 +103,14 @@ class EkModelMemory(ctypes.Structure):
                 ("weights_mapped", c_uint64)]
 
 
+class EkSeqInput(ctypes.Structure):
+    _fields_ = [("ids", c_int32_p), ("n", c_int64), ("start", c_int64), ("seq", c_int32), ("reserved", c_int32)]
+
+
 # The structs the library describes (the header's EK_STRUCT_*), with the Structure mirroring each.
-EK_STRUCT_TENSOR_DESC, EK_STRUCT_MODEL_DESC, EK_STRUCT_MODEL_MEMORY = 0, 1, 2
+EK_STRUCT_TENSOR_DESC, EK_STRUCT_MODEL_DESC, EK_STRUCT_MODEL_MEMORY, EK_STRUCT_SEQ_INPUT = 0, 1, 2, 3
 STRUCT_MIRRORS = ((EK_STRUCT_TENSOR_DESC, EkTensorDesc), (EK_STRUCT_MODEL_DESC, EkModelDesc),
-                  (EK_STRUCT_MODEL_MEMORY, EkModelMemory))
+                  (EK_STRUCT_MODEL_MEMORY, EkModelMemory), (EK_STRUCT_SEQ_INPUT, EkSeqInput))
 
 _REBUILD = ("it is a build of another edgekern.h than edgesdk._native mirrors (a stale build?); rebuild it with "
             "'pip install .' (or 'python setup.py build_ext --inplace' in a source checkout)")
@@ -225,9 +230,11 @@ def _load() -> ctypes.CDLL:
     proto("ek_model_free", None, c_void_p)
     proto("ek_model_memory_used", None, c_void_p, POINTER(EkModelMemory))
     proto("ek_model_eval", c_int, c_void_p, c_int32_p, c_int64, c_int64, c_float_p, c_int)
+    proto("ek_model_eval_batch", c_int, c_void_p, POINTER(EkSeqInput), c_int64, c_float_p)
+    proto("ek_model_seq_copy", None, c_void_p, c_int32, c_int32, c_int64)
     proto("ek_model_state_bytes", c_uint64, c_void_p, c_int64)
-    proto("ek_model_state_save", None, c_void_p, c_int64, c_void_p)
-    proto("ek_model_state_load", None, c_void_p, c_int64, c_void_p)
+    proto("ek_model_state_save", None, c_void_p, c_int32, c_int64, c_void_p)
+    proto("ek_model_state_load", None, c_void_p, c_int32, c_int64, c_void_p)
 
     # -- tokenizer hot loops, if any (tokenizer work)
     proto("ek_tok_table_create", c_int, c_char_p, POINTER(c_int64), c_int32_p, c_float_p, c_int32_p,

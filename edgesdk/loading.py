@@ -63,12 +63,12 @@ def _smaller_models() -> Tuple[Tuple[str, int], ...]:
 
 
 def _request(source: ModelSource, cls: Type[Backend], checked: Any, config: LoadConfig) -> memory.PlanRequest:
-    def parts_for(n_ctx: int, kv_type: str):
-        return cls.memory_parts(checked, config.with_(n_ctx=n_ctx, kv_type=kv_type))
+    def parts_for(n_ctx: int, kv_type: str, n_seq: int):
+        return cls.memory_parts(checked, config.with_(n_ctx=n_ctx, kv_type=kv_type, n_seq=n_seq))
 
     return memory.PlanRequest(model=str(source.path), backend=cls.name, shape=source.shape, n_batch=config.n_batch,
                               threads=config.threads, parts_for=parts_for, kv_types=cls.kv_types,
-                              smaller_models=_smaller_models())
+                              smaller_models=_smaller_models(), n_seq=config.n_seq)
 
 
 def _open_source(model: ModelArg, budget: Optional[memory.Budget]) -> Tuple[str, ModelSource]:
@@ -131,13 +131,14 @@ def plan(model: ModelArg, n_ctx: Optional[int] = None, kv_type: str = DEFAULT_LO
 
 def fit(model: ModelArg, n_ctx: Optional[int] = None, kv_type: str = DEFAULT_LOAD.kv_type,
         max_memory: Union[int, str, None] = None, backend: str = DEFAULT_LOAD.backend,
-        n_batch: int = DEFAULT_LOAD.n_batch, threads: Optional[int] = None, root: str = "/") -> memory.MemoryPlan:
+        n_batch: int = DEFAULT_LOAD.n_batch, threads: Optional[int] = None, root: str = "/",
+        n_seq: int = DEFAULT_LOAD.n_seq) -> memory.MemoryPlan:
     """The plan `edgesdk.load` would use, checked against this device's memory (or max_memory).
 
     Raises MemoryBudgetError with the parts and the ways out when it does not fit.
     """
     config = LoadConfig(backend=backend, n_ctx=n_ctx, kv_type=kv_type, max_memory=max_memory, n_batch=n_batch,
-                        threads=threads)
+                        threads=threads, n_seq=n_seq)
     prepared = prepare(model, config, root)
     prepared.close()
     return prepared.plan

@@ -83,6 +83,7 @@ class MemoryPlan:
     context_length: Optional[int] = None     # the model's maximum, from its metadata
     budget: Optional[int] = None              # bytes available to this process, None if unknown
     budget_source: str = "unknown"            # "MemAvailable", "cgroup v2 memory.max", "max_memory", ...
+    n_seq: int = 1                            # sequences the KV cache holds, n_ctx positions each
 
     @property
     def total(self) -> int:
@@ -98,8 +99,13 @@ class MemoryPlan:
         return (f"{weights}, KV cache {_mib(self.kv_cache)} ({self.kv_type}), scratch {_mib(self.scratch)}, "
                 f"tokenizer {_mib(self.tokenizer)}, runtime {_mib(self.runtime)}")
 
+    @property
+    def context_text(self) -> str:
+        """n_ctx, and the sequences when there are several: "n_ctx=2048 x 8 sequences"."""
+        return f"n_ctx={self.n_ctx}" + (f" x {self.n_seq} sequences" if self.n_seq > 1 else "")
+
     def summary(self) -> str:
-        line = (f"{os.path.basename(self.model)} on {self.backend}, n_ctx={self.n_ctx}: needs {_mib(self.total)} "
+        line = (f"{os.path.basename(self.model)} on {self.backend}, {self.context_text}: needs {_mib(self.total)} "
                 f"({self.breakdown()})")
         if self.budget is not None:
             line += f"; {_mib(self.budget)} available ({self.budget_source})"
@@ -139,13 +145,13 @@ def tokenizer_table_bytes(shape: ModelShape) -> int:
 
 # -- plans -------------------------------------------------------------------------------
 
-PartsFor = Callable[[int, str], Dict[str, int]]   # (n_ctx, kv_type) -> PART_NAMES + "address_space"
+PartsFor = Callable[[int, str, int], Dict[str, int]]   # (n_ctx, kv_type, n_seq) -> PART_NAMES + "address_space"
 
 
 @dataclass(frozen=True)
 class PlanRequest:
     """What a plan is made for: one model on one backend with fixed threads and batch; the
-    backend's `parts_for` answers each (n_ctx, kv_type) the planner tries."""
+    backend's `parts_for` answers each (n_ctx, kv_type, n_seq) the planner tries."""
     model: str                            # path, for messages
     backend: str
     shape: ModelShape
@@ -154,14 +160,17 @@ class PlanRequest:
     parts_for: PartsFor
     kv_types: Tuple[str, ...]             # what the backend's cache can hold (ways out name only these)
     smaller_models: Tuple[Tuple[str, int], ...] = ()   # (name, bytes) to suggest when nothing fits
+    n_seq: int = 1                        # sequences asked for (the planner only suggests fewer)
 
     @property
     def max_context(self) -> int:
         return self.shape.context_length or DEFAULT_CONTEXT
 
-    def plan(self, n_ctx: int, kv_type: str, budget: Optional["Budget"] = None) -> MemoryPlan:
-        parts = self.parts_for(n_ctx, kv_type)
-        return MemoryPlan(model=self.model, backend=self.backend, n_ctx=n_ctx, kv_type=kv_type,
+    def plan(self, n_ctx: int, kv_type: str, budget: Optional["Budget"] = None,
+             n_seq: Optional[int] = None) -> MemoryPlan:
+        n_seq = self.n_seq if n_seq is None else n_seq
+        parts = self.parts_for(n_ctx, kv_type, n_seq)
+        return MemoryPlan(model=self.model, backend=self.backend, n_ctx=n_ctx, kv_type=kv_type, n_seq=n_seq,
                           n_batch=self.n_batch, threads=self.threads,
                           **{name: int(parts[name]) for name in PART_NAMES},
                           address_space=int(parts["address_space"]), context_length=self.shape.context_length,
@@ -265,7 +274,7 @@ def _budget_error(p: MemoryPlan, budget: Budget, make, request: PlanRequest) -> 
     kind = "address space" if source == budget.address_space_source and budget.address_space is not None \
         and p.address_space > budget.address_space else "memory"
     margin_note = "" if budget.explicit or kind == "address space" else " incl. a safety margin"
-    lines = [f"{os.path.basename(p.model)} does not fit: on the {p.backend} backend at n_ctx={p.n_ctx} it needs "
+    lines = [f"{os.path.basename(p.model)} does not fit: on the {p.backend} backend at {p.context_text} it needs "
              f"{_mib(needed)} of {kind}{margin_note}, {_mib(available)} available (limit from {source}).",
              f"Plan: {p.breakdown()}; total {_mib(p.total)} resident, {_mib(p.address_space)} address space."]
     ways = []
@@ -273,7 +282,11 @@ def _budget_error(p: MemoryPlan, budget: Budget, make, request: PlanRequest) -> 
     smallest = min(MIN_CONTEXT, max_ctx)
     if _verdict(make(smallest, p.kv_type), budget)[0] and p.n_ctx > smallest:
         ctx = _largest_fitting(lambda c, kv=p.kv_type: make(c, kv), budget, smallest, min(max_ctx, p.n_ctx))
-        ways.append(f"a smaller context: n_ctx={ctx} fits")
+        ways.append(f"a smaller context: n_ctx={ctx} fits" + (f" for each of {p.n_seq} sequences" if p.n_seq > 1 else ""))
+    if p.n_seq > 1:
+        fewer = [n for n in range(p.n_seq - 1, 0, -1) if _verdict(request.plan(p.n_ctx, p.kv_type, budget, n), budget)[0]]
+        if fewer:
+            ways.append(f"fewer sequences: n_seq={fewer[0]} fits at n_ctx={p.n_ctx}")
     if p.kv_type not in ("q8_0", "q4_0") and "q8_0" in request.kv_types:
         q8 = make(p.n_ctx, "q8_0")
         if _verdict(q8, budget)[0]:
@@ -326,7 +339,7 @@ def plan_rows(p: MemoryPlan) -> List[Tuple[str, str]]:
     """The plan as (label, value) rows, for `edgesdk info MODEL`."""
     context = f"n_ctx {p.n_ctx}" + (f" (model maximum {p.context_length})" if p.context_length else "")
     rows = [("backend", f"{p.backend}, {p.threads} threads, n_batch {p.n_batch}"),
-            ("context", f"{context}, KV cache {p.kv_type}")]
+            ("context", f"{context}, KV cache {p.kv_type}" + (f", {p.n_seq} sequences" if p.n_seq > 1 else ""))]
     rows += [(name.replace("_", " "), f"{value / MIB:10,.1f} MiB") for name, value in p.parts().items()]
     rows.append(("total", f"{p.total / MIB:10,.1f} MiB resident, {p.address_space / MIB:,.1f} MiB address space"))
     if p.budget is not None:

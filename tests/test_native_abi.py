@@ -57,12 +57,14 @@ def test_each_mirrored_struct_matches_the_library_member_by_member(which, struct
 def test_struct_indices_are_the_headers():
     defined = dict(re.findall(r"#define (EK_STRUCT_\w+) (\d+)", header_text()))
     assert {name: int(value) for name, value in defined.items()} == {
-        name: getattr(_native, name) for name in ("EK_STRUCT_TENSOR_DESC", "EK_STRUCT_MODEL_DESC", "EK_STRUCT_MODEL_MEMORY")}
+        name: getattr(_native, name) for name in ("EK_STRUCT_TENSOR_DESC", "EK_STRUCT_MODEL_DESC", "EK_STRUCT_MODEL_MEMORY",
+                                                  "EK_STRUCT_SEQ_INPUT")}
 
 
 @pytest.mark.parametrize("which, c_name", [(_native.EK_STRUCT_TENSOR_DESC, "ek_tensor_desc"),
                                            (_native.EK_STRUCT_MODEL_DESC, "ek_model_desc"),
-                                           (_native.EK_STRUCT_MODEL_MEMORY, "ek_model_memory")])
+                                           (_native.EK_STRUCT_MODEL_MEMORY, "ek_model_memory"),
+                                           (_native.EK_STRUCT_SEQ_INPUT, "ek_seq_input")])
 def test_the_library_lists_every_member_the_header_declares(which, c_name):
     members = library_members(which)
     assert [m[0] for m in members] == header_struct_members(c_name)

@@ -1,9 +1,11 @@
 """llama.cpp through llama-cpp-python's low-level binding: the reference backend.
 
-It fills backends/base.Backend with llama.cpp's own context: one sequence
-(seq 0) in the KV cache, `llama_memory_seq_rm` to forget positions >= start,
-`llama_decode` in batches of at most n_batch tokens, and the per-sequence
-state API for save_state/load_state.
+It fills backends/base.Backend with llama.cpp's own context: n_seq sequences
+in the KV cache (llama.cpp's n_seq_max, one stream of n_ctx cells each: kv_unified
+off, so no sequence can take another's room), `llama_memory_seq_rm` to forget
+positions >= start, `llama_decode` in batches of at most n_batch tokens tagged with
+their sequence, `llama_memory_seq_cp` for a shared prefix, and the per-sequence
+state API for save_state/load_state (sequence 0).
 
 `LlamaCppTokenizer` exposes llama.cpp's vocabulary (loaded vocab-only) with
 edgesdk's Tokenizer interface; it is the reference tokenizer in tests and the
@@ -20,17 +22,18 @@ from typing import Dict, FrozenSet, List, Sequence
 import numpy as np
 
 from .. import gguf, memory
-from ..config import LoadConfig
+from ..config import MAX_N_SEQ, LoadConfig
 from ..errors import (BackendUnavailableError, ContextOverflowError, InvalidArgumentError, ModelFormatError,
                       NativeError, SessionFileError, TokenizerError)
 from ..shape import ModelShape
 from . import register
-from .base import (Availability, Backend, BackendInfo, ModelSource, check_common_settings, check_ids,
-                   threads_text)
+from .base import (Availability, Backend, BackendInfo, ModelSource, SeqInput, check_common_settings, check_ids,
+                   check_seq_inputs, threads_text)
 
 # ggml type ids of the KV cache element types we offer, from the GGUF type table.
 KV_TYPES = ("f32", "f16", "q4_0", "q8_0")
 MAX_BATCH = 512          # tokens per llama_decode call: llama.cpp's default n_batch
+LLAMACPP_MAX_SEQ = 256   # llama.cpp's LLAMA_MAX_SEQ: a context with more is refused
 INSTALL_HINT = "pip install 'edgesdk[llamacpp]' (or: pip install llama-cpp-python)"
 
 # -- constants of llama.cpp's memory, measured on this project's build machine (x86-64,
@@ -84,6 +87,11 @@ def _load_llama_model(model_path: str, vocab_only: bool):
     return handle
 
 
+def _cells_per_seq(n_ctx: int) -> int:
+    """KV cells llama.cpp gives each sequence for n_ctx positions: it pads them to a multiple of 256."""
+    return -(-n_ctx // 256) * 256
+
+
 def _floats_per_token(shape: ModelShape) -> int:
     """Floats live at once for one token in a llama.cpp layer: the residual and its normed copy, q, k, v,
     and the feed-forward's gate, up and their product."""
@@ -93,12 +101,13 @@ def _floats_per_token(shape: ModelShape) -> int:
 
 @register
 class LlamaCppBackend(Backend):
-    """A GGUF model evaluated by llama.cpp on the CPU, KV cache in sequence 0."""
+    """A GGUF model evaluated by llama.cpp on the CPU, KV cache in sequences 0..n_seq-1."""
 
     name = "llamacpp"
     description = "llama.cpp through llama-cpp-python (CPU)"
     kv_types = KV_TYPES
     auto_rank = 20
+    max_seqs = min(MAX_N_SEQ, LLAMACPP_MAX_SEQ)
 
     # -- the class: before loading --------------------------------------------------
 
@@ -123,15 +132,16 @@ class LlamaCppBackend(Backend):
         flash attention, full-size sliding-window cache, n_ubatch = n_batch, logits of the last token only."""
         shape, n_ctx, kv_type, threads = checked.shape, config.n_ctx, config.kv_type, config.threads
         n_ubatch = min(config.n_batch, MAX_BATCH, n_ctx)
-        # The f16 attention mask is (n_ctx, n_ubatch); sliding-window models keep a second one.
-        mask = (2 if shape.sliding_window else 1) * 2 * n_ctx * n_ubatch
+        # The f16 attention mask is (n_ctx, n_ubatch) per stream (one per sequence); sliding-window
+        # models keep a second one.
+        mask = (2 if shape.sliding_window else 1) * 2 * n_ctx * n_ubatch * config.n_seq
         activations = int(LLAMACPP_ACTIVATION_FACTOR * 4 * n_ubatch * _floats_per_token(shape))
-        scratch = activations + mask + 4 * shape.n_vocab
+        scratch = activations + mask + 4 * shape.n_vocab * config.n_seq
         # llama.cpp's own vocabulary, and edgesdk.tokenizer's (it tokenizes for every backend) with the
         # parsed header it is built from (freed afterwards, but its pages stay with the process).
         vocab = (shape.n_vocab * LLAMACPP_VOCAB_BYTES_PER_TOKEN + memory.gguf_metadata_bytes(shape)
                  + memory.tokenizer_table_bytes(shape))
-        kv = memory.kv_cache_bytes(shape, n_ctx, kv_type)
+        kv = config.n_seq * memory.kv_cache_bytes(shape, _cells_per_seq(n_ctx), kv_type)
         # llama.cpp reserves its compute buffer for the worst case, logits of every token of a ubatch.
         compute_reserve = activations + mask + 4 * shape.n_vocab * n_ubatch
         address_space = (shape.file_bytes + kv + compute_reserve + vocab + LLAMACPP_LIBRARY_ADDRESS_SPACE
@@ -144,19 +154,21 @@ class LlamaCppBackend(Backend):
     @classmethod
     def open(cls, checked: ModelSource, config: LoadConfig) -> "LlamaCppBackend":
         return cls(checked.path, n_ctx=config.n_ctx, threads=config.threads, kv_type=config.kv_type,
-                   n_batch=config.n_batch)
+                   n_batch=config.n_batch, n_seq=config.n_seq)
 
     # -- loading -----------------------------------------------------------------------
 
     def __init__(self, model_path: str | os.PathLike, n_ctx: int, threads: int, kv_type: str = "f16",
-                 n_batch: int = MAX_BATCH):
-        config = LoadConfig(backend=self.name, n_ctx=n_ctx, threads=threads, kv_type=kv_type, n_batch=n_batch)
+                 n_batch: int = MAX_BATCH, n_seq: int = 1):
+        config = LoadConfig(backend=self.name, n_ctx=n_ctx, threads=threads, kv_type=kv_type, n_batch=n_batch,
+                            n_seq=n_seq)
         check_common_settings(type(self), config)
         lib = _require_llama_cpp()
         self.model_path = os.fspath(model_path)
         self.n_ctx = n_ctx
         self.threads = threads
         self.kv_type = kv_type
+        self._n_seq = n_seq
         self._lib = lib
         self._model = None
         self._ctx = None
@@ -166,13 +178,15 @@ class LlamaCppBackend(Backend):
         self.n_vocab = int(lib.llama_vocab_n_tokens(self._vocab))
 
         params = lib.llama_context_default_params()
-        params.n_ctx = n_ctx
+        params.n_ctx = n_seq * _cells_per_seq(n_ctx)   # llama.cpp splits it evenly over the streams
         self.n_batch = min(n_ctx, n_batch, MAX_BATCH)
         params.n_batch = self.n_batch
         params.n_ubatch = self.n_batch
-        params.n_seq_max = 1
-        # Every position may be an output (score() asks for all logits): 0 means n_batch.
-        params.n_outputs_max = 0
+        params.n_seq_max = n_seq
+        params.kv_unified = False
+        # Every position may be an output (score() asks for all logits), and llama.cpp reserves
+        # its graph for one output per sequence: so at least n_batch and n_seq.
+        params.n_outputs_max = max(self.n_batch, n_seq)
         params.n_outputs_max_per_seq = 0
         params.n_threads = threads
         params.n_threads_batch = threads
@@ -187,13 +201,13 @@ class LlamaCppBackend(Backend):
         if not self._ctx:
             self.close()
             raise NativeError(f"llama.cpp could not create a context of {n_ctx} positions for {self.model_path}")
-        if int(lib.llama_n_ctx(self._ctx)) < n_ctx:
-            got = int(lib.llama_n_ctx(self._ctx))
+        if int(lib.llama_n_ctx_seq(self._ctx)) < n_ctx:
+            got = int(lib.llama_n_ctx_seq(self._ctx))
             self.close()
-            raise NativeError(f"llama.cpp gave a context of {got} positions, {n_ctx} were asked")
+            raise NativeError(f"llama.cpp gave sequences of {got} positions, {n_ctx} were asked")
         self._memory = lib.llama_get_memory(self._ctx)
         self._batch = lib.llama_batch_init(self.n_batch, 0, 1)
-        # Every token of the batch belongs to sequence 0, set once.
+        # Every token of the batch belongs to one sequence (sequence 0 unless eval_batch says otherwise).
         for i in range(self.n_batch):
             self._batch.n_seq_id[i] = 1
             self._batch.seq_id[i][0] = 0
@@ -205,37 +219,57 @@ class LlamaCppBackend(Backend):
 
     @property
     def n_past(self) -> int:
+        return self._held(0)
+
+    def _held(self, seq: int) -> int:
         # Ask llama.cpp: a KeyboardInterrupt between llama_decode returning and
         # our bookkeeping must not make us believe the cache holds less than it does.
         if self._ctx is None:
             return 0
-        return int(self._lib.llama_memory_seq_pos_max(self._memory, 0)) + 1
+        return int(self._lib.llama_memory_seq_pos_max(self._memory, seq)) + 1
 
-    def eval(self, ids: Sequence[int], start: int, all_logits: bool = False) -> np.ndarray:
-        self._check_open()
+    def _prepare(self, seq: int, ids: Sequence[int], start) -> "tuple[np.ndarray, int]":
+        """(ids, start) of one sequence's step, checked, after its cache forgot positions >= start."""
         arr = check_ids(ids, self.n_vocab)
         if not isinstance(start, (int, np.integer)) or isinstance(start, bool):
             raise InvalidArgumentError(f"start must be an int, got {start!r}")
         start = int(start)
-        n_past = self.n_past
+        n_past = self._held(seq)
+        where = "" if self._n_seq == 1 else f" of sequence {seq}"
         if start < 0 or start > n_past:
             raise InvalidArgumentError(
-                f"start {start} is outside [0, n_past={n_past}]: the cache holds positions 0..{n_past - 1}"
+                f"start {start} is outside [0, n_past={n_past}]: the cache{where} holds positions 0..{n_past - 1}"
             )
         if start + arr.size > self.n_ctx:
             raise ContextOverflowError(
-                f"{arr.size} tokens at position {start} need {start + arr.size} positions, the context holds {self.n_ctx}"
+                f"{arr.size} tokens at position {start} need {start + arr.size} positions, the context{where} "
+                f"holds {self.n_ctx}"
             )
+        return arr, start
+
+    def _set_seqs(self, seqs: Sequence[int]) -> None:
+        """The sequence of each of the batch's first len(seqs) tokens (llama_batch keeps one array per token)."""
+        seq_id = self._batch.seq_id
+        for i, seq in enumerate(seqs):
+            if seq_id[i][0] != seq:
+                seq_id[i][0] = seq
+
+    def _forget(self, seq: int, start: int) -> None:
+        if start < self._held(seq) and not self._lib.llama_memory_seq_rm(self._memory, seq, start, -1):
+            raise NativeError(f"llama.cpp could not drop cache positions >= {start} of sequence {seq}")
+
+    def eval(self, ids: Sequence[int], start: int, all_logits: bool = False) -> np.ndarray:
+        self._check_open()
+        arr, start = self._prepare(0, ids, start)
         lib = self._lib
-        if start < n_past:
-            if not lib.llama_memory_seq_rm(self._memory, 0, start, -1):
-                raise NativeError(f"llama.cpp could not drop cache positions >= {start}")
+        self._forget(0, start)
         out = np.empty((arr.size if all_logits else 1, self.n_vocab), dtype=np.float32)
         for lo in range(0, arr.size, self.n_batch):
             chunk = arr[lo:lo + self.n_batch]
             n = chunk.size
             is_last_chunk = lo + n == arr.size
             self._batch.n_tokens = n
+            self._set_seqs([0] * n)
             self._batch_tokens[:n] = chunk
             self._batch_pos[:n] = np.arange(start + lo, start + lo + n, dtype=np.int32)
             self._batch_logits[:n] = 1 if all_logits else 0
@@ -253,6 +287,60 @@ class LlamaCppBackend(Backend):
                 ptr = lib.llama_get_logits_ith(self._ctx, n - 1)
                 out[0] = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
         return out if all_logits else out[0]
+
+    # -- several sequences ---------------------------------------------------
+
+    @property
+    def n_seq(self) -> int:
+        return self._n_seq
+
+    def eval_batch(self, entries: Sequence[SeqInput]) -> List[np.ndarray]:
+        self._check_open()
+        check_seq_inputs(entries, self._n_seq)
+        steps = [(e.seq,) + self._prepare(e.seq, e.ids, e.start) for e in entries]
+        for seq, _, start in steps:
+            self._forget(seq, start)
+        # The rows of every entry in order, n_batch per llama_decode; each entry's last row is an output.
+        rows = [(seq, int(t), start + i, i == arr.size - 1) for seq, arr, start in steps for i, t in enumerate(arr)]
+        out: List[np.ndarray] = []
+        lib = self._lib
+        for lo in range(0, len(rows), self.n_batch):
+            chunk = rows[lo:lo + self.n_batch]
+            n = len(chunk)
+            self._batch.n_tokens = n
+            self._set_seqs([r[0] for r in chunk])
+            self._batch_tokens[:n] = [r[1] for r in chunk]
+            self._batch_pos[:n] = [r[2] for r in chunk]
+            self._batch_logits[:n] = [r[3] for r in chunk]
+            rc = lib.llama_decode(self._ctx, self._batch)
+            if rc != 0:
+                for seq, _, start in steps:     # the caches may hold part of the step: forget it
+                    lib.llama_memory_seq_rm(self._memory, seq, start, -1)
+                raise NativeError(f"llama_decode returned {rc} for a step of {n} tokens over {len(steps)} sequences")
+            for i, row in enumerate(chunk):
+                if row[3]:
+                    out.append(np.ctypeslib.as_array(lib.llama_get_logits_ith(self._ctx, i),
+                                                     shape=(self.n_vocab,)).copy())
+        return out
+
+    def seq_n_past(self, seq: int) -> int:
+        check_seq_inputs([SeqInput(seq, (0,), 0)], self._n_seq)
+        return self._held(seq)
+
+    def copy_seq(self, src: int, dst: int, n: int) -> None:
+        self._check_open()
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+            raise InvalidArgumentError(f"n must be a non-negative integer, got {n!r}")
+        super().copy_seq(src, dst, n)  # sequence ids, and n <= what src holds
+        if src == dst:
+            self._forget(dst, int(n))
+            return
+        lib = self._lib
+        lib.llama_memory_seq_rm(self._memory, dst, -1, -1)
+        # Between streams llama.cpp copies a whole sequence (its p0/p1 must be the full range);
+        # the positions past n are dropped from the copy.
+        lib.llama_memory_seq_cp(self._memory, src, dst, -1, -1)
+        self._forget(dst, int(n))
 
     def save_state(self) -> bytes:
         self._check_open()

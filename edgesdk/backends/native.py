@@ -22,13 +22,13 @@ from typing import Dict, List, Optional, Sequence, Union
 import numpy as np
 
 from .. import gguf, memory
-from ..config import LoadConfig
+from ..config import MAX_N_SEQ, LoadConfig
 from ..errors import (ContextOverflowError, InvalidArgumentError, ModelFormatError, NativeBuildError,
                       SessionFileError, UnsupportedModelError)
 from ..shape import ROPE_SCALING_TYPES, ModelShape, read_shape
 from . import register
-from .base import (Availability, Backend, BackendInfo, ModelSource, check_common_settings, check_ids, resolved,
-                   threads_text)
+from .base import (Availability, Backend, BackendInfo, ModelSource, SeqInput, check_common_settings, check_ids,
+                   check_seq_inputs, resolved, threads_text)
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "gemma3")
 # Tensor types the engine multiplies (ek_type ids are GGUF's ggml_type ids).
@@ -204,6 +204,7 @@ class _Description:
         d = self.desc
         d.n_ctx, d.n_batch, d.n_threads = n_ctx, min(config.n_batch, n_ctx), threads
         d.kv_type = _type_id(config.kv_type.upper())
+        d.n_seq = config.n_seq
         d.weight_flags = weight_flags(repack)
 
     def _tensor(self, name: str):
@@ -254,16 +255,16 @@ def _check(model: ModelArg, config: LoadConfig) -> _Checked:
 
 
 def memory_requirements(gguf_file: ModelArg, n_ctx: int, kv_type: str = "f16", n_batch: int = 512,
-                        threads: int = 1, repack: bool = DEFAULT_REPACK) -> dict:
+                        threads: int = 1, repack: bool = DEFAULT_REPACK, n_seq: int = 1) -> dict:
     """Bytes the native engine will allocate for this file and settings, before loading it.
 
     weights_mapped: tensor bytes that stay read from the mmap (resident once read);
     weights_owned: owned copies (repacked matrices, whose file pages are released,
-    and norm vectors converted to f32); kv_cache: K and V for n_ctx positions;
+    and norm vectors converted to f32); kv_cache: K and V for n_seq x n_ctx positions;
     scratch: activations for n_batch tokens plus attention scores per thread.
     """
     config = LoadConfig(backend="native", n_ctx=n_ctx, threads=threads, kv_type=kv_type, n_batch=n_batch,
-                        options={"repack": repack})
+                        n_seq=n_seq, options={"repack": repack})
     checked = _check(gguf_file, config)
     try:
         return NativeBackend._engine_needs(checked, config)
@@ -275,7 +276,7 @@ def memory_requirements(gguf_file: ModelArg, n_ctx: int, kv_type: str = "f16", n
 
 @register
 class NativeBackend(Backend):
-    """A GGUF model on edgesdk's own engine, with a KV cache of n_ctx positions.
+    """A GGUF model on edgesdk's own engine, with a KV cache of n_seq sequences of n_ctx positions.
 
     Made by edgesdk.load through the registry, or directly from a path or an
     open GGUFFile: NativeBackend(path, n_ctx=512, threads=2). repack=False keeps
@@ -287,6 +288,7 @@ class NativeBackend(Backend):
     options = ("repack",)
     auto_rank = 10
     keeps_file = True
+    max_seqs = MAX_N_SEQ
 
     # -- the class: before loading --------------------------------------------------
 
@@ -318,7 +320,7 @@ class NativeBackend(Backend):
     def memory_parts(cls, checked: _Checked, config: LoadConfig) -> Dict[str, int]:
         shape = checked.source.shape
         parts = cls._engine_needs(checked, config)
-        parts["scratch"] += 4 * shape.n_vocab      # the last token's logits come back as a numpy row
+        parts["scratch"] += 4 * shape.n_vocab * config.n_seq  # each sequence's last logits come back as numpy rows
         parts["tokenizer"] = memory.gguf_metadata_bytes(shape) + memory.tokenizer_table_bytes(shape)
         parts["runtime"] = memory.PYTHON_NUMPY_RSS + NATIVE_RUNTIME_RSS
         # Virtual memory: the whole file is mapped; everything else is allocated as planned.
@@ -330,16 +332,16 @@ class NativeBackend(Backend):
     def open(cls, checked: _Checked, config: LoadConfig) -> "NativeBackend":
         checked.owns_file = True      # load() hands the file over: the engine reads weights from it
         return cls(checked, n_ctx=config.n_ctx, threads=config.threads, kv_type=config.kv_type,
-                   n_batch=config.n_batch, repack=config.options.get("repack", DEFAULT_REPACK))
+                   n_batch=config.n_batch, repack=config.options.get("repack", DEFAULT_REPACK), n_seq=config.n_seq)
 
     # -- loading -----------------------------------------------------------------------
 
     def __init__(self, model: Union[ModelArg, _Checked], n_ctx: int, threads: int, kv_type: str = "f16",
-                 n_batch: int = 512, repack: bool = DEFAULT_REPACK):
+                 n_batch: int = 512, repack: bool = DEFAULT_REPACK, n_seq: int = 1):
         self._handle: Optional[int] = None
         self._checked: Optional[_Checked] = None
         config = LoadConfig(backend=self.name, n_ctx=n_ctx, threads=threads, kv_type=kv_type, n_batch=n_batch,
-                            options={"repack": repack})
+                            n_seq=n_seq, options={"repack": repack})
         self._checked = model if isinstance(model, _Checked) else _check(model, config)
         try:
             ek = _engine()
@@ -356,51 +358,100 @@ class NativeBackend(Backend):
         self.n_vocab = self.shape.n_vocab
         self.threads = threads
         self.kv_type = kv_type
-        self._n_past = 0
-
+        self._seq_n_past = [0] * n_seq   # positions each sequence's cache holds
 
     # -- Backend -----------------------------------------------------------
 
-    def eval(self, ids: Sequence[int], start: int, all_logits: bool = False) -> np.ndarray:
-        handle = self._require_open()
+    def _checked_entry(self, seq: int, ids: Sequence[int], start) -> np.ndarray:
+        """ids of one sequence's step as a contiguous int32 array, after every check the engine trusts."""
         arr = np.ascontiguousarray(check_ids(ids, self.n_vocab))
         if not isinstance(start, (int, np.integer)) or isinstance(start, bool) or start < 0:
             raise InvalidArgumentError(f"start must be a non-negative integer, got {start!r}")
-        if start > self._n_past:
-            raise InvalidArgumentError(f"start {start} is past the {self._n_past} cached positions")
+        held = self._seq_n_past[seq]
+        if start > held:
+            where = "" if self.n_seq == 1 else f" of sequence {seq}"
+            raise InvalidArgumentError(f"start {start} is past the {held} cached positions{where}")
         if start + arr.size > self.n_ctx:
+            where = "" if self.n_seq == 1 else f" of sequence {seq}"
             raise ContextOverflowError(
-                f"{start} cached + {arr.size} new tokens = {start + arr.size} exceeds the context of {self.n_ctx}"
+                f"{start} cached + {arr.size} new tokens = {start + arr.size} exceeds the context of "
+                f"{self.n_ctx}{where}"
             )
+        return arr
+
+    def eval(self, ids: Sequence[int], start: int, all_logits: bool = False) -> np.ndarray:
+        handle = self._require_open()
+        arr = self._checked_entry(0, ids, start)
         rows = arr.size if all_logits else 1
         logits = np.empty((rows, self.n_vocab), dtype=np.float32)
         # Forget first: if the engine fails midway, the cache past `start` is not trusted.
-        self._n_past = start
+        self._seq_n_past[0] = int(start)
         ek = _engine()
         status = ek.lib.ek_model_eval(handle, arr.ctypes.data_as(ek.c_int32_p), arr.size, start,
                                       logits.ctypes.data_as(ek.c_float_p), int(bool(all_logits)))
         ek.check(status, "ek_model_eval")
-        self._n_past = start + arr.size
+        self._seq_n_past[0] = int(start) + arr.size
         return logits if all_logits else logits[0]
 
     @property
     def n_past(self) -> int:
-        return self._n_past
+        return self._seq_n_past[0]
+
+    # -- several sequences -------------------------------------------------
+
+    @property
+    def n_seq(self) -> int:
+        return len(self._seq_n_past)
+
+    def eval_batch(self, entries: Sequence[SeqInput]) -> List[np.ndarray]:
+        handle = self._require_open()
+        check_seq_inputs(entries, self.n_seq)
+        arrays = [self._checked_entry(e.seq, e.ids, e.start) for e in entries]
+        ek = _engine()
+        inputs = (ek.EkSeqInput * len(entries))()
+        for i, (e, arr) in enumerate(zip(entries, arrays)):
+            inputs[i].ids, inputs[i].n = arr.ctypes.data_as(ek.c_int32_p), arr.size
+            inputs[i].start, inputs[i].seq = int(e.start), e.seq
+        logits = np.empty((len(entries), self.n_vocab), dtype=np.float32)
+        for e in entries:  # forget first, as in eval
+            self._seq_n_past[e.seq] = int(e.start)
+        ek.check(ek.lib.ek_model_eval_batch(handle, inputs, len(entries), logits.ctypes.data_as(ek.c_float_p)),
+                 "ek_model_eval_batch")
+        for e, arr in zip(entries, arrays):
+            self._seq_n_past[e.seq] = int(e.start) + arr.size
+        return list(logits)
+
+    def seq_n_past(self, seq: int) -> int:
+        check_seq_inputs([SeqInput(seq, (0,), 0)], self.n_seq)
+        return self._seq_n_past[seq]
+
+    def copy_seq(self, src: int, dst: int, n: int) -> None:
+        handle = self._require_open()
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+            raise InvalidArgumentError(f"n must be a non-negative integer, got {n!r}")
+        super().copy_seq(src, dst, n)  # sequence ids, and n <= what src holds
+        if src != dst:
+            _engine().lib.ek_model_seq_copy(handle, src, dst, int(n))
+        self._seq_n_past[dst] = int(n)
 
     def _state_header(self, n_past: int) -> bytes:
         s = self.shape
         return STATE_HEADER.pack(STATE_MAGIC, s.n_layer, _type_id(self.kv_type.upper()), s.n_head_kv * s.head_dim_k,
                                  self.n_ctx, n_past)
 
-    def save_state(self) -> bytes:
+    def save_state(self, seq: int = 0) -> bytes:
+        """Sequence seq's cache (sequence 0's, as the Backend contract says, by default)."""
         handle = self._require_open()
-        size = int(_engine().lib.ek_model_state_bytes(handle, self._n_past))
+        n_past = self.seq_n_past(seq)
+        size = int(_engine().lib.ek_model_state_bytes(handle, n_past))
         buf = ctypes.create_string_buffer(size)
-        _engine().lib.ek_model_state_save(handle, self._n_past, buf)
-        return self._state_header(self._n_past) + buf.raw
+        _engine().lib.ek_model_state_save(handle, seq, n_past, buf)
+        return self._state_header(n_past) + buf.raw
 
-    def load_state(self, blob: bytes, n_past: int) -> None:
+    def load_state(self, blob: bytes, n_past: int, seq: int = 0) -> None:
+        """Restore sequence seq's cache (sequence 0's by default) from save_state of any sequence."""
         handle = self._require_open()
+        check_seq_inputs([SeqInput(seq, (0,), 0)], self.n_seq)
         if not isinstance(n_past, (int, np.integer)) or n_past < 0 or n_past > self.n_ctx:
             raise InvalidArgumentError(f"n_past {n_past!r} must be in [0, {self.n_ctx}]")
         head = STATE_HEADER.size
@@ -418,8 +469,8 @@ class NativeBackend(Backend):
         if len(blob) - head != size:
             raise SessionFileError(f"KV state holds {len(blob) - head} bytes, {n_past} positions need {size}")
         payload = (ctypes.c_char * size).from_buffer_copy(blob, head)
-        _engine().lib.ek_model_state_load(handle, n_past, payload)
-        self._n_past = n_past
+        _engine().lib.ek_model_state_load(handle, seq, n_past, payload)
+        self._seq_n_past[seq] = int(n_past)
 
     def info(self) -> BackendInfo:
         return BackendInfo(name="native", device=f"cpu ({_engine().isa_current()}, {threads_text(self.threads)})",

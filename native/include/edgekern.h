@@ -261,8 +261,9 @@ typedef struct ek_model_desc {
     int32_t n_swa;       /* sliding window (positions seen incl. self); 0 = none */
     int32_t swa_pattern; /* layer il is sliding iff n_swa > 0 and (il + 1) % swa_pattern != 0 */
     int32_t act;         /* EK_ACT_* applied to the gate */
-    int32_t n_ctx, n_batch, n_threads;
+    int32_t n_ctx, n_batch, n_threads; /* n_ctx: positions of each sequence; n_batch: rows per pass */
     int32_t kv_type;     /* EK_TYPE_F16 or EK_TYPE_Q8_0 */
+    int32_t n_seq;       /* sequences the KV cache holds (>= 1), each of n_ctx positions */
     uint32_t weight_flags; /* EK_WEIGHT_* passed to ek_weight_create for matrices */
     ek_tensor_desc tok_embd, output_norm, output; /* output.data NULL: tied to tok_embd */
     const float *rope_freqs; /* n_rot/2 frequency divisors, or NULL */
@@ -273,7 +274,7 @@ typedef struct ek_model ek_model;
 
 /* Bytes the engine allocates for desc besides the mapped weights. */
 typedef struct ek_model_memory {
-    uint64_t kv_cache;      /* K and V of every layer for n_ctx positions */
+    uint64_t kv_cache;      /* K and V of every layer for n_seq x n_ctx positions */
     uint64_t scratch;       /* activations for n_batch tokens, attention scores per thread, and the
                                largest input buffer ek_matmul allocates per call */
     uint64_t weights_owned; /* repacked weight copies (desc.weight_flags with EK_WEIGHT_ALLOW_REPACK) */
@@ -285,31 +286,52 @@ EK_API ek_status ek_model_create(const ek_model_desc *desc, ek_model **out);
 EK_API void ek_model_free(ek_model *model);
 EK_API void ek_model_memory_used(const ek_model *model, ek_model_memory *out);
 
-/* Evaluate ids[0..n) at positions start.. (start + n <= n_ctx, ids < n_vocab:
+/* Evaluate ids[0..n) at positions start.. of sequence 0 (start + n <= n_ctx, ids < n_vocab:
    the caller checked). Positions >= start in the cache are overwritten; each
    token attends to positions <= its own. logits: (n, n_vocab) when
    all_logits, else (n_vocab) for the last token. */
 EK_API ek_status ek_model_eval(ek_model *model, const int32_t *ids, int64_t n, int64_t start,
                                float *logits, int all_logits);
 
-/* KV cache of positions [0, n_past) as one blob, and back. */
+/* One sequence's part of ek_model_eval_batch: ids[0..n) at positions start.. of sequence seq. */
+typedef struct ek_seq_input {
+    const int32_t *ids;
+    int64_t n;     /* >= 1 */
+    int64_t start; /* start + n <= n_ctx */
+    int32_t seq;   /* in [0, n_seq), each at most once per call */
+    int32_t reserved;
+} ek_seq_input;
+
+/* Evaluate several sequences together: the rows of every entry (in order, n_batch rows per
+   pass) share each pass through the weights, so one decode step of N sequences is one product
+   of m = N rows per matrix. Each token gets its own sequence's position and attends only to
+   that sequence's cache, positions <= its own (within the window on sliding layers).
+   logits: (n_entries, n_vocab), the last token of each entry. The caller checked every entry. */
+EK_API ek_status ek_model_eval_batch(ek_model *model, const ek_seq_input *entries, int64_t n_entries,
+                                     float *logits);
+
+/* Sequence dst's positions [0, n) become a copy of sequence src's (src != dst, n <= n_ctx). */
+EK_API void ek_model_seq_copy(ek_model *model, int32_t src, int32_t dst, int64_t n);
+
+/* The KV cache of sequence seq's positions [0, n_past) as one blob, and back. */
 EK_API uint64_t ek_model_state_bytes(const ek_model *model, int64_t n_past);
-EK_API void ek_model_state_save(const ek_model *model, int64_t n_past, void *dst);
-EK_API void ek_model_state_load(ek_model *model, int64_t n_past, const void *src);
+EK_API void ek_model_state_save(const ek_model *model, int32_t seq, int64_t n_past, void *dst);
+EK_API void ek_model_state_load(ek_model *model, int32_t seq, int64_t n_past, const void *src);
 
 /* ------------------------------------------------------------------- ABI */
 
 /* Bumped whenever a declaration in this header changes in a way that a binding written for
    the previous one would misread: a struct member, an enum or macro value, a function's
    parameters. edgesdk/_native.py mirrors it and refuses a library that reports another. */
-#define EK_ABI_VERSION 1
+#define EK_ABI_VERSION 2
 EK_API int ek_abi_version(void);
 
-/* The structs bindings mirror (ek_tensor_desc, ek_model_desc, ek_model_memory), described
+/* The structs bindings mirror (ek_tensor_desc, ek_model_desc, ek_model_memory, ek_seq_input), described
    by the library itself so that a binding can compare its copy with the build it loaded. */
 #define EK_STRUCT_TENSOR_DESC 0
 #define EK_STRUCT_MODEL_DESC 1
 #define EK_STRUCT_MODEL_MEMORY 2
+#define EK_STRUCT_SEQ_INPUT 3
 
 /* sizeof the struct `which` (EK_STRUCT_*); 0 when unknown. */
 EK_API size_t ek_struct_size(int which);

@@ -51,6 +51,7 @@ static const member_layout model_desc_members[] = {
     MEMBER(ek_model_desc, n_batch),
     MEMBER(ek_model_desc, n_threads),
     MEMBER(ek_model_desc, kv_type),
+    MEMBER(ek_model_desc, n_seq),
     MEMBER(ek_model_desc, weight_flags),
     MEMBER(ek_model_desc, tok_embd),
     MEMBER(ek_model_desc, output_norm),
@@ -62,6 +63,11 @@ static const member_layout model_desc_members[] = {
 static const member_layout model_memory_members[] = {
     MEMBER(ek_model_memory, kv_cache), MEMBER(ek_model_memory, scratch), MEMBER(ek_model_memory, weights_owned),
     MEMBER(ek_model_memory, weights_mapped),
+};
+
+static const member_layout seq_input_members[] = {
+    MEMBER(ek_seq_input, ids), MEMBER(ek_seq_input, n), MEMBER(ek_seq_input, start), MEMBER(ek_seq_input, seq),
+    MEMBER(ek_seq_input, reserved),
 };
 
 typedef struct {
@@ -78,6 +84,8 @@ static const struct_layout struct_layouts[] = {
     [EK_STRUCT_MODEL_MEMORY] = {model_memory_members,
                                 (int)(sizeof model_memory_members / sizeof model_memory_members[0]),
                                 sizeof(ek_model_memory)},
+    [EK_STRUCT_SEQ_INPUT] = {seq_input_members, (int)(sizeof seq_input_members / sizeof seq_input_members[0]),
+                             sizeof(ek_seq_input)},
 };
 
 static const struct_layout *layout_of(int which) {

@@ -9,8 +9,12 @@
  *   hb, hb2 (n, n_ff)         gate and up projections of the feed-forward block
  *   scores (n_threads, n_ctx) attention weights, one row per worker
  *   rope (2, n, n_rot)        cos|sin of each position, for global then sliding layers
- * A prompt goes through in batches of at most n_batch tokens (GEMM, m > 1);
- * generation is the same path with n = 1 (GEMV).
+ * The KV cache holds n_seq sequences of n_ctx positions each. A pass takes up to n_batch
+ * rows, row i being token row_ids[i] of sequence row_seq[i] at position row_pos[i]: the
+ * matrix products see every row at once (one decode step of N sequences is a GEMM with
+ * m = N), while RoPE, the cache rows written and the positions attended are each row's own.
+ * A prompt goes through in passes of at most n_batch tokens (GEMM, m > 1); generation of
+ * one sequence is the same path with n = 1 (GEMV).
  */
 #include "edgekern.h"
 #include "kernels.h" /* ek_act_row_bytes, ek_matmul_shared_input: one job for Q/K/V and gate/up */
@@ -38,9 +42,11 @@ struct ek_model {
     int64_t kv_dim;          /* n_head_kv * head_dim */
     int64_t kv_row_bytes;    /* one position of one layer's K (or V) */
     int64_t kv_head_bytes;   /* one head's slice of such a row */
-    uint8_t *k_cache, *v_cache; /* (n_layer, n_ctx, kv_row_bytes) */
+    uint8_t *k_cache, *v_cache; /* (n_layer, n_seq, n_ctx, kv_row_bytes) */
     float *scratch;             /* one block holding the buffers below */
     float *x, *xb, *q, *k, *v, *att, *hb, *hb2, *scores, *rope;
+    int32_t *row_ids, *row_seq, *row_pos; /* (n_batch) each: the rows of one pass */
+    int32_t *out_rows;                    /* (n_batch) rows of the pass whose logits are asked */
     ops_rope_scaling rope_global, rope_sliding; /* angle scaling of global / sliding-window layers */
     uint64_t weights_owned, weights_mapped; /* as ek_model_memory_needs counts them */
     uint64_t matmul_act_bytes;
@@ -57,11 +63,13 @@ static int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }
 static int64_t scratch_floats(const ek_model_desc *d) {
     const int64_t nb = d->n_batch;
     return 2 * round16(nb * d->n_embd) + 2 * round16(nb * q_dim(d)) + 2 * round16(nb * kv_dim(d)) +
-           2 * round16(nb * d->n_ff) + round16((int64_t)d->n_threads * d->n_ctx) + round16(2 * nb * d->n_rot);
+           2 * round16(nb * d->n_ff) + round16((int64_t)d->n_threads * d->n_ctx) + round16(2 * nb * d->n_rot) +
+           4 * round16(nb); /* the int32 row arrays, float-sized */
 }
 
 static uint64_t kv_cache_bytes(const ek_model_desc *d) {
-    return 2ull * (uint64_t)d->n_layer * (uint64_t)d->n_ctx * (uint64_t)ek_kv_row_bytes(d->kv_type, kv_dim(d));
+    return 2ull * (uint64_t)d->n_layer * (uint64_t)d->n_seq * (uint64_t)d->n_ctx *
+           (uint64_t)ek_kv_row_bytes(d->kv_type, kv_dim(d));
 }
 
 /* ek_matmul quantizes its input into a buffer it allocates per call: the largest
@@ -176,7 +184,7 @@ void ek_model_free(ek_model *m) {
 ek_status ek_model_create(const ek_model_desc *desc, ek_model **out) {
     *out = NULL;
     if (desc->kv_type != EK_TYPE_F16 && desc->kv_type != EK_TYPE_Q8_0) return EK_ERR_UNSUPPORTED;
-    if (desc->head_dim > 1024 || desc->n_rot > desc->head_dim) return EK_ERR_INVALID_ARG;
+    if (desc->head_dim > 1024 || desc->n_rot > desc->head_dim || desc->n_seq < 1) return EK_ERR_INVALID_ARG;
     if (desc->kv_type == EK_TYPE_Q8_0 && desc->head_dim % 32) return EK_ERR_UNSUPPORTED;
     if (desc->yarn_ext_factor != 0.0f &&
         !(desc->yarn_n_ctx_orig > 0 && desc->yarn_beta_fast > 0.0f && desc->yarn_beta_slow > 0.0f))
@@ -247,7 +255,7 @@ ek_status ek_model_create(const ek_model_desc *desc, ek_model **out) {
     m->kv_row_bytes = ek_kv_row_bytes(desc->kv_type, m->kv_dim);
     m->kv_head_bytes = ek_kv_row_bytes(desc->kv_type, desc->head_dim);
     /* malloc, not calloc+touch: pages of positions never used stay unmapped. */
-    const size_t kv_bytes = (size_t)desc->n_layer * (size_t)desc->n_ctx * (size_t)m->kv_row_bytes;
+    const size_t kv_bytes = (size_t)desc->n_layer * (size_t)desc->n_seq * (size_t)desc->n_ctx * (size_t)m->kv_row_bytes;
     m->k_cache = malloc(kv_bytes);
     m->v_cache = malloc(kv_bytes);
     const size_t scratch_bytes = (size_t)scratch_floats(desc) * sizeof(float);
@@ -265,7 +273,11 @@ ek_status ek_model_create(const ek_model_desc *desc, ek_model **out) {
     m->hb = p;  p += round16(nb * desc->n_ff);
     m->hb2 = p; p += round16(nb * desc->n_ff);
     m->scores = p; p += round16((int64_t)desc->n_threads * desc->n_ctx);
-    m->rope = p;
+    m->rope = p;   p += round16(2 * nb * desc->n_rot);
+    m->row_ids = (int32_t *)p;  p += round16(nb);
+    m->row_seq = (int32_t *)p;  p += round16(nb);
+    m->row_pos = (int32_t *)p;  p += round16(nb);
+    m->out_rows = (int32_t *)p;
     *out = m;
     return EK_OK;
 fail:
@@ -282,27 +294,33 @@ void ek_model_memory_used(const ek_model *m, ek_model_memory *out) {
 
 /* ------------------------------------------------------------ attention */
 
+/* Position 0 of sequence seq in layer il of cache (m->k_cache or m->v_cache). */
+static uint8_t *kv_rows(const ek_model *m, uint8_t *cache, int il, int32_t seq) {
+    return cache + ((size_t)il * (size_t)m->d.n_seq + (size_t)seq) * (size_t)m->d.n_ctx * (size_t)m->kv_row_bytes;
+}
+
 typedef struct attn_job {
     ek_model *m;
     int il;
-    int64_t n, start;
+    int64_t n;
 } attn_job;
 
-/* Work items are (token, head) pairs, dealt round-robin so that the long
-   (late) causal rows spread over all workers. */
+/* Work items are (row, head) pairs, dealt round-robin so that the long
+   (late) causal rows spread over all workers. Row i attends to its own
+   sequence's cache, positions lo..row_pos[i]. */
 static void attn_task(void *ctx, int ith, int nth) {
     const attn_job *job = ctx;
     ek_model *m = job->m;
     const ek_model_desc *d = &m->d;
     const layer *L = &m->layers[job->il];
     const int64_t hd = d->head_dim, group = d->n_head / d->n_head_kv;
-    const uint8_t *kc = m->k_cache + (size_t)job->il * d->n_ctx * m->kv_row_bytes;
-    const uint8_t *vc = m->v_cache + (size_t)job->il * d->n_ctx * m->kv_row_bytes;
     float *scores = m->scores + (size_t)ith * d->n_ctx;
     const ek_attention_fn attend = d->kv_type == EK_TYPE_Q8_0 ? m->kernels->attention_q8_0 : m->kernels->attention_f16;
     for (int64_t item = ith; item < job->n * d->n_head; item += nth) {
         const int64_t i = item / d->n_head, h = item % d->n_head;
-        const int64_t pos = job->start + i;
+        const int64_t pos = m->row_pos[i];
+        const uint8_t *kc = kv_rows(m, m->k_cache, job->il, m->row_seq[i]);
+        const uint8_t *vc = kv_rows(m, m->v_cache, job->il, m->row_seq[i]);
         /* Sliding window: positions pos - n_swa + 1 .. pos (llama.cpp masks p_q - p_k >= n_swa). */
         const int64_t lo = L->is_swa && pos - d->n_swa + 1 > 0 ? pos - d->n_swa + 1 : 0;
         const size_t head_off = (size_t)(h / group) * m->kv_head_bytes;
@@ -322,8 +340,8 @@ static void norm_rows(const ek_model *m, const float *x, const float *w, float *
     for (int64_t i = 0; i < n; i++) m->kernels->rmsnorm(x + i * dim, w, y + i * dim, dim, m->d.norm_eps);
 }
 
-/* One transformer block for n tokens at positions start..start+n-1; x updated in place. */
-static ek_status block_forward(ek_model *m, int il, int64_t n, int64_t start) {
+/* One transformer block for the n rows of the pass; x updated in place. */
+static ek_status block_forward(ek_model *m, int il, int64_t n) {
     const ek_model_desc *d = &m->d;
     const layer *L = &m->layers[il];
     const int64_t E = d->n_embd, QD = q_dim(d), KD = m->kv_dim, hd = d->head_dim;
@@ -340,10 +358,9 @@ static ek_status block_forward(ek_model *m, int il, int64_t n, int64_t start) {
     if (L->k_norm) norm_rows(m, m->k, L->k_norm, m->k, n * d->n_head_kv, hd);
 
     const float *angles = m->rope + (L->is_swa ? n * d->n_rot : 0);
-    uint8_t *kc = m->k_cache + (size_t)il * d->n_ctx * m->kv_row_bytes;
-    uint8_t *vc = m->v_cache + (size_t)il * d->n_ctx * m->kv_row_bytes;
     for (int64_t i = 0; i < n; i++) {
-        const int64_t pos = start + i;
+        const int64_t pos = m->row_pos[i];
+        uint8_t *kc = kv_rows(m, m->k_cache, il, m->row_seq[i]), *vc = kv_rows(m, m->v_cache, il, m->row_seq[i]);
         const float *cosv = angles + i * d->n_rot, *sinv = cosv + d->n_rot / 2;
         ops_rope_apply(m->q + i * QD, d->n_head, hd, d->n_rot, cosv, sinv, d->rope_mode);
         ops_rope_apply(m->k + i * KD, d->n_head_kv, hd, d->n_rot, cosv, sinv, d->rope_mode);
@@ -351,7 +368,7 @@ static ek_status block_forward(ek_model *m, int il, int64_t n, int64_t start) {
         ek_kv_store(d->kv_type, m->v + i * KD, vc + pos * m->kv_row_bytes, KD);
     }
 
-    attn_job job = {m, il, n, start};
+    attn_job job = {m, il, n};
     ek_pool_run(m->pool, attn_task, &job);
     if ((st = ek_matmul(L->wo, m->att, n, m->xb, m->pool)) != EK_OK) return st;
     if (L->post_attn_norm) norm_rows(m, m->xb, L->post_attn_norm, m->xb, n, E);
@@ -368,44 +385,72 @@ static ek_status block_forward(ek_model *m, int il, int64_t n, int64_t start) {
     return EK_OK;
 }
 
-/* One batch of n <= n_batch tokens. logits: (n, n_vocab) when all_logits, else
-   (n_vocab) for the last token; NULL when the caller needs none from this batch. */
-static ek_status batch_forward(ek_model *m, const int32_t *ids, int64_t n, int64_t start, float *logits,
-                               int all_logits) {
+/* One pass over the n <= n_batch rows set in row_ids/row_seq/row_pos. logits: (n_out, n_vocab)
+   for rows out_rows[0..n_out) (none when n_out is 0). */
+static ek_status batch_forward(ek_model *m, int64_t n, int64_t n_out, float *logits) {
     const ek_model_desc *d = &m->d;
     const int64_t E = d->n_embd;
-    ek_status st = ek_weight_get_rows(m->tok_embd, ids, n, m->x);
+    ek_status st = ek_weight_get_rows(m->tok_embd, m->row_ids, n, m->x);
     if (st != EK_OK) return st;
     if (d->embd_scale != 1.0f)
         for (int64_t j = 0; j < n * E; j++) m->x[j] *= d->embd_scale;
     for (int64_t i = 0; i < n; i++) {
         float *global = m->rope + i * d->n_rot, *sliding = m->rope + (n + i) * d->n_rot;
-        ops_rope_angles(start + i, d->n_rot, d->rope_base, &m->rope_global, d->rope_freqs, global,
+        ops_rope_angles(m->row_pos[i], d->n_rot, d->rope_base, &m->rope_global, d->rope_freqs, global,
                         global + d->n_rot / 2);
         if (d->n_swa > 0)
-            ops_rope_angles(start + i, d->n_rot, d->rope_base_swa, &m->rope_sliding, d->rope_freqs, sliding,
+            ops_rope_angles(m->row_pos[i], d->n_rot, d->rope_base_swa, &m->rope_sliding, d->rope_freqs, sliding,
                             sliding + d->n_rot / 2);
     }
     for (int il = 0; il < d->n_layer; il++)
-        if ((st = block_forward(m, il, n, start)) != EK_OK) return st;
-    if (!logits) return EK_OK;
-    const int64_t first = all_logits ? 0 : n - 1, rows = n - first;
-    norm_rows(m, m->x + first * E, m->output_norm, m->xb, rows, E);
-    return ek_matmul(m->output, m->xb, rows, logits, m->pool);
+        if ((st = block_forward(m, il, n)) != EK_OK) return st;
+    if (n_out == 0) return EK_OK;
+    for (int64_t r = 0; r < n_out; r++)
+        m->kernels->rmsnorm(m->x + m->out_rows[r] * E, m->output_norm, m->xb + r * E, E, d->norm_eps);
+    return ek_matmul(m->output, m->xb, n_out, logits, m->pool);
+}
+
+/* The tokens of every entry, in order, in passes of n_batch rows. Logits of each entry's last
+   token (of every token when all_logits) go to logits in row order. */
+static ek_status eval_entries(ek_model *m, const ek_seq_input *entries, int64_t n_entries, float *logits,
+                              int all_logits) {
+    int64_t n = 0, n_out = 0;
+    for (int64_t e = 0; e < n_entries; e++) {
+        const ek_seq_input *in = &entries[e];
+        for (int64_t t = 0; t < in->n; t++) {
+            m->row_ids[n] = in->ids[t];
+            m->row_seq[n] = in->seq;
+            m->row_pos[n] = (int32_t)(in->start + t);
+            if (all_logits || t == in->n - 1) m->out_rows[n_out++] = (int32_t)n;
+            n++;
+            if (n == m->d.n_batch || (e == n_entries - 1 && t == in->n - 1)) {
+                const ek_status st = batch_forward(m, n, n_out, logits);
+                if (st != EK_OK) return st;
+                logits += n_out * (int64_t)m->d.n_vocab;
+                n = n_out = 0;
+            }
+        }
+    }
+    return EK_OK;
 }
 
 ek_status ek_model_eval(ek_model *m, const int32_t *ids, int64_t n, int64_t start, float *logits, int all_logits) {
     if (n <= 0 || start < 0) return EK_ERR_INVALID_ARG;
     if (start + n > m->d.n_ctx) return EK_ERR_CONTEXT_FULL;
-    for (int64_t done = 0; done < n;) {
-        const int64_t chunk = n - done < m->d.n_batch ? n - done : m->d.n_batch;
-        const int last = done + chunk == n;
-        float *out = all_logits ? logits + done * m->d.n_vocab : (last ? logits : NULL);
-        ek_status st = batch_forward(m, ids + done, chunk, start + done, out, all_logits);
-        if (st != EK_OK) return st;
-        done += chunk;
+    const ek_seq_input entry = {.ids = ids, .n = n, .start = start, .seq = 0};
+    return eval_entries(m, &entry, 1, logits, all_logits);
+}
+
+ek_status ek_model_eval_batch(ek_model *m, const ek_seq_input *entries, int64_t n_entries, float *logits) {
+    return eval_entries(m, entries, n_entries, logits, 0);
+}
+
+void ek_model_seq_copy(ek_model *m, int32_t src, int32_t dst, int64_t n) {
+    const size_t bytes = (size_t)n * (size_t)m->kv_row_bytes;
+    for (int il = 0; il < m->d.n_layer; il++) {
+        memcpy(kv_rows(m, m->k_cache, il, dst), kv_rows(m, m->k_cache, il, src), bytes);
+        memcpy(kv_rows(m, m->v_cache, il, dst), kv_rows(m, m->v_cache, il, src), bytes);
     }
-    return EK_OK;
 }
 
 /* ------------------------------------------------------------ state */
@@ -414,21 +459,21 @@ uint64_t ek_model_state_bytes(const ek_model *m, int64_t n_past) {
     return 2ull * (uint64_t)m->d.n_layer * (uint64_t)n_past * (uint64_t)m->kv_row_bytes;
 }
 
-/* Layout: for each layer, K rows 0..n_past-1 then V rows 0..n_past-1. */
-void ek_model_state_save(const ek_model *m, int64_t n_past, void *dst) {
+/* Layout: for each layer, K rows 0..n_past-1 then V rows 0..n_past-1 of sequence seq. */
+void ek_model_state_save(const ek_model *m, int32_t seq, int64_t n_past, void *dst) {
     uint8_t *p = dst;
-    const size_t part = (size_t)n_past * m->kv_row_bytes, layer_stride = (size_t)m->d.n_ctx * m->kv_row_bytes;
+    const size_t part = (size_t)n_past * (size_t)m->kv_row_bytes;
     for (int il = 0; il < m->d.n_layer; il++) {
-        memcpy(p, m->k_cache + il * layer_stride, part); p += part;
-        memcpy(p, m->v_cache + il * layer_stride, part); p += part;
+        memcpy(p, kv_rows(m, m->k_cache, il, seq), part); p += part;
+        memcpy(p, kv_rows(m, m->v_cache, il, seq), part); p += part;
     }
 }
 
-void ek_model_state_load(ek_model *m, int64_t n_past, const void *src) {
+void ek_model_state_load(ek_model *m, int32_t seq, int64_t n_past, const void *src) {
     const uint8_t *p = src;
-    const size_t part = (size_t)n_past * m->kv_row_bytes, layer_stride = (size_t)m->d.n_ctx * m->kv_row_bytes;
+    const size_t part = (size_t)n_past * (size_t)m->kv_row_bytes;
     for (int il = 0; il < m->d.n_layer; il++) {
-        memcpy(m->k_cache + il * layer_stride, p, part); p += part;
-        memcpy(m->v_cache + il * layer_stride, p, part); p += part;
+        memcpy(kv_rows(m, m->k_cache, il, seq), p, part); p += part;
+        memcpy(kv_rows(m, m->v_cache, il, seq), p, part); p += part;
     }
 }
