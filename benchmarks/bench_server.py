@@ -77,8 +77,9 @@ def wait_ready(base: str, process: subprocess.Popen) -> str:
         if process.poll() is not None:
             raise SystemExit(f"the server exited with {process.returncode}")
         try:
+            health = httpx.get(base + "/health", timeout=5)       # llama_cpp.server has none: 404
             models = httpx.get(base + "/v1/models", timeout=5)
-            if models.status_code == 200:
+            if health.status_code in (200, 404) and models.status_code == 200:
                 return models.json()["data"][0]["id"]
         except httpx.HTTPError:
             pass
