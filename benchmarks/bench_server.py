@@ -113,7 +113,9 @@ def run_clients(base: str, model: str, n_clients: int, requests: int, max_tokens
     def client(k: int) -> None:
         for r in range(requests):
             topic = TOPICS[(k * requests + r) % len(TOPICS)]
-            out = one_request(base, model, f"Write a short story about {topic}.", max_tokens)
+            # A story already begun: asked to write one, SmolLM2 (an instruct model) often ends at once.
+            prompt = f"Here is a short story about {topic}.\n\nOnce upon a time,"
+            out = one_request(base, model, prompt, max_tokens)
             with lock:
                 results.append(out)
 
