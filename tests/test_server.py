@@ -463,6 +463,7 @@ def test_the_command_refuses_another_address_without_a_key():
     assert out.returncode == 2 and "API key" in out.stderr
 
 
+@pytest.mark.slow
 def test_the_command_serves_until_sigterm(smollm2_path, refs, tmp_path):
     key_file = tmp_path / "key"
     key_file.write_text(API_KEY + "\n")
