@@ -65,7 +65,8 @@ def start_server(kind: str, path: Path, threads: int, parallel: int, port: int) 
     else:
         cmd = [sys.executable, str(HERE / "llamacpp_server.py"), "--model", str(path), "--host", "127.0.0.1",
                "--port", str(port),
-               "--n_ctx", str(N_CTX), "--n_threads", str(threads), "--interrupt_requests", "False",
+               "--n_ctx", str(N_CTX), "--n_threads", str(threads), "--n_threads_batch", str(threads),
+               "--interrupt_requests", "False",
                "--verbose", "False"]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -178,7 +179,7 @@ def main() -> None:
         f"Load average (1 min) at start {load_before:.1f}, at end {os.getloadavg()[0]:.1f} on {os.cpu_count()} "
         "CPUs (other processes share them; both servers are slowed, llama.cpp's spinning threads more).",
         "",
-        f"Both servers: {args.threads} threads, n_ctx {N_CTX} (edgesdk: per sequence, --parallel "
+        f"Both servers: {args.threads} threads (llama.cpp: for prompts too), n_ctx {N_CTX} (edgesdk: per sequence, --parallel "
         f"{max(clients)}; llama.cpp: its one context, --interrupt_requests False). Each client streams "
         f"{args.requests} greedy /v1/completions requests one after another, a different prompt each. "
         "Aggregate tok/s: text chunks (one per token) of all clients / wall time; TTFT: send to first text "
