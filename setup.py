@@ -83,6 +83,8 @@ extension = Extension(
     extra_link_args=["-pthread", "-lm"],
 )
 
+SERVER_REQUIRES = ["starlette>=0.37", "uvicorn>=0.30", "prometheus-client>=0.20"]
+
 setup(
     name="edgesdk",
     version="0.1.0",
@@ -117,6 +119,7 @@ setup(
         # edgesdk convert: safetensors reads the weights (ml_dtypes gives it numpy's bfloat16),
         # protobuf parses tokenizer.model through sentencepiece's model proto
         "convert": ["safetensors>=0.4", "ml_dtypes>=0.3", "protobuf>=3.20"],
+        "server": SERVER_REQUIRES,          # edgesdk serve: the OpenAI-compatible HTTP server
         "test": [                           # everything the whole suite imports (tests/test_packaging.py checks)
             "pytest>=7.4",
             "hypothesis>=6.0",
@@ -133,6 +136,9 @@ setup(
             "ml_dtypes>=0.3",
             "protobuf>=3.20",
             "tokenizers>=0.19",             # tests/test_convert.py: the tokenizer.json reference
+            *SERVER_REQUIRES,
+            "openai>=1.40",                 # tests/test_server*.py: the real client against our server
+            "httpx>=0.27",
             "atheris>=2.3.0; platform_system == 'Linux' and platform_machine == 'x86_64'",  # tests/fuzz; wheels only there
         ],
     },

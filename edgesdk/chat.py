@@ -46,26 +46,48 @@ if TYPE_CHECKING:          # chat sits above Model and uses only its public API
 
 SESSION_MAGIC = b"EDGESDK-SESSION\x00"
 SESSION_VERSION = 1
-def _completion(model: "Model", content: str, stats: GenerationStats, completion_id: str, created: int) -> dict:
+
+
+def usage(stats: GenerationStats) -> dict:
+    """OpenAI's usage record of one answer."""
+    return {"prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.completion_tokens,
+            "total_tokens": stats.prompt_tokens + stats.completion_tokens}
+
+
+def completion_result(model_name: str, content: str, stats: GenerationStats, completion_id: str,
+                      created: int) -> dict:
+    """A whole answer as an OpenAI chat.completion."""
     return {
-        "id": completion_id, "object": "chat.completion", "created": created, "model": model.name,
+        "id": completion_id, "object": "chat.completion", "created": created, "model": model_name,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
                      "finish_reason": stats.finish_reason}],
-        "usage": {"prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.completion_tokens,
-                  "total_tokens": stats.prompt_tokens + stats.completion_tokens},
+        "usage": usage(stats),
     }
+
+
+def completion_chunk(model_name: str, completion_id: str, created: int, delta: dict,
+                     finish_reason: Optional[str]) -> dict:
+    """One OpenAI chat.completion.chunk: the first has delta {"role"}, then {"content"}, the last {} and why."""
+    return {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model_name,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
+
+
+def new_completion_id() -> "tuple[str, int]":
+    """(id, created) of a new chat completion."""
+    return f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
 
 def _chunks(model: "Model", pieces: Iterator[str], stats: GenerationStats, completion_id: str,
             created: int) -> Iterator[dict]:
-    def chunk(delta: dict, finish_reason: Optional[str]) -> dict:
-        return {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model.name,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
-
-    yield chunk({"role": "assistant"}, None)
+    yield completion_chunk(model.name, completion_id, created, {"role": "assistant"}, None)
     for piece in pieces:
-        yield chunk({"content": piece}, None)
-    yield chunk({}, stats.finish_reason)
+        yield completion_chunk(model.name, completion_id, created, {"content": piece}, None)
+    yield completion_chunk(model.name, completion_id, created, {}, stats.finish_reason)
+
+
+def chat_prompt_ids(model: "Model", messages) -> List[int]:
+    """The prompt ids of OpenAI-style messages in the model's chat template, ready for the answer."""
+    return model.chat_formatter.encode(validate_messages(messages), add_generation_prompt=True)
 
 
 def chat_completion(model: "Model", messages, stream: bool = False, cancel=None,
@@ -73,15 +95,13 @@ def chat_completion(model: "Model", messages, stream: bool = False, cancel=None,
     """Answer OpenAI-style messages; a chat.completion dict, or chat.completion.chunk dicts when stream.
     options are GenerationConfig's (edgesdk.generation); the ones left out take the model's defaults."""
     config = model.generation.with_options(**options)
-    messages = validate_messages(messages)
-    ids = model.chat_formatter.encode(messages, add_generation_prompt=True)
+    ids = chat_prompt_ids(model, messages)
     stats = GenerationStats()
     pieces = model.stream_ids(ids, config, stats=stats, cancel=cancel)
-    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-    created = int(time.time())
+    completion_id, created = new_completion_id()
     if stream:
         return _chunks(model, pieces, stats, completion_id, created)
-    return _completion(model, "".join(pieces), stats, completion_id, created)
+    return completion_result(model.name, "".join(pieces), stats, completion_id, created)
 
 
 class ChatSession:
@@ -259,4 +279,5 @@ def _parse_session(raw: bytes, path) -> "tuple[dict, bytes]":
     return header, raw[state_at:state_at + state_len]
 
 
-__all__ = ["ChatSession", "chat_completion", "SESSION_MAGIC"]
+__all__ = ["ChatSession", "chat_completion", "chat_prompt_ids", "completion_chunk", "completion_result",
+           "new_completion_id", "usage", "SESSION_MAGIC"]

@@ -19,6 +19,7 @@ from .errors import EdgeSDKError, NativeBuildError
 from .onnx_cli import add_export_onnx_command
 from .quantize_cli import add_quantize_commands
 from .serial_cli import add_serial_command
+from .serve_cli import add_serve_command
 from .worker_cli import add_worker_command
 
 EXIT_ERROR = 2
@@ -234,8 +235,8 @@ def _add_chat(sub) -> None:
     add_chat_commands(sub)
 
 
-SUBCOMMANDS = [_add_pull, _add_models, _add_info, _add_chat, add_serial_command, add_worker_command,
-               add_export_onnx_command, add_quantize_commands]
+SUBCOMMANDS = [_add_pull, _add_models, _add_info, _add_chat, add_serial_command, add_serve_command,
+               add_worker_command, add_export_onnx_command, add_quantize_commands]
 
 
 def build_parser() -> argparse.ArgumentParser:

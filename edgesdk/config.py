@@ -89,6 +89,30 @@ def check_positive_int(name: str, value: Any, limit: Optional[int] = None, why: 
     return value
 
 
+def limit(default: Any, meaning: str, allow_zero: bool = False):
+    """A field of a limits record (SerialLimits, ServerSettings, ...): its default and what it bounds,
+    which is also its command-line flag's help. An int limit is positive unless allow_zero."""
+    return field(default=default, metadata={"help": meaning, "allow_zero": allow_zero})
+
+
+def check_limits(record: Any) -> None:
+    """Every limit() field of a dataclass record: ints positive, floats non-negative seconds; a field whose
+    default is None may be None."""
+    for f in fields(record):
+        if "help" not in f.metadata:
+            continue
+        value = getattr(record, f.name)
+        if value is None and f.default is None:
+            continue
+        if f.type in ("int", int, "Optional[int]"):
+            if f.metadata.get("allow_zero") and value == 0 and not isinstance(value, bool):
+                continue
+            check_positive_int(f.name, value)
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or value < 0:
+            raise InvalidArgumentError(f"{f.name} must be a non-negative number of seconds, got {value!r}")
+
+
 @dataclass(frozen=True)
 class LoadConfig:
     """Settings for loading one model. None means "choose for this device and model"."""
@@ -143,4 +167,5 @@ class LoadConfig:
 
 DEFAULT_LOAD = LoadConfig()
 
-__all__ = ["LoadConfig", "DEFAULT_LOAD", "KV_CACHE_TYPES", "MAX_N_CTX", "MAX_N_SEQ", "MAX_WORKERS", "check_positive_int", "parse_endpoint", "parse_size", "usable_cpus"]
+__all__ = ["LoadConfig", "DEFAULT_LOAD", "KV_CACHE_TYPES", "MAX_N_CTX", "MAX_N_SEQ", "MAX_WORKERS", "check_limits",
+           "check_positive_int", "limit", "parse_endpoint", "parse_size", "usable_cpus"]

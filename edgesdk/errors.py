@@ -141,3 +141,26 @@ class QuantizeError(EdgeSDKError):
 class ConversionError(EdgeSDKError):
     """A Hugging Face model folder cannot be converted: a missing or malformed file, config key
     or tensor, or a shape that does not fit the configuration; the message names it."""
+
+
+class QueueFullError(EdgeSDKError):
+    """Every sequence is busy and the wait queue is full; retry after `retry_after_s` seconds."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class SchedulerClosedError(EdgeSDKError):
+    """The batching scheduler was closed (the server is stopping): the request was not answered."""
+
+
+class ApiRequestError(InvalidArgumentError):
+    """An HTTP API request we refuse: `status` is the HTTP status, `param` the field at fault (or None),
+    `code` OpenAI's error code string (or None)."""
+
+    def __init__(self, message: str, param: "str | None" = None, status: int = 400, code: "str | None" = None):
+        super().__init__(message)
+        self.param = param
+        self.status = status
+        self.code = code

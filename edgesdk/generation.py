@@ -8,6 +8,7 @@ name is an InvalidArgumentError listing the known ones.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, List, Optional, Sequence, Tuple
 
@@ -81,6 +82,7 @@ class GenerationStats:
     reused_tokens: int = 0          # prompt ids already in the KV cache, not evaluated again
     completion_tokens: int = 0
     finish_reason: str = "length"   # "stop" (end-of-turn id or stop string), "length", or "cancelled"
+    queued_s: float = 0.0           # waiting for a free sequence (a server's queue), before any of the below
     prefill_s: float = 0.0
     time_to_first_token_s: float = 0.0
     total_s: float = 0.0
@@ -124,5 +126,70 @@ class StopScanner:
         return out
 
 
-__all__ = ["GenerationConfig", "GenerationStats", "StopScanner", "DEFAULT_GENERATION", "FINISH_REASONS",
+class Continuation:
+    """One answer's token-by-token state: sampling, end-of-turn ids, stop strings and the token budget.
+
+    Whoever owns the KV cache (Model for one caller, the batching scheduler for
+    several) evaluates; this decides. `step(logits)` takes the logits after the
+    last evaluated id and returns the text now safe to emit; then either `done`
+    is set (call `finish()` for the held-back tail) or `next_token` is the id to
+    evaluate at position `n_held - 1` next. `stats` is filled as it goes.
+    """
+
+    def __init__(self, tokenizer, sampler, config: "GenerationConfig", stats: "GenerationStats", n_prompt: int,
+                 n_ctx: int, started: float):
+        self.tokenizer = tokenizer
+        self.sampler = sampler
+        self.config = config
+        self.stats = stats
+        self.n_ctx = n_ctx
+        self.started = started
+        self.n_held = n_prompt          # ids in the cache once next_token is evaluated
+        self.generated: List[int] = []  # the repeat-penalty window: generated ids only, as llama-cpp-python
+        self.decoder = tokenizer.streaming_decoder()
+        self.scanner = StopScanner(config.stop)
+        self.next_token: Optional[int] = None
+        self.done = False
+        self._stopped_by_string = False
+        stats.finish_reason = "length"
+
+    def step(self, logits, cancel=None) -> str:
+        token = self.sampler.sample(logits, self.generated)
+        stats = self.stats
+        if token in self.tokenizer.eot_ids:
+            stats.finish_reason = "stop"
+            self.done = True
+            return ""
+        stats.completion_tokens += 1
+        if stats.completion_tokens == 1:
+            stats.time_to_first_token_s = time.perf_counter() - self.started
+        self.n_held += 1
+        self.generated.append(token)
+        piece = "" if self.tokenizer.is_control(token) else self.decoder.push(token)
+        text, stopped = self.scanner.feed(piece)
+        if stopped:
+            stats.finish_reason = "stop"
+            self._stopped_by_string = True
+            self.done = True
+        elif stats.completion_tokens >= self.config.max_tokens or self.n_held >= self.n_ctx:
+            self.done = True
+        elif cancel is not None and cancel.is_set():
+            stats.finish_reason = "cancelled"
+            self.done = True
+        else:
+            self.next_token = token
+        return text
+
+    def finish(self) -> str:
+        """The text held back by the decoder and the stop scanner (nothing after a stop string)."""
+        if self._stopped_by_string:
+            return ""
+        text, stopped = self.scanner.feed(self.decoder.flush())
+        if stopped:
+            self.stats.finish_reason = "stop"
+            return text
+        return text + self.scanner.finish()
+
+
+__all__ = ["GenerationConfig", "GenerationStats", "StopScanner", "Continuation", "DEFAULT_GENERATION", "FINISH_REASONS",
            "SAMPLING_KEYS"]

@@ -35,7 +35,7 @@ from . import loading, registry
 from .backends.base import Backend, check_ids
 from .config import LoadConfig
 from .errors import ContextOverflowError, InvalidArgumentError, NumericError, TokenizerError
-from .generation import DEFAULT_GENERATION, GenerationConfig, GenerationStats, StopScanner
+from .generation import DEFAULT_GENERATION, Continuation, GenerationConfig, GenerationStats
 from .memory import MemoryPlan
 from .sampling import Sampler
 from .templates import special_tokens_from_gguf
@@ -127,6 +127,18 @@ class Model:
                 yield
             finally:
                 self._holder = None
+
+    @contextmanager
+    def exclusive_backend(self) -> Iterator[Backend]:
+        """The backend, for one owner that manages its sequences itself (edgesdk.batching): the Model's
+        own calls wait until the block ends, and the cache the Model remembers is forgotten, since the
+        owner rewrites it."""
+        with self._exclusive():
+            self._cache_ids = []
+            try:
+                yield self.backend
+            finally:
+                self._cache_ids = []
 
     # -- identity, formatting ---------------------------------------------------
 
@@ -280,7 +292,6 @@ class Model:
     def _generate_locked(self, ids: List[int], sampler: Sampler, config: GenerationConfig, stats: GenerationStats,
                          cancel: Optional[threading.Event]) -> Iterator[str]:
         tok = self.tokenizer
-        eot_ids = tok.eot_ids
         started = time.perf_counter()
         stats.prompt_tokens = len(ids)
         stats.finish_reason = "length"
@@ -290,38 +301,15 @@ class Model:
             if logits is None:
                 stats.finish_reason = "cancelled"
                 return
-            decoder = tok.streaming_decoder()
-            scanner = StopScanner(config.stop)
-            n_held = len(ids)
-            generated: List[int] = []   # the repeat-penalty window: generated ids only, as llama-cpp-python
+            step = Continuation(tok, sampler, config, stats, len(ids), self.n_ctx, started)
             while True:
-                token = sampler.sample(logits, generated)
-                if token in eot_ids:
-                    stats.finish_reason = "stop"
-                    break
-                stats.completion_tokens += 1
-                if stats.completion_tokens == 1:
-                    stats.time_to_first_token_s = time.perf_counter() - started
-                n_held += 1
-                generated.append(token)
-                piece = "" if tok.is_control(token) else decoder.push(token)
-                text, stopped = scanner.feed(piece)
+                text = step.step(logits, cancel)
                 if text:
                     yield text
-                if stopped:
-                    stats.finish_reason = "stop"
-                    return
-                if stats.completion_tokens >= config.max_tokens or n_held >= self.n_ctx:
+                if step.done:
                     break
-                if cancel is not None and cancel.is_set():
-                    stats.finish_reason = "cancelled"
-                    break
-                logits = self._eval([token], n_held - 1)
-            text, stopped = scanner.feed(decoder.flush())
-            if stopped:
-                stats.finish_reason = "stop"
-            else:
-                text += scanner.finish()
+                logits = self._eval([step.next_token], step.n_held - 1)
+            text = step.finish()
             if text:
                 yield text
         finally:

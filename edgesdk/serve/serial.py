@@ -40,11 +40,11 @@ import re
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
-from ..config import check_positive_int
+from ..config import check_limits, check_positive_int, limit
 from ..errors import EdgeSDKError, InvalidArgumentError, MissingDependencyError, SessionFileError
 from . import serial_protocol as proto
 from .serial_links import LINE_LOW_WATER, Answer, FramedLink, LineLink, Link
@@ -61,37 +61,28 @@ POLL_S = 0.05           # a port thread wakes at least this often for its timers
 READ_CHUNK = 4096
 RATE_WINDOW_S = 60.0
 
-def _limit(default: Any, meaning: str):
-    return field(default=default, metadata={"help": meaning})
-
 
 @dataclass(frozen=True)
 class SerialLimits:
     """What a device may ask and how the bridge treats a slow one: every limit the bridge has, with its default."""
-    max_request_bytes: int = _limit(256, "longest question or command a device may send, in UTF-8 bytes")
-    max_answer_tokens: int = _limit(200, "longest answer in tokens")
-    max_answer_bytes: int = _limit(1024, "longest answer in UTF-8 bytes (also the most the bridge holds per port)")
-    requests_per_minute: int = _limit(20, "questions one port may ask in any 60 s")
-    max_queue: int = _limit(4, "requests waiting for the model, all ports together (BUSY beyond it)")
-    stall_timeout_s: float = _limit(15.0, "a device that takes (framed: acknowledges) nothing this long loses "
+    max_request_bytes: int = limit(256, "longest question or command a device may send, in UTF-8 bytes")
+    max_answer_tokens: int = limit(200, "longest answer in tokens")
+    max_answer_bytes: int = limit(1024, "longest answer in UTF-8 bytes (also the most the bridge holds per port)")
+    requests_per_minute: int = limit(20, "questions one port may ask in any 60 s")
+    max_queue: int = limit(4, "requests waiting for the model, all ports together (BUSY beyond it)")
+    stall_timeout_s: float = limit(15.0, "a device that takes (framed: acknowledges) nothing this long loses "
                                           "its answer")
-    ack_timeout_s: float = _limit(1.0, "framed: resend unacknowledged frames after this, doubling each time")
-    line_chunk_bytes: int = _limit(60, "line mode: most answer bytes (escaped) on one '> ' line")
-    line_coalesce_s: float = _limit(0.2, "line mode: how long answer text may wait to fill a line")
-    busy_retry_s: int = _limit(2, "the retry_s a BUSY queue-full reply suggests")
-    open_settle_s: float = _limit(2.0, "wait this long after opening a port before READY (opening resets many "
+    ack_timeout_s: float = limit(1.0, "framed: resend unacknowledged frames after this, doubling each time")
+    line_chunk_bytes: int = limit(60, "line mode: most answer bytes (escaped) on one '> ' line")
+    line_coalesce_s: float = limit(0.2, "line mode: how long answer text may wait to fill a line")
+    busy_retry_s: int = limit(2, "the retry_s a BUSY queue-full reply suggests")
+    open_settle_s: float = limit(2.0, "wait this long after opening a port before READY (opening resets many "
                                        "Arduinos; their bootloader would eat it)")
-    reopen_interval_s: float = _limit(1.0, "how often a missing or unplugged port is tried again")
-    max_pending_bytes: int = _limit(4096, "bytes per port the OS has not taken yet; replies beyond are dropped")
+    reopen_interval_s: float = limit(1.0, "how often a missing or unplugged port is tried again")
+    max_pending_bytes: int = limit(4096, "bytes per port the OS has not taken yet; replies beyond are dropped")
 
     def __post_init__(self):
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.type in ("int", int):
-                check_positive_int(f.name, value)
-            elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                    or value < 0:
-                raise InvalidArgumentError(f"{f.name} must be a non-negative number of seconds, got {value!r}")
+        check_limits(self)
         if self.line_chunk_bytes < 8:
             raise InvalidArgumentError(f"line_chunk_bytes must be at least 8, got {self.line_chunk_bytes}")
         if self.max_pending_bytes < 2 * LINE_LOW_WATER:

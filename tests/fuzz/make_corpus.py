@@ -96,8 +96,24 @@ def session_seeds() -> None:
         write("session", name + ".unsummed", b"\1" + raw[:-32])     # the target appends the checksum
 
 
+def http_seeds() -> None:
+    """Request bodies of both endpoints; the first byte picks the endpoint (even: chat)."""
+    chat = {"model": "m", "messages": [{"role": "system", "content": "Be brief."},
+                                       {"role": "user", "content": [{"type": "text", "text": "Hi"}]}],
+            "max_tokens": 16, "temperature": 0.7, "top_p": 0.9, "seed": 3, "stop": ["\n", "END"], "stream": True,
+            "stream_options": {"include_usage": True}, "n": 1, "presence_penalty": 0}
+    text = {"model": "m", "prompt": "Once upon a time", "max_tokens": 8, "top_k": 40, "min_p": 0.05,
+            "repeat_penalty": 1.1, "echo": False, "logprobs": None}
+    ids = {"model": "m", "prompt": [1, 2, 3], "max_completion_tokens": 4}
+    write("http", "chat.json", b"\0" + json.dumps(chat).encode())
+    write("http", "text.json", b"\1" + json.dumps(text).encode())
+    write("http", "ids.json", b"\1" + json.dumps(ids).encode())
+    write("http", "bad_types.json", b"\0" + json.dumps(dict(chat, temperature="hot", stop=[1])).encode())
+
+
 if __name__ == "__main__":
     gguf_seeds()
     tokenizer_seeds()
     template_seeds()
     session_seeds()
+    http_seeds()
