@@ -13,8 +13,8 @@ The same forward serves the tiny random-weight models of tests/tiny_gguf.py
 Public API used across the tests: truth_logits(gguf_path, ids), truth_hidden(gguf_path, ids)
 and TruthRows (the output head applied a few rows at a time, for perplexity over a big
 vocabulary). The final hidden states of a real file are cached under $EDGESDK_HOME/truth,
-keyed by the model's sha256, the ids and this file's own source, so that editing the
-forward invalidates every cached result.
+keyed by the model's sha256, the ids and the code the truth runs (this file, the shape
+reader, the dequantizers), so that editing any of them invalidates every cached result.
 """
 from __future__ import annotations
 
@@ -274,13 +274,27 @@ def truth_model(gguf_path: os.PathLike) -> TruthModel:
     return _model(str(path), st.st_size, st.st_mtime_ns)
 
 
+def _truth_inputs() -> list:
+    """The code a cached truth depends on: this forward, the shape reader and the dequantizers
+    (their C source in a checkout, else the built extension)."""
+    import edgesdk
+    from edgesdk import _native, shape
+
+    package = Path(edgesdk.__file__).resolve().parent
+    formats = package.parent / "native" / "src" / "formats.c"
+    return [Path(__file__), Path(shape.__file__), formats if formats.exists() else Path(_native.lib._name)]
+
+
 @functools.lru_cache(maxsize=None)
-def _source_digest() -> str:
-    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+def _code_digest() -> str:
+    digest = hashlib.sha256()
+    for path in _truth_inputs():
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def _cache_path(model: TruthModel, ids: np.ndarray) -> Path:
-    key = hashlib.sha256(_source_digest().encode() + ids.astype("<i8").tobytes()).hexdigest()
+    key = hashlib.sha256(_code_digest().encode() + ids.astype("<i8").tobytes()).hexdigest()
     return home() / "truth" / model.sha256[:32] / f"{key[:32]}.npy"
 
 
@@ -295,9 +309,13 @@ def _computed_hidden(model: TruthModel, ids: np.ndarray) -> np.ndarray:
     hidden = forward_hidden(model.config, model.weights, ids)
     cache.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=cache.parent, suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        np.save(f, hidden)
-    os.replace(tmp, cache)  # whole or not at all: a reader never sees half a file
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, hidden)
+        os.replace(tmp, cache)  # whole or not at all: a reader never sees half a file
+    except BaseException:
+        os.unlink(tmp)
+        raise
     return hidden
 
 
