@@ -218,8 +218,9 @@ def _load() -> ctypes.CDLL:
     proto("ek_kv_row_bytes", c_int64, c_int, c_int64)
     proto("ek_kv_store", None, c_int, c_float_p, c_void_p, c_int64)
     proto("ek_kv_load", None, c_int, c_void_p, c_float_p, c_int64)
-    proto("ek_attention_head", None, c_float_p, c_void_p, c_void_p, c_int, c_size_t, c_int64, c_int64, c_float,
-          c_float_p, c_float_p)
+    proto("ek_attention_scratch_floats", c_int64, c_int64, c_int64)
+    proto("ek_attention", None, c_void_p, c_void_p, c_void_p, c_void_p, c_int64, c_void_p, c_void_p, c_int, c_size_t,
+          c_int64, c_float, c_float_p)
     proto("ek_model_memory_needs", c_int, POINTER(EkModelDesc), POINTER(EkModelMemory))
     proto("ek_model_create", c_int, POINTER(EkModelDesc), POINTER(c_void_p))
     proto("ek_model_free", None, c_void_p)

@@ -203,12 +203,15 @@ EK_API int64_t ek_kv_row_bytes(int kv_type, int64_t n);
 EK_API void ek_kv_store(int kv_type, const float *src, void *dst, int64_t n);
 EK_API void ek_kv_load(int kv_type, const void *src, float *dst, int64_t n); /* for tests/export */
 
-/* One attention head for one query over n_pos cached positions:
-   out (head_dim) = sum_j softmax_j(scale * q.k_j) v_j, where k_j = row j of k
-   and v_j = row j of v, rows row_bytes apart, each starting with this head's
-   head_dim values in kv_type. scores: n_pos floats of scratch. */
-EK_API void ek_attention_head(const float *q, const void *k, const void *v, int kv_type, size_t row_bytes,
-                              int64_t n_pos, int64_t head_dim, float scale, float *scores, float *out);
+/* Attention of n_q queries sharing one KV head (a GQA group, several tokens), flash-attention
+   style: out[i] (head_dim) = sum_j softmax_j(scale * q[i].k_j) v_j over the cached positions
+   j in [lo[i], hi[i]) (lo[i] < hi[i]: a causal offset, a sliding window), where k_j = row j of
+   k and v_j = row j of v, rows row_bytes apart, each starting with this head's head_dim values
+   in kv_type. scratch: ek_attention_scratch_floats(n_q, head_dim) floats, 8-byte aligned. */
+EK_API int64_t ek_attention_scratch_floats(int64_t n_q, int64_t head_dim);
+EK_API void ek_attention(const float *const *q, float *const *out, const int64_t *lo, const int64_t *hi, int64_t n_q,
+                         const void *k, const void *v, int kv_type, size_t row_bytes, int64_t head_dim, float scale,
+                         float *scratch);
 
 /* ------------------------------------------------------ inference engine */
 

@@ -7,7 +7,7 @@
  *   q    (n, n_head*hd)       queries; k, v (n, n_head_kv*hd) keys and values
  *   att  (n, n_head*hd)       attention output before the output projection
  *   hb, hb2 (n, n_ff)         gate and up projections of the feed-forward block
- *   scores (n_threads, n_ctx) attention weights, one row per worker
+ *   attn_scratch (n_threads, ek_attention_scratch_floats) one attention tile's scratch per worker
  *   rope (2, n, n_rot)        cos|sin of each position, for global then sliding layers
  * A prompt goes through in batches of at most n_batch tokens (GEMM, m > 1);
  * generation is the same path with n = 1 (GEMV).
@@ -40,7 +40,8 @@ struct ek_model {
     int64_t kv_head_bytes;   /* one head's slice of such a row */
     uint8_t *k_cache, *v_cache; /* (n_layer, n_ctx, kv_row_bytes) */
     float *scratch;             /* one block holding the buffers below */
-    float *x, *xb, *q, *k, *v, *att, *hb, *hb2, *scores, *rope;
+    float *x, *xb, *q, *k, *v, *att, *hb, *hb2, *attn_scratch, *rope;
+    int64_t attn_scratch_floats; /* per worker */
     ops_rope_scaling rope_global, rope_sliding; /* angle scaling of global / sliding-window layers */
     uint64_t weights_owned, weights_mapped; /* as ek_model_memory_needs counts them */
     uint64_t matmul_act_bytes;
@@ -54,10 +55,18 @@ static int64_t kv_dim(const ek_model_desc *d) { return (int64_t)d->n_head_kv * d
 /* Float counts of each scratch buffer, rounded up to 64 bytes so every buffer stays aligned. */
 static int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }
 
+/* An attention tile is up to ATTN_TILE_QUERIES queries sharing one KV head: heads of a GQA
+   group, for several tokens, so each K and V row read serves all of them. */
+#define ATTN_TILE_QUERIES 32
+
+static int64_t attn_scratch_floats(const ek_model_desc *d) {
+    return round16(ek_attention_scratch_floats(ATTN_TILE_QUERIES, d->head_dim));
+}
+
 static int64_t scratch_floats(const ek_model_desc *d) {
     const int64_t nb = d->n_batch;
     return 2 * round16(nb * d->n_embd) + 2 * round16(nb * q_dim(d)) + 2 * round16(nb * kv_dim(d)) +
-           2 * round16(nb * d->n_ff) + round16((int64_t)d->n_threads * d->n_ctx) + round16(2 * nb * d->n_rot);
+           2 * round16(nb * d->n_ff) + (int64_t)d->n_threads * attn_scratch_floats(d) + round16(2 * nb * d->n_rot);
 }
 
 static uint64_t kv_cache_bytes(const ek_model_desc *d) {
@@ -264,7 +273,8 @@ ek_status ek_model_create(const ek_model_desc *desc, ek_model **out) {
     m->v = p;   p += round16(nb * m->kv_dim);
     m->hb = p;  p += round16(nb * desc->n_ff);
     m->hb2 = p; p += round16(nb * desc->n_ff);
-    m->scores = p; p += round16((int64_t)desc->n_threads * desc->n_ctx);
+    m->attn_scratch = p; p += (int64_t)desc->n_threads * attn_scratch_floats(desc);
+    m->attn_scratch_floats = attn_scratch_floats(desc);
     m->rope = p;
     *out = m;
     return EK_OK;
@@ -286,10 +296,25 @@ typedef struct attn_job {
     ek_model *m;
     int il;
     int64_t n, start;
+    int64_t tok_per_tile, heads_per_tile, n_tok_tiles, n_head_tiles; /* n_head_tiles per KV head */
 } attn_job;
 
-/* Work items are (token, head) pairs, dealt round-robin so that the long
-   (late) causal rows spread over all workers. */
+/* Tiles of the n tokens: heads_per_tile heads of a group for tok_per_tile tokens. The group is
+   split over tiles only when whole groups would leave workers idle (generation on few KV heads). */
+static attn_job attn_plan(ek_model *m, int il, int64_t n, int64_t start) {
+    const ek_model_desc *d = &m->d;
+    const int64_t group = d->n_head / d->n_head_kv;
+    attn_job job = {m, il, n, start, 0, 0, 0, 0};
+    for (int64_t split = (group + ATTN_TILE_QUERIES - 1) / ATTN_TILE_QUERIES;; split++) {
+        job.heads_per_tile = (group + split - 1) / split;
+        job.n_head_tiles = (group + job.heads_per_tile - 1) / job.heads_per_tile;
+        job.tok_per_tile = ATTN_TILE_QUERIES / job.heads_per_tile;
+        job.n_tok_tiles = (n + job.tok_per_tile - 1) / job.tok_per_tile;
+        if (job.n_tok_tiles * job.n_head_tiles * d->n_head_kv >= d->n_threads || job.heads_per_tile == 1) return job;
+    }
+}
+
+/* Tiles are dealt round-robin, late (long causal) token tiles first in each round. */
 static void attn_task(void *ctx, int ith, int nth) {
     const attn_job *job = ctx;
     ek_model *m = job->m;
@@ -298,16 +323,32 @@ static void attn_task(void *ctx, int ith, int nth) {
     const int64_t hd = d->head_dim, group = d->n_head / d->n_head_kv;
     const uint8_t *kc = m->k_cache + (size_t)job->il * d->n_ctx * m->kv_row_bytes;
     const uint8_t *vc = m->v_cache + (size_t)job->il * d->n_ctx * m->kv_row_bytes;
-    float *scores = m->scores + (size_t)ith * d->n_ctx;
+    float *scratch = m->attn_scratch + (size_t)ith * m->attn_scratch_floats;
     const ek_attention_fn attend = d->kv_type == EK_TYPE_Q8_0 ? m->kernels->attention_q8_0 : m->kernels->attention_f16;
-    for (int64_t item = ith; item < job->n * d->n_head; item += nth) {
-        const int64_t i = item / d->n_head, h = item % d->n_head;
-        const int64_t pos = job->start + i;
-        /* Sliding window: positions pos - n_swa + 1 .. pos (llama.cpp masks p_q - p_k >= n_swa). */
-        const int64_t lo = L->is_swa && pos - d->n_swa + 1 > 0 ? pos - d->n_swa + 1 : 0;
-        const size_t head_off = (size_t)(h / group) * m->kv_head_bytes;
-        attend(m->q + i * q_dim(d) + h * hd, kc + lo * m->kv_row_bytes + head_off, vc + lo * m->kv_row_bytes + head_off,
-               (size_t)m->kv_row_bytes, pos - lo + 1, hd, d->attn_scale, scores, m->att + i * q_dim(d) + h * hd);
+    const float *q[ATTN_TILE_QUERIES];
+    float *out[ATTN_TILE_QUERIES];
+    int64_t lo[ATTN_TILE_QUERIES], hi[ATTN_TILE_QUERIES];
+    const int64_t per_kv = job->n_tok_tiles * job->n_head_tiles;
+    for (int64_t item = ith; item < per_kv * d->n_head_kv; item += nth) {
+        const int64_t kvh = item % d->n_head_kv, rest = item / d->n_head_kv;
+        const int64_t tt = job->n_tok_tiles - 1 - rest / job->n_head_tiles, ht = rest % job->n_head_tiles;
+        const int64_t h0 = kvh * group + ht * job->heads_per_tile;
+        const int64_t h1 = h0 + job->heads_per_tile < (kvh + 1) * group ? h0 + job->heads_per_tile : (kvh + 1) * group;
+        const int64_t t0 = tt * job->tok_per_tile, t1 = t0 + job->tok_per_tile < job->n ? t0 + job->tok_per_tile : job->n;
+        int64_t n_q = 0;
+        for (int64_t i = t0; i < t1; i++) {
+            const int64_t pos = job->start + i;
+            /* Sliding window: positions pos - n_swa + 1 .. pos (llama.cpp masks p_q - p_k >= n_swa). */
+            const int64_t first = L->is_swa && pos - d->n_swa + 1 > 0 ? pos - d->n_swa + 1 : 0;
+            for (int64_t h = h0; h < h1; h++, n_q++) {
+                q[n_q] = m->q + i * q_dim(d) + h * hd;
+                out[n_q] = m->att + i * q_dim(d) + h * hd;
+                lo[n_q] = first;
+                hi[n_q] = pos + 1;
+            }
+        }
+        const size_t head_off = (size_t)kvh * m->kv_head_bytes;
+        attend(q, out, lo, hi, n_q, kc + head_off, vc + head_off, (size_t)m->kv_row_bytes, hd, d->attn_scale, scratch);
     }
 }
 
@@ -351,7 +392,7 @@ static ek_status block_forward(ek_model *m, int il, int64_t n, int64_t start) {
         ek_kv_store(d->kv_type, m->v + i * KD, vc + pos * m->kv_row_bytes, KD);
     }
 
-    attn_job job = {m, il, n, start};
+    attn_job job = attn_plan(m, il, n, start);
     ek_pool_run(m->pool, attn_task, &job);
     if ((st = ek_matmul(L->wo, m->att, n, m->xb, m->pool)) != EK_OK) return st;
     if (L->post_attn_norm) norm_rows(m, m->xb, L->post_attn_norm, m->xb, n, E);
