@@ -22,28 +22,27 @@
 
 /* Scratch layout of ek_attention_scratch_floats (ops.c): l (n_q doubles), m (n_q),
    Q (n_q x hdp, scaled), O (n_q x hdp), P (n_q x ATTN_KEY_BLOCK), Kt and Vt (ATTN_KEY_BLOCK x hdp),
-   hdp = head_dim rounded up to ATTN_PAD, the padding zero so that rows are whole vectors. */
+   KT (head_dim x ATTN_KEY_BLOCK: Kt transposed), hdp = head_dim rounded up to ATTN_PAD, the
+   padding zero so that rows are whole vectors. */
+#define ATTN_KEY_VECS (ATTN_KEY_BLOCK / VF_LANES)
 static inline __attribute__((always_inline)) void
 attention_tile(int kv_type, const float *const *q, float *const *out, const int64_t *lo, const int64_t *hi, int64_t n_q,
                const void *k, const void *v, size_t row_bytes, int64_t head_dim, float scale, float *scratch) {
     const int64_t hd = head_dim, hdp = ek_attn_padded_dim(head_dim), kb_n = ATTN_KEY_BLOCK;
     double *l = (double *)scratch;
     float *m = scratch + 2 * n_q, *Q = m + n_q, *O = Q + n_q * hdp, *P = O + n_q * hdp;
-    float *Kt = P + n_q * kb_n, *Vt = Kt + kb_n * hdp;
+    float *Kt = P + n_q * kb_n, *Vt = Kt + kb_n * hdp, *KT = Vt + kb_n * hdp;
     int64_t kmin = INT64_MAX, kmax = 0;
     for (int64_t i = 0; i < n_q; i++) {
         l[i] = 0.0;
         m[i] = -INFINITY;
         for (int64_t c = 0; c < hd; c++) Q[i * hdp + c] = q[i][c] * scale;
-        memset(Q + i * hdp + hd, 0, (size_t)(hdp - hd) * sizeof(float));
         memset(O + i * hdp, 0, (size_t)hdp * sizeof(float));
         kmin = lo[i] < kmin ? lo[i] : kmin;
         kmax = hi[i] > kmax ? hi[i] : kmax;
     }
-    for (int64_t j = 0; j < kb_n; j++) { /* the padding columns stay zero */
-        memset(Kt + j * hdp + hd, 0, (size_t)(hdp - hd) * sizeof(float));
+    for (int64_t j = 0; j < kb_n; j++) /* the padding columns stay zero */
         memset(Vt + j * hdp + hd, 0, (size_t)(hdp - hd) * sizeof(float));
-    }
     /* Blocks start at multiples of the block size: a query's sums then do not depend on the
        ranges of the others in its tile, so the engine's tiling never changes a bit. */
     for (int64_t k0 = kmin / kb_n * kb_n; k0 < kmax; k0 += kb_n) {
@@ -52,19 +51,27 @@ attention_tile(int kv_type, const float *const *q, float *const *out, const int6
             kv_row_to_f32(kv_type, (const uint8_t *)k + (size_t)(k0 + j) * row_bytes, Kt + j * hdp, hd);
             kv_row_to_f32(kv_type, (const uint8_t *)v + (size_t)(k0 + j) * row_bytes, Vt + j * hdp, hd);
         }
-        /* Scores, 4 queries per pass over a K row (a missing 4th query repeats the first). */
+        for (int64_t j = nk; j < kb_n; j++) memset(Kt + j * hdp, 0, (size_t)hd * sizeof(float));
+        for (int64_t j = 0; j < kb_n; j++)
+            for (int64_t c = 0; c < hd; c++) KT[c * kb_n + j] = Kt[j * hdp + c];
+        /* Scores of 4 queries x the block's keys per pass over KT: a broadcast query value
+           times a vector of keys, no horizontal sums (a missing 4th query repeats the first). */
         for (int64_t i0 = 0; i0 < n_q; i0 += 4) {
             const float *qr[4];
             for (int t = 0; t < 4; t++) qr[t] = Q + (i0 + t < n_q ? i0 + t : i0) * hdp;
-            for (int64_t j = 0; j < nk; j++) {
-                const float *kr = Kt + j * hdp;
-                vf acc[4] = {vf_zero(), vf_zero(), vf_zero(), vf_zero()};
-                for (int64_t c = 0; c < hdp; c += VF_LANES) {
-                    const vf kc = vf_load(kr + c);
-                    for (int t = 0; t < 4; t++) acc[t] = vf_fma(vf_load(qr[t] + c), kc, acc[t]);
+            vf acc[4][ATTN_KEY_VECS];
+            for (int t = 0; t < 4; t++)
+                for (int r = 0; r < ATTN_KEY_VECS; r++) acc[t][r] = vf_zero();
+            for (int64_t c = 0; c < hd; c++) {
+                vf kc[ATTN_KEY_VECS];
+                for (int r = 0; r < ATTN_KEY_VECS; r++) kc[r] = vf_load(KT + c * kb_n + r * VF_LANES);
+                for (int t = 0; t < 4; t++) {
+                    const vf qc = vf_set1(qr[t][c]);
+                    for (int r = 0; r < ATTN_KEY_VECS; r++) acc[t][r] = vf_fma(qc, kc[r], acc[t][r]);
                 }
-                for (int t = 0; t < 4 && i0 + t < n_q; t++) P[(i0 + t) * kb_n + j] = vf_hsum(acc[t]);
             }
+            for (int t = 0; t < 4 && i0 + t < n_q; t++)
+                for (int r = 0; r < ATTN_KEY_VECS; r++) vf_store(P + (i0 + t) * kb_n + r * VF_LANES, acc[t][r]);
         }
         /* Online softmax and the weighted V rows, per query over its keys [a, b) of the block. */
         for (int64_t i = 0; i < n_q; i++) {
@@ -76,11 +83,12 @@ attention_tile(int kv_type, const float *const *q, float *const *out, const int6
             const float alpha = expf(m[i] - m_new); /* 0 on the first block: m is -inf */
             m[i] = m_new;
             const vf neg_max = vf_set1(-m_new);
-            for (int64_t j = a / VF_LANES * VF_LANES; j < b; j += VF_LANES)
-                vf_store(p + j, vf_exp(vf_add(vf_load(p + j), neg_max)));
-            double sum = 0.0; /* double, as the reference sums: a long row's small weights count */
-            for (int64_t j = a; j < b; j++) sum += p[j];
-            l[i] = l[i] * alpha + sum;
+            vf sum = vf_zero();
+            for (int r = 0; r < ATTN_KEY_VECS; r++) vf_store(p + r * VF_LANES, vf_exp(vf_add(vf_load(p + r * VF_LANES), neg_max)));
+            for (int64_t j = 0; j < a; j++) p[j] = 0.0f;
+            for (int64_t j = b; j < kb_n; j++) p[j] = 0.0f;
+            for (int r = 0; r < ATTN_KEY_VECS; r++) sum = vf_add(sum, vf_load(p + r * VF_LANES));
+            l[i] = l[i] * alpha + vf_hsum(sum); /* double across blocks: a long row's small weights count */
             float *o = O + i * hdp;
             for (int64_t c0 = 0; c0 < hdp; c0 += 4 * VF_LANES) {
                 const int nv = (int)((hdp - c0) / VF_LANES < 4 ? (hdp - c0) / VF_LANES : 4);
@@ -100,3 +108,4 @@ attention_tile(int kv_type, const float *const *q, float *const *out, const int6
         for (int64_t c = 0; c < hd; c++) out[i][c] = O[i * hdp + c] * inv;
     }
 }
+#undef ATTN_KEY_VECS
