@@ -17,6 +17,7 @@ import os
 from ctypes import POINTER, c_char_p, c_double, c_float, c_int, c_int32, c_int64, c_size_t, c_uint32, c_uint64, c_void_p
 
 from .errors import (
+    CancelledError,
     ContextOverflowError,
     InvalidArgumentError,
     NativeBuildError,
@@ -38,6 +39,7 @@ EK_ERR_ISA_UNAVAILABLE = 4
 EK_ERR_THREADS = 5
 EK_ERR_CONTEXT_FULL = 6
 EK_ERR_INTERNAL = 7
+EK_ERR_CANCELLED = 8
 
 # The edgesdk error each failure raises (check()); tests/test_native_status.py reads the
 # header's codes, so one added there without an entry here fails.
@@ -49,6 +51,7 @@ STATUS_ERRORS = {
     EK_ERR_THREADS: ThreadStartError,
     EK_ERR_CONTEXT_FULL: ContextOverflowError,
     EK_ERR_INTERNAL: NativeError,
+    EK_ERR_CANCELLED: CancelledError,
 }
 
 # EK_ABI_VERSION of the header this module mirrors.
@@ -226,6 +229,7 @@ def _load() -> ctypes.CDLL:
     proto("ek_model_free", None, c_void_p)
     proto("ek_model_memory_used", None, c_void_p, POINTER(EkModelMemory))
     proto("ek_model_eval", c_int, c_void_p, c_int32_p, c_int64, c_int64, c_float_p, c_int)
+    proto("ek_model_abort", None, c_void_p)
     proto("ek_model_state_bytes", c_uint64, c_void_p, c_int64)
     proto("ek_model_state_save", None, c_void_p, c_int64, c_void_p)
     proto("ek_model_state_load", None, c_void_p, c_int64, c_void_p)

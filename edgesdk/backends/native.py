@@ -383,6 +383,12 @@ class NativeBackend(Backend):
         self._n_past = start + arr.size
         return logits if all_logits else logits[0]
 
+    def abort(self) -> bool:
+        handle = self._handle
+        if handle:
+            _engine().lib.ek_model_abort(handle)
+        return True
+
     @property
     def n_past(self) -> int:
         return self._n_past

@@ -38,7 +38,8 @@ typedef enum ek_status {
     EK_ERR_ISA_UNAVAILABLE = 4, /* the CPU (or OS) lacks the requested instruction set */
     EK_ERR_THREADS = 5,         /* pthread_create failed */
     EK_ERR_CONTEXT_FULL = 6,    /* KV cache has no room for the tokens */
-    EK_ERR_INTERNAL = 7
+    EK_ERR_INTERNAL = 7,
+    EK_ERR_CANCELLED = 8        /* ek_model_abort stopped the call */
 } ek_status;
 
 EK_API const char *ek_status_str(ek_status status);
@@ -294,6 +295,11 @@ EK_API void ek_model_memory_used(const ek_model *model, ek_model_memory *out);
    all_logits, else (n_vocab) for the last token. */
 EK_API ek_status ek_model_eval(ek_model *model, const int32_t *ids, int64_t n, int64_t start,
                                float *logits, int all_logits);
+/* Ask an ek_model_eval running on another thread to stop: it returns EK_ERR_CANCELLED after
+   the layer it is in (positions from `start` on are then not valid cache). Safe from any
+   thread at any time; an eval starting later clears the request, so a caller repeats it
+   until the eval has returned. */
+EK_API void ek_model_abort(ek_model *model);
 
 /* KV cache of positions [0, n_past) as one blob, and back. */
 EK_API uint64_t ek_model_state_bytes(const ek_model *model, int64_t n_past);

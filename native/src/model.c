@@ -45,6 +45,7 @@ struct ek_model {
     ops_rope_scaling rope_global, rope_sliding; /* angle scaling of global / sliding-window layers */
     uint64_t weights_owned, weights_mapped; /* as ek_model_memory_needs counts them */
     uint64_t matmul_act_bytes;
+    atomic_int abort_requested; /* set by ek_model_abort, seen between layers */
 };
 
 /* ------------------------------------------------------------ sizes */
@@ -330,6 +331,8 @@ static void attn_task(void *ctx, int ith, int nth) {
     int64_t lo[ATTN_TILE_QUERIES], hi[ATTN_TILE_QUERIES];
     const int64_t per_kv = job->n_tok_tiles * job->n_head_tiles;
     for (int64_t item = ith; item < per_kv * d->n_head_kv; item += nth) {
+        /* a long prompt's attention is most of a layer: an abort is seen between tiles too */
+        if (atomic_load_explicit(&m->abort_requested, memory_order_relaxed)) return;
         const int64_t kvh = item % d->n_head_kv, rest = item / d->n_head_kv;
         const int64_t tt = job->n_tok_tiles - 1 - rest / job->n_head_tiles, ht = rest % job->n_head_tiles;
         const int64_t h0 = kvh * group + ht * job->heads_per_tile;
@@ -394,6 +397,7 @@ static ek_status block_forward(ek_model *m, int il, int64_t n, int64_t start) {
 
     attn_job job = attn_plan(m, il, n, start);
     ek_pool_run(m->pool, attn_task, &job);
+    if (atomic_load_explicit(&m->abort_requested, memory_order_relaxed)) return EK_ERR_CANCELLED;
     if ((st = ek_matmul(L->wo, m->att, n, m->xb, m->pool)) != EK_OK) return st;
     if (L->post_attn_norm) norm_rows(m, m->xb, L->post_attn_norm, m->xb, n, E);
     for (int64_t j = 0; j < n * E; j++) m->x[j] += m->xb[j];
@@ -427,8 +431,10 @@ static ek_status batch_forward(ek_model *m, const int32_t *ids, int64_t n, int64
             ops_rope_angles(start + i, d->n_rot, d->rope_base_swa, &m->rope_sliding, d->rope_freqs, sliding,
                             sliding + d->n_rot / 2);
     }
-    for (int il = 0; il < d->n_layer; il++)
+    for (int il = 0; il < d->n_layer; il++) {
+        if (atomic_load_explicit(&m->abort_requested, memory_order_relaxed)) return EK_ERR_CANCELLED;
         if ((st = block_forward(m, il, n, start)) != EK_OK) return st;
+    }
     if (!logits) return EK_OK;
     const int64_t first = all_logits ? 0 : n - 1, rows = n - first;
     norm_rows(m, m->x + first * E, m->output_norm, m->xb, rows, E);
@@ -438,6 +444,7 @@ static ek_status batch_forward(ek_model *m, const int32_t *ids, int64_t n, int64
 ek_status ek_model_eval(ek_model *m, const int32_t *ids, int64_t n, int64_t start, float *logits, int all_logits) {
     if (n <= 0 || start < 0) return EK_ERR_INVALID_ARG;
     if (start + n > m->d.n_ctx) return EK_ERR_CONTEXT_FULL;
+    atomic_store(&m->abort_requested, 0);
     for (int64_t done = 0; done < n;) {
         const int64_t chunk = n - done < m->d.n_batch ? n - done : m->d.n_batch;
         const int last = done + chunk == n;
@@ -448,6 +455,8 @@ ek_status ek_model_eval(ek_model *m, const int32_t *ids, int64_t n, int64_t star
     }
     return EK_OK;
 }
+
+void ek_model_abort(ek_model *m) { atomic_store(&m->abort_requested, 1); }
 
 /* ------------------------------------------------------------ state */
 
