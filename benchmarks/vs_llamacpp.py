@@ -173,7 +173,12 @@ class LlamaRunner:
         self.n_vocab = self.llm.n_vocab()
 
     def _last(self):
-        return np.array(self.llm.scores[self.llm.n_tokens - 1], dtype=np.float32)
+        # The context's last output row: Llama.scores holds n_batch rows without logits_all, too few
+        # to index by position once a prompt is longer than a batch.
+        import llama_cpp
+
+        row = llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
+        return np.ctypeslib.as_array(row, shape=(self.n_vocab,)).astype(np.float32)
 
     def prompt(self, ids):
         self.llm.reset()
