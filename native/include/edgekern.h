@@ -278,7 +278,7 @@ typedef struct ek_model ek_model;
 /* Bytes the engine allocates for desc besides the mapped weights. */
 typedef struct ek_model_memory {
     uint64_t kv_cache;      /* K and V of every layer for n_ctx positions */
-    uint64_t scratch;       /* activations for n_batch tokens, attention scores per thread, and the
+    uint64_t scratch;       /* activations for n_batch tokens, an attention tile per thread, and the
                                largest input buffer ek_matmul allocates per call */
     uint64_t weights_owned; /* repacked weight copies (desc.weight_flags with EK_WEIGHT_ALLOW_REPACK) */
     uint64_t weights_mapped; /* bytes of the matrices still read from the mapping (not repacked) */
