@@ -349,6 +349,9 @@ class Model:
                     yield text
                 if step.done:
                     break
+                if cancel is not None and cancel.is_set():   # set while the consumer held the piece
+                    stats.finish_reason = "cancelled"
+                    break
                 logits = self._eval([step.next_token], step.n_held - 1)
             text = step.finish()
             if text:
