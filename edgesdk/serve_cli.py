@@ -30,7 +30,7 @@ def add_serve_command(sub) -> None:
     """Register `serve` on the CLI's subparsers."""
     from .chat_cli import add_load_options
     from .serve.openai_api import RequestLimits
-    from .serve.http import ServerSettings
+    from .serve.settings import ServerSettings
 
     d = ServerSettings()
     p = sub.add_parser("serve", help="serve a model over the OpenAI HTTP API to many clients at once",

@@ -122,3 +122,26 @@ def test_the_test_extra_installs_everything_the_suite_imports():
     available |= {"setuptools", "wheel"}    # pyproject.toml's build system: there wherever setup.py runs
     imported = _imported_projects(REPO_ROOT / "tests")
     assert imported <= available, f"tests import projects the test extra lacks: {sorted(imported - available)}"
+
+
+# Modules only the extras bring (setup.py's extras_require): a plain `pip install edgesdk` has none.
+EXTRA_MODULES = ("llama_cpp", "onnxruntime", "onnx", "serial", "safetensors", "ml_dtypes", "starlette", "uvicorn",
+                 "prometheus_client")
+_WITHOUT_EXTRAS = """
+import sys
+for name in {blocked!r}:
+    sys.modules[name] = None    # import raises ModuleNotFoundError, importlib.util.find_spec gives None
+from edgesdk import cli
+sys.argv = ["edgesdk"] + sys.argv[1:]
+sys.exit(cli.main())
+"""
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["info", "--json"], ["serve", "--help"], ["worker", "--help"],
+                                  ["export-onnx", "--help"], ["quantize", "--help"]])
+def test_the_cli_runs_without_any_extra_installed(argv):
+    """Every subcommand registers (and `info` runs) when no optional library is importable."""
+    code = _WITHOUT_EXTRAS.format(blocked=set(EXTRA_MODULES))
+    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 0, out.stderr[-3000:]
