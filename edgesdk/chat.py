@@ -166,28 +166,22 @@ class ChatSession:
         fitted, ids = self._fit(candidate, self.config.max_tokens)
         stats = GenerationStats()
         pieces = self.model.stream_ids(ids, self.config, stats=stats, cancel=cancel)
-        before = (self.history, self.dropped_turns)
         self.dropped_turns += sum(1 for m in candidate[:len(candidate) - len(fitted)] if m["role"] == "user")
         self.history = fitted
         self.last_stats = stats
-        turn = self._turn(pieces, stats, before)
+        turn = self._turn(pieces)
         if stream:
             return turn
         return "".join(turn)
 
-    def _turn(self, pieces: Iterator[str], stats: GenerationStats, before) -> Iterator[str]:
+    def _turn(self, pieces: Iterator[str]) -> Iterator[str]:
         produced: List[str] = []
         try:
             for piece in pieces:
                 produced.append(piece)
                 yield piece
         finally:
-            if stats.finish_reason == "cancelled" and not produced:
-                # Stopped before a word of the answer (in a long prompt): the message was never
-                # answered, so the conversation is what it was before it.
-                self.history, self.dropped_turns = before
-            else:
-                self.history.append({"role": "assistant", "content": "".join(produced)})
+            self.history.append({"role": "assistant", "content": "".join(produced)})
 
     # -- persistence ---------------------------------------------------------------------------
 
