@@ -28,12 +28,13 @@ TIED = TinyConfig(n_embd=256, n_ff=512, head_dim=64, n_head=4, n_head_kv=2, n_vo
 # bits, in different blocks and orders; on these models their logits differ by up to 0.12
 # (measured), so a greedy step may differ only where llama.cpp's top two are this close.
 GREEDY_TIE_MARGIN = 0.25
-# Teacher-forced KL, summed over three models. q4_k_m: ours 0.986 of llama.cpp's (measured).
-# Q6_K is not shown to be no larger: 1.018 on these three models, and per model from 0.967 to
-# 1.037 (mean 1.006) on six other seeds of 200 tokens, while its weight error is 2.4% lower
-# tensor by tensor (the strict test above). Q6_K's KL is ~0.003 per model, and the rounding of
-# single weights moves it by a few percent either way; the bound is that spread, stated.
-KL_BOUND = {"q4_k_m": 1.0, "q6_k": 1.02}
+# Teacher-forced KL to the float model, summed over many random models: one model's KL moves by
+# a few percent either way with the rounding of a handful of weights (Q6_K per model: 0.92 to
+# 1.06 of llama.cpp's), more than the K-quants' difference in error, so three models (the first
+# version of this test: 1.018) cannot tell them apart. On these 16 seeds of 200 tokens Q6_K
+# measured 0.981 +- 0.010 (mean ratio +- its standard error).
+KL_SEEDS = tuple(range(20, 36))
+KL_TOKENS = 200
 
 
 def llama_quantize(src, dst, mix: str, pure: bool = False) -> None:
@@ -160,15 +161,12 @@ def llama_logits(path, ids):
         llm.close()
 
 
-KL_SEEDS = (7, 8, 9)
-KL_TOKENS = 120
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mix", ("q4_k_m", "q6_k"))
 def test_teacher_forced_kl_to_the_float_model_is_no_larger_than_llama_cpp(tmp_path, mix):
-    """Summed over three random models: one model's KL moves a few percent with the
-    rounding of a handful of weights, more than the K-quants' difference in error."""
+    """Summed over KL_SEEDS random models (see there)."""
     from tiny_gguf import tiny_tensors
 
     ids = [int(i) for i in np.random.default_rng(11).integers(4, CFG.n_vocab, KL_TOKENS)]
@@ -183,7 +181,7 @@ def test_teacher_forced_kl_to_the_float_model_is_no_larger_than_llama_cpp(tmp_pa
         kl_theirs += mean_kl(ref, llama_logits(tmp_path / "theirs.gguf", ids))
         kl_ours += mean_kl(ref, llama_logits(tmp_path / "ours.gguf", ids))
     print(f"{mix}: KL to float summed over {len(KL_SEEDS)} models, ours {kl_ours:.4g}, llama.cpp {kl_theirs:.4g}")
-    assert kl_ours <= kl_theirs * KL_BOUND[mix]
+    assert kl_ours <= kl_theirs
 
 
 @pytest.mark.parametrize("mix", ("q4_k_m", "q5_0"))

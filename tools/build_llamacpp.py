@@ -100,7 +100,7 @@ def build(config: str, options: dict, where: Path) -> Path:
         env["CMAKE_ARGS"] = " ".join(f"-D{k}={v}" for k, v in sorted(options.items()))
         env.setdefault("CMAKE_BUILD_PARALLEL_LEVEL", str(os.cpu_count() or 2))
         print(f"build_llamacpp: building llama-cpp-python {LLAMA_CPP_PYTHON} ({config}: {env['CMAKE_ARGS']}); "
-              "this takes 20-40 minutes on 2 cores, once", flush=True)
+              "this takes 10-20 minutes on 2 cores, once", flush=True)
         subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-cache-dir", "-q",
                         "--no-binary", "llama-cpp-python", f"llama-cpp-python=={LLAMA_CPP_PYTHON}",
                         "-w", str(work)], env=env, check=True)
