@@ -12,8 +12,8 @@ and the ratio of N clients' aggregate tok/s to one client's, per server.
 llama_cpp.server needs llama-cpp-python's [server] extra (fastapi, sse-starlette,
 ...): install it for this benchmark only (pip install 'llama-cpp-python[server]').
 It answers one request at a time; it runs with --interrupt_requests False, or a
-new request would cancel the running stream (its default), and with llama.cpp's
-plain CPU path (benchmarks/llamacpp_server.py says why).
+new request would cancel the running stream (its default), and in llama.cpp's
+fastest working CPU configuration (benchmarks/llamacpp_server.py).
 
 Models: SmolLM2-135M-Instruct (Q4_1) and the 1B-class llama with random Q4_0
 weights that benchmarks/vs_llamacpp.py writes.
@@ -54,6 +54,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def llamacpp_configuration() -> str:
+    """The configuration benchmarks/llamacpp_server.py runs llama.cpp in, in words."""
+    import llama_cpp.llama_cpp as llama_cpp_c
+
+    from edgesdk.backends.llamacpp import extra_buffer_types_work
+
+    if extra_buffer_types_work(llama_cpp_c.llama_print_system_info()):
+        return "extra buffer types on (runtime weight repacking)"
+    return "extra buffer types off: this build has AMX, whose path crashes on this CPU"
 
 
 def start_server(kind: str, path: Path, threads: int, parallel: int, port: int) -> subprocess.Popen:
@@ -180,7 +191,8 @@ def main() -> None:
         "CPUs (other processes share them; both servers are slowed, llama.cpp's spinning threads more).",
         "",
         f"Both servers: {args.threads} threads (llama.cpp: for prompts too), n_ctx {N_CTX} (edgesdk: per sequence, --parallel "
-        f"{max(clients)}; llama.cpp: its one context, --interrupt_requests False). Each client streams "
+        f"{max(clients)}; llama.cpp: its one context, --interrupt_requests False, {llamacpp_configuration()}). "
+        f"Each client streams "
         f"{args.requests} greedy /v1/completions requests one after another, a different prompt each. "
         "Aggregate tok/s: text chunks (one per token) of all clients / wall time; TTFT: send to first text "
         "chunk, over all requests. 'xN/x1': aggregate tok/s against one client's on the same server.",

@@ -3,18 +3,29 @@
 Both engines in one run, same file, same thread count; each measurement runs in
 its own subprocess (so peak RSS is per engine), several times; medians reported.
 
-  prompt processing  tok/s over a 512-token prompt
+  prompt processing  tok/s over a 512-token prompt, and over long prompts (4,096 and 8,192
+                     tokens by default, each in a context of its own length)
   generation         tok/s over 128 greedy tokens after a short prompt
   time to first token  from loading the file to the first token's logits (32-token prompt)
   peak RSS           of the worker process
 plus generation as a fraction of the memory-bandwidth limit: weight bytes read per
 token x tok/s / read bandwidth measured in the same run (ek_measure_read_bandwidth).
 
+llama.cpp runs in its fastest configuration that works here and, beside it, its plain path:
+  llamacpp        extra buffer types (runtime weight repacking) on, unless the installed build has
+                  AMX, whose path crashes on this CPU (edgesdk.backends.llamacpp decides; the report
+                  says which it was)
+  llamacpp_plain  use_extra_bufts=False
+The "x86 mini-PC" rows (--avx2) force our kernels to AVX2 (EDGESDK_ISA=avx2) against llama.cpp built
+for AVX2 only, from its own venv ($EDGESDK_HOME/bench/llamacpp-avx2, built once by
+tools/build_llamacpp.py --config avx2): the Intel N100/N150 class has no AVX-512.
+
 Models: SmolLM2-135M-Instruct (Q4_1), Gemma-3-270M (Q4_K_M), and a 1B-class llama
 with random Q4_0 weights (TinyLlama's shape), written by this script once under
 $EDGESDK_HOME/bench.
 
   python benchmarks/vs_llamacpp.py [--runs 3] [--threads 2] [--models smollm2,gemma3,llama1b]
+                                   [--long 4096,8192] [--long-runs 1] [--avx2 | --avx2-only]
 Writes benchmarks/RESULTS.md.
 
 On a device without llama.cpp (a Raspberry Pi with edgesdk's wheel: llama-cpp-python has no aarch64
@@ -146,10 +157,10 @@ def prompt_ids(n_vocab: int, n: int, seed: int) -> list:
 
 
 class NativeRunner:
-    def __init__(self, path, threads):
+    def __init__(self, path, threads, n_ctx=N_CTX):
         from edgesdk.backends.native import NativeBackend
 
-        self.be = NativeBackend(path, n_ctx=N_CTX, threads=threads)
+        self.be = NativeBackend(path, n_ctx=n_ctx, threads=threads)
         self.n_vocab = self.be.n_vocab
 
     def prompt(self, ids):
@@ -160,14 +171,20 @@ class NativeRunner:
 
 
 class LlamaRunner:
-    def __init__(self, path, threads):
+    def __init__(self, path, threads, n_ctx=N_CTX, extra_buffer_types=None):
         from llamacpp_ref import load_llama
 
-        self.llm = load_llama(path, n_ctx=N_CTX, logits_all=False, n_threads=threads, n_batch=PROMPT_TOKENS)
+        self.llm = load_llama(path, n_ctx=n_ctx, logits_all=False, n_threads=threads, n_batch=PROMPT_TOKENS,
+                              extra_buffer_types=extra_buffer_types)
         self.n_vocab = self.llm.n_vocab()
 
     def _last(self):
-        return np.array(self.llm.scores[self.llm.n_tokens - 1], dtype=np.float32)
+        # The context's last output row: Llama.scores holds n_batch rows without logits_all, too few
+        # to index by position once a prompt is longer than a batch.
+        import llama_cpp
+
+        row = llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
+        return np.ctypeslib.as_array(row, shape=(self.n_vocab,)).astype(np.float32)
 
     def prompt(self, ids):
         self.llm.reset()
@@ -189,21 +206,42 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def worker(engine: str, path: str, threads: int, what: str) -> dict:
-    cls = NativeRunner if engine == "native" else LlamaRunner
+# Engines: how each worker process is started and what it runs. "python" None: this interpreter.
+def engines(avx2_python=None) -> dict:
+    table = {
+        "native": {"python": None, "env": {}, "runner": "native"},
+        "llamacpp": {"python": None, "env": {}, "runner": "llamacpp"},
+        "llamacpp_plain": {"python": None, "env": {}, "runner": "llamacpp", "extra_buffer_types": False},
+    }
+    if avx2_python:
+        table["native_avx2"] = {"python": None, "env": {"EDGESDK_ISA": "avx2"}, "runner": "native"}
+        # That build has no AMX: its extra buffer types (repacking) are on.
+        table["llamacpp_avx2"] = {"python": avx2_python, "env": {}, "runner": "llamacpp", "extra_buffer_types": True}
+    return table
+
+
+def make_runner(spec: dict, path: str, threads: int, n_ctx: int):
+    if spec["runner"] == "native":
+        return NativeRunner(path, threads, n_ctx)
+    return LlamaRunner(path, threads, n_ctx, spec.get("extra_buffer_types"))
+
+
+def worker(spec: dict, path: str, threads: int, what: str) -> dict:
+    n_long = int(what[3:]) if what.startswith("pp_") else 0
     t0 = time.perf_counter()
-    runner = cls(path, threads)
+    runner = make_runner(spec, path, threads, n_long or N_CTX)
     if what == "ttft":
         logits = runner.prompt(prompt_ids(runner.n_vocab, TTFT_PROMPT_TOKENS, 1))
         int(np.argmax(logits))
         return {"ttft_s": time.perf_counter() - t0,
                 "peak_rss": peak_rss()}
-    if what == "pp":
-        ids = prompt_ids(runner.n_vocab, PROMPT_TOKENS, 2)
+    if what == "pp" or n_long:
+        n = n_long or PROMPT_TOKENS
+        ids = prompt_ids(runner.n_vocab, n, 2)
         runner.prompt(ids[:16])  # warm-up: page in the weights
         t = time.perf_counter()
         runner.prompt(ids)
-        return {"pp_tok_s": PROMPT_TOKENS / (time.perf_counter() - t)}
+        return {f"pp{n}_tok_s" if n_long else "pp_tok_s": n / (time.perf_counter() - t)}
     if what == "gen":
         ids = prompt_ids(runner.n_vocab, 8, 3)
         logits = runner.prompt(ids)
@@ -217,12 +255,49 @@ def worker(engine: str, path: str, threads: int, what: str) -> dict:
     raise SystemExit(f"unknown measurement {what}")
 
 
-def run_worker(engine, path, threads, what) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--worker", engine, str(path), str(threads), what],
-                         capture_output=True, text=True, check=False)
+def run_worker(spec, path, threads, what) -> dict:
+    env = dict(os.environ, **spec["env"])
+    out = subprocess.run([spec["python"] or sys.executable, __file__, "--worker", json.dumps(spec), str(path),
+                          str(threads), what], capture_output=True, text=True, check=False, env=env)
     if out.returncode != 0:
-        raise RuntimeError(f"{engine} {what} on {path} failed:\n{out.stderr[-2000:]}")
+        raise RuntimeError(f"{spec} {what} on {path} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def avx2_llamacpp_python() -> str:
+    """The AVX2-only llama.cpp's venv interpreter, building the venv once (tools/build_llamacpp.py)."""
+    from edgesdk import registry
+
+    where = registry.home() / "bench" / "llamacpp-avx2"
+    python = where / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, str(ROOT / "tools" / "build_llamacpp.py"), "--config", "avx2",
+                        "--venv", str(where)], check=True)
+    return str(python)
+
+
+def llamacpp_info(python=None) -> dict:
+    """Version, system info and whether extra buffer types are on, of the llama.cpp a python imports."""
+    from edgesdk.backends.llamacpp import extra_buffer_types_work
+
+    probe = ("import json, llama_cpp; print(json.dumps({'version': llama_cpp.__version__, "
+             "'system': llama_cpp.llama_print_system_info().decode().strip()}))")
+    out = subprocess.run([python or sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    info = json.loads(out.stdout.strip().splitlines()[-1])
+    info["extra"] = extra_buffer_types_work(info["system"].encode())
+    return info
+
+
+def last_level_cache_bytes() -> int:
+    best = 0
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            text = (index / "size").read_text().strip()
+        except OSError:
+            continue
+        value = int(text.rstrip("KMG")) * {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1], 1)
+        best = max(best, value)
+    return best
 
 
 # ------------------------------------------------------------ report
@@ -240,7 +315,7 @@ def weight_bytes_per_token(path) -> int:
         f.close()
 
 
-def machine_description(engines) -> str:
+def machine_description() -> str:
     from edgesdk import _native
 
     cpu = platform.processor()
@@ -252,18 +327,83 @@ def machine_description(engines) -> str:
     except OSError:
         pass
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
-    text = (f"{cpu}, {os.cpu_count()} logical CPUs, {mem:.1f} GiB RAM, {platform.system()} {platform.release()} "
-            f"{platform.machine()}; native ISA {_native.isa_current()}")
-    if "llamacpp" not in engines:
-        return text
-    import llama_cpp
-
-    return (f"{text}; llama-cpp-python {llama_cpp.__version__} "
-            "(loaded with use_extra_bufts=False: its AMX path crashes on Q4_1 on this CPU)")
+    return (f"{cpu}, {os.cpu_count()} logical CPUs, {mem:.1f} GiB RAM, last-level cache "
+            f"{last_level_cache_bytes() / 2 ** 20:.0f} MiB, {platform.system()} {platform.release()}; "
+            f"native ISA {_native.isa_current()}")
 
 
-def bandwidth_lines(rows) -> list:
-    lines = ["", "Read bandwidth and weight bytes per token:", ""]
+def llamacpp_description(info: dict) -> str:
+    config = ("extra buffer types ON (runtime weight repacking)" if info["extra"] else
+              "extra buffer types OFF: this build has AMX, whose path crashes on this CPU, so its best working "
+              "configuration is the plain path")
+    return f"llama-cpp-python {info['version']}, {config}; ggml: `{info['system']}`"
+
+
+def measure(table, names, paths, args, long_lengths) -> list:
+    """Rows (model, medians per engine, weight bytes per token, bandwidth) for the engines named."""
+    from edgesdk import kernels
+
+    rows = []
+    for name, path in paths.items():
+        res = {e: {} for e in names}
+        whats = ["pp", "gen", "ttft"]
+        for run in range(args.runs):
+            # Alternate the engines within each run so drift in machine load hits all of them.
+            for what in whats + ([f"pp_{n}" for n in long_lengths] if run < args.long_runs else []):
+                for engine in names:
+                    for key, value in run_worker(table[engine], path, args.threads, what).items():
+                        res[engine].setdefault(key, []).append(value)
+            print(f"{name}: run {run + 1}/{args.runs} done", file=sys.stderr, flush=True)
+        with kernels.Pool(args.threads) as pool:
+            bandwidth = kernels.measure_read_bandwidth(1 << 29, 5, pool)
+        med = {e: {k: statistics.median(v) for k, v in r.items()} for e, r in res.items()}
+        rows.append((name, med, weight_bytes_per_token(path), bandwidth))
+        print(name, json.dumps(med), file=sys.stderr, flush=True)
+    return rows
+
+
+def table_lines(rows, ours, best, plain, long_lengths) -> list:
+    """Markdown tables: short measurements, then long prompts; ratios are ours / theirs."""
+    def ratio(a, b):
+        return f"{a / b:.2f}x"
+
+    plain_cols = plain is not None
+    head = ("| model | prompt tok/s native | llama.cpp | ratio |" + (" plain | ratio |" if plain_cols else "")
+            + " gen tok/s native | llama.cpp | ratio |" + (" plain | ratio |" if plain_cols else "")
+            + " TTFT s native | llama.cpp | peak RSS MiB native | llama.cpp | ratio |"
+            + " gen % of BW limit native | llama.cpp | weights vs LLC |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    llc = last_level_cache_bytes()
+    for name, med, per_token, bandwidth in rows:
+        n, l = med[ours], med[best]
+        p = med[plain] if plain_cols else None
+        limit = bandwidth / per_token
+        rss_n, rss_l = n["peak_rss"] / 2 ** 20, l["peak_rss"] / 2 ** 20
+        cells = [name, f"{n['pp_tok_s']:.1f}", f"{l['pp_tok_s']:.1f}", ratio(n['pp_tok_s'], l['pp_tok_s'])]
+        if p:
+            cells += [f"{p['pp_tok_s']:.1f}", ratio(n['pp_tok_s'], p['pp_tok_s'])]
+        cells += [f"{n['gen_tok_s']:.1f}", f"{l['gen_tok_s']:.1f}", ratio(n['gen_tok_s'], l['gen_tok_s'])]
+        if p:
+            cells += [f"{p['gen_tok_s']:.1f}", ratio(n['gen_tok_s'], p['gen_tok_s'])]
+        cells += [f"{n['ttft_s']:.2f}", f"{l['ttft_s']:.2f}", f"{rss_n:.0f}", f"{rss_l:.0f}", f"{rss_n / rss_l:.2f}",
+                  f"{100 * n['gen_tok_s'] / limit:.0f}%", f"{100 * l['gen_tok_s'] / limit:.0f}%",
+                  "fits" if per_token <= llc else "does not fit"]
+        lines.append("| " + " | ".join(cells) + " |")
+    if long_lengths:
+        lines += ["", "| model | prompt tokens | native tok/s | llama.cpp | ratio |" + (" plain | ratio |" if plain_cols else ""),
+                  "|---|---|---|---|---|" + ("---|---|" if plain_cols else "")]
+        for name, med, _, _ in rows:
+            for n_tok in long_lengths:
+                key = f"pp{n_tok}_tok_s"
+                if key not in med[ours]:
+                    continue
+                a, b = med[ours][key], med[best][key]
+                cells = [name, str(n_tok), f"{a:.1f}", f"{b:.1f}", ratio(a, b)]
+                if plain_cols:
+                    c = med[plain][key]
+                    cells += [f"{c:.1f}", ratio(a, c)]
+                lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Read bandwidth and weight bytes per token:", ""]
     for name, _, per_token, bandwidth in rows:
         lines.append(f"- {name}: {per_token / 2 ** 20:.1f} MiB per token, {bandwidth / 1e9:.2f} GB/s "
                      f"-> limit {bandwidth / per_token:.1f} tok/s")
@@ -271,11 +411,11 @@ def bandwidth_lines(rows) -> list:
 
 
 def native_report(rows, args, load_before) -> str:
-    """edgesdk alone (no llama.cpp here): its figures, and generation against the bandwidth limit."""
+    """edgesdk alone (no llama.cpp on this device): its figures, and generation against the bandwidth limit."""
     lines = [
         "# Native engine on this device",
         "",
-        f"Machine: {machine_description(['native'])}.",
+        f"Machine: {machine_description()}.",
         "",
         f"Load average (1 min) at start {load_before:.1f}, at end {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs.",
         "",
@@ -291,85 +431,89 @@ def native_report(rows, args, load_before) -> str:
         n = med["native"]
         lines.append(f"| {name} | {n['pp_tok_s']:.1f} | {n['gen_tok_s']:.1f} | {n['ttft_s']:.2f} "
                      f"| {n['peak_rss'] / 2 ** 20:.0f} | {100 * n['gen_tok_s'] * per_token / bandwidth:.0f}% |")
-    return "\n".join(lines + bandwidth_lines(rows)) + "\n"
+    for name, _, per_token, bandwidth in rows:
+        lines.append(f"- {name}: {per_token / 2 ** 20:.1f} MiB per token, {bandwidth / 1e9:.2f} GB/s "
+                     f"-> limit {bandwidth / per_token:.1f} tok/s")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--worker", nargs=4, metavar=("ENGINE", "PATH", "THREADS", "WHAT"))
+    ap.add_argument("--worker", nargs=4, metavar=("SPEC", "PATH", "THREADS", "WHAT"))
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--long-runs", type=int, default=1, help="runs (of --runs) that also time the long prompts")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--models", default="smollm2,gemma3,llama1b")
+    ap.add_argument("--long", default="4096,8192", help="long prompt lengths ('' for none)")
+    group = ap.add_mutually_exclusive_group()
+    group.add_argument("--avx2", action="store_true", help="also the x86 mini-PC rows")
+    group.add_argument("--avx2-only", action="store_true", help="only the x86 mini-PC rows")
     ap.add_argument("--out", default=str(HERE / "RESULTS.md"))
     ap.add_argument("--engines", default="native,llamacpp", choices=["native,llamacpp", "native"],
-                    help="native alone where llama.cpp is not installed")
+                    help="native alone where llama.cpp is not installed (a Raspberry Pi with edgesdk's wheel)")
     args = ap.parse_args()
     if args.worker:
-        engine, path, threads, what = args.worker
-        print(json.dumps(worker(engine, path, int(threads), what)))
+        spec, path, threads, what = args.worker
+        print(json.dumps(worker(json.loads(spec), path, int(threads), what)))
         return
 
-    from edgesdk import kernels
-
-    engines = args.engines.split(",")
-    paths = model_paths(args.models.split(","))
-    load_before = os.getloadavg()[0]
-    rows = []
-    for name, path in paths.items():
-        res = {engine: {} for engine in engines}
-        for run in range(args.runs):
-            # Alternate the engines within each run so drift in machine load hits both.
-            for what in ("pp", "gen", "ttft"):
-                for engine in engines:
-                    for key, value in run_worker(engine, path, args.threads, what).items():
-                        res[engine].setdefault(key, []).append(value)
-            print(f"{name}: run {run + 1}/{args.runs} done", file=sys.stderr, flush=True)
-        with kernels.Pool(args.threads) as pool:
-            bandwidth = kernels.measure_read_bandwidth(1 << 29, 5, pool)
-        med = {e: {k: statistics.median(v) for k, v in r.items()} for e, r in res.items()}
-        per_token = weight_bytes_per_token(path)
-        rows.append((name, med, per_token, bandwidth))
-        print(name, json.dumps(med), file=sys.stderr, flush=True)
-
-    if engines == ["native"]:
-        text = native_report(rows, args, load_before)
+    long_lengths = [int(x) for x in args.long.split(",") if x]
+    if args.engines == "native":
+        paths = model_paths(args.models.split(","))
+        load_before = os.getloadavg()[0]
+        text = native_report(measure(engines(None), ["native"], paths, args, long_lengths), args, load_before)
         Path(args.out).write_text(text)
         print(text)
         return
+    avx2_python = avx2_llamacpp_python() if args.avx2 or args.avx2_only else None
+    table = engines(avx2_python)
+    paths = model_paths(args.models.split(","))
+    info = llamacpp_info()
+    load_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    sections = []
+    if not args.avx2_only:
+        # When the best configuration is the plain path, the plain column would repeat it.
+        names = ["native", "llamacpp"] + (["llamacpp_plain"] if info["extra"] else [])
+        rows = measure(table, names, paths, args, long_lengths)
+        sections += [f"## This machine: native ({table_isa()}) vs llama.cpp", "",
+                     f"llama.cpp: {llamacpp_description(info)}. \"plain\": the same build with use_extra_bufts=False.", ""]
+        sections += table_lines(rows, "native", "llamacpp", "llamacpp_plain" if info["extra"] else None, long_lengths)
+        sections.append("")
+    if avx2_python:
+        rows = measure(table, ["native_avx2", "llamacpp_avx2"], paths, args, long_lengths)
+        sections += ["## x86 mini-PC: native forced to AVX2 vs llama.cpp built for AVX2 only", "",
+                     f"llama.cpp: {llamacpp_description(llamacpp_info(avx2_python))}.", ""]
+        sections += table_lines(rows, "native_avx2", "llamacpp_avx2", None, long_lengths)
+        sections.append("")
+
     lines = [
         "# Native engine vs llama.cpp",
         "",
-        f"Machine: {machine_description(engines)}.",
+        f"Machine: {machine_description()}.",
         "",
         f"Load average (1 min) at start {load_before:.1f}, at end {os.getloadavg()[0]:.1f} on "
-        f"{os.cpu_count()} CPUs: other processes running during the benchmark slow both engines, llama.cpp's "
-        "spinning workers more.",
+        f"{os.cpu_count()} CPUs; the run took {(time.perf_counter() - started) / 60:.0f} min: other processes "
+        "running during the benchmark slow every engine, llama.cpp's spinning workers more.",
         "",
-        f"Threads: {args.threads} for both engines; medians of {args.runs} runs, each measurement in its own "
-        f"process. Prompt: {PROMPT_TOKENS} tokens; generation: {GEN_TOKENS} greedy tokens; time to first token: "
-        f"load + {TTFT_PROMPT_TOKENS}-token prompt. Ratios are native / llama.cpp (higher is better for speed, "
-        "lower for time and RSS). Bandwidth fraction: weight bytes per token x generation tok/s / read "
-        "bandwidth measured in the same run.",
+        f"Threads: {args.threads} for every engine; medians of {args.runs} runs (long prompts: {args.long_runs}), "
+        f"each measurement in its own process. Prompt: {PROMPT_TOKENS} tokens (long prompts in a context of "
+        f"their own length); generation: {GEN_TOKENS} greedy tokens; time to first token: load + "
+        f"{TTFT_PROMPT_TOKENS}-token prompt. Ratios are native / llama.cpp (higher is better for speed, "
+        "lower for RSS). Bandwidth fraction: weight bytes per token x generation tok/s / read "
+        "bandwidth measured in the same run. \"weights vs LLC\": whether the bytes a token reads fit the "
+        "last-level cache (then generation is not bound by DRAM bandwidth).",
         "",
-        "| model | prompt tok/s native | llama.cpp | ratio | gen tok/s native | llama.cpp | ratio | "
-        "TTFT s native | llama.cpp | ratio | peak RSS MiB native | llama.cpp | ratio | gen % of BW limit native | llama.cpp |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, med, per_token, bandwidth in rows:
-        n, l = med["native"], med["llamacpp"]
-        rss_n, rss_l = n["peak_rss"] / 2 ** 20, l["peak_rss"] / 2 ** 20
-        limit = bandwidth / per_token
-        lines.append(
-            f"| {name} | {n['pp_tok_s']:.1f} | {l['pp_tok_s']:.1f} | {n['pp_tok_s'] / l['pp_tok_s']:.2f}x "
-            f"| {n['gen_tok_s']:.1f} | {l['gen_tok_s']:.1f} | {n['gen_tok_s'] / l['gen_tok_s']:.2f}x "
-            f"| {n['ttft_s']:.2f} | {l['ttft_s']:.2f} | {n['ttft_s'] / l['ttft_s']:.2f} "
-            f"| {rss_n:.0f} | {rss_l:.0f} | {rss_n / rss_l:.2f} "
-            f"| {100 * n['gen_tok_s'] / limit:.0f}% | {100 * l['gen_tok_s'] / limit:.0f}% |"
-        )
-    lines += bandwidth_lines(rows)
+    ] + sections
     text = "\n".join(lines) + "\n"
     Path(args.out).write_text(text)
     print(text)
+
+
+def table_isa() -> str:
+    from edgesdk import _native
+
+    return _native.isa_current()
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import os
 from ctypes import POINTER, c_char_p, c_double, c_float, c_int, c_int32, c_int64, c_size_t, c_uint32, c_uint64, c_void_p
 
 from .errors import (
+    CancelledError,
     ContextOverflowError,
     InvalidArgumentError,
     NativeBuildError,
@@ -37,6 +38,7 @@ EK_ERR_ISA_UNAVAILABLE = 4
 EK_ERR_THREADS = 5
 EK_ERR_CONTEXT_FULL = 6
 EK_ERR_INTERNAL = 7
+EK_ERR_CANCELLED = 8
 
 # The edgesdk error each failure raises (check()); tests/test_native_status.py reads the
 # header's codes, so one added there without an entry here fails.
@@ -48,6 +50,7 @@ STATUS_ERRORS = {
     EK_ERR_THREADS: ThreadStartError,
     EK_ERR_CONTEXT_FULL: ContextOverflowError,
     EK_ERR_INTERNAL: NativeError,
+    EK_ERR_CANCELLED: CancelledError,
 }
 
 # EK_ABI_VERSION of the header this module mirrors.
@@ -228,8 +231,9 @@ def _load() -> ctypes.CDLL:
     proto("ek_kv_row_bytes", c_int64, c_int, c_int64)
     proto("ek_kv_store", None, c_int, c_float_p, c_void_p, c_int64)
     proto("ek_kv_load", None, c_int, c_void_p, c_float_p, c_int64)
-    proto("ek_attention_head", None, c_float_p, c_void_p, c_void_p, c_int, c_size_t, c_int64, c_int64, c_float,
-          c_float_p, c_float_p)
+    proto("ek_attention_scratch_floats", c_int64, c_int64, c_int64)
+    proto("ek_attention", None, c_void_p, c_void_p, c_void_p, c_void_p, c_int64, c_void_p, c_void_p, c_int, c_size_t,
+          c_int64, c_float, c_float_p)
     proto("ek_model_memory_needs", c_int, POINTER(EkModelDesc), POINTER(EkModelMemory))
     proto("ek_model_create", c_int, POINTER(EkModelDesc), POINTER(c_void_p))
     proto("ek_model_free", None, c_void_p)
@@ -239,6 +243,7 @@ def _load() -> ctypes.CDLL:
     proto("ek_model_seq_copy", None, c_void_p, c_int32, c_int32, c_int64)
     proto("ek_model_activation_sums_len", c_int64, c_void_p)
     proto("ek_model_set_activation_sums", None, c_void_p, c_void_p)
+    proto("ek_model_abort", None, c_void_p)
     proto("ek_model_state_bytes", c_uint64, c_void_p, c_int64)
     proto("ek_model_state_save", None, c_void_p, c_int32, c_int64, c_void_p)
     proto("ek_model_state_load", None, c_void_p, c_int32, c_int64, c_void_p)

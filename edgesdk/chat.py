@@ -166,22 +166,28 @@ class ChatSession:
         fitted, ids = self._fit(candidate, self.config.max_tokens)
         stats = GenerationStats()
         pieces = self.model.stream_ids(ids, self.config, stats=stats, cancel=cancel)
+        before = (self.history, self.dropped_turns)
         self.dropped_turns += sum(1 for m in candidate[:len(candidate) - len(fitted)] if m["role"] == "user")
         self.history = fitted
         self.last_stats = stats
-        turn = self._turn(pieces)
+        turn = self._turn(pieces, stats, before)
         if stream:
             return turn
         return "".join(turn)
 
-    def _turn(self, pieces: Iterator[str]) -> Iterator[str]:
+    def _turn(self, pieces: Iterator[str], stats: GenerationStats, before) -> Iterator[str]:
         produced: List[str] = []
         try:
             for piece in pieces:
                 produced.append(piece)
                 yield piece
         finally:
-            self.history.append({"role": "assistant", "content": "".join(produced)})
+            if stats.finish_reason == "cancelled" and not produced:
+                # Stopped before a word of the answer (in a long prompt): the message was never
+                # answered, so the conversation is what it was before it.
+                self.history, self.dropped_turns = before
+            else:
+                self.history.append({"role": "assistant", "content": "".join(produced)})
 
     # -- persistence ---------------------------------------------------------------------------
 

@@ -275,10 +275,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     model = _open_model(args.model, args)
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + \
         [{"role": "user", "content": args.prompt}]
+    # Given an event (never set), the prompt runs on a helper thread: Ctrl-C's KeyboardInterrupt
+    # reaches this thread at once and aborts the engine within one layer, not one batch.
+    cancel = threading.Event()
     if args.json:
-        print(json.dumps(model.chat(messages, **_sampling(args)), ensure_ascii=False))
+        print(json.dumps(model.chat(messages, cancel=cancel, **_sampling(args)), ensure_ascii=False))
         return 0
-    for chunk in model.chat(messages, stream=True, **_sampling(args)):
+    for chunk in model.chat(messages, stream=True, cancel=cancel, **_sampling(args)):
         piece = chunk["choices"][0]["delta"].get("content")
         if piece:
             sys.stdout.write(piece)

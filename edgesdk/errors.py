@@ -74,6 +74,10 @@ class ContextOverflowError(EdgeSDKError):
     """More tokens than the context (KV cache) can hold."""
 
 
+class CancelledError(EdgeSDKError):
+    """An evaluation was stopped by Backend.abort() before it finished; the cache past its start is gone."""
+
+
 class TemplateError(EdgeSDKError):
     """A chat template failed, timed out, or tried to escape its sandbox."""
 

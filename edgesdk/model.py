@@ -34,7 +34,7 @@ import numpy as np
 from . import loading, registry
 from .backends.base import Backend, check_ids
 from .config import LoadConfig
-from .errors import ContextOverflowError, InvalidArgumentError, NumericError, TokenizerError
+from .errors import CancelledError, ContextOverflowError, InvalidArgumentError, NumericError, TokenizerError
 from .generation import DEFAULT_GENERATION, Continuation, GenerationConfig, GenerationStats
 from .memory import MemoryPlan
 from .sampling import Sampler
@@ -217,8 +217,49 @@ class Model:
         for at in range(common, len(ids), self.n_batch):
             if cancel is not None and cancel.is_set():
                 return None, common
-            logits = self._eval(ids[at:at + self.n_batch], at)
+            logits = self._eval_cancellable(ids[at:at + self.n_batch], at, cancel)
+            if logits is None:
+                return None, common
         return logits, common
+
+    # How often the waiting thread looks at the cancel event and repeats the abort request.
+    _CANCEL_POLL_S = 0.02
+
+    def _eval_cancellable(self, ids: List[int], start: int, cancel: Optional[threading.Event]) -> Optional[np.ndarray]:
+        """_eval on a helper thread while this one waits, so that this thread stays free to run signal
+        handlers: Ctrl-C's handler (or another thread) setting `cancel`, or a KeyboardInterrupt,
+        aborts the backend within one layer instead of one batch. None when cancelled."""
+        if cancel is None:
+            return self._eval(ids, start)
+        outcome: Dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                outcome["logits"] = self._eval(ids, start)
+            except BaseException as exc:  # handed to the waiting thread
+                outcome["error"] = exc
+
+        helper = threading.Thread(target=work, name="edgesdk-prefill", daemon=True)
+        helper.start()
+        try:
+            while helper.is_alive():
+                if cancel.wait(self._CANCEL_POLL_S):
+                    break
+        finally:  # an exception here (KeyboardInterrupt) must not leave the helper writing the cache
+            interrupted = None
+            while helper.is_alive():
+                try:
+                    helper.join(self._CANCEL_POLL_S if self.backend.abort() else None)
+                except KeyboardInterrupt as exc:  # a second Ctrl-C: still wait, then raise it
+                    interrupted = exc
+            if interrupted is not None:
+                raise interrupted
+        error = outcome.get("error")
+        if isinstance(error, CancelledError) or (error is None and cancel.is_set()):
+            return None
+        if error is not None:
+            raise error
+        return outcome["logits"]
 
     # -- public API -------------------------------------------------------------------
 

@@ -19,15 +19,43 @@ from edgesdk.backends.native import NativeBackend
 
 FIDELITY_ROWS = 64  # rows turned into float64 at a time: 64 x 262144 x 8 B = 128 MiB for Gemma-3
 
+# How much less faithful than llama.cpp an engine may measure and still be called as faithful
+# (issue 14): both sit on the same noise floor (8-bit activations, f32 sums), so neither can be
+# held to the other exactly.
+# Mean KL (nats): one bifurcating position can carry a 512-position mean. Measured: Gemma-3 code,
+# position 19, where rounding-level changes to attention moved that one position's KL between
+# 0.0065 and 0.78 (0.033 AVX-512, 0.44 scalar, 0.78 AVX2), i.e. the mean by up to 0.0015, while
+# the median position moved by under 2%. Elsewhere native minus llama.cpp measured -0.0006 to +0.0002.
+KL_TOLERANCE = 0.002
+# ... so the median position's KL carries the systematic check the mean cannot: a kernel that is
+# a little wrong everywhere moves every position. Measured native / llama.cpp medians: 0.82-1.05.
+MEDIAN_KL_MAX_RATIO = 1.10
+# Top-1 agreement with the truth may be this fraction of positions lower (13 of 512). Top-1 over
+# all positions counts near-ties, which rounding decides: our own paths, which differ only in f32
+# summation order (AVX2, AVX-512, K-quants repacked or in the file layout), span 0.947-0.973 on
+# Gemma-3 prose, 14 positions apart, with llama.cpp at 0.961 in between. A real fault (a wrong
+# RoPE, a broken kernel) costs far more, and shows in the KL as well.
+TOP1_TOLERANCE = 0.025
+
 
 @dataclass(frozen=True)
 class Fidelity:
     mean_kl: float   # mean over positions of KL(softmax(truth) || softmax(other)), nats
     top1: float      # fraction of positions where the argmaxes agree
     n: int           # positions compared
+    median_kl: float = 0.0   # the median position's KL: blind to the few positions that bifurcate
 
     def __str__(self) -> str:
-        return f"mean KL {self.mean_kl:.5f}, top-1 {self.top1:.4f} over {self.n} positions"
+        return (f"mean KL {self.mean_kl:.5f} (median {self.median_kl:.5f}), top-1 {self.top1:.4f} "
+                f"over {self.n} positions")
+
+
+def assert_as_faithful_as(ours: Fidelity, reference: Fidelity) -> None:
+    """AssertionError naming the measure when `ours` strays from the truth further than
+    `reference` (llama.cpp on the same tokens) beyond the tolerances above."""
+    assert ours.mean_kl <= reference.mean_kl + KL_TOLERANCE, f"mean KL: {ours} against {reference}"
+    assert ours.median_kl <= reference.median_kl * MEDIAN_KL_MAX_RATIO, f"median KL: {ours} against {reference}"
+    assert ours.top1 >= reference.top1 - TOP1_TOLERANCE, f"top-1: {ours} against {reference}"
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
@@ -41,16 +69,17 @@ def fidelity(truth_logits, other_logits) -> Fidelity:
     n = len(truth_logits)
     if len(other_logits) != n:
         raise ValueError(f"{n} rows of truth against {len(other_logits)} rows of the other engine")
-    kl_sum, agree = 0.0, 0
+    kls, agree = [], 0
     for r0 in range(0, n, FIDELITY_ROWS):
         p = np.asarray(truth_logits[r0:r0 + FIDELITY_ROWS], dtype=np.float64)
         q = np.asarray(other_logits[r0:r0 + FIDELITY_ROWS], dtype=np.float64)
         if p.shape != q.shape:
             raise ValueError(f"rows {r0}..: truth {p.shape} against {q.shape}")
         lp, lq = log_softmax(p), log_softmax(q)
-        kl_sum += float((np.exp(lp) * (lp - lq)).sum())
+        kls.append((np.exp(lp) * (lp - lq)).sum(axis=-1))
         agree += int((p.argmax(-1) == q.argmax(-1)).sum())
-    return Fidelity(kl_sum / n, agree / n, n)
+    kl = np.concatenate(kls)
+    return Fidelity(float(kl.mean()), agree / n, n, float(np.median(kl)))
 
 
 # ------------------------------------------------------------------ texts

@@ -52,7 +52,8 @@ class LlamaCppDirect:
         self.L = L
         mp = L.llama_model_default_params()
         mp.n_gpu_layers = 0
-        mp.use_extra_bufts = False
+        from edgesdk.backends.llamacpp import extra_buffer_types_work
+        mp.use_extra_bufts = extra_buffer_types_work(L.llama_print_system_info())
         self.model = L.llama_model_load_from_file(path.encode(), mp)
         if not self.model:
             raise RuntimeError("llama_model_load_from_file failed")

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pexpect
@@ -185,3 +186,28 @@ def test_save_onto_a_directory_or_into_a_missing_directory_is_a_one_line_error_a
     child.close()
     assert child.exitstatus == 0
     assert (tmp_path / "sessions" / "chat.session").is_file() and not (tmp_path / "missing").exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_long_prompt_and_leaves_the_conversation_as_it_was(smollm2_path, tmp_path):
+    # A prompt of about 2,000 tokens: Ctrl-C aborts the native engine within a layer, not at the end of
+    # a 512-token batch; the message is forgotten, so /save writes the two messages from before.
+    args = [str(smollm2_path), "--backend", "native", "--threads", "2", "--n-ctx", "4096", "--temperature", "0",
+            "--max-tokens", "8"]
+    child = _spawn(args, tmp_path, n_ctx="4096")
+    child.sendline("Say hi.")
+    child.expect(r"\[\d+ tokens")
+    child.expect("> ")
+    child.sendline(" ".join(f"word{i}" for i in range(700)) + " END")
+    child.expect_exact("END\r\n")
+    time.sleep(0.5)
+    asked = time.perf_counter()
+    child.sendintr()
+    child.expect(r"\[stopped\]\r?\n\[0 tokens")
+    assert time.perf_counter() - asked < 3.0
+    child.expect("> ")
+    child.sendline("/save conversation.session")
+    child.expect(r"\[saved 2 messages")
+    child.expect("> ")
+    child.sendline("/quit")
+    child.expect(pexpect.EOF)

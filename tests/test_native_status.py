@@ -28,6 +28,7 @@ EXPECTED = {
     "EK_ERR_THREADS": errors.ThreadStartError,
     "EK_ERR_CONTEXT_FULL": errors.ContextOverflowError,
     "EK_ERR_INTERNAL": errors.NativeError,
+    "EK_ERR_CANCELLED": errors.CancelledError,
 }
 CODES = header_status_codes()
 

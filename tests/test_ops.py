@@ -143,33 +143,82 @@ def test_kv_q8_0_rows_are_within_half_a_step_of_the_input(rng):
     assert np.all(err <= amax * Q8_STEP_FRACTION + 1e-6)
 
 
-@pytest.mark.parametrize("kv_type", [F16, Q8_0])
-def test_attention_head_matches_numpy_over_dequantized_cache(rng, kv_type):
-    for head_dim, n_pos, n_kv_heads in ((64, 1, 1), (64, 37, 3), (256, 130, 1), (96, 7, 2)):
-        kv_dim = head_dim * n_kv_heads
-        row_bytes = lib.ek_kv_row_bytes(kv_type, kv_dim)
-        head_bytes = lib.ek_kv_row_bytes(kv_type, head_dim)
-        keys = rng.standard_normal((n_pos, kv_dim)).astype(np.float32)
-        vals = rng.standard_normal((n_pos, kv_dim)).astype(np.float32)
-        kc = np.empty((n_pos, row_bytes), dtype=np.uint8)
-        vc = np.empty((n_pos, row_bytes), dtype=np.uint8)
-        kd = np.empty_like(keys)
-        vd = np.empty_like(vals)
+def _kv_cache(rng, kv_type, n_pos, kv_dim):
+    """Random K and V rows stored in kv_type, and what they decode to."""
+    row_bytes = lib.ek_kv_row_bytes(kv_type, kv_dim)
+    caches, decoded = [], []
+    for _ in range(2):
+        x = rng.standard_normal((n_pos, kv_dim)).astype(np.float32)
+        c = np.empty((n_pos, row_bytes), dtype=np.uint8)
+        d = np.empty_like(x)
         for j in range(n_pos):
-            lib.ek_kv_store(kv_type, fp(keys[j]), kc[j].ctypes.data, kv_dim)
-            lib.ek_kv_store(kv_type, fp(vals[j]), vc[j].ctypes.data, kv_dim)
-            lib.ek_kv_load(kv_type, kc[j].ctypes.data, fp(kd[j]), kv_dim)
-            lib.ek_kv_load(kv_type, vc[j].ctypes.data, fp(vd[j]), kv_dim)
-        q = rng.standard_normal(head_dim).astype(np.float32)
-        scale = 1 / np.sqrt(head_dim)
-        scores = np.empty(n_pos, dtype=np.float32)
-        out = np.empty(head_dim, dtype=np.float32)
-        h = n_kv_heads - 1  # the last head: exercises the head offset
-        sl = slice(h * head_dim, (h + 1) * head_dim)
-        lib.ek_attention_head(fp(q), kc.ctypes.data + h * head_bytes, vc.ctypes.data + h * head_bytes, kv_type,
-                              row_bytes, n_pos, head_dim, scale, fp(scores), fp(out))
-        s = kd[:, sl].astype(np.float64) @ q.astype(np.float64) * scale
+            lib.ek_kv_store(kv_type, fp(x[j]), c[j].ctypes.data, kv_dim)
+            lib.ek_kv_load(kv_type, c[j].ctypes.data, fp(d[j]), kv_dim)
+        caches.append(c)
+        decoded.append(d)
+    return caches, decoded, row_bytes
+
+
+def _attention(kv_type, q, kc, vc, h, head_dim, row_bytes, lo, hi, scale):
+    """ek_attention of the rows of q over KV head h of the caches; the outputs as rows."""
+    n_q = q.shape[0]
+    out = np.full((n_q, head_dim), np.nan, dtype=np.float32)
+    q_ptrs = (ctypes.c_void_p * n_q)(*[q[i].ctypes.data for i in range(n_q)])
+    out_ptrs = (ctypes.c_void_p * n_q)(*[out[i].ctypes.data for i in range(n_q)])
+    lo_a, hi_a = np.asarray(lo, dtype=np.int64), np.asarray(hi, dtype=np.int64)
+    scratch = np.full(lib.ek_attention_scratch_floats(n_q, head_dim), np.nan, dtype=np.float32)
+    head_bytes = lib.ek_kv_row_bytes(kv_type, head_dim)
+    lib.ek_attention(q_ptrs, out_ptrs, lo_a.ctypes.data, hi_a.ctypes.data, n_q, kc.ctypes.data + h * head_bytes,
+                     vc.ctypes.data + h * head_bytes, kv_type, row_bytes, head_dim, scale, fp(scratch))
+    return out
+
+
+# (head_dim, n_pos, n_kv_heads, queries per KV head, sliding window or 0): tails after every vector
+# width and key block (16), GQA ratios 1..7, one query and tiles of dozens, windows shorter than the cache.
+ATTN_SHAPES = ((64, 1, 1, 1, 0), (64, 37, 3, 3, 0), (256, 130, 1, 4, 0), (96, 7, 2, 2, 0), (13, 50, 2, 5, 0),
+               (64, 300, 1, 7, 40), (128, 17, 1, 1, 16), (5, 33, 3, 2, 3))
+
+
+@pytest.mark.parametrize("kv_type", [F16, Q8_0])
+@pytest.mark.parametrize("shape", ATTN_SHAPES)
+def test_attention_tile_matches_numpy_over_dequantized_cache(rng, kv_type, shape):
+    head_dim, n_pos, n_kv_heads, group, window = shape
+    if kv_type == Q8_0 and head_dim % 32:
+        head_dim = 32 * (head_dim // 32 + 1)
+    (kc, vc), (kd, vd), row_bytes = _kv_cache(rng, kv_type, n_pos, head_dim * n_kv_heads)
+    # Causal rows of a batch that starts at a random offset: token t of n_tok sees positions
+    # [lo, start + t + 1), every query of a token the same range; each token brings `group` queries.
+    n_tok = int(rng.integers(1, min(n_pos, 9) + 1))
+    start = n_pos - n_tok
+    lo, hi = [], []
+    for t in range(n_tok):
+        pos = start + t
+        for _ in range(group):
+            lo.append(max(0, pos - window + 1) if window else 0)
+            hi.append(pos + 1)
+    q = (rng.standard_normal((len(lo), head_dim)) * 2).astype(np.float32)
+    scale = 1 / np.sqrt(head_dim)
+    h = n_kv_heads - 1  # the last head: exercises the head offset
+    sl = slice(h * head_dim, (h + 1) * head_dim)
+    out = _attention(kv_type, q, kc, vc, h, head_dim, row_bytes, lo, hi, scale)
+    for i in range(len(lo)):
+        keys, vals = kd[lo[i]:hi[i], sl].astype(np.float64), vd[lo[i]:hi[i], sl].astype(np.float64)
+        s = keys @ q[i].astype(np.float64) * scale
         p = np.exp(s - s.max())
-        p /= p.sum()
-        ref = p @ vd[:, sl].astype(np.float64)
-        np.testing.assert_allclose(out, ref, rtol=1e-4, atol=ATTN_ATOL)
+        ref = (p / p.sum()) @ vals
+        np.testing.assert_allclose(out[i], ref, rtol=1e-4, atol=ATTN_ATOL, err_msg=f"query {i}, keys [{lo[i]}, {hi[i]})")
+
+
+@pytest.mark.parametrize("kv_type", [F16, Q8_0])
+def test_attention_tile_equals_one_query_at_a_time(rng, kv_type):
+    """A query's output does not depend on the tile it is in (other queries' ranges, its place):
+    the engine's tiling, which follows the thread count, never changes a bit."""
+    head_dim, n_pos = 64, 90
+    (kc, vc), _, row_bytes = _kv_cache(rng, kv_type, n_pos, head_dim)
+    lo = [0, 10, 0, 33, 89, 5]
+    hi = [90, 11, 17, 60, 90, 80]
+    q = rng.standard_normal((len(lo), head_dim)).astype(np.float32)
+    together = _attention(kv_type, q, kc, vc, 0, head_dim, row_bytes, lo, hi, 0.125)
+    for i in range(len(lo)):
+        alone = _attention(kv_type, q[i:i + 1].copy(), kc, vc, 0, head_dim, row_bytes, lo[i:i + 1], hi[i:i + 1], 0.125)
+        np.testing.assert_array_equal(together[i], alone[0])

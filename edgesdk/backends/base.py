@@ -191,6 +191,12 @@ class Backend(abc.ABC):
         if n > self.seq_n_past(src):
             raise InvalidArgumentError(f"sequence {src} holds {self.seq_n_past(src)} positions, not {n}")
 
+    def abort(self) -> bool:
+        """Ask an eval running on another thread to stop soon (the native engine: after the layer it
+        is in); that eval then raises CancelledError. False when this backend cannot: its evals
+        run to the end, and a cancel is seen between them."""
+        return False
+
     def close(self) -> None:
         """Release native resources now rather than at garbage collection."""
 

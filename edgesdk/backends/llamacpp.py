@@ -87,6 +87,15 @@ def _require_llama_cpp():
     return _llama
 
 
+def extra_buffer_types_work(system_info: bytes) -> bool:
+    """Whether llama.cpp's "extra" CPU buffer types (runtime weight repacking, AMX tiles) may be on,
+    from the build's llama_print_system_info().
+    Builds with AMX crash in llama_decode for batches of more than one token on CPUs that report AMX
+    where the OS does not grant its tile state (this project's build machine); builds without AMX
+    (tools/build_llamacpp.py) repack weights for AVX2/AVX-512 and run faster with them on."""
+    return b"AMX_INT8 = 1" not in system_info
+
+
 def _load_llama_model(model_path: str, vocab_only: bool, devices: Sequence[int] = (),
                       tensor_split: Sequence[float] = ()):
     """The model on this CPU, or with its layers on `devices` (ggml devices, such as RPC workers) in the
@@ -104,11 +113,7 @@ def _load_llama_model(model_path: str, vocab_only: bool, devices: Sequence[int] 
         params.devices = ctypes.cast(device_list, ctypes.c_void_p)
         params.tensor_split = split
         params.n_gpu_layers = -1       # every layer and the output head on the devices
-    # llama.cpp's "extra" CPU buffer types (AMX tiles, repacked weights) crash in
-    # llama_decode for batches of more than one token on CPUs that report AMX
-    # where the OS does not grant its tile state (seen on this project's build
-    # machine); the plain CPU buffers are the portable reference.
-    params.use_extra_bufts = False
+    params.use_extra_bufts = extra_buffer_types_work(lib.llama_print_system_info())
     handle = lib.llama_model_load_from_file(model_path.encode("utf-8"), params)
     if not handle:
         raise ModelFormatError(f"{model_path}: llama.cpp could not load this model")
@@ -176,7 +181,8 @@ class LlamaCppBackend(Backend):
 
     @classmethod
     def memory_parts(cls, checked: ModelSource, config: LoadConfig) -> Dict[str, int]:
-        """llama.cpp as this backend runs it: weights mmapped and not repacked (use_extra_bufts off),
+        """llama.cpp as this backend runs it: weights mmapped (with extra buffer types on, the repacked ones
+        are copies of the same size whose file pages it unmaps),
         flash attention, full-size sliding-window cache, n_ubatch = n_batch, logits of the last token only."""
         shape, n_ctx, kv_type, threads = checked.shape, config.n_ctx, config.kv_type, config.threads
         n_ubatch = min(config.n_batch, MAX_BATCH, n_ctx)

@@ -262,7 +262,7 @@ def memory_requirements(gguf_file: ModelArg, n_ctx: int, kv_type: str = "f16", n
     weights_mapped: tensor bytes that stay read from the mmap (resident once read);
     weights_owned: owned copies (repacked matrices, whose file pages are released,
     and norm vectors converted to f32); kv_cache: K and V for n_seq x n_ctx positions;
-    scratch: activations for n_batch tokens plus attention scores per thread.
+    scratch: activations for n_batch tokens plus an attention tile's scratch per thread.
     """
     config = LoadConfig(backend="native", n_ctx=n_ctx, threads=threads, kv_type=kv_type, n_batch=n_batch,
                         n_seq=n_seq, options={"repack": repack})
@@ -383,6 +383,12 @@ class NativeBackend(Backend):
         ek.check(status, "ek_model_eval")
         self._seq_n_past[0] = int(start) + arr.size
         return logits if all_logits else logits[0]
+
+    def abort(self) -> bool:
+        handle = self._handle
+        if handle:
+            _engine().lib.ek_model_abort(handle)
+        return True
 
     @property
     def n_past(self) -> int:

@@ -38,7 +38,8 @@ typedef enum ek_status {
     EK_ERR_ISA_UNAVAILABLE = 4, /* the CPU (or OS) lacks the requested instruction set */
     EK_ERR_THREADS = 5,         /* pthread_create failed */
     EK_ERR_CONTEXT_FULL = 6,    /* KV cache has no room for the tokens */
-    EK_ERR_INTERNAL = 7
+    EK_ERR_INTERNAL = 7,
+    EK_ERR_CANCELLED = 8        /* ek_model_abort stopped the call */
 } ek_status;
 
 EK_API const char *ek_status_str(ek_status status);
@@ -212,12 +213,15 @@ EK_API int64_t ek_kv_row_bytes(int kv_type, int64_t n);
 EK_API void ek_kv_store(int kv_type, const float *src, void *dst, int64_t n);
 EK_API void ek_kv_load(int kv_type, const void *src, float *dst, int64_t n); /* for tests/export */
 
-/* One attention head for one query over n_pos cached positions:
-   out (head_dim) = sum_j softmax_j(scale * q.k_j) v_j, where k_j = row j of k
-   and v_j = row j of v, rows row_bytes apart, each starting with this head's
-   head_dim values in kv_type. scores: n_pos floats of scratch. */
-EK_API void ek_attention_head(const float *q, const void *k, const void *v, int kv_type, size_t row_bytes,
-                              int64_t n_pos, int64_t head_dim, float scale, float *scores, float *out);
+/* Attention of n_q queries sharing one KV head (a GQA group, several tokens), flash-attention
+   style: out[i] (head_dim) = sum_j softmax_j(scale * q[i].k_j) v_j over the cached positions
+   j in [lo[i], hi[i]) (lo[i] < hi[i]: a causal offset, a sliding window), where k_j = row j of
+   k and v_j = row j of v, rows row_bytes apart, each starting with this head's head_dim values
+   in kv_type. scratch: ek_attention_scratch_floats(n_q, head_dim) floats, 8-byte aligned. */
+EK_API int64_t ek_attention_scratch_floats(int64_t n_q, int64_t head_dim);
+EK_API void ek_attention(const float *const *q, float *const *out, const int64_t *lo, const int64_t *hi, int64_t n_q,
+                         const void *k, const void *v, int kv_type, size_t row_bytes, int64_t head_dim, float scale,
+                         float *scratch);
 
 /* ------------------------------------------------------ inference engine */
 
@@ -284,7 +288,7 @@ typedef struct ek_model ek_model;
 /* Bytes the engine allocates for desc besides the mapped weights. */
 typedef struct ek_model_memory {
     uint64_t kv_cache;      /* K and V of every layer for n_seq x n_ctx positions */
-    uint64_t scratch;       /* activations for n_batch tokens, attention scores per thread, and the
+    uint64_t scratch;       /* activations for n_batch tokens, an attention tile per thread, and the
                                largest input buffer ek_matmul allocates per call */
     uint64_t weights_owned; /* repacked weight copies (desc.weight_flags with EK_WEIGHT_ALLOW_REPACK) */
     uint64_t weights_mapped; /* bytes of the matrices still read from the mapping (not repacked) */
@@ -301,6 +305,11 @@ EK_API void ek_model_memory_used(const ek_model *model, ek_model_memory *out);
    all_logits, else (n_vocab) for the last token. */
 EK_API ek_status ek_model_eval(ek_model *model, const int32_t *ids, int64_t n, int64_t start,
                                float *logits, int all_logits);
+/* Ask an ek_model_eval running on another thread to stop: it returns EK_ERR_CANCELLED after
+   the layer it is in (positions from `start` on are then not valid cache). Safe from any
+   thread at any time; an eval starting later clears the request, so a caller repeats it
+   until the eval has returned. */
+EK_API void ek_model_abort(ek_model *model);
 
 /* One sequence's part of ek_model_eval_batch: ids[0..n) at positions start.. of sequence seq. */
 typedef struct ek_seq_input {

@@ -141,13 +141,20 @@ typedef void (*ek_quantize_act_fn)(const float *x, void *xq, int64_t n);
 #define EK_TYPE_SLOTS 31 /* ek_type ids are below this */
 
 /* The f32 building blocks, with edgekern.h's contracts (ek_rmsnorm, ek_silu_mul and
-   ek_gelu_mul, ek_softmax, ek_attention_head) for any n: tails are the kernel's business. */
+   ek_gelu_mul, ek_softmax, ek_attention) for any n: tails are the kernel's business. */
 typedef void (*ek_rmsnorm_fn)(const float *x, const float *w, float *y, int64_t n, float eps);
 typedef void (*ek_gated_act_fn)(const float *gate, const float *up, float *out, int64_t n);
 typedef void (*ek_softmax_fn)(float *x, int64_t n);
-/* ek_attention_head for one KV row type: F16 rows take any head_dim, Q8_0 rows a multiple of 32. */
-typedef void (*ek_attention_fn)(const float *q, const void *k, const void *v, size_t row_bytes, int64_t n_pos,
-                                int64_t head_dim, float scale, float *scores, float *out);
+/* ek_attention for one KV row type: F16 rows take any head_dim, Q8_0 rows a multiple of 32. */
+typedef void (*ek_attention_fn)(const float *const *q, float *const *out, const int64_t *lo, const int64_t *hi,
+                                int64_t n_q, const void *k, const void *v, size_t row_bytes, int64_t head_dim,
+                                float scale, float *scratch);
+
+/* The tiled attention kernels (attention_tile_body.h) take keys ATTN_KEY_BLOCK at a time and
+   pad head_dim to ATTN_PAD floats (a multiple of every ISA's lane count). */
+#define ATTN_KEY_BLOCK 16
+#define ATTN_PAD 16
+static inline int64_t ek_attn_padded_dim(int64_t head_dim) { return (head_dim + ATTN_PAD - 1) / ATTN_PAD * ATTN_PAD; }
 
 typedef struct ek_kernels {
     int isa;

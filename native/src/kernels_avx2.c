@@ -277,91 +277,48 @@ static inline __m256 load_q8x8(const int8_t *p) {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
 }
 
-/* One head over n_pos KV rows of kv_type (a constant of each inlined copy). Scores take
-   libm's expf, as the scalar reference's softmax does. V is accumulated 64 columns at a
-   time in 8 registers across all positions; an F16 head_dim that is not a multiple of 8
-   ends in scalar columns. */
-static inline __attribute__((always_inline)) void
-attention_avx2(int kv_type, const float *q, const void *k, const void *v, size_t row_bytes, int64_t n_pos,
-               int64_t head_dim, float scale, float *scores, float *out) {
-    float maxv = -INFINITY;
-    for (int64_t j = 0; j < n_pos; j++) {
-        const uint8_t *row = (const uint8_t *)k + (size_t)j * row_bytes;
-        __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-        float tail = 0.0f;
-        if (kv_type == EK_TYPE_Q8_0) {
-            const block_q8_0 *b = (const block_q8_0 *)row;
-            for (int64_t blk = 0; blk < head_dim / QK32; blk++) {
-                const float *qq = q + blk * QK32;
-                __m256 s = _mm256_mul_ps(_mm256_loadu_ps(qq), load_q8x8(b[blk].qs));
-                s = _mm256_fmadd_ps(_mm256_loadu_ps(qq + 8), load_q8x8(b[blk].qs + 8), s);
-                s = _mm256_fmadd_ps(_mm256_loadu_ps(qq + 16), load_q8x8(b[blk].qs + 16), s);
-                s = _mm256_fmadd_ps(_mm256_loadu_ps(qq + 24), load_q8x8(b[blk].qs + 24), s);
-                acc0 = _mm256_fmadd_ps(s, _mm256_set1_ps(_cvtsh_ss(b[blk].d)), acc0);
-            }
-        } else {
-            const uint16_t *h = (const uint16_t *)row;
-            int64_t i = 0;
-            for (; i + 16 <= head_dim; i += 16) {
-                acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i),
-                                       _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))), acc0);
-                acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8),
-                                       _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i + 8))), acc1);
-            }
-            if (i + 8 <= head_dim) {
-                acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i),
-                                       _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))), acc0);
-                i += 8;
-            }
-            for (; i < head_dim; i++) tail += q[i] * _cvtsh_ss(h[i]);
+/* n values of an F16 or Q8_0 KV row as floats (an F16 tail in scalar). */
+static inline void kv_row_to_f32_avx2(int kv_type, const void *row, float *dst, int64_t n) {
+    if (kv_type == EK_TYPE_Q8_0) {
+        const block_q8_0 *b = row;
+        for (int64_t blk = 0; blk < n / QK32; blk++) {
+            const __m256 d = _mm256_set1_ps(_cvtsh_ss(b[blk].d));
+            for (int r = 0; r < 4; r++) _mm256_storeu_ps(dst + blk * QK32 + 8 * r, _mm256_mul_ps(d, load_q8x8(b[blk].qs + 8 * r)));
         }
-        const float s = scale * (hsum(_mm256_add_ps(acc0, acc1)) + tail);
-        scores[j] = s;
-        maxv = s > maxv ? s : maxv;
+        return;
     }
-    double sum = 0.0;
-    for (int64_t j = 0; j < n_pos; j++) {
-        scores[j] = expf(scores[j] - maxv);
-        sum += scores[j];
-    }
-    const float inv = (float)(1.0 / sum);
-    for (int64_t i0 = 0; i0 < head_dim; i0 += 64) {
-        const int64_t width = head_dim - i0 < 64 ? head_dim - i0 : 64; /* Q8_0: a multiple of 32 */
-        const int64_t n_vec = width / 8, n_tail = width % 8;
-        __m256 acc[8];
-        float tail[8] = {0.0f};
-        for (int r = 0; r < 8; r++) acc[r] = _mm256_setzero_ps();
-        for (int64_t j = 0; j < n_pos; j++) {
-            const uint8_t *row = (const uint8_t *)v + (size_t)j * row_bytes;
-            if (kv_type == EK_TYPE_Q8_0) {
-                const block_q8_0 *b = (const block_q8_0 *)row + i0 / QK32;
-                for (int64_t r = 0; r < n_vec; r++) {
-                    const block_q8_0 *bb = b + r / 4;
-                    const __m256 a = _mm256_set1_ps(scores[j] * _cvtsh_ss(bb->d));
-                    acc[r] = _mm256_fmadd_ps(a, load_q8x8(bb->qs + (r % 4) * 8), acc[r]);
-                }
-            } else {
-                const uint16_t *h = (const uint16_t *)row + i0;
-                const __m256 a = _mm256_set1_ps(scores[j]);
-                for (int64_t r = 0; r < n_vec; r++)
-                    acc[r] = _mm256_fmadd_ps(a, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + r * 8))), acc[r]);
-                for (int64_t t = 0; t < n_tail; t++) tail[t] += scores[j] * _cvtsh_ss(h[8 * n_vec + t]);
-            }
-        }
-        for (int64_t r = 0; r < n_vec; r++)
-            _mm256_storeu_ps(out + i0 + r * 8, _mm256_mul_ps(acc[r], _mm256_set1_ps(inv)));
-        for (int64_t t = 0; t < n_tail; t++) out[i0 + 8 * n_vec + t] = tail[t] * inv;
-    }
+    const uint16_t *h = row;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))));
+    for (; i < n; i++) dst[i] = _cvtsh_ss(h[i]);
 }
 
-static void attention_f16_avx2(const float *q, const void *k, const void *v, size_t row_bytes, int64_t n_pos,
-                               int64_t head_dim, float scale, float *scores, float *out) {
-    attention_avx2(EK_TYPE_F16, q, k, v, row_bytes, n_pos, head_dim, scale, scores, out);
+typedef __m256 vf;
+#define VF_LANES 8
+static inline vf vf_zero(void) { return _mm256_setzero_ps(); }
+static inline vf vf_set1(float x) { return _mm256_set1_ps(x); }
+static inline vf vf_load(const float *p) { return _mm256_loadu_ps(p); }
+static inline void vf_store(float *p, vf v) { _mm256_storeu_ps(p, v); }
+static inline vf vf_add(vf a, vf b) { return _mm256_add_ps(a, b); }
+static inline vf vf_mul(vf a, vf b) { return _mm256_mul_ps(a, b); }
+static inline vf vf_fma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
+static inline vf vf_exp(vf x) { return exp_avx2(x); }
+static inline float vf_hsum(vf x) { return hsum(x); }
+#define kv_row_to_f32 kv_row_to_f32_avx2
+#include "attention_tile_body.h"
+#undef kv_row_to_f32
+#undef VF_LANES
+
+static void attention_f16_avx2(const float *const *q, float *const *out, const int64_t *lo, const int64_t *hi,
+                               int64_t n_q, const void *k, const void *v, size_t row_bytes, int64_t head_dim,
+                               float scale, float *scratch) {
+    attention_tile(EK_TYPE_F16, q, out, lo, hi, n_q, k, v, row_bytes, head_dim, scale, scratch);
 }
 
-static void attention_q8_0_avx2(const float *q, const void *k, const void *v, size_t row_bytes, int64_t n_pos,
-                                int64_t head_dim, float scale, float *scores, float *out) {
-    attention_avx2(EK_TYPE_Q8_0, q, k, v, row_bytes, n_pos, head_dim, scale, scores, out);
+static void attention_q8_0_avx2(const float *const *q, float *const *out, const int64_t *lo, const int64_t *hi,
+                                int64_t n_q, const void *k, const void *v, size_t row_bytes, int64_t head_dim,
+                                float scale, float *scratch) {
+    attention_tile(EK_TYPE_Q8_0, q, out, lo, hi, n_q, k, v, row_bytes, head_dim, scale, scratch);
 }
 
 void ek_fill_kernels_avx2(ek_kernels *k) {

@@ -3,7 +3,8 @@
  * used on 256-bit registers: the kernels are memory-bound for GEMV, and the
  * 256-bit form keeps the clock up on the CPUs that throttle for 512-bit work.
  * Without VNNI, AVX-512 offers nothing over AVX2 for these int8 dots, so that
- * table is AVX2's kernels (the family name stays avx512 for the user). */
+ * table is AVX2's kernels (the family name stays avx512 for the user) but for
+ * attention, which both tables run on 512-bit f32 vectors. */
 #include "kernels.h"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -489,6 +490,74 @@ static uint64_t read_sum_avx512vnni(const uint8_t *const *streams, int n_streams
     return x86_read_sum(streams, n_streams, n);
 }
 
+/* ------------------------------------------- attention on 512-bit vectors (AVX-512F) */
+
+/* e^x for 16 lanes: exp_avx2's range reduction and degree-6 polynomial. */
+static inline __m512 exp_avx512(__m512 x) {
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.3f));
+    const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 720.0f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(k), _mm512_set1_epi32(127)), 23);
+    return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+}
+
+/* n values of an F16 or Q8_0 KV row as floats (an F16 tail in scalar). */
+static inline void kv_row_to_f32_avx512(int kv_type, const void *row, float *dst, int64_t n) {
+    if (kv_type == EK_TYPE_Q8_0) {
+        const block_q8_0 *b = row;
+        for (int64_t blk = 0; blk < n / QK32; blk++) {
+            const __m512 d = _mm512_set1_ps(_cvtsh_ss(b[blk].d));
+            for (int r = 0; r < 2; r++) {
+                const __m512 q = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(b[blk].qs + 16 * r))));
+                _mm512_storeu_ps(dst + blk * QK32 + 16 * r, _mm512_mul_ps(d, q));
+            }
+        }
+        return;
+    }
+    const uint16_t *h = row;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(h + i))));
+    for (; i < n; i++) dst[i] = _cvtsh_ss(h[i]);
+}
+
+typedef __m512 vf;
+#define VF_LANES 16
+static inline vf vf_zero(void) { return _mm512_setzero_ps(); }
+static inline vf vf_set1(float x) { return _mm512_set1_ps(x); }
+static inline vf vf_load(const float *p) { return _mm512_loadu_ps(p); }
+static inline void vf_store(float *p, vf v) { _mm512_storeu_ps(p, v); }
+static inline vf vf_add(vf a, vf b) { return _mm512_add_ps(a, b); }
+static inline vf vf_mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
+static inline vf vf_fma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
+static inline vf vf_exp(vf x) { return exp_avx512(x); }
+static inline float vf_hsum(vf x) { return _mm512_reduce_add_ps(x); }
+#define kv_row_to_f32 kv_row_to_f32_avx512
+#include "attention_tile_body.h"
+#undef kv_row_to_f32
+#undef VF_LANES
+
+/* Plain AVX-512F code: the table without VNNI takes these too (below the pop). */
+static void attention_f16_avx512(const float *const *q, float *const *out, const int64_t *lo, const int64_t *hi,
+                                 int64_t n_q, const void *k, const void *v, size_t row_bytes, int64_t head_dim,
+                                 float scale, float *scratch) {
+    attention_tile(EK_TYPE_F16, q, out, lo, hi, n_q, k, v, row_bytes, head_dim, scale, scratch);
+}
+
+static void attention_q8_0_avx512(const float *const *q, float *const *out, const int64_t *lo, const int64_t *hi,
+                                  int64_t n_q, const void *k, const void *v, size_t row_bytes, int64_t head_dim,
+                                  float scale, float *scratch) {
+    attention_tile(EK_TYPE_Q8_0, q, out, lo, hi, n_q, k, v, row_bytes, head_dim, scale, scratch);
+}
+
 void ek_fill_kernels_avx512_vnni(ek_kernels *k) {
     ek_fill_kernels_avx2(k); /* the f32 building blocks; every matmul slot is replaced below */
     k->isa = EK_ISA_AVX512;
@@ -510,11 +579,15 @@ void ek_fill_kernels_avx512_vnni(ek_kernels *k) {
     k->gemm_repacked[EK_TYPE_Q4_K] = gemm_q4_kx16_q8k_avx512vnni;
     k->gemm_repacked[EK_TYPE_Q6_K] = gemm_q6_kx16_q8k_avx512vnni;
     k->read_sum = read_sum_avx512vnni;
+    k->attention_f16 = attention_f16_avx512;
+    k->attention_q8_0 = attention_q8_0_avx512;
 }
 #pragma GCC pop_options
 
 void ek_fill_kernels_avx512(ek_kernels *k) {
     ek_fill_kernels_avx2(k);
     k->isa = EK_ISA_AVX512;
+    k->attention_f16 = attention_f16_avx512;
+    k->attention_q8_0 = attention_q8_0_avx512;
 }
 #endif

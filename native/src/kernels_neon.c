@@ -318,92 +318,51 @@ static inline void q8x16_to_f32(const int8_t *p, float32x4_t out[4]) {
     out[3] = vcvtq_f32_s32(vmovl_high_s16(hi));
 }
 
-/* One head over n_pos KV rows of kv_type (a constant of each inlined copy), as the AVX2
-   kernel: scores take libm's expf like the scalar reference's softmax; V is accumulated 64
-   columns at a time in 16 registers across all positions; an F16 head_dim that is not a
-   multiple of 4 ends in scalar columns. */
-static inline __attribute__((always_inline)) void
-attention_neon(int kv_type, const float *q, const void *k, const void *v, size_t row_bytes, int64_t n_pos,
-               int64_t head_dim, float scale, float *scores, float *out) {
-    float maxv = -INFINITY;
-    for (int64_t j = 0; j < n_pos; j++) {
-        const uint8_t *row = (const uint8_t *)k + (size_t)j * row_bytes;
-        float32x4_t acc0 = vdupq_n_f32(0.0f), acc1 = acc0;
-        float tail = 0.0f;
-        if (kv_type == EK_TYPE_Q8_0) {
-            const block_q8_0 *b = (const block_q8_0 *)row;
-            for (int64_t blk = 0; blk < head_dim / QK32; blk++) {
-                const float *qq = q + blk * QK32;
-                float32x4_t kv[8];
-                q8x16_to_f32(b[blk].qs, kv);
-                q8x16_to_f32(b[blk].qs + 16, kv + 4);
-                float32x4_t s0 = vmulq_f32(vld1q_f32(qq), kv[0]), s1 = vmulq_f32(vld1q_f32(qq + 4), kv[1]);
-                for (int r = 2; r < 8; r += 2) {
-                    s0 = vfmaq_f32(s0, vld1q_f32(qq + 4 * r), kv[r]);
-                    s1 = vfmaq_f32(s1, vld1q_f32(qq + 4 * r + 4), kv[r + 1]);
-                }
-                acc0 = vfmaq_n_f32(acc0, vaddq_f32(s0, s1), fp16_to_f32(b[blk].d));
-            }
-        } else {
-            const uint16_t *h = (const uint16_t *)row;
-            int64_t i = 0;
-            for (; i + 8 <= head_dim; i += 8) {
-                acc0 = vfmaq_f32(acc0, vld1q_f32(q + i), fp16x4_to_f32(h + i));
-                acc1 = vfmaq_f32(acc1, vld1q_f32(q + i + 4), fp16x4_to_f32(h + i + 4));
-            }
-            if (i + 4 <= head_dim) {
-                acc0 = vfmaq_f32(acc0, vld1q_f32(q + i), fp16x4_to_f32(h + i));
-                i += 4;
-            }
-            for (; i < head_dim; i++) tail += q[i] * fp16_to_f32(h[i]);
+/* n values of an F16 or Q8_0 KV row as floats (an F16 tail in scalar). */
+static inline void kv_row_to_f32_neon(int kv_type, const void *row, float *dst, int64_t n) {
+    if (kv_type == EK_TYPE_Q8_0) {
+        const block_q8_0 *b = row;
+        for (int64_t blk = 0; blk < n / QK32; blk++) {
+            const float d = fp16_to_f32(b[blk].d);
+            float32x4_t kv[8];
+            q8x16_to_f32(b[blk].qs, kv);
+            q8x16_to_f32(b[blk].qs + 16, kv + 4);
+            for (int r = 0; r < 8; r++) vst1q_f32(dst + blk * QK32 + 4 * r, vmulq_n_f32(kv[r], d));
         }
-        const float s = scale * (vaddvq_f32(vaddq_f32(acc0, acc1)) + tail);
-        scores[j] = s;
-        maxv = s > maxv ? s : maxv;
+        return;
     }
-    double sum = 0.0;
-    for (int64_t j = 0; j < n_pos; j++) {
-        scores[j] = expf(scores[j] - maxv);
-        sum += scores[j];
-    }
-    const float inv = (float)(1.0 / sum);
-    for (int64_t i0 = 0; i0 < head_dim; i0 += 64) {
-        const int64_t width = head_dim - i0 < 64 ? head_dim - i0 : 64; /* Q8_0: a multiple of 32 */
-        const int64_t n_vec = width / 4, n_tail = width % 4;
-        float32x4_t acc[16];
-        float tail[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        for (int r = 0; r < 16; r++) acc[r] = vdupq_n_f32(0.0f);
-        for (int64_t j = 0; j < n_pos; j++) {
-            const uint8_t *row = (const uint8_t *)v + (size_t)j * row_bytes;
-            if (kv_type == EK_TYPE_Q8_0) {
-                const block_q8_0 *b = (const block_q8_0 *)row + i0 / QK32;
-                for (int64_t r = 0; r < n_vec; r += 8) { /* a block: 8 vectors */
-                    const block_q8_0 *bb = b + r / 8;
-                    const float a = scores[j] * fp16_to_f32(bb->d);
-                    float32x4_t kv[8];
-                    q8x16_to_f32(bb->qs, kv);
-                    q8x16_to_f32(bb->qs + 16, kv + 4);
-                    for (int t = 0; t < 8; t++) acc[r + t] = vfmaq_n_f32(acc[r + t], kv[t], a);
-                }
-            } else {
-                const uint16_t *h = (const uint16_t *)row + i0;
-                for (int64_t r = 0; r < n_vec; r++) acc[r] = vfmaq_n_f32(acc[r], fp16x4_to_f32(h + 4 * r), scores[j]);
-                for (int64_t t = 0; t < n_tail; t++) tail[t] += scores[j] * fp16_to_f32(h[4 * n_vec + t]);
-            }
-        }
-        for (int64_t r = 0; r < n_vec; r++) vst1q_f32(out + i0 + 4 * r, vmulq_n_f32(acc[r], inv));
-        for (int64_t t = 0; t < n_tail; t++) out[i0 + 4 * n_vec + t] = tail[t] * inv;
-    }
+    const uint16_t *h = row;
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) vst1q_f32(dst + i, fp16x4_to_f32(h + i));
+    for (; i < n; i++) dst[i] = fp16_to_f32(h[i]);
 }
 
-static void attention_f16_neon(const float *q, const void *k, const void *v, size_t row_bytes, int64_t n_pos,
-                               int64_t head_dim, float scale, float *scores, float *out) {
-    attention_neon(EK_TYPE_F16, q, k, v, row_bytes, n_pos, head_dim, scale, scores, out);
+typedef float32x4_t vf;
+#define VF_LANES 4
+static inline vf vf_zero(void) { return vdupq_n_f32(0.0f); }
+static inline vf vf_set1(float x) { return vdupq_n_f32(x); }
+static inline vf vf_load(const float *p) { return vld1q_f32(p); }
+static inline void vf_store(float *p, vf v) { vst1q_f32(p, v); }
+static inline vf vf_add(vf a, vf b) { return vaddq_f32(a, b); }
+static inline vf vf_mul(vf a, vf b) { return vmulq_f32(a, b); }
+static inline vf vf_fma(vf a, vf b, vf c) { return vfmaq_f32(c, a, b); }
+static inline vf vf_exp(vf x) { return exp_neon(x); }
+static inline float vf_hsum(vf x) { return vaddvq_f32(x); }
+#define kv_row_to_f32 kv_row_to_f32_neon
+#include "attention_tile_body.h"
+#undef kv_row_to_f32
+#undef VF_LANES
+
+static void attention_f16_neon(const float *const *q, float *const *out, const int64_t *lo, const int64_t *hi,
+                               int64_t n_q, const void *k, const void *v, size_t row_bytes, int64_t head_dim,
+                               float scale, float *scratch) {
+    attention_tile(EK_TYPE_F16, q, out, lo, hi, n_q, k, v, row_bytes, head_dim, scale, scratch);
 }
 
-static void attention_q8_0_neon(const float *q, const void *k, const void *v, size_t row_bytes, int64_t n_pos,
-                                int64_t head_dim, float scale, float *scores, float *out) {
-    attention_neon(EK_TYPE_Q8_0, q, k, v, row_bytes, n_pos, head_dim, scale, scores, out);
+static void attention_q8_0_neon(const float *const *q, float *const *out, const int64_t *lo, const int64_t *hi,
+                                int64_t n_q, const void *k, const void *v, size_t row_bytes, int64_t head_dim,
+                                float scale, float *scratch) {
+    attention_tile(EK_TYPE_Q8_0, q, out, lo, hi, n_q, k, v, row_bytes, head_dim, scale, scratch);
 }
 
 /* ---------------------------------------------------- bandwidth probe */

@@ -277,23 +277,45 @@ static void kv_axpy_q8_0(float a, const void *row, float *out, int64_t n) {
     }
 }
 
-static void attention_f16_scalar(const float *q, const void *k, const void *v, size_t row_bytes, int64_t n_pos,
-                                 int64_t head_dim, float scale, float *scores, float *out) {
-    for (int64_t j = 0; j < n_pos; j++)
-        scores[j] = scale * kv_dot_f16(q, (const uint8_t *)k + (size_t)j * row_bytes, head_dim);
-    softmax_scalar(scores, n_pos);
-    memset(out, 0, (size_t)head_dim * sizeof(float));
-    for (int64_t j = 0; j < n_pos; j++) kv_axpy_f16(scores[j], (const uint8_t *)v + (size_t)j * row_bytes, out, head_dim);
+/* The reference for the tiled kernels: each query walks its keys one at a time with the
+   online softmax (running max m, running sum l in double, output rescaled when m rises). */
+static void attention_scalar(int kv_type, const float *const *q, float *const *out, const int64_t *lo,
+                             const int64_t *hi, int64_t n_q, const void *k, const void *v, size_t row_bytes,
+                             int64_t head_dim, float scale) {
+    for (int64_t i = 0; i < n_q; i++) {
+        float m = -INFINITY, *o = out[i];
+        double l = 0.0;
+        memset(o, 0, (size_t)head_dim * sizeof(float));
+        for (int64_t j = lo[i]; j < hi[i]; j++) {
+            const uint8_t *kr = (const uint8_t *)k + (size_t)j * row_bytes, *vr = (const uint8_t *)v + (size_t)j * row_bytes;
+            const float s = scale * (kv_type == EK_TYPE_Q8_0 ? kv_dot_q8_0(q[i], kr, head_dim) : kv_dot_f16(q[i], kr, head_dim));
+            if (s > m) {
+                const float alpha = expf(m - s);
+                for (int64_t c = 0; c < head_dim; c++) o[c] *= alpha;
+                l *= alpha;
+                m = s;
+            }
+            const float p = expf(s - m);
+            l += p;
+            (kv_type == EK_TYPE_Q8_0 ? kv_axpy_q8_0 : kv_axpy_f16)(p, vr, o, head_dim);
+        }
+        const float inv = (float)(1.0 / l);
+        for (int64_t c = 0; c < head_dim; c++) o[c] *= inv;
+    }
 }
 
-static void attention_q8_0_scalar(const float *q, const void *k, const void *v, size_t row_bytes, int64_t n_pos,
-                                  int64_t head_dim, float scale, float *scores, float *out) {
-    for (int64_t j = 0; j < n_pos; j++)
-        scores[j] = scale * kv_dot_q8_0(q, (const uint8_t *)k + (size_t)j * row_bytes, head_dim);
-    softmax_scalar(scores, n_pos);
-    memset(out, 0, (size_t)head_dim * sizeof(float));
-    for (int64_t j = 0; j < n_pos; j++)
-        kv_axpy_q8_0(scores[j], (const uint8_t *)v + (size_t)j * row_bytes, out, head_dim);
+static void attention_f16_scalar(const float *const *q, float *const *out, const int64_t *lo, const int64_t *hi,
+                                 int64_t n_q, const void *k, const void *v, size_t row_bytes, int64_t head_dim,
+                                 float scale, float *scratch) {
+    (void)scratch;
+    attention_scalar(EK_TYPE_F16, q, out, lo, hi, n_q, k, v, row_bytes, head_dim, scale);
+}
+
+static void attention_q8_0_scalar(const float *const *q, float *const *out, const int64_t *lo, const int64_t *hi,
+                                  int64_t n_q, const void *k, const void *v, size_t row_bytes, int64_t head_dim,
+                                  float scale, float *scratch) {
+    (void)scratch;
+    attention_scalar(EK_TYPE_Q8_0, q, out, lo, hi, n_q, k, v, row_bytes, head_dim, scale);
 }
 
 void ek_fill_kernels_scalar(ek_kernels *k) {

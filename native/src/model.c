@@ -7,7 +7,7 @@
  *   q    (n, n_head*hd)       queries; k, v (n, n_head_kv*hd) keys and values
  *   att  (n, n_head*hd)       attention output before the output projection
  *   hb, hb2 (n, n_ff)         gate and up projections of the feed-forward block
- *   scores (n_threads, n_ctx) attention weights, one row per worker
+ *   attn_scratch (n_threads, ek_attention_scratch_floats) one attention tile's scratch per worker
  *   rope (2, n, n_rot)        cos|sin of each position, for global then sliding layers
  * The KV cache holds n_seq sequences of n_ctx positions each. A pass takes up to n_batch
  * rows, row i being token row_ids[i] of sequence row_seq[i] at position row_pos[i]: the
@@ -44,13 +44,15 @@ struct ek_model {
     int64_t kv_head_bytes;   /* one head's slice of such a row */
     uint8_t *k_cache, *v_cache; /* (n_layer, n_seq, n_ctx, kv_row_bytes) */
     float *scratch;             /* one block holding the buffers below */
-    float *x, *xb, *q, *k, *v, *att, *hb, *hb2, *scores, *rope;
+    float *x, *xb, *q, *k, *v, *att, *hb, *hb2, *attn_scratch, *rope;
+    int64_t attn_scratch_floats; /* per worker */
     int32_t *row_ids, *row_seq, *row_pos; /* (n_batch) each: the rows of one pass */
     int32_t *out_rows;                    /* (n_batch) rows of the pass whose logits are asked */
     ops_rope_scaling rope_global, rope_sliding; /* angle scaling of global / sliding-window layers */
     uint64_t weights_owned, weights_mapped; /* as ek_model_memory_needs counts them */
     uint64_t matmul_act_bytes;
     double *act_sums; /* NULL, or the caller's ek_model_activation_sums_len() sums (see the header) */
+    atomic_int abort_requested; /* set by ek_model_abort, seen between layers and attention tiles */
 };
 
 /* ------------------------------------------------------------ sizes */
@@ -61,10 +63,18 @@ static int64_t kv_dim(const ek_model_desc *d) { return (int64_t)d->n_head_kv * d
 /* Float counts of each scratch buffer, rounded up to 64 bytes so every buffer stays aligned. */
 static int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }
 
+/* An attention tile is up to ATTN_TILE_QUERIES queries sharing one KV head: heads of a GQA
+   group, for several tokens, so each K and V row read serves all of them. */
+#define ATTN_TILE_QUERIES 32
+
+static int64_t attn_scratch_floats(const ek_model_desc *d) {
+    return round16(ek_attention_scratch_floats(ATTN_TILE_QUERIES, d->head_dim));
+}
+
 static int64_t scratch_floats(const ek_model_desc *d) {
     const int64_t nb = d->n_batch;
     return 2 * round16(nb * d->n_embd) + 2 * round16(nb * q_dim(d)) + 2 * round16(nb * kv_dim(d)) +
-           2 * round16(nb * d->n_ff) + round16((int64_t)d->n_threads * d->n_ctx) + round16(2 * nb * d->n_rot) +
+           2 * round16(nb * d->n_ff) + (int64_t)d->n_threads * attn_scratch_floats(d) + round16(2 * nb * d->n_rot) +
            4 * round16(nb); /* the int32 row arrays, float-sized */
 }
 
@@ -261,7 +271,8 @@ ek_status ek_model_create(const ek_model_desc *desc, ek_model **out) {
     m->v = p;   p += round16(nb * m->kv_dim);
     m->hb = p;  p += round16(nb * desc->n_ff);
     m->hb2 = p; p += round16(nb * desc->n_ff);
-    m->scores = p; p += round16((int64_t)desc->n_threads * desc->n_ctx);
+    m->attn_scratch = p; p += (int64_t)desc->n_threads * attn_scratch_floats(desc);
+    m->attn_scratch_floats = attn_scratch_floats(desc);
     m->rope = p;   p += round16(2 * nb * desc->n_rot);
     m->row_ids = (int32_t *)p;  p += round16(nb);
     m->row_seq = (int32_t *)p;  p += round16(nb);
@@ -292,29 +303,67 @@ typedef struct attn_job {
     ek_model *m;
     int il;
     int64_t n;
+    int64_t tok_per_tile, heads_per_tile, n_tok_tiles, n_head_tiles; /* n_head_tiles per KV head */
 } attn_job;
 
-/* Work items are (row, head) pairs, dealt round-robin so that the long
-   (late) causal rows spread over all workers. Row i attends to its own
-   sequence's cache, positions lo..row_pos[i]. */
+/* Tiles of the n rows: heads_per_tile heads of a group for tok_per_tile rows. The group is
+   split over tiles only when whole groups would leave workers idle (generation on few KV heads). */
+static attn_job attn_plan(ek_model *m, int il, int64_t n) {
+    const ek_model_desc *d = &m->d;
+    const int64_t group = d->n_head / d->n_head_kv;
+    attn_job job = {m, il, n, 0, 0, 0, 0};
+    for (int64_t split = (group + ATTN_TILE_QUERIES - 1) / ATTN_TILE_QUERIES;; split++) {
+        job.heads_per_tile = (group + split - 1) / split;
+        job.n_head_tiles = (group + job.heads_per_tile - 1) / job.heads_per_tile;
+        job.tok_per_tile = ATTN_TILE_QUERIES / job.heads_per_tile;
+        job.n_tok_tiles = (n + job.tok_per_tile - 1) / job.tok_per_tile;
+        if (job.n_tok_tiles * job.n_head_tiles * d->n_head_kv >= d->n_threads || job.heads_per_tile == 1) return job;
+    }
+}
+
+/* Tiles are dealt round-robin, late (long causal) token tiles first in each round. A tile's rows
+   may belong to several sequences (one decode row each): each run of one sequence's rows is one
+   kernel call on that sequence's cache, positions lo..row_pos[i]. */
 static void attn_task(void *ctx, int ith, int nth) {
     const attn_job *job = ctx;
     ek_model *m = job->m;
     const ek_model_desc *d = &m->d;
     const layer *L = &m->layers[job->il];
     const int64_t hd = d->head_dim, group = d->n_head / d->n_head_kv;
-    float *scores = m->scores + (size_t)ith * d->n_ctx;
+    float *scratch = m->attn_scratch + (size_t)ith * m->attn_scratch_floats;
     const ek_attention_fn attend = d->kv_type == EK_TYPE_Q8_0 ? m->kernels->attention_q8_0 : m->kernels->attention_f16;
-    for (int64_t item = ith; item < job->n * d->n_head; item += nth) {
-        const int64_t i = item / d->n_head, h = item % d->n_head;
-        const int64_t pos = m->row_pos[i];
-        const uint8_t *kc = kv_rows(m, m->k_cache, job->il, m->row_seq[i]);
-        const uint8_t *vc = kv_rows(m, m->v_cache, job->il, m->row_seq[i]);
-        /* Sliding window: positions pos - n_swa + 1 .. pos (llama.cpp masks p_q - p_k >= n_swa). */
-        const int64_t lo = L->is_swa && pos - d->n_swa + 1 > 0 ? pos - d->n_swa + 1 : 0;
-        const size_t head_off = (size_t)(h / group) * m->kv_head_bytes;
-        attend(m->q + i * q_dim(d) + h * hd, kc + lo * m->kv_row_bytes + head_off, vc + lo * m->kv_row_bytes + head_off,
-               (size_t)m->kv_row_bytes, pos - lo + 1, hd, d->attn_scale, scores, m->att + i * q_dim(d) + h * hd);
+    const float *q[ATTN_TILE_QUERIES];
+    float *out[ATTN_TILE_QUERIES];
+    int64_t lo[ATTN_TILE_QUERIES], hi[ATTN_TILE_QUERIES];
+    const int64_t per_kv = job->n_tok_tiles * job->n_head_tiles;
+    for (int64_t item = ith; item < per_kv * d->n_head_kv; item += nth) {
+        /* a long prompt's attention is most of a layer: an abort is seen between tiles too */
+        if (atomic_load_explicit(&m->abort_requested, memory_order_relaxed)) return;
+        const int64_t kvh = item % d->n_head_kv, rest = item / d->n_head_kv;
+        const int64_t tt = job->n_tok_tiles - 1 - rest / job->n_head_tiles, ht = rest % job->n_head_tiles;
+        const int64_t h0 = kvh * group + ht * job->heads_per_tile;
+        const int64_t h1 = h0 + job->heads_per_tile < (kvh + 1) * group ? h0 + job->heads_per_tile : (kvh + 1) * group;
+        const int64_t t0 = tt * job->tok_per_tile, t1 = t0 + job->tok_per_tile < job->n ? t0 + job->tok_per_tile : job->n;
+        const size_t head_off = (size_t)kvh * m->kv_head_bytes;
+        for (int64_t r0 = t0, r1; r0 < t1; r0 = r1) {
+            const int32_t seq = m->row_seq[r0];
+            for (r1 = r0 + 1; r1 < t1 && m->row_seq[r1] == seq; r1++) {}
+            int64_t n_q = 0;
+            for (int64_t i = r0; i < r1; i++) {
+                const int64_t pos = m->row_pos[i];
+                /* Sliding window: positions pos - n_swa + 1 .. pos (llama.cpp masks p_q - p_k >= n_swa). */
+                const int64_t first = L->is_swa && pos - d->n_swa + 1 > 0 ? pos - d->n_swa + 1 : 0;
+                for (int64_t h = h0; h < h1; h++, n_q++) {
+                    q[n_q] = m->q + i * q_dim(d) + h * hd;
+                    out[n_q] = m->att + i * q_dim(d) + h * hd;
+                    lo[n_q] = first;
+                    hi[n_q] = pos + 1;
+                }
+            }
+            const uint8_t *kc = kv_rows(m, m->k_cache, job->il, seq), *vc = kv_rows(m, m->v_cache, job->il, seq);
+            attend(q, out, lo, hi, n_q, kc + head_off, vc + head_off, (size_t)m->kv_row_bytes, hd, d->attn_scale,
+                   scratch);
+        }
     }
 }
 
@@ -379,8 +428,9 @@ static ek_status block_forward(ek_model *m, int il, int64_t n) {
         ek_kv_store(d->kv_type, m->v + i * KD, vc + pos * m->kv_row_bytes, KD);
     }
 
-    attn_job job = {m, il, n};
+    attn_job job = attn_plan(m, il, n);
     ek_pool_run(m->pool, attn_task, &job);
+    if (atomic_load_explicit(&m->abort_requested, memory_order_relaxed)) return EK_ERR_CANCELLED;
     add_squares(m, act + E, m->att, n, QD);
     if ((st = ek_matmul(L->wo, m->att, n, m->xb, m->pool)) != EK_OK) return st;
     if (L->post_attn_norm) norm_rows(m, m->xb, L->post_attn_norm, m->xb, n, E);
@@ -416,8 +466,10 @@ static ek_status batch_forward(ek_model *m, int64_t n, int64_t n_out, float *log
             ops_rope_angles(m->row_pos[i], d->n_rot, d->rope_base_swa, &m->rope_sliding, d->rope_freqs, sliding,
                             sliding + d->n_rot / 2);
     }
-    for (int il = 0; il < d->n_layer; il++)
+    for (int il = 0; il < d->n_layer; il++) {
+        if (atomic_load_explicit(&m->abort_requested, memory_order_relaxed)) return EK_ERR_CANCELLED;
         if ((st = block_forward(m, il, n)) != EK_OK) return st;
+    }
     if (n_out == 0) return EK_OK;
     for (int64_t r = 0; r < n_out; r++)
         m->kernels->rmsnorm(m->x + m->out_rows[r] * E, m->output_norm, m->xb + r * E, E, d->norm_eps);
@@ -429,6 +481,7 @@ static ek_status batch_forward(ek_model *m, int64_t n, int64_t n_out, float *log
    token (of every token when all_logits) go to logits in row order. */
 static ek_status eval_entries(ek_model *m, const ek_seq_input *entries, int64_t n_entries, float *logits,
                               int all_logits) {
+    atomic_store(&m->abort_requested, 0);
     int64_t n = 0, n_out = 0;
     for (int64_t e = 0; e < n_entries; e++) {
         const ek_seq_input *in = &entries[e];
@@ -467,6 +520,8 @@ void ek_model_seq_copy(ek_model *m, int32_t src, int32_t dst, int64_t n) {
         memcpy(kv_rows(m, m->v_cache, il, dst), kv_rows(m, m->v_cache, il, src), bytes);
     }
 }
+
+void ek_model_abort(ek_model *m) { atomic_store(&m->abort_requested, 1); }
 
 /* ------------------------------------------------------------ state */
 

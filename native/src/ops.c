@@ -96,11 +96,18 @@ void ek_gelu_mul(const float *gate, const float *up, float *out, int64_t n) {
     ek_kernels_active()->gelu_mul(gate, up, out, n);
 }
 
-void ek_attention_head(const float *q, const void *k, const void *v, int kv_type, size_t row_bytes, int64_t n_pos,
-                       int64_t head_dim, float scale, float *scores, float *out) {
+/* attention_tile_body.h's layout: l (n_q doubles), m, Q, O, P, Kt, Vt, KT. */
+int64_t ek_attention_scratch_floats(int64_t n_q, int64_t head_dim) {
+    const int64_t hdp = ek_attn_padded_dim(head_dim);
+    return n_q * (3 + 2 * hdp + ATTN_KEY_BLOCK) + 3 * ATTN_KEY_BLOCK * hdp;
+}
+
+void ek_attention(const float *const *q, float *const *out, const int64_t *lo, const int64_t *hi, int64_t n_q,
+                  const void *k, const void *v, int kv_type, size_t row_bytes, int64_t head_dim, float scale,
+                  float *scratch) {
     const ek_kernels *kt = ek_kernels_active();
-    (kv_type == EK_TYPE_Q8_0 ? kt->attention_q8_0 : kt->attention_f16)(q, k, v, row_bytes, n_pos, head_dim, scale,
-                                                                       scores, out);
+    (kv_type == EK_TYPE_Q8_0 ? kt->attention_q8_0 : kt->attention_f16)(q, out, lo, hi, n_q, k, v, row_bytes, head_dim,
+                                                                       scale, scratch);
 }
 
 /* ------------------------------------------------------------ KV rows */

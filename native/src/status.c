@@ -11,6 +11,7 @@ const char *ek_status_str(ek_status status) {
     case EK_ERR_THREADS: return "could not start worker threads";
     case EK_ERR_CONTEXT_FULL: return "KV cache is full";
     case EK_ERR_INTERNAL: return "internal error";
+    case EK_ERR_CANCELLED: return "cancelled";
     }
     return "unknown status";
 }

@@ -732,14 +732,17 @@ static void check_softmax(int isa) {
     }
 }
 
-/* Attention over a cache of n_pos rows of n_heads heads, checking the last head (its rows end
-   where the buffer does on the last position). KV values are random f16 bit patterns, or random
-   q8_0 blocks (f16 scale, int8 values), decoded exactly here.
+/* Tiled attention over a cache of n_pos rows of n_heads heads, on the last head (its rows end
+   where the buffer does on the last position): group queries for each of n_tok tokens at the
+   cache's end, token t seeing positions [lo, n_pos - n_tok + t + 1) with lo the sliding window's
+   first (window 0: all). KV values are random f16 bit patterns, or random q8_0 blocks (f16 scale,
+   int8 values), decoded exactly here.
    Bound: each score is a float dot of head_dim products (error <= FLOAT_ACCUM_RTOL of
    scale * sum |q k|); a score error delta moves its softmax weight by a factor within
    e^(+-2 max delta), so out[i] moves by at most 2 max delta * sum_j p_j |v_ji|; the weighted
-   sum of V adds FLOAT_ACCUM_RTOL of the same sum (expf and the final division included). */
-static void check_attention_case(int isa, int kv_type, int64_t head_dim, int64_t n_pos, int n_heads) {
+   sum of V adds FLOAT_ACCUM_RTOL of the same sum (exp, the rescaling and the final division). */
+static void check_attention_case(int isa, int kv_type, int64_t head_dim, int64_t n_pos, int n_heads, int n_tok,
+                                 int group, int64_t window) {
     const ek_kernels *k = ek_kernels_for(isa), *ref = ek_kernels_for(EK_ISA_SCALAR);
     const ek_attention_fn fn = kv_type == EK_TYPE_Q8_0 ? k->attention_q8_0 : k->attention_f16;
     const ek_attention_fn fn_ref = kv_type == EK_TYPE_Q8_0 ? ref->attention_q8_0 : ref->attention_f16;
@@ -774,62 +777,90 @@ static void check_attention_case(int isa, int kv_type, int64_t head_dim, int64_t
             }
         }
     }
-    float *q = bell_floats(head_dim, 1.0f);
+    const int64_t n_q = (int64_t)n_tok * group;
+    const float **q = malloc((size_t)n_q * sizeof *q);
+    float **out = malloc((size_t)n_q * sizeof *out), **out_ref = malloc((size_t)n_q * sizeof *out),
+          **out_pub = malloc((size_t)n_q * sizeof *out);
+    int64_t *lo = malloc((size_t)n_q * sizeof *lo), *hi = malloc((size_t)n_q * sizeof *hi);
+    for (int64_t i = 0; i < n_q; i++) {
+        const int64_t pos = n_pos - n_tok + i / group;
+        lo[i] = window && pos - window + 1 > 0 ? pos - window + 1 : 0;
+        hi[i] = pos + 1;
+        q[i] = bell_floats(head_dim, 1.0f);
+        out[i] = nan_floats(head_dim);
+        out_ref[i] = nan_floats(head_dim);
+        out_pub[i] = nan_floats(head_dim);
+    }
     const float scale = 1.0f / sqrtf((float)head_dim);
-    float *scores = nan_floats(n_pos), *out = nan_floats(head_dim), *out_ref = nan_floats(head_dim);
-    float *out_pub = nan_floats(head_dim);
-    fn(q, kc + head_off, vc + head_off, row_bytes, n_pos, head_dim, scale, scores, out);
-    fn_ref(q, kc + head_off, vc + head_off, row_bytes, n_pos, head_dim, scale, scores, out_ref);
-    ek_attention_head(q, kc + head_off, vc + head_off, kv_type, row_bytes, n_pos, head_dim, scale, scores, out_pub);
+    const size_t scratch_bytes = (size_t)ek_attention_scratch_floats(n_q, head_dim) * sizeof(float);
+    float *scratch = guarded_alloc(scratch_bytes);
+    fn(q, out, lo, hi, n_q, kc + head_off, vc + head_off, row_bytes, head_dim, scale, scratch);
+    fn_ref(q, out_ref, lo, hi, n_q, kc + head_off, vc + head_off, row_bytes, head_dim, scale, scratch);
+    ek_attention(q, out_pub, lo, hi, n_q, kc + head_off, vc + head_off, kv_type, row_bytes, head_dim, scale, scratch);
 
-    double *p = malloc((size_t)n_pos * sizeof(double)), maxs = -INFINITY, sum = 0.0, delta = 0.0;
-    for (int64_t j = 0; j < n_pos; j++) {
-        double s = 0.0, s_abs = 0.0;
-        for (int64_t i = 0; i < head_dim; i++) {
-            s += q[i] * kd[j * head_dim + i];
-            s_abs += fabs(q[i] * kd[j * head_dim + i]);
-        }
-        p[j] = scale * s;
-        maxs = p[j] > maxs ? p[j] : maxs;
-        delta = FLOAT_ACCUM_RTOL * scale * s_abs > delta ? FLOAT_ACCUM_RTOL * scale * s_abs : delta;
-    }
-    for (int64_t j = 0; j < n_pos; j++) sum += (p[j] = exp(p[j] - maxs));
+    double *p = malloc((size_t)n_pos * sizeof(double));
     int bad = 0;
-    for (int64_t i = 0; i < head_dim && bad < 3; i++) {
-        double want = 0.0, weighted_abs = 0.0;
-        for (int64_t j = 0; j < n_pos; j++) {
-            want += p[j] / sum * vd[j * head_dim + i];
-            weighted_abs += p[j] / sum * fabs(vd[j * head_dim + i]);
+    for (int64_t qi = 0; qi < n_q && bad < 3; qi++) {
+        double maxs = -INFINITY, sum = 0.0, delta = 0.0;
+        for (int64_t j = lo[qi]; j < hi[qi]; j++) {
+            double sd = 0.0, s_abs = 0.0;
+            for (int64_t i = 0; i < head_dim; i++) {
+                sd += q[qi][i] * kd[j * head_dim + i];
+                s_abs += fabs(q[qi][i] * kd[j * head_dim + i]);
+            }
+            p[j] = scale * sd;
+            maxs = p[j] > maxs ? p[j] : maxs;
+            delta = FLOAT_ACCUM_RTOL * scale * s_abs > delta ? FLOAT_ACCUM_RTOL * scale * s_abs : delta;
         }
-        const double tol = (2.0 * delta + FLOAT_ACCUM_RTOL) * weighted_abs + ABS_FLOOR;
-        const int ok = fabs(out[i] - want) <= tol && fabs(out[i] - out_ref[i]) <= 2 * tol && out_pub[i] == out[i];
-        bad += !ok;
-        CHECK(ok, "%s attention %s head_dim=%lld n_pos=%lld [%lld]: %.9g, scalar %.9g, entry point %.9g, "
-              "float64 %.9g (bound %.3g)", ek_isa_name(isa), kv_type == EK_TYPE_F16 ? "f16" : "q8_0",
-              (long long)head_dim, (long long)n_pos, (long long)i, out[i], out_ref[i], out_pub[i], want, tol);
+        for (int64_t j = lo[qi]; j < hi[qi]; j++) sum += (p[j] = exp(p[j] - maxs));
+        for (int64_t i = 0; i < head_dim && bad < 3; i++) {
+            double want = 0.0, weighted_abs = 0.0;
+            for (int64_t j = lo[qi]; j < hi[qi]; j++) {
+                want += p[j] / sum * vd[j * head_dim + i];
+                weighted_abs += p[j] / sum * fabs(vd[j * head_dim + i]);
+            }
+            const double tol = (2.0 * delta + FLOAT_ACCUM_RTOL) * weighted_abs + ABS_FLOOR;
+            const float o = out[qi][i], o_ref = out_ref[qi][i], o_pub = out_pub[qi][i];
+            const int ok = fabs(o - want) <= tol && fabs(o - o_ref) <= 2 * tol && o_pub == o;
+            bad += !ok;
+            CHECK(ok, "%s attention %s head_dim=%lld n_pos=%lld query %lld of %lld keys [%lld, %lld) [%lld]: %.9g, "
+                  "scalar %.9g, entry point %.9g, float64 %.9g (bound %.3g)", ek_isa_name(isa),
+                  kv_type == EK_TYPE_F16 ? "f16" : "q8_0", (long long)head_dim, (long long)n_pos, (long long)qi,
+                  (long long)n_q, (long long)lo[qi], (long long)hi[qi], (long long)i, o, o_ref, o_pub, want, tol);
+        }
     }
-    free(p);
-    free(kd);
-    free(vd);
+    for (int64_t i = 0; i < n_q; i++) {
+        guarded_free((void *)q[i], (size_t)head_dim * sizeof(float));
+        guarded_free(out[i], (size_t)head_dim * sizeof(float));
+        guarded_free(out_ref[i], (size_t)head_dim * sizeof(float));
+        guarded_free(out_pub[i], (size_t)head_dim * sizeof(float));
+    }
+    free(q), free(out), free(out_ref), free(out_pub), free(lo), free(hi), free(p), free(kd), free(vd);
+    guarded_free(scratch, scratch_bytes);
     guarded_free(kc, cache_bytes);
     guarded_free(vc, cache_bytes);
-    guarded_free(q, (size_t)head_dim * sizeof(float));
-    guarded_free(scores, (size_t)n_pos * sizeof(float));
-    guarded_free(out, (size_t)head_dim * sizeof(float));
-    guarded_free(out_ref, (size_t)head_dim * sizeof(float));
-    guarded_free(out_pub, (size_t)head_dim * sizeof(float));
 }
 
 static void check_attention(int isa) {
     /* F16 rows take any head_dim: the common ones and a few with every tail after 16, 8, 4
-       lanes; q8_0 rows come in blocks of 32. Positions: 1, odd, and past a few hundred. */
+       lanes; q8_0 rows come in blocks of 32. Positions: 1, odd, past a key block (16) and past
+       a few hundred; tiles of one query up to 5 tokens x GQA groups of 1..7, causal, and with
+       sliding windows shorter and longer than a key block. */
     static const int64_t f16_dims[] = {64, 80, 128, 256, 36, 13, 5, 1}, q8_dims[] = {32, 64, 96, 256};
     static const int64_t positions[] = {1, 7, 33, 300};
+    static const int groups[] = {1, 3, 4, 7}, tokens[] = {1, 5, 2, 3};
+    static const int64_t windows[] = {0, 0, 5, 40};
     for (size_t pi = 0; pi < sizeof positions / sizeof positions[0]; pi++) {
-        for (size_t di = 0; di < sizeof f16_dims / sizeof f16_dims[0]; di++)
-            check_attention_case(isa, EK_TYPE_F16, f16_dims[di], positions[pi], 1 + (int)(di % 3));
-        for (size_t di = 0; di < sizeof q8_dims / sizeof q8_dims[0]; di++)
-            check_attention_case(isa, EK_TYPE_Q8_0, q8_dims[di], positions[pi], 1 + (int)(di % 3));
+        for (size_t di = 0; di < sizeof f16_dims / sizeof f16_dims[0]; di++) {
+            const int n_tok = tokens[di % 4] < positions[pi] ? tokens[di % 4] : (int)positions[pi];
+            check_attention_case(isa, EK_TYPE_F16, f16_dims[di], positions[pi], 1 + (int)(di % 3), n_tok,
+                                 groups[(di + pi) % 4], windows[(di + 2 * pi) % 4]);
+        }
+        for (size_t di = 0; di < sizeof q8_dims / sizeof q8_dims[0]; di++) {
+            const int n_tok = tokens[(di + 1) % 4] < positions[pi] ? tokens[(di + 1) % 4] : (int)positions[pi];
+            check_attention_case(isa, EK_TYPE_Q8_0, q8_dims[di], positions[pi], 1 + (int)(di % 3), n_tok,
+                                 groups[(di + pi + 1) % 4], windows[(di + pi) % 4]);
+        }
     }
 }
 
