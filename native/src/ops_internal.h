@@ -1,8 +1,16 @@
-/* Helpers shared by ops.c and the engine files; not part of the public API. */
+/* Helpers shared by ops.c, rope.c and the engine files (model.c, native/cuda/model.cu); not part of the public API. */
 #ifndef EK_OPS_INTERNAL_H
 #define EK_OPS_INTERNAL_H
 
 #include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" { /* native/cuda/model.cu computes its RoPE tables with rope.c */
+#ifdef __cplusplus
+}
+#endif
+
+#endif
 
 /* How the angles of one kind of layer are scaled beyond plain RoPE.
    YaRN (Peng et al. 2023, "YaRN: Efficient Context Window Extension"): rotation pair i
@@ -32,5 +40,9 @@ void ops_rope_angles(int64_t pos, int64_t n_rot, float base, const ops_rope_scal
                      const float *freq_factors, float *cosv, float *sinv);
 void ops_rope_apply(float *x, int64_t n_heads, int64_t head_dim, int64_t n_rot, const float *cosv,
                     const float *sinv, int mode);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif
