@@ -6,10 +6,6 @@
 
 #ifdef __cplusplus
 extern "C" { /* native/cuda/model.cu computes its RoPE tables with rope.c */
-#ifdef __cplusplus
-}
-#endif
-
 #endif
 
 /* How the angles of one kind of layer are scaled beyond plain RoPE.
