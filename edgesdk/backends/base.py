@@ -126,6 +126,12 @@ class Backend(abc.ABC):
         and "address_space"."""
 
     @classmethod
+    def plan_budget(cls, checked: Any, host: Any) -> Any:
+        """The memory.Budget its plan is checked against, given this machine's: that one, unless the
+        backend's memory is elsewhere (a discrete GPU's)."""
+        return host
+
+    @classmethod
     @abc.abstractmethod
     def open(cls, checked: Any, config: LoadConfig) -> "Backend":
         """Load the checked model with a resolved config (n_ctx and threads set)."""

@@ -1,0 +1,230 @@
+"""The cuda backend: edgesdk's engine on an NVIDIA GPU (native/cuda/, libedgecuda.so).
+
+The model is checked and described exactly as for the native backend (its _check_shape,
+_check_tensors and ek_model_desc, from backends/native.py); the CUDA engine then converts each
+matrix to its GPU layout on the host and uploads it, runs every layer on the device and
+returns logits once per pass. One sequence, an f16 KV cache. On integrated memory (Jetson) the
+weights are held once: the file's pages are released as each matrix is uploaded, and the plan
+counts the GPU copy in system RAM (memory.gpu_plan_parts); on a discrete GPU the plan is the
+device's, checked against its free memory (plan_budget), before anything is allocated.
+"""
+from __future__ import annotations
+
+import ctypes
+import struct
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+
+from .. import _cuda, memory
+from ..config import LoadConfig
+from ..errors import InvalidArgumentError, NativeBuildError, UnsupportedModelError
+from . import register
+from .base import (Availability, Backend, BackendInfo, ModelSource, check_common_settings, check_ids, check_start,
+                   check_state, resolved)
+from .native import NATIVE_RUNTIME_RSS, _check_shape, _check_tensors, _Description, _engine, _type_id
+
+STATE_MAGIC = b"ECKV"
+STATE_HEADER = struct.Struct("<4sIIIIq")  # magic, n_layer, kv_type, kv_dim, n_ctx, n_past (native's fields)
+# Compute capabilities the library has device code for (tools/build_cuda.py DEFAULT_ARCHS), and
+# the PTX it carries for newer ones.
+BUILT_ARCHS = ((8, 7), (9, 0))
+PTX_FROM = (9, 0)
+
+
+def _usable(gpu: _cuda.GpuInfo) -> bool:
+    return gpu.compute_capability in BUILT_ARCHS or gpu.compute_capability >= PTX_FROM
+
+
+def _device(config_or_index) -> _cuda.GpuInfo:
+    index = config_or_index if isinstance(config_or_index, int) else config_or_index.options.get("device", 0)
+    return _cuda.device_info(index)
+
+
+@dataclass
+class _Checked:
+    source: ModelSource
+    desc: _Description
+    gpu: _cuda.GpuInfo
+    owns_file: bool = False
+
+
+def _check_settings(source: ModelSource, config: LoadConfig) -> int:
+    """The settings the CUDA engine takes; returns the device index."""
+    check_common_settings(CudaBackend, config)
+    shape = source.shape
+    if shape.head_dim_k % 32 or shape.head_dim_k > _cuda.MAX_HEAD_DIM:
+        raise UnsupportedModelError(f"{source.path}: head dimension {shape.head_dim_k}: the cuda backend takes "
+                                    f"multiples of 32 up to {_cuda.MAX_HEAD_DIM}")
+    for name, info in source.file.tensors.items():
+        if len(info.shape) == 2 and info.shape[0] % 32:
+            raise UnsupportedModelError(f"{source.path}: tensor {name!r} has {info.shape[0]} columns, the GPU "
+                                        f"layouts need a multiple of 32")
+    device = config.options.get("device", 0)
+    if isinstance(device, bool) or not isinstance(device, int) or device < 0:
+        raise InvalidArgumentError(f"the cuda backend's option device must be a GPU index >= 0, got {device!r}")
+    count, reason = _cuda.device_count()
+    if device >= count:
+        raise InvalidArgumentError(f"device {device}: {count} CUDA device(s) here" + (f" ({reason})" if reason else ""))
+    return device
+
+
+@register
+class CudaBackend(Backend):
+    """A GGUF model on edgesdk's CUDA engine, one sequence with an f16 KV cache."""
+
+    name = "cuda"
+    description = "edgesdk's own engine on an NVIDIA GPU (CUDA)"
+    kv_types = ("f16",)
+    options = ("device",)
+    auto_rank = 5          # before native: a usable GPU is faster than the CPU
+    keeps_file = True
+    max_seqs = 1
+
+    @classmethod
+    def available(cls) -> Availability:
+        try:
+            _engine()
+            gpus, reason = _cuda.gpus()
+        except (NativeBuildError, OSError) as exc:
+            return Availability(False, str(exc))
+        if not gpus:
+            return Availability(False, f"no CUDA device: {reason}")
+        if not any(_usable(g) for g in gpus):
+            found = ", ".join(f"{g.name} (sm_{g.compute_capability[0]}{g.compute_capability[1]})" for g in gpus)
+            return Availability(False, f"no GPU the library was built for (sm_87, sm_90 and newer): {found}")
+        return Availability(True)
+
+    @classmethod
+    def check(cls, source: ModelSource, config: LoadConfig) -> _Checked:
+        _check_shape(source.path, source.shape)
+        _check_tensors(source.file, source.shape)
+        device = _check_settings(source, config)
+        return _Checked(source=source, desc=_Description(source.file, source.shape), gpu=_device(device))
+
+    @classmethod
+    def _needs(cls, checked: _Checked, config: LoadConfig) -> Dict[str, int]:
+        desc = checked.desc
+        desc.configure(config, repack=False)
+        desc.desc.weight_flags = _engine().EK_WEIGHT_RELEASE_SOURCE
+        mem = _cuda.EcModelMemory()
+        _cuda.check(_cuda.library().ec_model_memory_needs(ctypes.byref(desc.desc), ctypes.byref(mem)),
+                    "ec_model_memory_needs")
+        return {name: int(getattr(mem, name)) for name, _ in mem._fields_}
+
+    @classmethod
+    def memory_parts(cls, checked: _Checked, config: LoadConfig) -> Dict[str, int]:
+        shape, needs = checked.source.shape, cls._needs(checked, config)
+        host = {"staging": needs["host_staging"], "pinned": needs["host_pinned"],
+                "logits": 4 * shape.n_vocab,   # the last logits come back as a numpy row
+                "tokenizer": memory.gguf_metadata_bytes(shape) + memory.tokenizer_table_bytes(shape),
+                "runtime": memory.PYTHON_NUMPY_RSS + NATIVE_RUNTIME_RSS + memory.CUDA_RUNTIME_RSS}
+        parts = memory.gpu_plan_parts(needs, host, checked.gpu.integrated)
+        # the file is mapped whole; the CUDA runtime reserves address space of its own (not counted)
+        parts["address_space"] = shape.file_bytes + sum(parts.values())
+        return parts
+
+    @classmethod
+    def plan_budget(cls, checked: _Checked, host: memory.Budget) -> memory.Budget:
+        gpu = checked.gpu
+        return memory.gpu_budget(host, f"cuda:{gpu.index} ({gpu.name})", gpu.free_bytes, gpu.integrated)
+
+    @classmethod
+    def open(cls, checked: _Checked, config: LoadConfig) -> "CudaBackend":
+        checked.owns_file = True
+        return cls(checked, config)
+
+    def __init__(self, checked: _Checked, config: LoadConfig):
+        self._handle: Optional[int] = None
+        self._checked = checked
+        try:
+            n_ctx, threads = resolved(config)
+            self._needs(checked, config)      # the description configured for this context
+            gpu = checked.gpu
+            handle = ctypes.c_void_p()
+            _cuda.check(_cuda.library().ec_model_create(ctypes.byref(checked.desc.desc), gpu.index,
+                                                        ctypes.byref(handle)), "ec_model_create")
+            self._handle = handle.value
+        except BaseException:
+            self.close()
+            raise
+        self.gpu = gpu
+        self.shape = checked.source.shape
+        self.n_ctx, self.threads = n_ctx, threads
+        self.n_vocab = self.shape.n_vocab
+        self.kv_type = config.kv_type
+        self._n_past = 0
+
+    def eval(self, ids: Sequence[int], start: int, all_logits: bool = False) -> np.ndarray:
+        handle = self._require_open()
+        arr = np.ascontiguousarray(check_ids(ids, self.n_vocab))
+        check_start(start, arr.size, self._n_past, self.n_ctx)
+        logits = np.empty((arr.size if all_logits else 1, self.n_vocab), dtype=np.float32)
+        self._n_past = int(start)   # forget first: a failed pass leaves nothing trusted past start
+        _cuda.check(_cuda.library().ec_model_eval(handle, arr.ctypes.data_as(ctypes.POINTER(ctypes.c_int32)),
+                                                  arr.size, int(start),
+                                                  logits.ctypes.data_as(ctypes.POINTER(ctypes.c_float)),
+                                                  int(bool(all_logits))), "ec_model_eval")
+        self._n_past = int(start) + arr.size
+        return logits if all_logits else logits[0]
+
+    @property
+    def n_past(self) -> int:
+        return self._n_past
+
+    def _state_header(self, n_past: int) -> bytes:
+        s = self.shape
+        return STATE_HEADER.pack(STATE_MAGIC, s.n_layer, _type_id("F16"), s.n_head_kv * s.head_dim_k, self.n_ctx,
+                                 n_past)
+
+    def save_state(self) -> bytes:
+        handle = self._require_open()
+        size = int(_cuda.library().ec_model_state_bytes(handle, self._n_past))
+        buf = ctypes.create_string_buffer(size)
+        _cuda.check(_cuda.library().ec_model_state_save(handle, self._n_past, buf), "ec_model_state_save")
+        return self._state_header(self._n_past) + buf.raw
+
+    def load_state(self, blob: bytes, n_past: int) -> None:
+        handle = self._require_open()
+
+        def mismatch(saved):
+            magic, n_layer, kv_type, kv_dim, n_ctx, saved_past = saved
+            return (f"saved magic={magic!r}, n_layer={n_layer}, kv_dim={kv_dim}, n_ctx={n_ctx}, n_past={saved_past}; "
+                    f"expected {STATE_MAGIC!r}, n_layer={self.shape.n_layer}, "
+                    f"kv_dim={self.shape.n_head_kv * self.shape.head_dim_k}, n_ctx={self.n_ctx}, n_past={n_past}")
+        head = check_state(blob, n_past, self.n_ctx, STATE_HEADER, self._state_header,
+                           lambda n: int(_cuda.library().ec_model_state_bytes(handle, n)), mismatch)
+        payload = (ctypes.c_char * (len(blob) - head)).from_buffer_copy(blob, head)
+        _cuda.check(_cuda.library().ec_model_state_load(handle, int(n_past), payload), "ec_model_state_load")
+        self._n_past = int(n_past)
+
+    def info(self) -> BackendInfo:
+        major, minor = self.gpu.compute_capability
+        return BackendInfo(name="cuda", device=f"cuda:{self.gpu.index} ({self.gpu.name}, sm_{major}{minor})",
+                           n_ctx=self.n_ctx, n_vocab=self.n_vocab, threads=self.threads, kv_type=self.kv_type)
+
+    def close(self) -> None:
+        if getattr(self, "_handle", None):
+            _cuda.library().ec_model_free(self._handle)
+            self._handle = None
+        checked = getattr(self, "_checked", None)
+        if checked is not None:
+            self._checked = None
+            checked.desc = None
+            if checked.owns_file:
+                checked.source.file.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def _require_open(self) -> int:
+        if not self._handle:
+            raise InvalidArgumentError("the cuda backend is closed")
+        return self._handle
+
+
+__all__ = ["CudaBackend", "BUILT_ARCHS"]
