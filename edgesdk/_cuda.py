@@ -27,6 +27,8 @@ LIBRARY_FILE = "libedgecuda.so"
 MATMUL_PATHS = {"auto": 0, "dp4a": 1, "mma": 2}
 MMA_MIN_ROWS = 64             # EC_MMA_MIN_ROWS
 MAX_HEAD_DIM = 256            # EC_MAX_HEAD_DIM
+# Activation blocks of the DP4A path by weight type id: (values, bytes) of q8_32 and q8_k.
+ACT_BLOCKS = {2: (32, 40), 3: (32, 40), 6: (32, 40), 8: (32, 40), 12: (256, 292), 14: (256, 292)}
 LAYOUT_TYPES = ("F32", "F16", "Q4_0", "Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q6_K")
 
 # ek_status codes (edgekern.h) the library returns; CUDA errors are EC_ERR_CUDA_BASE + cudaError_t.
@@ -72,6 +74,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "ec_device_count": (c_int, [POINTER(c_int)]), "ec_device_props_get": (c_int, [c_int, POINTER(EcDeviceProps)]),
         "ec_layout_bytes": (i64, [c_int, i64, i64]), "ec_layout_from_gguf": (c_int, [c_int, vp, i64, i64, vp]),
         "ec_layout_dequantize": (c_int, [c_int, vp, i64, i64, i64, i64, vp]),
+        "ec_dot_host": (c_int, [c_int, vp, i64, i64, vp, i64, vp]),
         "ec_matmul_host": (c_int, [c_int, c_int, vp, i64, i64, vp, i64, vp, c_int]),
         "ec_model_memory_needs": (c_int, [vp, POINTER(EcModelMemory)]),
         "ec_model_create": (c_int, [vp, c_int, POINTER(c_void_p)]), "ec_model_free": (None, [vp]),
@@ -174,6 +177,22 @@ def layout_dequantize(type_id: int, layout: np.ndarray, n_rows: int, n_cols: int
     return out
 
 
+def dot_host(type_id: int, layout: np.ndarray, n_rows: int, n_cols: int, xq: np.ndarray, m: int) -> np.ndarray:
+    """The DP4A path's dots on the host for m rows of quantized activation blocks (bytes)."""
+    if layout.nbytes != layout_bytes(type_id, n_rows, n_cols):
+        raise InvalidArgumentError(f"layout holds {layout.nbytes} bytes, ({n_rows}, {n_cols}) needs "
+                                   f"{layout_bytes(type_id, n_rows, n_cols)}")
+    block, block_bytes = ACT_BLOCKS[type_id]
+    if xq.nbytes != m * (n_cols // block) * block_bytes:
+        raise InvalidArgumentError(f"xq holds {xq.nbytes} bytes, {m} rows of {n_cols} need "
+                                   f"{m * (n_cols // block) * block_bytes}")
+    src, xq = np.ascontiguousarray(layout), np.ascontiguousarray(xq)
+    y = np.empty((m, n_rows), dtype=np.float32)
+    check(library().ec_dot_host(type_id, src.ctypes.data, n_rows, n_cols, xq.ctypes.data, m, y.ctypes.data),
+          "ec_dot_host")
+    return y
+
+
 def matmul(type_id: int, data: np.ndarray, n_rows: int, n_cols: int, x: np.ndarray, path: str = "auto",
            device: int = 0) -> np.ndarray:
     """y = x @ W^T on the GPU for a GGUF matrix's bytes (a test and tool entry point)."""
@@ -187,5 +206,5 @@ def matmul(type_id: int, data: np.ndarray, n_rows: int, n_cols: int, x: np.ndarr
     return y
 
 
-__all__ = ["GpuInfo", "check", "device_count", "device_info", "gpus", "layout_bytes", "layout_dequantize",
+__all__ = ["GpuInfo", "check", "device_count", "device_info", "dot_host", "gpus", "layout_bytes", "layout_dequantize",
            "layout_from_gguf", "library", "matmul"]

@@ -29,6 +29,8 @@ COLS_32 = 160
 # are held to the 8-bit activation bound (kernel_reference.matmul_error_bound) and to each other.
 # MMA rounds weights and x to f16 (11-bit mantissa): bound by |w| |x| 2^-10 per product.
 MMA_REL = 2.0 ** -10
+# f32 sums of a few hundred products against float64: relative to sum |w x|.
+F32_SUM_REL = 1e-5
 # Greedy tokens compared with the CPU engine's before a near-tie may part them.
 GREEDY_TOKENS = 24
 
@@ -94,6 +96,47 @@ def test_gpu_layout_decodes_to_ek_dequantize_bit_for_bit(cuda_library, type_name
     assert np.array_equal(decoded.view(np.uint32), reference.view(np.uint32))
     # a slice of rows decodes alone (the embedding lookup's path)
     assert np.array_equal(_cuda.layout_dequantize(type_id, layout, n_rows, n_cols, 5, 3), cpu[5:8])
+
+
+Q8_32 = np.dtype([("d", "<f4"), ("s", "<f4"), ("qs", "i1", 32)])
+Q8_K = np.dtype([("d", "<f4"), ("qs", "i1", 256), ("bsums", "<i2", 16)])
+
+
+def quantize_activations(type_name: str, x: np.ndarray):
+    """x as the CPU engine's 8-bit activation blocks (d = max|x| / 127, q = round-half-even(x * 127 / max|x|)),
+    written here from that definition, and the values they stand for (float64)."""
+    block = 256 if type_name in ("Q4_K", "Q6_K") else 32
+    xb = x.astype(np.float32).reshape(-1, block)
+    amax = np.abs(xb).max(axis=1)
+    inv = np.where(amax != 0, np.float32(127.0) / np.where(amax != 0, amax, 1), 0).astype(np.float32)
+    q = np.rint(xb * inv[:, None]).astype(np.int8)
+    d = (amax / np.float32(127.0)).astype(np.float32)
+    if block == 32:
+        out = np.zeros(len(xb), Q8_32)
+        out["d"], out["qs"], out["s"] = d, q, d * q.sum(axis=1).astype(np.float32)
+    else:
+        out = np.zeros(len(xb), Q8_K)
+        out["d"], out["qs"], out["bsums"] = d, q, q.reshape(-1, 16, 16).sum(axis=2, dtype=np.int16)
+    return out, (d.astype(np.float64)[:, None] * q).reshape(x.shape)
+
+
+@pytest.mark.parametrize("type_name", [t for t in TYPES if t not in ("F16", "F32")])
+def test_dp4a_block_dots_equal_the_exact_dot_of_the_quantized_operands(cuda_library, type_name, rng):
+    """The DP4A kernel's per-block arithmetic (nibble and fifth-bit unpacking, Q4_K's scales and mins,
+    Q6_K's two-bit planes, the offsets folded into s) run on the host: it must give the float64 dot
+    of the dequantized weight with the dequantized 8-bit activations, to f32 summation rounding."""
+    from edgesdk import _cuda
+    raw, n_rows, n_cols = _matrix(type_name, rng)
+    type_id = kernels.type_id(type_name)
+    m = 3
+    x = (rng.normal(size=(m, n_cols)) * rng.uniform(0.1, 10, size=(m, 1))).astype(np.float32)
+    x[1, :32] = 0.0   # a block of zeros: d = 0, nothing divided by it
+    xq, x_values = quantize_activations(type_name, x)
+    w = numpy_dequantize(type_name, raw).reshape(n_rows, n_cols).astype(np.float64)
+    y = _cuda.dot_host(type_id, _cuda.layout_from_gguf(type_id, raw, n_rows, n_cols), n_rows, n_cols, xq, m)
+    exact = x_values @ w.T
+    scale = np.abs(x_values) @ np.abs(w).T
+    assert np.all(np.abs(y - exact) <= F32_SUM_REL * scale + 1e-6)
 
 
 def test_gpu_layout_sizes_keep_gguf_bytes_but_q4_k_scales(cuda_library):

@@ -33,7 +33,28 @@ __device__ inline int warp_sum_int(int v) {
     return v;
 }
 
-__device__ inline uint32_t load_u32(const uint8_t *p) { return *(const uint32_t *)p; }
+__host__ __device__ inline uint32_t load_u32(const uint8_t *p) { return *(const uint32_t *)p; }
+
+/* c + the dot of a's and b's four signed bytes (DP4A); the host's loop is the definition. */
+__host__ __device__ inline int ec_dp4a(uint32_t a, int b, int c) {
+#ifdef __CUDA_ARCH__
+    return __dp4a((int)a, b, c);
+#else
+    for (int k = 0; k < 32; k += 8) c += (int)(int8_t)(uint8_t)(a >> k) * (int)(int8_t)(uint8_t)((uint32_t)b >> k);
+    return c;
+#endif
+}
+
+/* Each byte of v (0..63) minus 32, as signed bytes. */
+__host__ __device__ inline uint32_t ec_minus32_bytes(uint32_t v) {
+#ifdef __CUDA_ARCH__
+    return __vsubss4(v, 0x20202020u);
+#else
+    uint32_t out = 0;
+    for (int k = 0; k < 32; k += 8) out |= (uint32_t)(uint8_t)((int)((v >> k) & 0xFFu) - 32) << k;
+    return out;
+#endif
+}
 
 /* ------------------------------------------------------ activation quantization */
 
@@ -90,11 +111,11 @@ __global__ void quantize_q8_k_kernel(const float *x, ec_block_q8_k *out, int64_t
 
 /* Dot of one 32-value block of a Q4_0/Q4_1/Q5_0/Q8_0 weight with one q8_32 block. */
 template <int T>
-__device__ inline float dot_block32(const uint8_t *q, const __half *h, const ec_block_q8_32 *x) {
+__host__ __device__ inline float dot_block32(const uint8_t *q, const __half *h, const ec_block_q8_32 *x) {
     const int *xq = (const int *)x->qs;
     int sumi = 0;
     if (T == EK_TYPE_Q8_0) {
-        for (int j = 0; j < 8; j++) sumi = __dp4a((int)load_u32(q + 4 * j), xq[j], sumi);
+        for (int j = 0; j < 8; j++) sumi = ec_dp4a(load_u32(q + 4 * j), xq[j], sumi);
         return __half2float(h[0]) * x->d * (float)sumi;
     }
     const uint32_t qh = T == EK_TYPE_Q5_0 ? load_u32(q + 16) : 0u;
@@ -106,8 +127,8 @@ __device__ inline float dot_block32(const uint8_t *q, const __half *h, const ec_
             lo |= ((bl & 1u) << 4) | ((bl & 2u) << 11) | ((bl & 4u) << 18) | ((bl & 8u) << 25);
             hi |= ((bh & 1u) << 4) | ((bh & 2u) << 11) | ((bh & 4u) << 18) | ((bh & 8u) << 25);
         }
-        sumi = __dp4a((int)lo, xq[j], sumi);
-        sumi = __dp4a((int)hi, xq[4 + j], sumi);
+        sumi = ec_dp4a(lo, xq[j], sumi);
+        sumi = ec_dp4a(hi, xq[4 + j], sumi);
     }
     const float d = __half2float(h[0]);
     if (T == EK_TYPE_Q4_0) return d * (x->d * (float)sumi - 8.0f * x->s);
@@ -117,13 +138,13 @@ __device__ inline float dot_block32(const uint8_t *q, const __half *h, const ec_
 
 /* Dot of 32-value step `sub` (0..7) of a Q4_K/Q6_K block with the same values of a q8_k block. */
 template <int T>
-__device__ inline float dot_sub_k(const uint8_t *q, const __half *h, const ec_block_q8_k *x, int sub) {
+__host__ __device__ inline float dot_sub_k(const uint8_t *q, const __half *h, const ec_block_q8_k *x, int sub) {
     const int *xq = (const int *)(x->qs + 32 * sub);
     if (T == EK_TYPE_Q4_K) {
         const uint8_t *qs = q + 32 * (sub / 2);
         const int shift = 4 * (sub & 1);
         int sumi = 0;
-        for (int j = 0; j < 8; j++) sumi = __dp4a((int)((load_u32(qs + 4 * j) >> shift) & 0x0F0F0F0Fu), xq[j], sumi);
+        for (int j = 0; j < 8; j++) sumi = ec_dp4a((load_u32(qs + 4 * j) >> shift) & 0x0F0F0F0Fu, xq[j], sumi);
         const int bsum = x->bsums[2 * sub] + x->bsums[2 * sub + 1];
         return x->d * (__half2float(h[0]) * (float)q[128 + sub] * (float)sumi -
                        __half2float(h[1]) * (float)q[136 + sub] * (float)bsum);
@@ -136,9 +157,9 @@ __device__ inline float dot_sub_k(const uint8_t *q, const __half *h, const ec_bl
     for (int j = 0; j < 8; j++) {
         const uint32_t lo = (load_u32(ql + 4 * j) >> (4 * (s >> 1))) & 0x0F0F0F0Fu;
         const uint32_t hi = ((load_u32(qh + 4 * j) >> (2 * s)) & 0x03030303u) << 4;
-        const int w = (int)__vsubss4(lo | hi, 0x20202020u); /* q - 32 per byte */
-        if (j < 4) sum0 = __dp4a(w, xq[j], sum0);
-        else sum1 = __dp4a(w, xq[j], sum1);
+        const uint32_t w = ec_minus32_bytes(lo | hi);
+        if (j < 4) sum0 = ec_dp4a(w, xq[j], sum0);
+        else sum1 = ec_dp4a(w, xq[j], sum1);
     }
     return x->d * __half2float(h[0]) * (float)(sc[0] * sum0 + sc[1] * sum1);
 }
@@ -360,6 +381,47 @@ int ec_get_rows(const ec_matrix *w, const int32_t *ids, int64_t n, float *out, c
                                                                           n, out);
     const cudaError_t err = cudaGetLastError();
     return err == cudaSuccess ? EK_OK : EC_CUDA_STATUS(err);
+}
+
+/* ------------------------------------------------------ the DP4A dots on the host */
+
+template <int T>
+static void dot_rows_host(const uint8_t *q, const __half *h, int64_t n_rows, int64_t nb, const void *xq, int64_t m,
+                          float *y) {
+    const ec_layout_info li = ec_layout_of(T);
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t r = 0; r < n_rows; r++) {
+            float acc = 0.0f;
+            for (int64_t b = 0; b < nb; b++) {
+                const int64_t blk = r * nb + b;
+                if (T == EK_TYPE_Q4_K || T == EK_TYPE_Q6_K)
+                    for (int sub = 0; sub < 8; sub++)
+                        acc += dot_sub_k<T>(ec_block_q(q, li, blk), ec_block_h(h, li, blk),
+                                            (const ec_block_q8_k *)xq + i * nb + b, sub);
+                else
+                    acc += dot_block32<T>(ec_block_q(q, li, blk), ec_block_h(h, li, blk),
+                                          (const ec_block_q8_32 *)xq + i * nb + b);
+            }
+            y[i * n_rows + r] = acc;
+        }
+}
+
+int ec_dot_host(int type, const void *layout, int64_t n_rows, int64_t n_cols, const void *xq, int64_t m, float *y) {
+    const ec_layout_info li = ec_layout_of(type);
+    if (!quantized(type) || ec_layout_bytes(type, n_rows, n_cols) == 0) return EK_ERR_UNSUPPORTED;
+    const int64_t nb = n_cols / li.block_elems;
+    const uint8_t *q = (const uint8_t *)layout;
+    const __half *h = (const __half *)(q + n_rows * nb * li.q_bytes);
+    switch (type) {
+    case EK_TYPE_Q4_0: dot_rows_host<EK_TYPE_Q4_0>(q, h, n_rows, nb, xq, m, y); break;
+    case EK_TYPE_Q4_1: dot_rows_host<EK_TYPE_Q4_1>(q, h, n_rows, nb, xq, m, y); break;
+    case EK_TYPE_Q5_0: dot_rows_host<EK_TYPE_Q5_0>(q, h, n_rows, nb, xq, m, y); break;
+    case EK_TYPE_Q8_0: dot_rows_host<EK_TYPE_Q8_0>(q, h, n_rows, nb, xq, m, y); break;
+    case EK_TYPE_Q4_K: dot_rows_host<EK_TYPE_Q4_K>(q, h, n_rows, nb, xq, m, y); break;
+    case EK_TYPE_Q6_K: dot_rows_host<EK_TYPE_Q6_K>(q, h, n_rows, nb, xq, m, y); break;
+    default: return EK_ERR_UNSUPPORTED;
+    }
+    return EK_OK;
 }
 
 /* ------------------------------------------------------ one product from the host */

@@ -78,6 +78,13 @@ EK_API int ec_layout_from_gguf(int type, const void *src, int64_t n_rows, int64_
 EK_API int ec_layout_dequantize(int type, const void *layout, int64_t n_rows, int64_t n_cols, int64_t r0,
                                 int64_t n, float *dst);
 
+/* The DP4A path's block dot products (the very functions the kernel calls, with DP4A's
+   definition on the host) for y (m, n_rows) = xq @ W^T: W a GPU layout of a quantized type, xq m
+   rows of the CPU engine's activation blocks, {float d; float s; int8 qs[32]} for Q4_0, Q4_1,
+   Q5_0 and Q8_0 (s = d * sum(qs)), {float d; int8 qs[256]; int16 bsums[16]} for Q4_K and Q6_K. */
+EK_API int ec_dot_host(int type, const void *layout, int64_t n_rows, int64_t n_cols, const void *xq, int64_t m,
+                       float *y);
+
 /* --------------------------------------------- single products on the device */
 
 /* Paths of a matrix product. */
