@@ -181,6 +181,22 @@ def gpu_budget(host: "Budget", device_name: str, free_bytes: int, unified: bool)
     return Budget(free_bytes, f"{device_name} free memory", host.address_space, host.address_space_source)
 
 
+def gpu_layers(layer_bytes: Sequence[int], output_bytes: int, compute_bytes: int, free: int) -> int:
+    """How many layers a layer-offloading engine (llama.cpp's n_gpu_layers) puts on a GPU with `free`
+    bytes: it offloads the last ones first, and the output head once every layer is there (a count of
+    len(layer_bytes) + 1). layer_bytes: weights and KV cache of each layer; compute_bytes: the
+    device's compute buffer, reserved with the CUDA context before any layer. Never "all" blindly:
+    0 when not even one layer fits."""
+    room = free - compute_bytes - CUDA_CONTEXT_DEVICE_BYTES
+    count = 0
+    for size in reversed(layer_bytes):
+        if size > room:
+            return count
+        room -= size
+        count += 1
+    return count + 1 if output_bytes <= room else count
+
+
 @dataclass(frozen=True)
 class PlanRequest:
     """What a plan is made for: one model on one backend with fixed threads and batch; the

@@ -210,6 +210,41 @@ def test_jetson_plan_refuses_before_loading_when_weights_do_not_fit_beside_the_o
     assert memory.fit(request, memory.Budget(6 << 30, "MemAvailable", None), n_ctx=2048).weights_owned == 3 << 30
 
 
+def test_gpu_layers_offloads_the_last_layers_that_fit_and_the_head_only_after_all():
+    mib = memory.MIB
+    context = memory.CUDA_CONTEXT_DEVICE_BYTES
+    layers = [100 * mib] * 10
+    assert memory.gpu_layers(layers, 50 * mib, 10 * mib, context + 10 * mib + 550 * mib) == 5
+    assert memory.gpu_layers(layers, 50 * mib, 10 * mib, context + 10 * mib + 1000 * mib) == 10
+    assert memory.gpu_layers(layers, 50 * mib, 10 * mib, context + 10 * mib + 1050 * mib) == 11
+    assert memory.gpu_layers(layers, 50 * mib, 10 * mib, context) == 0   # never "all" blindly
+
+
+@pytest.mark.parametrize("integrated", [False, True])
+def test_llamacpp_plan_moves_offloaded_layers_off_the_host_and_counts_weights_once(monkeypatch, smollm2_path,
+                                                                                     integrated):
+    from edgesdk import ggml_rpc, loading
+    from edgesdk.backends.llamacpp import LlamaCppBackend
+    if not LlamaCppBackend.available():
+        pytest.fail(f"llama-cpp-python is part of the test environment: {LlamaCppBackend.available().reason}")
+    cpu = loading.plan(smollm2_path, backend="llamacpp", n_ctx=512, threads=1)
+    half = memory.CUDA_CONTEXT_DEVICE_BYTES + 64 * memory.MIB + cpu.weights_mapped // 2
+    monkeypatch.setattr(ggml_rpc, "gpu_devices", lambda: [("CUDA0", half, 2 * half, integrated)])
+    offloaded = loading.plan(smollm2_path, backend="llamacpp", n_ctx=512, threads=1)
+    if integrated:   # every layer on the GPU, in the same RAM: the same bytes, once
+        assert offloaded.weights_mapped + offloaded.weights_owned == cpu.weights_mapped
+        assert offloaded.weights_owned > 0 and offloaded.kv_cache == cpu.kv_cache
+    else:            # some layers, not all, with their KV cache, leave the host's plan
+        assert 0 < offloaded.weights_mapped < cpu.weights_mapped and offloaded.weights_owned == 0
+        assert offloaded.kv_cache < cpu.kv_cache
+    # n_gpu_layers=0 keeps the model on the CPU whatever the GPU holds
+    from edgesdk import LoadConfig
+    kept = loading.prepare(smollm2_path, LoadConfig(backend="llamacpp", n_ctx=512, threads=1,
+                                                    options={"n_gpu_layers": 0}))
+    kept.close()
+    assert kept.plan.weights_mapped == cpu.weights_mapped
+
+
 # -- on a GPU ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("m", [1, 8, 512])
