@@ -23,7 +23,7 @@ from ..errors import InvalidArgumentError, NativeBuildError, UnsupportedModelErr
 from . import register
 from .base import (Availability, Backend, BackendInfo, ModelSource, check_common_settings, check_ids, check_start,
                    check_state, resolved)
-from .native import NATIVE_RUNTIME_RSS, _check_shape, _check_tensors, _Description, _engine, _type_id
+from .native import NATIVE_RUNTIME_RSS, EngineHandle, _check_shape, _check_tensors, _Description, _engine, _type_id
 
 STATE_MAGIC = b"ECKV"
 STATE_HEADER = struct.Struct("<4sIIIIq")  # magic, n_layer, kv_type, kv_dim, n_ctx, n_past (native's fields)
@@ -71,7 +71,7 @@ def _check_settings(source: ModelSource, config: LoadConfig) -> int:
 
 
 @register
-class CudaBackend(Backend):
+class CudaBackend(EngineHandle, Backend):
     """A GGUF model on edgesdk's CUDA engine, one sequence with an f16 KV cache."""
 
     name = "cuda"
@@ -204,27 +204,8 @@ class CudaBackend(Backend):
         return BackendInfo(name="cuda", device=f"cuda:{self.gpu.index} ({self.gpu.name}, sm_{major}{minor})",
                            n_ctx=self.n_ctx, n_vocab=self.n_vocab, threads=self.threads, kv_type=self.kv_type)
 
-    def close(self) -> None:
-        if getattr(self, "_handle", None):
-            _cuda.library().ec_model_free(self._handle)
-            self._handle = None
-        checked = getattr(self, "_checked", None)
-        if checked is not None:
-            self._checked = None
-            checked.desc = None
-            if checked.owns_file:
-                checked.source.file.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
-
-    def _require_open(self) -> int:
-        if not self._handle:
-            raise InvalidArgumentError("the cuda backend is closed")
-        return self._handle
+    def _free_engine(self, handle: int) -> None:
+        _cuda.library().ec_model_free(handle)
 
 
 __all__ = ["CudaBackend", "BUILT_ARCHS"]

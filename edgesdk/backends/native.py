@@ -275,8 +275,42 @@ def memory_requirements(gguf_file: ModelArg, n_ctx: int, kv_type: str = "f16", n
             checked.source.file.close()
 
 
+class EngineHandle:
+    """What a backend on one of edgesdk's C engines (native, cuda) does with its handle and its checked
+    file: close() frees the engine, then the description's arrays, then the mapping they point into."""
+
+    name: str
+    _handle: Optional[int]
+    _checked: Optional[_Checked]
+
+    def _free_engine(self, handle: int) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        if getattr(self, "_handle", None):
+            self._free_engine(self._handle)
+            self._handle = None
+        checked = getattr(self, "_checked", None)
+        if checked is not None:
+            self._checked = None
+            checked.desc = None          # the arrays it points into go before the mapping
+            if checked.owns_file:
+                checked.source.file.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def _require_open(self) -> int:
+        if not self._handle:
+            raise InvalidArgumentError(f"the {self.name} backend is closed")
+        return self._handle
+
+
 @register
-class NativeBackend(Backend):
+class NativeBackend(EngineHandle, Backend):
     """A GGUF model on edgesdk's own engine, with a KV cache of n_seq sequences of n_ctx positions.
 
     Made by edgesdk.load through the registry, or directly from a path or an
@@ -482,27 +516,8 @@ class NativeBackend(Backend):
         _engine().lib.ek_model_memory_used(self._require_open(), ctypes.byref(mem))
         return self._checked.desc.engine_parts(mem)
 
-    def close(self) -> None:
-        if getattr(self, "_handle", None):
-            _engine().lib.ek_model_free(self._handle)
-            self._handle = None
-        checked = getattr(self, "_checked", None)
-        if checked is not None:
-            self._checked = None
-            checked.desc = None          # the arrays it points into go before the mapping
-            if checked.owns_file:
-                checked.source.file.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
-
-    def _require_open(self) -> int:
-        if not self._handle:
-            raise InvalidArgumentError("the native backend is closed")
-        return self._handle
+    def _free_engine(self, handle: int) -> None:
+        _engine().lib.ek_model_free(handle)
 
 
-__all__ = ["NativeBackend", "memory_requirements", "SUPPORTED_ARCHITECTURES", "DEFAULT_REPACK"]
+__all__ = ["EngineHandle", "NativeBackend", "memory_requirements", "SUPPORTED_ARCHITECTURES", "DEFAULT_REPACK"]

@@ -228,12 +228,7 @@ int ec_model_create(const ek_model_desc *desc, int device, ec_model **out) {
     m->d.layers = NULL;
     m->device = device;
     m->kv_dim = kv_dim(desc);
-    m->rope_global = ops_rope_scaling_init(desc->n_rot, desc->rope_base, desc->rope_freq_scale, desc->yarn_ext_factor,
-                                           desc->rope_mscale, desc->yarn_n_ctx_orig, desc->yarn_beta_fast,
-                                           desc->yarn_beta_slow);
-    m->rope_sliding = ops_rope_scaling_init(desc->n_rot, desc->rope_base_swa, desc->rope_freq_scale_swa,
-                                            desc->yarn_ext_factor, desc->rope_mscale_swa, desc->yarn_n_ctx_orig,
-                                            desc->yarn_beta_fast, desc->yarn_beta_slow);
+    ops_rope_scalings(desc, &m->rope_global, &m->rope_sliding);
     ec_model_memory need;
     ec_model_memory_needs(desc, &need);
     int st = EK_OK;

@@ -2,6 +2,8 @@
 #ifndef EK_OPS_INTERNAL_H
 #define EK_OPS_INTERNAL_H
 
+#include "edgekern.h" /* ek_model_desc */
+
 #include <stdint.h>
 
 #ifdef __cplusplus
@@ -29,6 +31,10 @@ typedef struct ops_rope_scaling {
    within n_ctx_orig and ending at the one that turns beta_slow times. */
 ops_rope_scaling ops_rope_scaling_init(int64_t n_rot, float base, float freq_scale, float ext_factor, float mscale,
                                        int32_t n_ctx_orig, float beta_fast, float beta_slow);
+
+/* The scalings of a model's global and sliding-window layers (each with its own base and
+   scale, YaRN's settings shared), as both engines compute them. */
+void ops_rope_scalings(const ek_model_desc *d, ops_rope_scaling *global, ops_rope_scaling *sliding);
 
 /* RoPE split in two: the angles of one position (n_rot/2 cos and sin), computed once
    per batch and layer kind, and their application to n_heads vectors. */

@@ -3,7 +3,7 @@
  * computes each pass's cos/sin table with these on the host), so both rotate by the same floats.
  * Depends on nothing but libm.
  */
-#include "edgekern.h" /* EK_ROPE_NEOX */
+#include "edgekern.h" /* EK_ROPE_NEOX, ek_model_desc */
 #include "ops_internal.h"
 
 #include <math.h>
@@ -26,6 +26,13 @@ ops_rope_scaling ops_rope_scaling_init(int64_t n_rot, float base, float freq_sca
     s.corr_lo = (float)(lo > 0.0 ? lo : 0.0);
     s.corr_hi = (float)(hi < (double)(n_rot - 1) ? hi : (double)(n_rot - 1));
     return s;
+}
+
+void ops_rope_scalings(const ek_model_desc *d, ops_rope_scaling *global, ops_rope_scaling *sliding) {
+    *global = ops_rope_scaling_init(d->n_rot, d->rope_base, d->rope_freq_scale, d->yarn_ext_factor, d->rope_mscale,
+                                    d->yarn_n_ctx_orig, d->yarn_beta_fast, d->yarn_beta_slow);
+    *sliding = ops_rope_scaling_init(d->n_rot, d->rope_base_swa, d->rope_freq_scale_swa, d->yarn_ext_factor,
+                                     d->rope_mscale_swa, d->yarn_n_ctx_orig, d->yarn_beta_fast, d->yarn_beta_slow);
 }
 
 void ops_rope_angles(int64_t pos, int64_t n_rot, float base, const ops_rope_scaling *scaling,
