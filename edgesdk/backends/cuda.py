@@ -11,7 +11,6 @@ device's, checked against its free memory (plan_budget), before anything is allo
 from __future__ import annotations
 
 import ctypes
-import struct
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence
 
@@ -22,11 +21,9 @@ from ..config import LoadConfig
 from ..errors import InvalidArgumentError, NativeBuildError, UnsupportedModelError
 from . import register
 from .base import (Availability, Backend, BackendInfo, ModelSource, check_common_settings, check_ids, check_start,
-                   check_state, resolved)
-from .native import NATIVE_RUNTIME_RSS, EngineHandle, _check_shape, _check_tensors, _Description, _engine, _type_id
+                   resolved)
+from .native import NATIVE_RUNTIME_RSS, EngineHandle, _check_shape, _check_tensors, _Description, _engine
 
-STATE_MAGIC = b"ECKV"
-STATE_HEADER = struct.Struct("<4sIIIIq")  # magic, n_layer, kv_type, kv_dim, n_ctx, n_past (native's fields)
 # Compute capabilities the library has device code for (tools/build_cuda.py DEFAULT_ARCHS), and
 # the PTX it carries for newer ones.
 BUILT_ARCHS = ((8, 7), (9, 0))
@@ -81,6 +78,7 @@ class CudaBackend(EngineHandle, Backend):
     auto_rank = 5          # before native: a usable GPU is faster than the CPU
     keeps_file = True
     max_seqs = 1
+    state_magic = b"ECKV"   # the native engine's header and row layout, under its own magic
 
     @classmethod
     def available(cls) -> Availability:
@@ -173,11 +171,6 @@ class CudaBackend(EngineHandle, Backend):
     def n_past(self) -> int:
         return self._n_past
 
-    def _state_header(self, n_past: int) -> bytes:
-        s = self.shape
-        return STATE_HEADER.pack(STATE_MAGIC, s.n_layer, _type_id("F16"), s.n_head_kv * s.head_dim_k, self.n_ctx,
-                                 n_past)
-
     def save_state(self) -> bytes:
         handle = self._require_open()
         size = int(_cuda.library().ec_model_state_bytes(handle, self._n_past))
@@ -187,15 +180,7 @@ class CudaBackend(EngineHandle, Backend):
 
     def load_state(self, blob: bytes, n_past: int) -> None:
         handle = self._require_open()
-
-        def mismatch(saved):
-            magic, n_layer, kv_type, kv_dim, n_ctx, saved_past = saved
-            return (f"saved magic={magic!r}, n_layer={n_layer}, kv_dim={kv_dim}, n_ctx={n_ctx}, n_past={saved_past}; "
-                    f"expected {STATE_MAGIC!r}, n_layer={self.shape.n_layer}, "
-                    f"kv_dim={self.shape.n_head_kv * self.shape.head_dim_k}, n_ctx={self.n_ctx}, n_past={n_past}")
-        head = check_state(blob, n_past, self.n_ctx, STATE_HEADER, self._state_header,
-                           lambda n: int(_cuda.library().ec_model_state_bytes(handle, n)), mismatch)
-        payload = (ctypes.c_char * (len(blob) - head)).from_buffer_copy(blob, head)
+        payload = self._state_payload(blob, n_past, lambda n: int(_cuda.library().ec_model_state_bytes(handle, n)))
         _cuda.check(_cuda.library().ec_model_state_load(handle, int(n_past), payload), "ec_model_state_load")
         self._n_past = int(n_past)
 
