@@ -172,6 +172,36 @@ def test_library_loads_without_a_driver_and_reports_why_there_is_no_device(cuda_
     assert not status and status.reason.startswith("no CUDA device:")
 
 
+@pytest.mark.parametrize("model", ["smollm2_path", "gemma3_path"])
+def test_engine_memory_needs_count_every_tensor_in_gpu_layout_and_an_f16_cache(cuda_library, model, request):
+    """ec_model_memory_needs is host code: the plan a GPU machine would load with, checked here."""
+    import ctypes
+    from edgesdk import _cuda, gguf
+    from edgesdk.backends.native import _check
+    from edgesdk.config import LoadConfig
+    path = request.getfixturevalue(model)
+    config = LoadConfig(backend="native", n_ctx=1024, threads=1, n_batch=512)
+    checked = _check(path, config)
+    try:
+        checked.desc.configure(config, repack=False)
+        mem = _cuda.EcModelMemory()
+        _cuda.check(_cuda.library().ec_model_memory_needs(ctypes.byref(checked.desc.desc), ctypes.byref(mem)), "needs")
+        shape, f = checked.source.shape, checked.source.file
+        align = lambda n: -(-n // 256) * 256  # noqa: E731  (the engine's sub-allocation alignment)
+        matrices = [align(_cuda.layout_bytes(t.type_id, t.shape[1], t.shape[0]))
+                    for t in f.tensors.values() if len(t.shape) == 2]
+        vectors = [align(4 * t.shape[0]) for name, t in f.tensors.items() if len(t.shape) == 1
+                   and name != "rope_freqs.weight"]   # rope_freqs stays on the host: the angles are computed there
+        assert mem.weights == sum(matrices) + sum(vectors)
+        assert mem.host_staging == max(matrices)
+        assert mem.kv_cache == 2 * shape.n_layer * 1024 * shape.n_head_kv * shape.head_dim_k * 2
+        assert 0 < mem.scratch < mem.weights
+        assert mem.host_pinned == 2 * align(4 * 512) + align(4 * 2 * 512 * shape.n_rot)  # ids, positions, cos|sin
+    finally:
+        checked.desc = None
+        checked.source.file.close()
+
+
 def test_unified_memory_counts_weights_once_in_the_machine_budget():
     device = {"weights": 900 * memory.MIB, "kv_cache": 100 * memory.MIB, "scratch": 20 * memory.MIB}
     host = {"staging": 30 * memory.MIB, "pinned": 1 * memory.MIB, "logits": 2 * memory.MIB,
