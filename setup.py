@@ -47,9 +47,10 @@ class BuildNative(build_ext):
                 "Install one first, e.g. 'sudo apt-get install build-essential' on Debian/Ubuntu/"
                 "Raspberry Pi OS, then run pip again."
             )
+        cuda = cuda_builder()
         super().run()
-        # beside libedgekern.so: the package dir in place, the build dir otherwise
-        build_cuda_library(os.path.dirname(self.get_ext_fullpath(LIBRARY_NAME)))
+        if cuda is not None:   # beside libedgekern.so: the package dir in place, the build dir otherwise
+            build_cuda_library(cuda, os.path.dirname(self.get_ext_fullpath(LIBRARY_NAME)))
 
     def finalize_options(self):
         super().finalize_options()
@@ -79,19 +80,29 @@ def _cuda_builder():
     return module
 
 
-def build_cuda_library(package_dir: str) -> None:
-    """edgesdk/libedgecuda.so beside libedgekern.so when nvcc is found; EDGESDK_CUDA=1 requires it
-    (failing in words without nvcc), EDGESDK_CUDA=0 skips it. The CPU package is the same either way."""
+def cuda_builder():
+    """tools/build_cuda.py when the CUDA library is to be built, None for the CPU-only package: built
+    when nvcc is found, EDGESDK_CUDA=1 requires it (exiting in words before anything is compiled when
+    nvcc is missing), EDGESDK_CUDA=0 skips it. The CPU package is the same either way."""
     wanted = os.environ.get("EDGESDK_CUDA", "").strip()
     if wanted == "0":
-        return
+        return None
+    if not os.path.isfile(os.path.join(HERE, "tools", "build_cuda.py")):
+        if wanted == "1":
+            sys.exit("edgesdk: EDGESDK_CUDA=1 but this source tree has no CUDA part (tools/build_cuda.py, native/cuda)")
+        return None     # a tree copied without it (tools/build_wheels.py's): the CPU package
     builder = _cuda_builder()
     if builder.find_nvcc() is None:
         if wanted == "1":
-            sys.exit("edgesdk: EDGESDK_CUDA=1 but nvcc was not found (PATH, $CUDA_HOME, /usr/local/cuda). "
+            sys.exit("edgesdk: EDGESDK_CUDA=1 but nvcc was not found ($NVCC, PATH, $CUDA_HOME, /usr/local/cuda). "
                      "Install the CUDA toolkit (JetPack 6: 'sudo apt-get install nvidia-jetpack'), or unset "
                      "EDGESDK_CUDA to build the CPU-only package.")
-        return
+        return None
+    return builder
+
+
+def build_cuda_library(builder, package_dir: str) -> None:
+    """edgesdk/libedgecuda.so beside libedgekern.so, for EDGESDK_CUDA_ARCHS (default sm_87, sm_90)."""
     archs = [a for a in os.environ.get("EDGESDK_CUDA_ARCHS", ",".join(builder.DEFAULT_ARCHS)).split(",") if a]
     try:
         builder.build(os.path.join(package_dir, builder.LIBRARY_FILE), archs)

@@ -45,7 +45,10 @@ def headers() -> list:
 
 
 def find_nvcc() -> Optional[str]:
-    """nvcc on PATH, under $CUDA_HOME, or at the usual install paths; None when there is none."""
+    """$NVCC when set (and nothing else), else nvcc on PATH, under $CUDA_HOME, or at the usual install
+    paths; None when there is none."""
+    if os.environ.get("NVCC"):
+        return os.environ["NVCC"] if os.access(os.environ["NVCC"], os.X_OK) else None
     found = shutil.which("nvcc")
     if found:
         return found
