@@ -229,8 +229,9 @@ static int launch_dp4a(const ec_matrix *w, const float *x, int64_t m, float *y, 
     const bool k_input = T == EK_TYPE_Q4_K || T == EK_TYPE_Q6_K;
     const int64_t x_blocks = w->n_cols / (k_input ? EC_QK_K : EC_QK), n_xblocks = m * x_blocks;
     const unsigned qgrid = (unsigned)((n_xblocks + EC_WARPS_PER_BLOCK - 1) / EC_WARPS_PER_BLOCK);
-    if (k_input) quantize_q8_k_kernel<<<qgrid, 32 * EC_WARPS_PER_BLOCK, 0, stream>>>(x, (ec_block_q8_k *)s->xq, n_xblocks);
-    else quantize_q8_32_kernel<<<qgrid, 32 * EC_WARPS_PER_BLOCK, 0, stream>>>(x, (ec_block_q8_32 *)s->xq, n_xblocks);
+    const int threads = 32 * EC_WARPS_PER_BLOCK;
+    if (k_input) quantize_q8_k_kernel<<<qgrid, threads, 0, stream>>>(x, (ec_block_q8_k *)s->xq, n_xblocks);
+    else quantize_q8_32_kernel<<<qgrid, threads, 0, stream>>>(x, (ec_block_q8_32 *)s->xq, n_xblocks);
     const size_t x_row_bytes = ec_act_bytes(T, 1, w->n_cols);
     for (int64_t i0 = 0; i0 < m; i0 += EC_ROWS_PER_PASS) {
         const int rows = (int)(m - i0 < EC_ROWS_PER_PASS ? m - i0 : EC_ROWS_PER_PASS);
@@ -265,7 +266,8 @@ __global__ void to_f16_scaled_kernel(const float *x, int64_t n_cols, __half *xh,
     int e = 0;
     if (amax >= 16384.0f) frexpf(amax / 16384.0f, &e); /* 2^e > amax / 2^14 */
     const float scale = ldexpf(1.0f, -e);
-    for (int64_t c = threadIdx.x; c < n_cols; c += blockDim.x) xh[i * n_cols + c] = __float2half_rn(x[i * n_cols + c] * scale);
+    for (int64_t c = threadIdx.x; c < n_cols; c += blockDim.x)
+        xh[i * n_cols + c] = __float2half_rn(x[i * n_cols + c] * scale);
     if (threadIdx.x == 0) inv_scale[i] = ldexpf(1.0f, e);
 }
 
@@ -453,8 +455,8 @@ int ec_matmul_host(int device, int type, const void *gguf_data, int64_t n_rows, 
             (err = cudaMemcpy(dx, x, (size_t)(m * n_cols) * sizeof(float), cudaMemcpyHostToDevice)) == cudaSuccess) {
             const ec_matrix w = {type, n_rows, n_cols, nb, dw, (const __half *)(dw + n_rows * nb * li.q_bytes)};
             st = ec_matmul(&w, dx, m, dy, n_rows, &s, path, 0);
-            if (st == EK_OK && (err = cudaMemcpy(y, dy, (size_t)(m * n_rows) * sizeof(float), cudaMemcpyDeviceToHost)) !=
-                                   cudaSuccess)
+            const size_t y_bytes = (size_t)(m * n_rows) * sizeof(float);
+            if (st == EK_OK && (err = cudaMemcpy(y, dy, y_bytes, cudaMemcpyDeviceToHost)) != cudaSuccess)
                 st = EC_CUDA_STATUS(err);
         } else {
             st = EC_CUDA_STATUS(err);

@@ -52,8 +52,12 @@ static unsigned grid_for(int64_t n) { return (unsigned)((n + 255) / 256); }
 void ec_add_bias_rows(float *y, const float *b, int64_t n, int64_t dim, cudaStream_t stream) {
     add_bias_kernel<<<grid_for(n * dim), 256, 0, stream>>>(y, b, n, dim);
 }
-void ec_scale(float *x, float scale, int64_t n, cudaStream_t stream) { scale_kernel<<<grid_for(n), 256, 0, stream>>>(x, scale, n); }
-void ec_add(float *y, const float *x, int64_t n, cudaStream_t stream) { add_kernel<<<grid_for(n), 256, 0, stream>>>(y, x, n); }
+void ec_scale(float *x, float scale, int64_t n, cudaStream_t stream) {
+    scale_kernel<<<grid_for(n), 256, 0, stream>>>(x, scale, n);
+}
+void ec_add(float *y, const float *x, int64_t n, cudaStream_t stream) {
+    add_kernel<<<grid_for(n), 256, 0, stream>>>(y, x, n);
+}
 
 /* SiLU(g) = g / (1 + e^-g); GELU's tanh form 0.5 g (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3))). */
 __global__ void gated_act_kernel(int act, const float *gate, const float *up, float *out, int64_t n) {
@@ -104,16 +108,18 @@ void ec_rope_store(float *q, float *k, const float *v, const float *table, const
 /* One block per (head, row). Each warp takes every ATT_WARPS-th position and keeps an online
    softmax (running max, sum of weights, weighted sum of v with hd / 32 values a lane); the
    warps' partial results are merged at the end. */
+template <int PER_LANE> /* hd / 32: the values of q, k, v each lane holds, in registers */
 __global__ void attention_kernel(const float *q, const __half *k_cache, const __half *v_cache, const int32_t *pos,
-                                 int n_head, int n_head_kv, int hd, int n_swa, float scale, float *att) {
+                                 int n_head, int n_head_kv, int n_swa, float scale, float *att) {
+    const int hd = 32 * PER_LANE, per_lane = PER_LANE;
     const int h = blockIdx.x;
     const int64_t i = blockIdx.y;
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, per_lane = hd / 32;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int kv_dim = n_head_kv * hd, hk = h / (n_head / n_head_kv);
     const int p = pos[i];
     const int lo = n_swa > 0 && p - n_swa + 1 > 0 ? p - n_swa + 1 : 0;
     const float *qv = q + (i * n_head + h) * hd;
-    float qr[EC_MAX_HEAD_DIM / 32], acc[EC_MAX_HEAD_DIM / 32];
+    float qr[PER_LANE], acc[PER_LANE];
     for (int t = 0; t < per_lane; t++) qr[t] = qv[lane + 32 * t], acc[t] = 0.0f;
     float mx = -INFINITY, l = 0.0f;
     for (int j = lo + warp; j <= p; j += ATT_WARPS) {
@@ -146,9 +152,16 @@ __global__ void attention_kernel(const float *q, const __half *k_cache, const __
     }
 }
 
+typedef void (*attention_fn)(const float *, const __half *, const __half *, const int32_t *, int, int, int, float,
+                             float *);
+static const attention_fn ATTENTION_KERNELS[EC_MAX_HEAD_DIM / 32] = {
+    attention_kernel<1>, attention_kernel<2>, attention_kernel<3>, attention_kernel<4>,
+    attention_kernel<5>, attention_kernel<6>, attention_kernel<7>, attention_kernel<8>};
+
 void ec_attention(const float *q, const __half *k_cache, const __half *v_cache, const int32_t *pos, int64_t n,
                   int n_head, int n_head_kv, int hd, int n_swa, float scale, float *att, cudaStream_t stream) {
     const dim3 grid((unsigned)n_head, (unsigned)n);
-    attention_kernel<<<grid, 32 * ATT_WARPS, 0, stream>>>(q, k_cache, v_cache, pos, n_head, n_head_kv, hd, n_swa,
-                                                          scale, att);
+    /* hd is a multiple of 32 up to EC_MAX_HEAD_DIM (the caller checked) */
+    ATTENTION_KERNELS[hd / 32 - 1]<<<grid, 32 * ATT_WARPS, 0, stream>>>(q, k_cache, v_cache, pos, n_head, n_head_kv,
+                                                                      n_swa, scale, att);
 }

@@ -102,7 +102,8 @@ static void activation_floats(const ek_model_desc *d, uint64_t out[9]) {
 }
 
 static uint64_t pass_input_bytes(const ek_model_desc *d) {
-    return 2 * align_up((uint64_t)d->n_batch * sizeof(int32_t)) + align_up(2ull * d->n_batch * d->n_rot * sizeof(float));
+    return 2 * align_up((uint64_t)d->n_batch * sizeof(int32_t)) +
+           align_up(2ull * d->n_batch * d->n_rot * sizeof(float));
 }
 
 static uint64_t scratch_bytes(const ek_model_desc *d) {
@@ -110,8 +111,8 @@ static uint64_t scratch_bytes(const ek_model_desc *d) {
     activation_floats(d, counts);
     for (int i = 0; i < 9; i++) total += align_up(counts[i] * sizeof(float));
     act_needs(d, &xq, &xh);
-    return total + align_up(xq ? xq : 1) + align_up(xh * sizeof(__half)) + align_up((uint64_t)d->n_batch * sizeof(float)) +
-           pass_input_bytes(d);
+    return total + align_up(xq ? xq : 1) + align_up(xh * sizeof(__half)) +
+           align_up((uint64_t)d->n_batch * sizeof(float)) + pass_input_bytes(d);
 }
 
 static uint64_t kv_bytes(const ek_model_desc *d) {
@@ -221,7 +222,8 @@ static void carve_scratch(ec_model *m) {
 int ec_model_create(const ek_model_desc *desc, int device, ec_model **out) {
     *out = NULL;
     if (desc->kv_type != EK_TYPE_F16 || desc->n_seq != 1) return EK_ERR_UNSUPPORTED;
-    if (desc->head_dim % 32 || desc->head_dim > EC_MAX_HEAD_DIM || desc->n_rot > desc->head_dim) return EK_ERR_INVALID_ARG;
+    if (desc->head_dim % 32 || desc->head_dim > EC_MAX_HEAD_DIM || desc->n_rot > desc->head_dim)
+        return EK_ERR_INVALID_ARG;
     ec_model *m = (ec_model *)calloc(1, sizeof *m);
     if (!m) return EK_ERR_NO_MEMORY;
     m->d = *desc;
@@ -321,7 +323,8 @@ static int pass_forward(ec_model *m, const int32_t *ids, int64_t n, int64_t star
         m->host.ids[i] = ids[i];
         m->host.pos[i] = (int32_t)(start + i);
         float *global = m->host.rope + i * d->n_rot, *sliding = m->host.rope + (n + i) * d->n_rot;
-        ops_rope_angles(start + i, d->n_rot, d->rope_base, &m->rope_global, d->rope_freqs, global, global + d->n_rot / 2);
+        ops_rope_angles(start + i, d->n_rot, d->rope_base, &m->rope_global, d->rope_freqs, global,
+                        global + d->n_rot / 2);
         if (d->n_swa > 0)
             ops_rope_angles(start + i, d->n_rot, d->rope_base_swa, &m->rope_sliding, d->rope_freqs, sliding,
                             sliding + d->n_rot / 2);
@@ -376,7 +379,9 @@ static int state_copy(const ec_model *m, int64_t n_past, uint8_t *host, int save
     return EK_OK;
 }
 
-int ec_model_state_save(const ec_model *m, int64_t n_past, void *dst) { return state_copy(m, n_past, (uint8_t *)dst, 1); }
+int ec_model_state_save(const ec_model *m, int64_t n_past, void *dst) {
+    return state_copy(m, n_past, (uint8_t *)dst, 1);
+}
 
 int ec_model_state_load(ec_model *m, int64_t n_past, const void *src) {
     return state_copy(m, n_past, (uint8_t *)src, 0);
