@@ -71,6 +71,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     vp, i64 = c_void_p, c_int64
     protos = {
         "ec_status_str": (c_char_p, [c_int]), "ec_abi_version": (c_int, []),
+        "ec_struct_size": (ctypes.c_size_t, [c_int]),
         "ec_device_count": (c_int, [POINTER(c_int)]), "ec_device_props_get": (c_int, [c_int, POINTER(EcDeviceProps)]),
         "ec_layout_bytes": (i64, [c_int, i64, i64]), "ec_layout_from_gguf": (c_int, [c_int, vp, i64, i64, vp]),
         "ec_layout_dequantize": (c_int, [c_int, vp, i64, i64, i64, i64, vp]),

@@ -10,6 +10,7 @@ backend. Only those skip here, with the reason.
 """
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import os
 from pathlib import Path
@@ -80,8 +81,11 @@ def test_cuda_sources_compile_for_sm87_and_sm90(cuda_library):
     blob = Path(cuda_library).read_bytes()
     for arch in ("sm_87", "sm_90"):
         assert arch.encode() in blob, f"no {arch} device code in {cuda_library}"
-    from edgesdk import _cuda
+    from edgesdk import _cuda, _native
     assert _cuda.library().ec_abi_version() == _cuda.ABI_VERSION
+    # the model description the cuda backend hands over is the native library's, byte for byte
+    for which, structure in _native.STRUCT_MIRRORS[:2]:
+        assert _cuda.library().ec_struct_size(which) == _native.lib.ek_struct_size(which) == ctypes.sizeof(structure)
 
 
 @pytest.mark.parametrize("type_name", TYPES)
@@ -175,7 +179,6 @@ def test_library_loads_without_a_driver_and_reports_why_there_is_no_device(cuda_
 @pytest.mark.parametrize("model", ["smollm2_path", "gemma3_path"])
 def test_engine_memory_needs_count_every_tensor_in_gpu_layout_and_an_f16_cache(cuda_library, model, request):
     """ec_model_memory_needs is host code: the plan a GPU machine would load with, checked here."""
-    import ctypes
     from edgesdk import _cuda, gguf
     from edgesdk.backends.native import _check
     from edgesdk.config import LoadConfig

@@ -83,10 +83,15 @@ class CudaBackend(EngineHandle, Backend):
     @classmethod
     def available(cls) -> Availability:
         try:
-            _engine()
-            gpus, reason = _cuda.gpus()
+            ek, lib = _engine(), _cuda.library()
         except (NativeBuildError, OSError) as exc:
             return Availability(False, str(exc))
+        shared = ((ek.EK_STRUCT_TENSOR_DESC, ek.EkTensorDesc), (ek.EK_STRUCT_MODEL_DESC, ek.EkModelDesc))
+        for which, structure in shared:
+            if lib.ec_struct_size(which) != ctypes.sizeof(structure):
+                return Availability(False, f"{_cuda.library_path()} was built from another edgekern.h than the "
+                                           f"native library ({structure.__name__}): rebuild both (pip install .)")
+        gpus, reason = _cuda.gpus()
         if not gpus:
             return Availability(False, f"no CUDA device: {reason}")
         if not any(_usable(g) for g in gpus):

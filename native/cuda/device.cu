@@ -11,6 +11,14 @@ const char *ec_status_str(int status) {
 
 int ec_abi_version(void) { return EC_ABI_VERSION; }
 
+size_t ec_struct_size(int which) {
+    switch (which) {
+    case EK_STRUCT_TENSOR_DESC: return sizeof(ek_tensor_desc);
+    case EK_STRUCT_MODEL_DESC: return sizeof(ek_model_desc);
+    default: return 0;
+    }
+}
+
 int ec_device_count(int *cuda_error) {
     int count = 0;
     const cudaError_t err = cudaGetDeviceCount(&count);

@@ -35,6 +35,9 @@ EK_API const char *ec_status_str(int status);
 /* Bumped with any change to a declaration below that a binding would misread. */
 #define EC_ABI_VERSION 1
 EK_API int ec_abi_version(void);
+/* sizeof the edgekern.h struct `which` (EK_STRUCT_TENSOR_DESC, EK_STRUCT_MODEL_DESC) as this library
+   was compiled, for bindings to compare with the native library's; 0 for another `which`. */
+EK_API size_t ec_struct_size(int which);
 
 /* --------------------------------------------------------------- devices */
 
