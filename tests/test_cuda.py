@@ -2,8 +2,10 @@
 
 Without a GPU: the sources compile with nvcc for sm_87 (Jetson Orin) and sm_90 (H100/H200), built
 once per source hash under $EDGESDK_HOME; the GPU layouts decode on the host, by the functions the
-kernels use, to ek_dequantize's floats and the numpy reference's bit for bit; the library loads on
-a machine without a driver and reports no device; the memory plan for unified and discrete memory.
+kernels use, to ek_dequantize's floats and the numpy reference's bit for bit; the DP4A kernel's
+block arithmetic, run on the host, to the exact dot of its quantized operands; the library loads on
+a machine without a driver and reports no device; the engine's memory needs and the plans for
+unified and discrete memory, and llama.cpp's layer offload.
 With a GPU (tools/cuda_check.py runs these): every product path against the CPU engine for each
 type and m = 1, 8, 512, and the real models' logits, greedy text and sessions against the native
 backend. Only those skip here, with the reason.
@@ -52,19 +54,30 @@ def cuda_library():
     if build.find_nvcc() is None:
         pytest.fail("nvcc not found: tools/test.sh puts the CUDA compiler on PATH (see README 'NVIDIA GPUs')")
     path = build.cached_build(str(registry.home() / "cuda-build"), build.DEFAULT_ARCHS)
-    os.environ["EDGESDK_CUDA_LIBRARY"] = path
     from edgesdk import _cuda
+    before = os.environ.get("EDGESDK_CUDA_LIBRARY")
+    os.environ["EDGESDK_CUDA_LIBRARY"] = path
     _cuda._lib = None
-    return path
+    yield path
+    _cuda._lib = None
+    if before is None:
+        del os.environ["EDGESDK_CUDA_LIBRARY"]
+    else:
+        os.environ["EDGESDK_CUDA_LIBRARY"] = before
 
 
 @pytest.fixture(scope="session")
 def gpu(cuda_library):
     from edgesdk import _cuda
+    from edgesdk.backends.cuda import BUILT_ARCHS, _usable
     count, reason = _cuda.device_count()
     if count == 0:
         pytest.skip(f"no CUDA device: {reason}")
-    return _cuda.device_info(0)
+    info = _cuda.device_info(0)
+    if not _usable(info):
+        pytest.skip(f"no CUDA device the library was built for ({BUILT_ARCHS}): {info.name} is sm_"
+                    f"{info.compute_capability[0]}{info.compute_capability[1]}")
+    return info
 
 
 def _cols(type_name: str) -> int:
