@@ -73,6 +73,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "ec_status_str": (c_char_p, [c_int]), "ec_abi_version": (c_int, []),
         "ec_struct_size": (ctypes.c_size_t, [c_int]),
         "ec_device_count": (c_int, [POINTER(c_int)]), "ec_device_props_get": (c_int, [c_int, POINTER(EcDeviceProps)]),
+        "ec_device_supported": (c_int, [c_int]),
         "ec_layout_bytes": (i64, [c_int, i64, i64]), "ec_layout_from_gguf": (c_int, [c_int, vp, i64, i64, vp]),
         "ec_layout_dequantize": (c_int, [c_int, vp, i64, i64, i64, i64, vp]),
         "ec_dot_host": (c_int, [c_int, vp, i64, i64, vp, i64, vp]),
@@ -136,6 +137,12 @@ def device_info(index: int) -> GpuInfo:
                    free_bytes=int(props.free_bytes), compute_capability=(props.cc_major, props.cc_minor),
                    integrated=bool(props.integrated), multiprocessors=props.multiprocessors,
                    driver_version=props.driver_version, runtime_version=props.runtime_version)
+
+
+def device_supported(index: int) -> Tuple[bool, str]:
+    """Whether the library has code this device runs (its architecture's, or PTX it compiles), and why not."""
+    status = library().ec_device_supported(index)
+    return status == 0, "" if status == 0 else library().ec_status_str(status).decode()
 
 
 def gpus() -> Tuple[Tuple[GpuInfo, ...], str]:
@@ -207,5 +214,5 @@ def matmul(type_id: int, data: np.ndarray, n_rows: int, n_cols: int, x: np.ndarr
     return y
 
 
-__all__ = ["GpuInfo", "check", "device_count", "device_info", "dot_host", "gpus", "layout_bytes", "layout_dequantize",
-           "layout_from_gguf", "library", "matmul"]
+__all__ = ["GpuInfo", "check", "device_count", "device_info", "device_supported", "dot_host", "gpus", "layout_bytes",
+           "layout_dequantize", "layout_from_gguf", "library", "matmul"]

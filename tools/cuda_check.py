@@ -57,16 +57,19 @@ def gpu_arch() -> "str | None":
     return first.replace(".", "") if first.replace(".", "").isdigit() else None
 
 
-def build() -> "tuple[bool, str]":
+def archs() -> list:
+    """sm_87 and sm_90, and the GPU's own architecture when it is another."""
     sys.path.insert(0, str(ROOT / "tools"))
     import build_cuda
-    archs = list(build_cuda.DEFAULT_ARCHS)
+    found = list(build_cuda.DEFAULT_ARCHS)
     arch = gpu_arch()
-    if arch and arch not in archs:
-        archs.append(arch)
+    return found + [arch] if arch and arch not in found else found
+
+
+def build() -> "tuple[bool, str]":
     rc, out, seconds = run([sys.executable, "setup.py", "build_ext", "--inplace", "-q"], BUILD_TIMEOUT_S,
-                           env={"EDGESDK_CUDA": "1", "EDGESDK_CUDA_ARCHS": ",".join(archs)})
-    return rc == 0, f"build for sm_{', sm_'.join(archs)}: {'ok' if rc == 0 else 'FAILED'} in {seconds:.0f} s" + (
+                           env={"EDGESDK_CUDA": "1", "EDGESDK_CUDA_ARCHS": ",".join(archs())})
+    return rc == 0, f"build for sm_{', sm_'.join(archs())}: {'ok' if rc == 0 else 'FAILED'} in {seconds:.0f} s" + (
         "" if rc == 0 else "\n\n```\n" + out[-4000:] + "\n```")
 
 
@@ -74,7 +77,7 @@ def pytest_section() -> "tuple[bool, str]":
     # the whole contract suite: some of its tests loop over every installed backend (cuda among them)
     cmd = [sys.executable, "-m", "pytest", "tests/test_cuda.py", "tests/test_backend_contract.py", "-q", "-rs", "-s",
            "-p", "no:cacheprovider"]
-    rc, out, seconds = run(cmd, TEST_TIMEOUT_S, env={"PYTHONPATH": str(ROOT)})
+    rc, out, seconds = run(cmd, TEST_TIMEOUT_S, env={"PYTHONPATH": str(ROOT), "EDGESDK_CUDA_ARCHS": ",".join(archs())})
     keep = [line for line in out.splitlines() if "truth vs" in line or "passed" in line or "failed" in line
             or line.startswith(("FAILED", "ERROR", "SKIPPED"))]
     # skipped GPU tests mean the run checked nothing that needs the GPU

@@ -24,14 +24,6 @@ from .base import (Availability, Backend, BackendInfo, ModelSource, check_common
                    resolved)
 from .native import NATIVE_RUNTIME_RSS, EngineHandle, _check_shape, _check_tensors, _Description, _engine
 
-# Compute capabilities the library has device code for (tools/build_cuda.py DEFAULT_ARCHS), and
-# the PTX it carries for newer ones.
-BUILT_ARCHS = ((8, 7), (9, 0))
-PTX_FROM = (9, 0)
-
-
-def _usable(gpu: _cuda.GpuInfo) -> bool:
-    return gpu.compute_capability in BUILT_ARCHS or gpu.compute_capability >= PTX_FROM
 
 
 def _device(config_or_index) -> _cuda.GpuInfo:
@@ -64,6 +56,9 @@ def _check_settings(source: ModelSource, config: LoadConfig) -> int:
     count, reason = _cuda.device_count()
     if device >= count:
         raise InvalidArgumentError(f"device {device}: {count} CUDA device(s) here" + (f" ({reason})" if reason else ""))
+    supported, why = _cuda.device_supported(device)
+    if not supported:
+        raise UnsupportedModelError(f"CUDA device {device} cannot run this build of the library: {why}")
     return device
 
 
@@ -94,9 +89,11 @@ class CudaBackend(EngineHandle, Backend):
         gpus, reason = _cuda.gpus()
         if not gpus:
             return Availability(False, f"no CUDA device: {reason}")
-        if not any(_usable(g) for g in gpus):
+        if not any(_cuda.device_supported(g.index)[0] for g in gpus):
             found = ", ".join(f"{g.name} (sm_{g.compute_capability[0]}{g.compute_capability[1]})" for g in gpus)
-            return Availability(False, f"no GPU the library was built for (sm_87, sm_90 and newer): {found}")
+            return Availability(False, f"no GPU the library was built for ({found}: "
+                                       f"{_cuda.device_supported(gpus[0].index)[1]}); rebuild with "
+                                       f"EDGESDK_CUDA_ARCHS naming its architecture")
         return Availability(True)
 
     @classmethod
@@ -198,4 +195,4 @@ class CudaBackend(EngineHandle, Backend):
         _cuda.library().ec_model_free(handle)
 
 
-__all__ = ["CudaBackend", "BUILT_ARCHS"]
+__all__ = ["CudaBackend"]

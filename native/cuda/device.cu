@@ -26,6 +26,16 @@ int ec_device_count(int *cuda_error) {
     return err == cudaSuccess ? count : 0;
 }
 
+/* Compiled like every kernel of the library: whether it has an image for a device says the same for all. */
+__global__ void ec_probe_kernel(void) {}
+
+int ec_device_supported(int device) {
+    EC_TRY(cudaSetDevice(device));
+    cudaFuncAttributes attr;
+    EC_TRY(cudaFuncGetAttributes(&attr, ec_probe_kernel));
+    return EK_OK;
+}
+
 int ec_device_props_get(int device, ec_device_props *out) {
     memset(out, 0, sizeof *out);
     cudaDeviceProp p;

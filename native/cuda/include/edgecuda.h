@@ -56,6 +56,9 @@ typedef struct ec_device_props {
 } ec_device_props;
 
 EK_API int ec_device_props_get(int device, ec_device_props *out);
+/* EK_OK when this library has code device `device` can run (its architecture's, or PTX it can
+   compile), else the CUDA error (EC_ERR_CUDA_BASE + cudaErrorNoKernelImageForDevice, ...). */
+EK_API int ec_device_supported(int device);
 
 /* --------------------------------------------------------- GPU layouts
  *
