@@ -150,9 +150,10 @@ PartsFor = Callable[[int, str, int], Dict[str, int]]   # (n_ctx, kv_type, n_seq)
 
 # -- GPU backends ------------------------------------------------------------------------
 
-# The CUDA runtime's resident cost in the process (driver, context, cudart's host side): about
-# 160 MiB on a desktop driver and a Jetson's nvgpu alike (NVIDIA's figures for a CUDA context,
-# not yet measured on this project's devices), and device memory the context reserves itself.
+# Estimates, not yet measured on this project's devices (tools/cuda_check.py reports the plan
+# against the measured RSS on a GPU machine): the CUDA runtime's resident cost in the process
+# (driver, context, cudart's host side), and device memory held back beyond a plan's parts
+# (module images, launch buffers; llama.cpp's cuBLAS workspace).
 CUDA_RUNTIME_RSS = 160 * MIB
 CUDA_CONTEXT_DEVICE_BYTES = 300 * MIB
 

@@ -94,11 +94,21 @@ def _median_rate(fn, runs: int, tokens: int) -> float:
     return tokens / statistics.median(times)
 
 
+def rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 def bench_edgesdk(path: str, runs: int) -> dict:
     import numpy as np
     from edgesdk import loading
     from edgesdk.config import LoadConfig
-    backend = loading.prepare(path, LoadConfig(backend="cuda", n_ctx=N_CTX, threads=1)).open()
+    rss_before = rss_bytes()
+    prepared = loading.prepare(path, LoadConfig(backend="cuda", n_ctx=N_CTX, threads=1))
+    backend = prepared.open()
     try:
         rng = np.random.default_rng(0)
         ids = [int(i) for i in rng.integers(10, backend.n_vocab - 10, PROMPT_TOKENS)]
@@ -110,7 +120,8 @@ def bench_edgesdk(path: str, runs: int) -> dict:
             for step in range(GEN_TOKENS):
                 logits = backend.eval([int(np.argmax(logits))], 16 + step)
         gen = _median_rate(generate, runs, GEN_TOKENS)
-        return {"device": backend.info().device, "prompt": prompt, "gen": gen}
+        return {"device": backend.info().device, "prompt": prompt, "gen": gen, "plan": prepared.plan,
+                "rss_added": rss_bytes() - rss_before}
     finally:
         backend.close()
 
@@ -120,8 +131,10 @@ def bench_llamacpp(path: str, runs: int) -> "dict | str":
         import llama_cpp
     except ImportError as exc:
         return f"llama-cpp-python not installed ({exc})"
-    if not llama_cpp.llama_supports_gpu_offload():
-        return "llama-cpp-python here is built without CUDA (llama_supports_gpu_offload() is False)"
+    from edgesdk import ggml_rpc
+    gpus = ggml_rpc.gpu_devices()   # llama_supports_gpu_offload() is also true for an RPC-only build
+    if not gpus:
+        return "llama-cpp-python here has no GPU device (built without CUDA): llama.cpp not measured"
     import numpy as np
     llm = llama_cpp.Llama(model_path=path, n_ctx=N_CTX, n_batch=PROMPT_TOKENS, n_gpu_layers=-1, verbose=False)
     try:
@@ -147,17 +160,22 @@ def bench_section(runs: int) -> str:
     sys.path.insert(0, str(ROOT))
     from edgesdk import registry
     rows = ["| model | engine | prompt tok/s (512) | generation tok/s (128) |", "|---|---|---:|---:|"]
-    notes = []
+    notes, plans = [], []
     for short, name in MODELS.items():
         path = str(registry.resolve(name))
         ours = bench_edgesdk(path, runs)
         rows.append(f"| {short} | edgesdk cuda, {ours['device']} | {ours['prompt']:,.0f} | {ours['gen']:,.1f} |")
+        mib = 1 << 20
+        plans.append(f"- {short}: {ours['plan'].summary()}; this process's RSS grew by "
+                     f"{ours['rss_added'] / mib:,.0f} MiB over the load and the runs (the plan's runtime part "
+                     f"includes the interpreter, already resident)")
         theirs = bench_llamacpp(path, runs)
         if isinstance(theirs, str):
             notes.append(theirs)
         else:
             rows.append(f"| {short} | llama.cpp CUDA (all layers) | {theirs['prompt']:,.0f} | {theirs['gen']:,.1f} |")
-    return "\n".join(rows) + ("\n\n" + "\n".join(sorted(set(notes))) if notes else "") + f"\n\nMedians of {runs} runs."
+    return ("\n".join(rows) + ("\n\n" + "\n".join(sorted(set(notes))) if notes else "") + f"\n\nMedians of {runs} runs."
+            + "\n\nMemory plan against the measured resident set:\n\n" + "\n".join(plans))
 
 
 def main(argv=None) -> int:
