@@ -116,7 +116,7 @@ def gpu_devices() -> List[Tuple[str, int, int, bool]]:
     for i in range(ggml.ggml_backend_dev_count()):
         dev = ggml.ggml_backend_dev_get(i)
         kind, name = ggml.ggml_backend_dev_type(dev), ggml.ggml_backend_dev_name(dev).decode(errors="replace")
-        # a worker registered in this process (add_server) is a GPU-typed device named "RPC[host:port]"
+        # a worker registered in this process (add_server) is a GPU-typed device named "RPC0[host:port]"
         if kind in (DEVICE_TYPE_GPU, DEVICE_TYPE_IGPU) and not name.startswith("RPC"):
             free, total = sz(0), sz(0)
             ggml.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
