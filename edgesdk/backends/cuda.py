@@ -25,12 +25,6 @@ from .base import (Availability, Backend, BackendInfo, ModelSource, check_common
 from .native import NATIVE_RUNTIME_RSS, EngineHandle, _check_shape, _check_tensors, _Description, _engine
 
 
-
-def _device(config_or_index) -> _cuda.GpuInfo:
-    index = config_or_index if isinstance(config_or_index, int) else config_or_index.options.get("device", 0)
-    return _cuda.device_info(index)
-
-
 @dataclass
 class _Checked:
     source: ModelSource
@@ -101,7 +95,7 @@ class CudaBackend(EngineHandle, Backend):
         _check_shape(source.path, source.shape)
         _check_tensors(source.file, source.shape)
         device = _check_settings(source, config)
-        return _Checked(source=source, desc=_Description(source.file, source.shape), gpu=_device(device))
+        return _Checked(source=source, desc=_Description(source.file, source.shape), gpu=_cuda.device_info(device))
 
     @classmethod
     def _needs(cls, checked: _Checked, config: LoadConfig) -> Dict[str, int]:
