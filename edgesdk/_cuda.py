@@ -27,6 +27,7 @@ LIBRARY_FILE = "libedgecuda.so"
 MATMUL_PATHS = {"auto": 0, "dp4a": 1, "mma": 2}
 MMA_MIN_ROWS = 64             # EC_MMA_MIN_ROWS
 MAX_HEAD_DIM = 256            # EC_MAX_HEAD_DIM
+MAX_BATCH = 4096              # EC_MAX_BATCH
 # Activation blocks of the DP4A path by weight type id: (values, bytes) of q8_32 and q8_k.
 ACT_BLOCKS = {2: (32, 40), 3: (32, 40), 6: (32, 40), 8: (32, 40), 12: (256, 292), 14: (256, 292)}
 LAYOUT_TYPES = ("F32", "F16", "Q4_0", "Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q6_K")

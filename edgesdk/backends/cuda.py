@@ -101,6 +101,7 @@ class CudaBackend(EngineHandle, Backend):
     def _needs(cls, checked: _Checked, config: LoadConfig) -> Dict[str, int]:
         desc = checked.desc
         desc.configure(config, repack=False)
+        desc.desc.n_batch = min(desc.desc.n_batch, _cuda.MAX_BATCH)   # longer prompts go in several passes
         desc.desc.weight_flags = _engine().EK_WEIGHT_RELEASE_SOURCE
         mem = _cuda.EcModelMemory()
         _cuda.check(_cuda.library().ec_model_memory_needs(ctypes.byref(desc.desc), ctypes.byref(mem)),

@@ -222,6 +222,7 @@ static void carve_scratch(ec_model *m) {
 int ec_model_create(const ek_model_desc *desc, int device, ec_model **out) {
     *out = NULL;
     if (desc->kv_type != EK_TYPE_F16 || desc->n_seq != 1) return EK_ERR_UNSUPPORTED;
+    if (desc->n_batch < 1 || desc->n_batch > EC_MAX_BATCH) return EK_ERR_INVALID_ARG;
     if (desc->head_dim % 32 || desc->head_dim > EC_MAX_HEAD_DIM || desc->n_rot > desc->head_dim)
         return EK_ERR_INVALID_ARG;
     ec_model *m = (ec_model *)calloc(1, sizeof *m);

@@ -107,7 +107,10 @@ EK_API int ec_matmul_host(int device, int type, const void *gguf_data, int64_t n
 
 /* ------------------------------------------------------ inference engine */
 
-/* Bytes the engine allocates on the device for desc (kv_type F16 only, n_seq 1):
+/* Rows of one pass at most (desc->n_batch): grids are launched with a row per block in y. */
+#define EC_MAX_BATCH 4096
+
+/* Bytes the engine allocates on the device for desc (kv_type F16 only, n_seq 1, n_batch <= EC_MAX_BATCH):
    weights in GPU layout, K and V of every layer for n_ctx positions, activations of
    n_batch rows, and the pinned host buffer a pass exchanges (ids, RoPE tables, logits). */
 typedef struct ec_model_memory {
