@@ -38,6 +38,11 @@ F32_SUM_REL = 1e-5
 # best two logits are this close (the engines' summation orders differ).
 GREEDY_TOKENS = 24
 NEAR_TIE = 0.1
+# The same prompt through MMA (f16 activations) and token by token through DP4A (8-bit ones): the
+# two roundings differ as the CPU engine's two ISAs' summation orders do, a little more; a broken
+# path lands far beyond (KL of nats, top-1 near 0). Mean KL 0.02 is ~10x the 8-bit floor.
+PATHS_MAX_KL = 0.02
+PATHS_MIN_TOP1 = 0.9
 
 
 # What the library is built for here: sm_87 and sm_90 always (the compile test), plus what
@@ -382,4 +387,5 @@ def test_gpu_prompt_in_one_pass_equals_token_by_token_within_the_path_change(gpu
         whole = backend.eval(ids, 0, all_logits=True)
         stepwise = np.stack([backend.eval([t], i) for i, t in enumerate(ids)])
     from fidelity import fidelity
-    assert fidelity(stepwise.astype(np.float64), whole).top1 >= 0.95
+    agreement = fidelity(stepwise.astype(np.float64), whole)
+    assert agreement.mean_kl <= PATHS_MAX_KL and agreement.top1 >= PATHS_MIN_TOP1, agreement
