@@ -1,4 +1,4 @@
-"""The one interface every backend fills: native (ours), llama.cpp, and later ONNX Runtime, CUDA.
+"""The one interface every backend fills: native (ours), cuda (ours, on NVIDIA GPUs), llama.cpp, ONNX Runtime.
 
 A backend is one class in one file of this package, registered by name with
 `@register` (edgesdk/backends/__init__.py). Its class answers, before anything
@@ -7,6 +7,8 @@ is loaded:
   check(source, config)         whether it runs this model with these settings:
                                 the backend's checked view of the model, reused below
   memory_parts(checked, config) the bytes it will hold, part by part (edgesdk.memory)
+  plan_budget(checked, host)    the memory.Budget those parts must fit: this machine's, unless the
+                                backend's memory is a discrete GPU's
   open(checked, config)         the loaded backend
 `config` is the LoadConfig with n_ctx and threads resolved.
 
