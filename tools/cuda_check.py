@@ -1,5 +1,6 @@
-"""Every check of the CUDA backend that needs a GPU, in one run (about 5 minutes on an H200 with
-16 cores, the build included), written to benchmarks/RESULTS_cuda.md.
+"""Every check of the CUDA backend that needs a GPU, in one run written to benchmarks/RESULTS_cuda.md;
+sized for under 10 minutes on an H200 with 16 cores, the build included (the build takes 15 s on 2
+cores here; the stages have time limits: BUILD_TIMEOUT_S, TEST_TIMEOUT_S). Not yet run on a GPU.
 
   1. builds the native and CUDA libraries in place (setup.py, EDGESDK_CUDA=1; the GPU's own
      architecture is added to sm_87/sm_90 when it is another),
