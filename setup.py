@@ -6,6 +6,11 @@ package; edgesdk/_native.py loads that file with ctypes and calls the C API
 declared in native/include/edgekern.h (ctypes releases the GIL around calls).
 Since the library uses no Python C API, one wheel per architecture serves every
 Python 3 (tag py3-none-<platform>); tools/build_wheels.py builds them.
+
+When nvcc is found (or EDGESDK_CUDA=1, which requires it; EDGESDK_CUDA=0 skips it), the CUDA kernel
+layer (native/cuda/) is built too, by tools/build_cuda.py, as edgesdk/libedgecuda.so with cudart
+linked statically, for sm_87 and sm_90 (EDGESDK_CUDA_ARCHS=87,90 by default): only the cuda
+backend loads it.
 """
 import glob
 import os
@@ -42,7 +47,10 @@ class BuildNative(build_ext):
                 "Install one first, e.g. 'sudo apt-get install build-essential' on Debian/Ubuntu/"
                 "Raspberry Pi OS, then run pip again."
             )
+        cuda = cuda_builder()
         super().run()
+        if cuda is not None:   # beside libedgekern.so: the package dir in place, the build dir otherwise
+            build_cuda_library(cuda, os.path.dirname(self.get_ext_fullpath(LIBRARY_NAME)))
 
     def finalize_options(self):
         super().finalize_options()
@@ -61,6 +69,45 @@ class BuildNative(build_ext):
         if LIBRARY_NAME.endswith(fullname):   # asked by full name or by its last part
             filename = filename[: -len(sysconfig.get_config_var("EXT_SUFFIX"))] + ".so"
         return filename
+
+
+def _cuda_builder():
+    """tools/build_cuda.py as a module (tools/ is not a package)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("build_cuda", os.path.join(HERE, "tools", "build_cuda.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def cuda_builder():
+    """tools/build_cuda.py when the CUDA library is to be built, None for the CPU-only package: built
+    when nvcc is found, EDGESDK_CUDA=1 requires it (exiting in words before anything is compiled when
+    nvcc is missing), EDGESDK_CUDA=0 skips it. The CPU package is the same either way."""
+    wanted = os.environ.get("EDGESDK_CUDA", "").strip()
+    if wanted == "0":
+        return None
+    if not os.path.isfile(os.path.join(HERE, "tools", "build_cuda.py")):
+        if wanted == "1":
+            sys.exit("edgesdk: EDGESDK_CUDA=1 but this source tree has no CUDA part (tools/build_cuda.py, native/cuda)")
+        return None     # a tree copied without it (tools/build_wheels.py's): the CPU package
+    builder = _cuda_builder()
+    if builder.find_nvcc() is None:
+        if wanted == "1":
+            sys.exit("edgesdk: EDGESDK_CUDA=1 but nvcc was not found ($NVCC, PATH, $CUDA_HOME, /usr/local/cuda). "
+                     "Install the CUDA toolkit (JetPack 6: 'sudo apt-get install nvidia-jetpack'), or unset "
+                     "EDGESDK_CUDA to build the CPU-only package.")
+        return None
+    return builder
+
+
+def build_cuda_library(builder, package_dir: str) -> None:
+    """edgesdk/libedgecuda.so beside libedgekern.so, for EDGESDK_CUDA_ARCHS (default sm_87, sm_90)."""
+    archs = [a for a in os.environ.get("EDGESDK_CUDA_ARCHS", ",".join(builder.DEFAULT_ARCHS)).split(",") if a]
+    try:
+        builder.build(os.path.join(package_dir, builder.LIBRARY_FILE), archs)
+    except builder.CudaBuildError as exc:
+        sys.exit(f"edgesdk: building the CUDA library failed: {exc}")
 
 
 class Wheel(bdist_wheel):
@@ -97,7 +144,7 @@ setup(
     # edgesdk.registry finds registry.json beside itself once installed.
     packages=find_packages(include=["edgesdk", "edgesdk.*"]) + ["edgesdk.models"],
     package_dir={"edgesdk.models": "models"},
-    package_data={"edgesdk.models": ["*.json"]},
+    package_data={"edgesdk.models": ["*.json"], "edgesdk": ["libedgecuda.so"]},
     ext_modules=[extension],
     cmdclass={"build_ext": BuildNative, "bdist_wheel": Wheel},
     install_requires=[

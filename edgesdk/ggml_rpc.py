@@ -90,6 +90,40 @@ def available() -> Tuple[bool, str]:
     return True, ""
 
 
+# -- local GPUs ------------------------------------------------------------------------------
+
+DEVICE_TYPE_GPU, DEVICE_TYPE_IGPU = 1, 2  # enum ggml_backend_dev_type: dedicated, integrated (host memory)
+
+
+def gpu_devices() -> List[Tuple[str, int, int, bool]]:
+    """(name, free bytes, total bytes, integrated) of each GPU this llama.cpp can offload layers to (its
+    CUDA, Vulkan, Metal... backends; none for a CPU build); [] when llama-cpp-python is not installed."""
+    try:
+        import llama_cpp
+        if not llama_cpp.llama_supports_gpu_offload():
+            return []
+        ggml = ctypes.CDLL(str(_lib_dir() / "libggml.so"))
+    except (ImportError, OSError, BackendUnavailableError):
+        return []
+    vp, sz = ctypes.c_void_p, ctypes.c_size_t
+    ggml.ggml_backend_dev_count.argtypes, ggml.ggml_backend_dev_count.restype = [], sz
+    ggml.ggml_backend_dev_get.argtypes, ggml.ggml_backend_dev_get.restype = [sz], vp
+    ggml.ggml_backend_dev_type.argtypes, ggml.ggml_backend_dev_type.restype = [vp], ctypes.c_int
+    ggml.ggml_backend_dev_name.argtypes, ggml.ggml_backend_dev_name.restype = [vp], ctypes.c_char_p
+    ggml.ggml_backend_dev_memory.argtypes = [vp, ctypes.POINTER(sz), ctypes.POINTER(sz)]
+    ggml.ggml_backend_dev_memory.restype = None
+    found = []
+    for i in range(ggml.ggml_backend_dev_count()):
+        dev = ggml.ggml_backend_dev_get(i)
+        kind, name = ggml.ggml_backend_dev_type(dev), ggml.ggml_backend_dev_name(dev).decode(errors="replace")
+        # a worker registered in this process (add_server) is a GPU-typed device named "RPC0[host:port]"
+        if kind in (DEVICE_TYPE_GPU, DEVICE_TYPE_IGPU) and not name.startswith("RPC"):
+            free, total = sz(0), sz(0)
+            ggml.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+            found.append((name, free.value, total.value, kind == DEVICE_TYPE_IGPU))
+    return found
+
+
 # -- the client side (may abort: see the module docstring) -------------------------------
 
 def device_memory(endpoint: str) -> Tuple[int, int]:

@@ -92,9 +92,19 @@ class NPUDevice:
 
 
 @dataclass(frozen=True)
+class GPUDevice:
+    name: str
+    total_bytes: Optional[int] = None     # from the CUDA library when it is built, else None
+    compute_capability: Optional[Tuple[int, int]] = None
+    integrated: bool = False
+
+
+@dataclass(frozen=True)
 class AcceleratorInfo:
     onnx_providers: Tuple[str, ...] = ()  # onnxruntime.get_available_providers(), if it imports
     npu_devices: Tuple[NPUDevice, ...] = ()
+    gpus: Tuple[GPUDevice, ...] = ()
+    gpu_note: str = ""                    # why the CUDA library reports none (no driver, not built)
 
 
 @dataclass(frozen=True)
@@ -533,6 +543,24 @@ def _probe_npus(root: str) -> Tuple[NPUDevice, ...]:
     return tuple(found)
 
 
+def _probe_gpus(root: str, ask_cuda: bool) -> Tuple[Tuple[GPUDevice, ...], str]:
+    """NVIDIA GPUs: the CUDA library's cudaGetDeviceProperties when it is built and this is the
+    real root, else the driver's /proc/driver/nvidia/gpus/*/information (discrete GPUs; a Jetson's
+    integrated GPU is the board's, see BoardInfo)."""
+    note = ""
+    if ask_cuda:
+        from . import _cuda   # a leaf like this module; loads libedgecuda.so only when it exists
+        found, note = _cuda.gpus()
+        if found:
+            return tuple(GPUDevice(g.name, g.total_bytes, g.compute_capability, g.integrated) for g in found), ""
+    names = []
+    for info in sorted(glob.glob(_path(root, "/proc/driver/nvidia/gpus/*/information"))):
+        text = _read_text(root, "/" + os.path.relpath(info, root), 65536) or ""
+        match = re.search(r"^Model:\s*(.+)$", text, re.M)
+        names.append(GPUDevice(match.group(1).strip() if match else "NVIDIA GPU"))
+    return tuple(names), note
+
+
 def _onnx_providers() -> Tuple[str, ...]:
     try:
         import onnxruntime  # imported here: it costs ~100 ms and tens of MiB, and is optional
@@ -560,13 +588,16 @@ def probe(root: str = "/", onnx: Optional[bool] = None) -> DeviceInfo:
                                                      None, "unknown")),
         ("board", _probe_board, lambda: BoardInfo("unknown", None)),
         ("npus", _probe_npus, tuple),
+        # the CUDA library is asked only in a full probe of this machine (as onnxruntime is)
+        ("gpus", lambda r: _probe_gpus(r, ask_cuda=onnx), lambda: ((), "")),
     ):
         try:
             parts[name] = fn(root)
         except Exception as exc:  # a probe must never take the caller down; log what went wrong
             log.warning("hardware probe of %s under %s failed: %s", name, root, exc)
             parts[name] = fallback()
-    accelerators = AcceleratorInfo(onnx_providers=_onnx_providers() if onnx else (), npu_devices=parts["npus"])
+    accelerators = AcceleratorInfo(onnx_providers=_onnx_providers() if onnx else (), npu_devices=parts["npus"],
+                                   gpus=parts["gpus"][0], gpu_note=parts["gpus"][1])
     return DeviceInfo(cpu=parts["cpu"], memory=parts["memory"], board=parts["board"], accelerators=accelerators)
 
 
@@ -610,6 +641,15 @@ def device_rows(info: DeviceInfo) -> List[Tuple[str, str]]:
     if board.kind == "jetson":   # elsewhere a stray libcudart says nothing edgesdk uses (the JSON keeps it)
         rows.append(("cuda", f"L4T {board.l4t_release or 'unknown'}, CUDA {board.cuda_version or 'unknown'}, "
                              f"{len(board.cuda_libraries)} libcudart file(s)"))
+    gpu_rows = []
+    for g in acc.gpus:
+        text = g.name
+        if g.total_bytes is not None:
+            text += f", {_mib(g.total_bytes)}"
+        if g.compute_capability is not None:
+            text += f", compute capability {g.compute_capability[0]}.{g.compute_capability[1]}"
+        gpu_rows.append(text + (", integrated" if g.integrated else ""))
+    rows.append(("gpu", "; ".join(gpu_rows) or f"none found{' (' + acc.gpu_note + ')' if acc.gpu_note else ''}"))
     rows.append(("npu", ", ".join(f"{d.vendor} ({d.path})" for d in acc.npu_devices) or "none found"))
     if acc.onnx_providers:
         rows.append(("onnx", ", ".join(acc.onnx_providers)))
@@ -621,5 +661,5 @@ def format_device(info: DeviceInfo) -> str:
     return "\n".join(f"{label + ':':10}{value}" for label, value in device_rows(info))
 
 
-__all__ = ["AcceleratorInfo", "BoardInfo", "CPUInfo", "DeviceInfo", "MemoryInfo", "NPUDevice",
+__all__ = ["AcceleratorInfo", "BoardInfo", "CPUInfo", "DeviceInfo", "GPUDevice", "MemoryInfo", "NPUDevice",
            "default_threads", "device_rows", "format_device", "probe"]

@@ -133,7 +133,7 @@ def prepare(model: ModelArg, config: LoadConfig, root: str = "/") -> Prepared:
         if config.workers:
             split = _split(source, cls, checked, config)
             config = config.with_(n_ctx=split.n_ctx)
-        plan = memory.fit(_request(source, cls, checked, config), budget, n_ctx=config.n_ctx,
+        plan = memory.fit(_request(source, cls, checked, config), cls.plan_budget(checked, budget), n_ctx=config.n_ctx,
                           kv_type=config.kv_type)
         return Prepared(name=name, source=source, backend=cls, checked=checked,
                         config=config.with_(n_ctx=plan.n_ctx), plan=plan, split=split)

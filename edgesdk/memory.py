@@ -148,6 +148,56 @@ def tokenizer_table_bytes(shape: ModelShape) -> int:
 PartsFor = Callable[[int, str, int], Dict[str, int]]   # (n_ctx, kv_type, n_seq) -> PART_NAMES + "address_space"
 
 
+# -- GPU backends ------------------------------------------------------------------------
+
+# Estimates, not yet measured on this project's devices (tools/cuda_check.py reports the plan
+# against the measured RSS on a GPU machine): the CUDA runtime's resident cost in the process
+# (driver, context, cudart's host side), and device memory held back beyond a plan's parts
+# (module images, launch buffers; llama.cpp's cuBLAS workspace).
+CUDA_RUNTIME_RSS = 160 * MIB
+CUDA_CONTEXT_DEVICE_BYTES = 300 * MIB
+
+
+def gpu_plan_parts(device: Dict[str, int], host: Dict[str, int], unified: bool) -> Dict[str, int]:
+    """The plan parts of a GPU backend, from what it puts on the device (weights in the GPU layout,
+    kv_cache, scratch) and on the host (staging: the largest matrix converted before its upload;
+    pinned: page-locked pass buffers; logits; tokenizer; runtime).
+
+    The weights count once, as the GPU copy (weights_owned): the file's pages are released as each
+    matrix is uploaded (weights_mapped 0). Integrated memory (Jetson): the GPU allocates from the
+    same RAM, so the host's buffers join the plan, checked against this machine's budget. Discrete
+    GPU: the plan is the device's (gpu_budget), with the CUDA context's own reservation; the host's
+    share (tokenizer, runtime) is small and stays in it, so it errs by that much on the safe side."""
+    host_scratch = host["staging"] + host["pinned"] + host["logits"]
+    scratch = device["scratch"] + (host_scratch if unified else CUDA_CONTEXT_DEVICE_BYTES)
+    return {"weights_mapped": 0, "weights_owned": device["weights"], "kv_cache": device["kv_cache"],
+            "scratch": scratch, "tokenizer": host["tokenizer"], "runtime": host["runtime"]}
+
+
+def gpu_budget(host: "Budget", device_name: str, free_bytes: int, unified: bool) -> "Budget":
+    """What a GPU backend's plan is checked against: this machine's budget on integrated memory (or
+    when max_memory was given), the device's free memory on a discrete GPU."""
+    if unified or host.explicit:
+        return host
+    return Budget(free_bytes, f"{device_name} free memory", host.address_space, host.address_space_source)
+
+
+def gpu_layers(layer_bytes: Sequence[int], output_bytes: int, compute_bytes: int, free: int) -> int:
+    """How many layers a layer-offloading engine (llama.cpp's n_gpu_layers) puts on a GPU with `free`
+    bytes: it offloads the last ones first, and the output head once every layer is there (a count of
+    len(layer_bytes) + 1). layer_bytes: weights and KV cache of each layer; compute_bytes: the
+    device's compute buffer, reserved with the CUDA context before any layer. Never "all" blindly:
+    0 when not even one layer fits."""
+    room = free - compute_bytes - CUDA_CONTEXT_DEVICE_BYTES
+    count = 0
+    for size in reversed(layer_bytes):
+        if size > room:
+            return count
+        room -= size
+        count += 1
+    return count + 1 if output_bytes <= room else count
+
+
 @dataclass(frozen=True)
 class PlanRequest:
     """What a plan is made for: one model on one backend with fixed threads and batch; the

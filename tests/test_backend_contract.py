@@ -262,7 +262,7 @@ def test_one_sequence_past_its_context_fails_the_step_before_anything_runs(seqs_
     assert b.seq_n_past(1) == b.seq_n_past(2) == N_CTX
 
 
-@pytest.mark.parametrize("name", backends.names())
+@pytest.mark.parametrize("name", _installed())
 def test_more_sequences_than_a_backend_holds_are_refused_before_loading(name, smollm2_path):
     cls = backends.get(name)
     with pytest.raises(InvalidArgumentError, match="n_seq"):

@@ -147,5 +147,5 @@ def test_info_lists_every_registered_backend_with_its_availability():
     for name, status in backends.availability().items():
         assert listed[name]["available"] == status.ok and listed[name]["reason"] == status.reason
     text = cli("info").stdout
-    for name in backends.names():
-        assert f"{name:10} available" in text
+    for name, status in backends.availability().items():
+        assert f"{name:10} {'available' if status else 'not available: ' + status.reason}" in text

@@ -160,6 +160,19 @@ def test_big_little_uses_only_the_big_cores_for_default_threads(tmp_path, with_c
     assert info.board.kind == "generic" and info.board.model == "Radxa ROCK 5B"
 
 
+def test_discrete_nvidia_gpus_are_read_from_the_driver_and_shown_by_info(tree):
+    root = tree("x86-box")
+    for slot, model in (("0000:17:00.0", "NVIDIA H200"), ("0000:65:00.0", "NVIDIA L4")):
+        _write(root, f"proc/driver/nvidia/gpus/{slot}/information",
+               f"Model: \t\t {model}\nIRQ:   \t\t 91\nGPU UUID: \t GPU-1234\n")
+    info = hardware.probe(str(root))   # a fixture tree: the CUDA library is not asked
+    assert [g.name for g in info.accelerators.gpus] == ["NVIDIA H200", "NVIDIA L4"]
+    assert info.accelerators.gpus[0].total_bytes is None
+    rows = dict(hardware.device_rows(info))
+    assert rows["gpu"] == "NVIDIA H200; NVIDIA L4"
+    assert dict(hardware.device_rows(hardware.probe(fixture("rpi4"))))["gpu"] == "none found"
+
+
 def test_npu_device_nodes_are_recognized_by_vendor(tmp_path):
     _rk3588(tmp_path, True)
     for node in ("/dev/hailo0", "/dev/apex_0", "/dev/davinci0", "/dev/dri/renderD128", "/dev/dri/renderD129"):

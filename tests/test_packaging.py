@@ -43,6 +43,15 @@ def test_missing_c_compiler_gives_a_clear_message(source_copy):
     assert not list(source_copy.glob("edgesdk/*.so"))
 
 
+def test_cuda_required_without_nvcc_fails_in_words_before_compiling(source_copy):
+    env = dict(os.environ, EDGESDK_CUDA="1", NVCC="/nonexistent/nvcc")
+    out = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=source_copy, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert "EDGESDK_CUDA=1 but nvcc was not found" in out.stderr and "EDGESDK_CUDA" in out.stderr
+    assert not list(source_copy.glob("edgesdk/*.so"))
+
+
 def test_ci_runs_exactly_the_readme_test_command():
     readme = (REPO_ROOT / "README.md").read_text()
     ci = (REPO_ROOT / ".ci" / "run").read_text()

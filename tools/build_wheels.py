@@ -61,7 +61,9 @@ def _copy_sources(dest: Path) -> None:
 
 
 def _build_env(arch: str) -> dict:
-    env = dict(os.environ)
+    # The wheels are the CPU package: the CUDA library is built from source on the machine with the GPU
+    # (README "NVIDIA GPUs"), where nvcc and the driver match it.
+    env = dict(os.environ, EDGESDK_CUDA="0")
     if arch == host_arch():
         return env
     cc = ARCHES[arch]["cc"]

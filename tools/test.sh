@@ -29,7 +29,24 @@ if ! command -v aarch64-linux-gnu-gcc >/dev/null || ! command -v qemu-aarch64 >/
         debootstrap
 fi
 
-# 2. A virtual environment with the package (native build included) and its
+# 1b. The CUDA compiler: tests/test_cuda.py compiles native/cuda for sm_87 and sm_90 on every machine
+#    (no GPU needed). nvcc from PATH, $CUDA_HOME or /usr/local/cuda (tools/build_cuda.py looks there);
+#    else Debian/Ubuntu's nvidia-cuda-toolkit. NVIDIA's pip wheels are no substitute:
+#    nvidia-cuda-nvcc-cu12 (12.9) holds ptxas, libnvvm and the crt headers but not the nvcc driver,
+#    cicc or cudafe++, so it cannot compile a .cu file.
+if ! "$PY" -c "import sys; sys.path.insert(0, 'tools'); import build_cuda; sys.exit(build_cuda.find_nvcc() is None)"
+then
+    SUDO=""
+    [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    echo "tools/test.sh: no nvcc found; installing nvidia-cuda-toolkit"
+    $SUDO apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q nvidia-cuda-toolkit || {
+        echo "tools/test.sh: could not install nvidia-cuda-toolkit: install the CUDA toolkit (nvcc) from NVIDIA" >&2
+        exit 1; }
+fi
+
+# 2. A virtual environment with the package (native build included; the CUDA library too, nvcc being
+#    there) and its
 #    test extra: pytest, llama-cpp-python (the reference), gguf (test-file writer).
 if [ ! -x "$VENV/bin/python" ]; then
     "$PY" -m venv --system-site-packages "$VENV"

@@ -1,4 +1,4 @@
-"""The one interface every backend fills: native (ours), llama.cpp, and later ONNX Runtime, CUDA.
+"""The one interface every backend fills: native (ours), cuda (ours, on NVIDIA GPUs), llama.cpp, ONNX Runtime.
 
 A backend is one class in one file of this package, registered by name with
 `@register` (edgesdk/backends/__init__.py). Its class answers, before anything
@@ -7,6 +7,8 @@ is loaded:
   check(source, config)         whether it runs this model with these settings:
                                 the backend's checked view of the model, reused below
   memory_parts(checked, config) the bytes it will hold, part by part (edgesdk.memory)
+  plan_budget(checked, host)    the memory.Budget those parts must fit: this machine's, unless the
+                                backend's memory is a discrete GPU's
   open(checked, config)         the loaded backend
 `config` is the LoadConfig with n_ctx and threads resolved.
 
@@ -124,6 +126,12 @@ class Backend(abc.ABC):
     def memory_parts(cls, checked: Any, config: LoadConfig) -> Dict[str, int]:
         """Bytes it will hold for n_ctx = config.n_ctx and config.kv_type: edgesdk.memory.PART_NAMES
         and "address_space"."""
+
+    @classmethod
+    def plan_budget(cls, checked: Any, host: Any) -> Any:
+        """The memory.Budget its plan is checked against, given this machine's: that one, unless the
+        backend's memory is elsewhere (a discrete GPU's)."""
+        return host
 
     @classmethod
     @abc.abstractmethod

@@ -18,6 +18,7 @@ import importlib.util
 import os
 import sys
 import threading
+from dataclasses import dataclass
 from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -97,15 +98,16 @@ def extra_buffer_types_work(system_info: bytes) -> bool:
 
 
 def _load_llama_model(model_path: str, vocab_only: bool, devices: Sequence[int] = (),
-                      tensor_split: Sequence[float] = ()):
-    """The model on this CPU, or with its layers on `devices` (ggml devices, such as RPC workers) in the
-    proportions of tensor_split (see memory.SplitPlan.tensor_split)."""
+                      tensor_split: Sequence[float] = (), n_gpu_layers: int = 0):
+    """The model on this CPU with its last n_gpu_layers layers on the local GPU, or with its layers on
+    `devices` (ggml devices, such as RPC workers) in the proportions of tensor_split (see
+    memory.SplitPlan.tensor_split)."""
     lib = _require_llama_cpp()
     if not os.path.isfile(model_path):
         raise ModelFormatError(f"{model_path}: no such model file")
     params = lib.llama_model_default_params()
     params.vocab_only = vocab_only
-    params.n_gpu_layers = 0
+    params.n_gpu_layers = 0 if vocab_only else n_gpu_layers
     if devices:
         # llama.cpp copies both lists during the load: these arrays need to live only as long as this call.
         device_list = (ctypes.c_void_p * (len(devices) + 1))(*devices, None)
@@ -143,13 +145,78 @@ def _floats_per_token(shape: ModelShape) -> int:
             + 3 * shape.n_ff)
 
 
+@dataclass(frozen=True)
+class _LayerParts:
+    """A model's bytes as llama.cpp places them on devices: per layer, the output head, the KV cache of
+    one layer, one device's compute buffer and the logits of a batch."""
+    layer_weights: List[int]
+    output_weights: int
+    kv_per_layer: int
+    compute: int
+    logits: int
+
+
+def _layer_parts(checked: ModelSource, config: LoadConfig) -> _LayerParts:
+    shape, n_ctx = checked.shape, config.n_ctx
+    n_ubatch = min(config.n_batch, MAX_BATCH, n_ctx)
+    layer_weights = [0] * shape.n_layer
+    output_bytes = 0
+    for t in checked.file.tensors.values():
+        layer = _layer_of(t.name)
+        if layer is not None and layer < shape.n_layer:
+            layer_weights[layer] += t.nbytes
+        elif t.name.startswith("output"):
+            output_bytes += t.nbytes
+    if "output.weight" not in checked.file.tensors:
+        # Tied embeddings: llama.cpp puts a copy of token_embd on the output head's device.
+        output_bytes += checked.file.tensors["token_embd.weight"].nbytes
+    kv_per_layer = config.n_seq * memory.kv_cache_bytes(shape, _cells_per_seq(n_ctx), config.kv_type) // shape.n_layer
+    mask = (2 if shape.sliding_window else 1) * 2 * n_ctx * n_ubatch
+    compute = int(LLAMACPP_ACTIVATION_FACTOR * 4 * n_ubatch * _floats_per_token(shape)) + mask
+    return _LayerParts(layer_weights, output_bytes, kv_per_layer, compute, 4 * shape.n_vocab * n_ubatch)
+
+
+@dataclass(frozen=True)
+class _Offload:
+    """Layers llama.cpp puts on the local GPU (n_gpu_layers; n_layer + 1 includes the output head)."""
+    n_gpu_layers: int = 0
+    device: str = ""
+    integrated: bool = False
+    weights: int = 0             # bytes of the offloaded tensors
+    kv_cache: int = 0            # their KV cache
+
+
+def _offload(checked: ModelSource, config: LoadConfig) -> _Offload:
+    """What goes on the GPU: option n_gpu_layers (an int), or by default ("auto") as many layers as the
+    device's free memory holds (memory.gpu_layers), none without a GPU llama.cpp can use."""
+    from .. import ggml_rpc
+    wanted = config.options.get("n_gpu_layers", "auto")
+    gpus = ggml_rpc.gpu_devices() if wanted != 0 and not config.workers else []
+    if not gpus:
+        return _Offload()
+    name, free, _, integrated = gpus[0]
+    parts = _layer_parts(checked, config)
+    layer_bytes = [w + parts.kv_per_layer for w in parts.layer_weights]
+    if wanted == "auto":
+        # integrated memory: what the GPU takes comes out of the RAM the plan already holds the model in
+        n = (len(layer_bytes) + 1 if integrated else
+             memory.gpu_layers(layer_bytes, parts.output_weights + parts.logits, parts.compute, free))
+    else:
+        n = min(int(wanted), len(layer_bytes) + 1)
+    on_gpu = min(n, len(layer_bytes))
+    weights = sum(parts.layer_weights[len(layer_bytes) - on_gpu:]) + (parts.output_weights if n > len(layer_bytes)
+                                                                     else 0)
+    return _Offload(n, name, integrated, weights, on_gpu * parts.kv_per_layer)
+
+
 @register
 class LlamaCppBackend(Backend):
     """A GGUF model evaluated by llama.cpp on the CPU, KV cache in sequences 0..n_seq-1."""
 
     name = "llamacpp"
-    description = "llama.cpp through llama-cpp-python (CPU)"
+    description = "llama.cpp through llama-cpp-python (CPU; layers on the GPU when built with CUDA)"
     kv_types = KV_TYPES
+    options = ("n_gpu_layers",)
     auto_rank = 20
     max_seqs = min(MAX_N_SEQ, LLAMACPP_MAX_SEQ)
     takes_workers = True
@@ -169,6 +236,10 @@ class LlamaCppBackend(Backend):
     @classmethod
     def check(cls, source: ModelSource, config: LoadConfig) -> ModelSource:
         check_common_settings(cls, config)
+        wanted = config.options.get("n_gpu_layers", "auto")
+        if wanted != "auto" and (isinstance(wanted, bool) or not isinstance(wanted, int) or wanted < 0):
+            raise InvalidArgumentError(f"the llamacpp backend's option n_gpu_layers is \"auto\" or a layer count "
+                                       f">= 0, got {wanted!r}")
         if config.workers and config.n_seq > 1:
             # the split model's child process (_rpc_host) drives one sequence
             raise InvalidArgumentError(f"n_seq {config.n_seq}: a model split over workers holds one sequence")
@@ -211,7 +282,12 @@ class LlamaCppBackend(Backend):
                     + threads * memory.THREAD_ADDRESS_SPACE}
         address_space = (shape.file_bytes + kv + compute_reserve + vocab + LLAMACPP_LIBRARY_ADDRESS_SPACE
                          + threads * memory.THREAD_ADDRESS_SPACE)
-        return {"weights_mapped": shape.tensor_bytes, "weights_owned": 0, "kv_cache": kv, "scratch": scratch,
+        off = _offload(checked, config)
+        # Offloaded tensors leave the mapping once uploaded (llama.cpp unmaps them); on integrated memory
+        # their GPU copy stays in this RAM (counted once, as owned), on a discrete GPU it is the device's.
+        mapped, owned = shape.tensor_bytes - off.weights, off.weights if off.integrated else 0
+        kv -= 0 if off.integrated else off.kv_cache
+        return {"weights_mapped": mapped, "weights_owned": owned, "kv_cache": kv, "scratch": scratch,
                 "tokenizer": vocab, "runtime": runtime, "address_space": address_space}
 
     # -- workers: the layers on `edgesdk worker`s over ggml's RPC -----------------------------
@@ -227,25 +303,11 @@ class LlamaCppBackend(Backend):
                    offered: Sequence[Tuple[str, int, int]]) -> memory.SplitPlan:
         """Which layers each worker holds at config.n_ctx: layer i's weights and KV cache where it goes,
         a compute buffer on every worker, the output head on the last. MemoryBudgetError when they do not fit."""
-        shape, n_ctx = checked.shape, config.n_ctx
-        n_ubatch = min(config.n_batch, MAX_BATCH, n_ctx)
-        layer_weights = [0] * shape.n_layer
-        output_bytes = 0
-        for t in checked.file.tensors.values():
-            layer = _layer_of(t.name)
-            if layer is not None and layer < shape.n_layer:
-                layer_weights[layer] += t.nbytes
-            elif t.name.startswith("output"):
-                output_bytes += t.nbytes
-        if "output.weight" not in checked.file.tensors:
-            # Tied embeddings: llama.cpp puts a copy of token_embd on the output head's device.
-            output_bytes += checked.file.tensors["token_embd.weight"].nbytes
-        kv_per_layer = memory.kv_cache_bytes(shape, n_ctx, config.kv_type) // shape.n_layer
-        mask = (2 if shape.sliding_window else 1) * 2 * n_ctx * n_ubatch
-        compute = int(LLAMACPP_ACTIVATION_FACTOR * 4 * n_ubatch * _floats_per_token(shape)) + mask
-        return memory.split_layers(str(checked.path), n_ctx, [(e, free) for e, free, _ in offered],
-                                   [w + kv_per_layer for w in layer_weights], compute,
-                                   output_bytes + 4 * shape.n_vocab * n_ubatch)
+        parts = _layer_parts(checked, config)
+        kv_per_layer = memory.kv_cache_bytes(checked.shape, config.n_ctx, config.kv_type) // checked.shape.n_layer
+        return memory.split_layers(str(checked.path), config.n_ctx, [(e, free) for e, free, _ in offered],
+                                   [w + kv_per_layer for w in parts.layer_weights], parts.compute,
+                                   parts.output_weights + parts.logits)
 
     @classmethod
     def open_split(cls, checked: ModelSource, config: LoadConfig, split: memory.SplitPlan) -> Backend:
@@ -260,13 +322,13 @@ class LlamaCppBackend(Backend):
     @classmethod
     def open(cls, checked: ModelSource, config: LoadConfig) -> "LlamaCppBackend":
         return cls(checked.path, n_ctx=config.n_ctx, threads=config.threads, kv_type=config.kv_type,
-                   n_batch=config.n_batch, n_seq=config.n_seq)
+                   n_batch=config.n_batch, n_seq=config.n_seq, n_gpu_layers=_offload(checked, config).n_gpu_layers)
 
     # -- loading -----------------------------------------------------------------------
 
     def __init__(self, model_path: str | os.PathLike, n_ctx: int, threads: int, kv_type: str = "f16",
                  n_batch: int = MAX_BATCH, devices: Sequence[int] = (), tensor_split: Sequence[float] = (),
-                 n_seq: int = 1):
+                 n_seq: int = 1, n_gpu_layers: int = 0):
         config = LoadConfig(backend=self.name, n_ctx=n_ctx, threads=threads, kv_type=kv_type, n_batch=n_batch,
                             n_seq=n_seq)
         check_common_settings(type(self), config)
@@ -280,8 +342,9 @@ class LlamaCppBackend(Backend):
         self._model = None
         self._ctx = None
         self._batch = None
+        self.n_gpu_layers = n_gpu_layers
         self._model = _load_llama_model(self.model_path, vocab_only=False, devices=devices,
-                                        tensor_split=tensor_split)
+                                        tensor_split=tensor_split, n_gpu_layers=n_gpu_layers)
         self._vocab = lib.llama_model_get_vocab(self._model)
         self.n_vocab = int(lib.llama_vocab_n_tokens(self._vocab))
 
@@ -482,7 +545,10 @@ class LlamaCppBackend(Backend):
             )
 
     def info(self) -> BackendInfo:
-        return BackendInfo(name=self.name, device=f"cpu (llama.cpp, {threads_text(self.threads)})", n_ctx=self.n_ctx,
+        device = f"cpu (llama.cpp, {threads_text(self.threads)})"
+        if self.n_gpu_layers:
+            device += f" + gpu ({self.n_gpu_layers} layers offloaded)"
+        return BackendInfo(name=self.name, device=device, n_ctx=self.n_ctx,
                            n_vocab=self.n_vocab, threads=self.threads, kv_type=self.kv_type)
 
     def close(self) -> None:

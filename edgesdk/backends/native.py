@@ -275,8 +275,62 @@ def memory_requirements(gguf_file: ModelArg, n_ctx: int, kv_type: str = "f16", n
             checked.source.file.close()
 
 
+class EngineHandle:
+    """What a backend on one of edgesdk's C engines (native, cuda) does with its handle and its checked
+    file: close() frees the engine, then the description's arrays, then the mapping they point into."""
+
+    name: str
+    _handle: Optional[int]
+    _checked: Optional[_Checked]
+
+    def _free_engine(self, handle: int) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        if getattr(self, "_handle", None):
+            self._free_engine(self._handle)
+            self._handle = None
+        checked = getattr(self, "_checked", None)
+        if checked is not None:
+            self._checked = None
+            checked.desc = None          # the arrays it points into go before the mapping
+            if checked.owns_file:
+                checked.source.file.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def _require_open(self) -> int:
+        if not self._handle:
+            raise InvalidArgumentError(f"the {self.name} backend is closed")
+        return self._handle
+
+    # -- session blobs: STATE_HEADER, then the engine's KV rows ---------------------------
+
+    state_magic: bytes = STATE_MAGIC
+
+    def _state_header(self, n_past: int) -> bytes:
+        s = self.shape
+        return STATE_HEADER.pack(self.state_magic, s.n_layer, _type_id(self.kv_type.upper()),
+                                 s.n_head_kv * s.head_dim_k, self.n_ctx, n_past)
+
+    def _state_payload(self, blob: bytes, n_past: int, payload_bytes) -> "ctypes.Array":
+        """The KV rows of a load_state blob once check_state has found it to restore n_past positions."""
+        def mismatch(saved):
+            magic, n_layer, kv_type, kv_dim, n_ctx, saved_past = saved
+            return (f"saved magic={magic!r}, n_layer={n_layer}, kv_type={kv_type}, kv_dim={kv_dim}, n_ctx={n_ctx}, "
+                    f"n_past={saved_past}; expected {self._state_header(n_past)[:4]!r}, n_layer={self.shape.n_layer}, "
+                    f"kv_type={_type_id(self.kv_type.upper())}, kv_dim={self.shape.n_head_kv * self.shape.head_dim_k}, "
+                    f"n_ctx={self.n_ctx}, n_past={n_past}")
+        head = check_state(blob, n_past, self.n_ctx, STATE_HEADER, self._state_header, payload_bytes, mismatch)
+        return (ctypes.c_char * (len(blob) - head)).from_buffer_copy(blob, head)
+
+
 @register
-class NativeBackend(Backend):
+class NativeBackend(EngineHandle, Backend):
     """A GGUF model on edgesdk's own engine, with a KV cache of n_seq sequences of n_ctx positions.
 
     Made by edgesdk.load through the registry, or directly from a path or an
@@ -447,11 +501,6 @@ class NativeBackend(Backend):
         self._activation_sums = sums
         _engine().lib.ek_model_set_activation_sums(handle, None if sums is None else sums.ctypes.data)
 
-    def _state_header(self, n_past: int) -> bytes:
-        s = self.shape
-        return STATE_HEADER.pack(STATE_MAGIC, s.n_layer, _type_id(self.kv_type.upper()), s.n_head_kv * s.head_dim_k,
-                                 self.n_ctx, n_past)
-
     def save_state(self, seq: int = 0) -> bytes:
         """Sequence seq's cache (sequence 0's, as the Backend contract says, by default)."""
         handle = self._require_open()
@@ -465,16 +514,7 @@ class NativeBackend(Backend):
         """Restore sequence seq's cache (sequence 0's by default) from save_state of any sequence."""
         handle = self._require_open()
         check_seq_inputs([SeqInput(seq, (0,), 0)], self.n_seq)
-
-        def mismatch(saved):
-            magic, n_layer, kv_type, kv_dim, _, saved_past = saved
-            return (f"saved n_layer={n_layer}, kv_type={kv_type}, kv_dim={kv_dim}, n_past={saved_past}; expected "
-                    f"n_layer={self.shape.n_layer}, kv_type={_type_id(self.kv_type.upper())}, "
-                    f"kv_dim={self.shape.n_head_kv * self.shape.head_dim_k}, n_past={n_past}")
-        head = check_state(blob, n_past, self.n_ctx, STATE_HEADER, self._state_header,
-                           lambda n: int(_engine().lib.ek_model_state_bytes(handle, n)), mismatch)
-        size = len(blob) - head
-        payload = (ctypes.c_char * size).from_buffer_copy(blob, head)
+        payload = self._state_payload(blob, n_past, lambda n: int(_engine().lib.ek_model_state_bytes(handle, n)))
         _engine().lib.ek_model_state_load(handle, seq, n_past, payload)
         self._seq_n_past[seq] = int(n_past)
 
@@ -488,27 +528,8 @@ class NativeBackend(Backend):
         _engine().lib.ek_model_memory_used(self._require_open(), ctypes.byref(mem))
         return self._checked.desc.engine_parts(mem)
 
-    def close(self) -> None:
-        if getattr(self, "_handle", None):
-            _engine().lib.ek_model_free(self._handle)
-            self._handle = None
-        checked = getattr(self, "_checked", None)
-        if checked is not None:
-            self._checked = None
-            checked.desc = None          # the arrays it points into go before the mapping
-            if checked.owns_file:
-                checked.source.file.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
-
-    def _require_open(self) -> int:
-        if not self._handle:
-            raise InvalidArgumentError("the native backend is closed")
-        return self._handle
+    def _free_engine(self, handle: int) -> None:
+        _engine().lib.ek_model_free(handle)
 
 
-__all__ = ["NativeBackend", "memory_requirements", "SUPPORTED_ARCHITECTURES", "DEFAULT_REPACK"]
+__all__ = ["EngineHandle", "NativeBackend", "memory_requirements", "SUPPORTED_ARCHITECTURES", "DEFAULT_REPACK"]

@@ -194,12 +194,7 @@ ek_status ek_model_create(const ek_model_desc *desc, ek_model **out) {
     m->d.layers = NULL;
     m->kernels = ek_kernels_active();
     m->matmul_act_bytes = matmul_act_bytes(desc);
-    m->rope_global = ops_rope_scaling_init(desc->n_rot, desc->rope_base, desc->rope_freq_scale, desc->yarn_ext_factor,
-                                           desc->rope_mscale, desc->yarn_n_ctx_orig, desc->yarn_beta_fast,
-                                           desc->yarn_beta_slow);
-    m->rope_sliding = ops_rope_scaling_init(desc->n_rot, desc->rope_base_swa, desc->rope_freq_scale_swa,
-                                            desc->yarn_ext_factor, desc->rope_mscale_swa, desc->yarn_n_ctx_orig,
-                                            desc->yarn_beta_fast, desc->yarn_beta_slow);
+    ops_rope_scalings(desc, &m->rope_global, &m->rope_sliding);
     uint64_t planned_owned;
     weight_bytes(desc, &planned_owned, &m->weights_mapped);
     ek_status st = ek_pool_create(desc->n_threads, &m->pool);

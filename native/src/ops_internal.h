@@ -1,8 +1,14 @@
-/* Helpers shared by ops.c and the engine files; not part of the public API. */
+/* Helpers shared by ops.c, rope.c and the engine files (model.c, native/cuda/model.cu); not part of the public API. */
 #ifndef EK_OPS_INTERNAL_H
 #define EK_OPS_INTERNAL_H
 
+#include "edgekern.h" /* ek_model_desc */
+
 #include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" { /* native/cuda/model.cu computes its RoPE tables with rope.c */
+#endif
 
 /* How the angles of one kind of layer are scaled beyond plain RoPE.
    YaRN (Peng et al. 2023, "YaRN: Efficient Context Window Extension"): rotation pair i
@@ -26,11 +32,19 @@ typedef struct ops_rope_scaling {
 ops_rope_scaling ops_rope_scaling_init(int64_t n_rot, float base, float freq_scale, float ext_factor, float mscale,
                                        int32_t n_ctx_orig, float beta_fast, float beta_slow);
 
+/* The scalings of a model's global and sliding-window layers (each with its own base and
+   scale, YaRN's settings shared), as both engines compute them. */
+void ops_rope_scalings(const ek_model_desc *d, ops_rope_scaling *global, ops_rope_scaling *sliding);
+
 /* RoPE split in two: the angles of one position (n_rot/2 cos and sin), computed once
    per batch and layer kind, and their application to n_heads vectors. */
 void ops_rope_angles(int64_t pos, int64_t n_rot, float base, const ops_rope_scaling *scaling,
                      const float *freq_factors, float *cosv, float *sinv);
 void ops_rope_apply(float *x, int64_t n_heads, int64_t head_dim, int64_t n_rot, const float *cosv,
                     const float *sinv, int mode);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif
