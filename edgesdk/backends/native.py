@@ -13,6 +13,7 @@ stay memory-mapped; norm vectors stored as F16 are converted.
 """
 from __future__ import annotations
 
+import abc
 import ctypes
 import os
 import struct
@@ -275,7 +276,7 @@ def memory_requirements(gguf_file: ModelArg, n_ctx: int, kv_type: str = "f16", n
             checked.source.file.close()
 
 
-class EngineHandle:
+class EngineHandle(abc.ABC):
     """What a backend on one of edgesdk's C engines (native, cuda) does with its handle and its checked
     file: close() frees the engine, then the description's arrays, then the mapping they point into."""
 
@@ -283,8 +284,9 @@ class EngineHandle:
     _handle: Optional[int]
     _checked: Optional[_Checked]
 
+    @abc.abstractmethod
     def _free_engine(self, handle: int) -> None:
-        raise NotImplementedError
+        """Free the C engine behind handle (ek_model_free, ec_model_free)."""
 
     def close(self) -> None:
         if getattr(self, "_handle", None):
