@@ -174,8 +174,7 @@ class _Description:
     def __init__(self, f: gguf.GGUFFile, shape: ModelShape):
         ek = _engine()
         self.keep: List[np.ndarray] = []
-        self.owned_vector_bytes = 0
-        self.mapped_vector_bytes = 0  # F32 vectors read in place; matrices are counted by the engine
+        self.owned_vector_bytes = 0   # every vector is a copy; matrices are counted by the engine
         d = ek.EkModelDesc()
         for name in self._SHAPE_FIELDS:
             setattr(d, name, getattr(shape, name))
@@ -216,11 +215,11 @@ class _Description:
             return t  # absent: data NULL (checked optional by _check_tensors)
         if len(info.shape) == 1:
             array = self.f.tensor_array(name)
-            if info.type_name != "F32":
-                array = np.ascontiguousarray(array, dtype=np.float32)
-                self.owned_vector_bytes += array.nbytes
-            else:
-                self.mapped_vector_bytes += info.nbytes
+            # Copied, F32 ones too: a read of a vector in the mapping during a pass would map the file's
+            # pages around it again, and the kernel maps whole page-cache folios (up to megabytes of the
+            # released matrices beside it), which no plan can bound.
+            array = np.array(array, dtype=np.float32, order="C", copy=True)
+            self.owned_vector_bytes += array.nbytes
             self.keep.append(array)
             t.data, t.n_rows, t.n_cols, t.type = array.ctypes.data, 1, info.shape[0], 0
         else:
@@ -231,7 +230,7 @@ class _Description:
 
     def engine_parts(self, mem) -> Dict[str, int]:
         """The engine's bytes (an EkModelMemory) with the vectors this description holds."""
-        return {"weights_mapped": self.mapped_vector_bytes + int(mem.weights_mapped),
+        return {"weights_mapped": int(mem.weights_mapped),
                 "weights_owned": self.owned_vector_bytes + int(mem.weights_owned),
                 "kv_cache": int(mem.kv_cache), "scratch": int(mem.scratch)}
 
@@ -262,7 +261,7 @@ def memory_requirements(gguf_file: ModelArg, n_ctx: int, kv_type: str = "f16", n
 
     weights_mapped: tensor bytes that stay read from the mmap (resident once read);
     weights_owned: owned copies (repacked matrices, whose file pages are released,
-    and norm vectors converted to f32); kv_cache: K and V for n_seq x n_ctx positions;
+    and every norm vector, copied as f32); kv_cache: K and V for n_seq x n_ctx positions;
     scratch: activations for n_batch tokens plus an attention tile's scratch per thread.
     """
     config = LoadConfig(backend="native", n_ctx=n_ctx, threads=threads, kv_type=kv_type, n_batch=n_batch,
