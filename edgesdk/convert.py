@@ -23,8 +23,10 @@ bounds: a config or tokenizer file larger than its cap is rejected.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
@@ -34,6 +36,8 @@ import numpy as np
 from . import gguf, kernels
 from .errors import ConversionError, MissingDependencyError, UnsupportedModelError
 from .gguf_writer import GGUFWriter, MetadataEntry, TensorEntry, entry
+
+log = logging.getLogger("edgesdk")
 
 MAX_JSON_BYTES = 64 << 20        # tokenizer.json of a 256k vocabulary is ~35 MB
 FLOAT_OUTPUT_TYPES = {"f32": "F32", "f16": "F16", "bf16": "BF16"}
@@ -63,6 +67,9 @@ LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,
 QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
                r"\s*[\r\n]+|\s+(?!\S)|\s+")
 SPLIT_PRE = {LLAMA3_SPLIT: "llama-bpe", QWEN2_SPLIT: "qwen2"}
+# SentencePiece's mark for a space, and its byte tokens (byte-fallback vocabularies).
+SPACE_MARK = "\u2581"
+BYTE_TOKEN = re.compile(r"<0x[0-9A-F]{2}>")
 
 
 @dataclass(frozen=True)
@@ -443,23 +450,17 @@ def _pad_vocab(tokens: List[str], types: List[int], n_vocab: int, scores: Option
             scores.append(-1000.0)
 
 
-def bpe_tokenizer(folder: str, config: Dict[str, Any], n_vocab: int) -> List[MetadataEntry]:
-    tok = _read_json(os.path.join(folder, "tokenizer.json"), "tokenizer")
-    model = tok.get("model") or {}
-    if model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
-        raise UnsupportedModelError(f"tokenizer.json model type {model.get('type')!r}: only BPE vocabularies are "
-                                    f"converted from tokenizer.json")
-    if model.get("byte_fallback"):
-        raise UnsupportedModelError("tokenizer.json is a SentencePiece-style BPE (byte_fallback); convert it from "
-                                    "tokenizer.model")
+def _vocab_tokens(model: Dict[str, Any], tok: Dict[str, Any], n_vocab: int,
+                  normal_type: Callable[[str], int] = lambda text: TOKEN_NORMAL) -> Tuple[List[str], List[int]]:
+    """tokenizer.json's vocabulary and added tokens as (tokens, token types) by id, padded to
+    n_vocab; normal_type gives a vocabulary (not added) token its type."""
     by_id: Dict[int, str] = {}
     for text, i in model["vocab"].items():
         if not isinstance(i, int) or not 0 <= i < n_vocab:
             raise ConversionError(f"tokenizer.json: token {text!r} has id {i!r}, outside the vocabulary of {n_vocab}")
         by_id[i] = text
-    added = _added_tokens(tok)
-    types_by_id = {i: TOKEN_NORMAL for i in by_id}
-    for i, (text, special) in added.items():
+    types_by_id = {i: normal_type(text) for i, text in by_id.items()}
+    for i, (text, special) in _added_tokens(tok).items():
         if not 0 <= i < n_vocab:
             raise ConversionError(f"tokenizer.json: added token {text!r} has id {i}, outside the vocabulary")
         by_id[i] = text
@@ -468,11 +469,111 @@ def bpe_tokenizer(folder: str, config: Dict[str, Any], n_vocab: int) -> List[Met
     tokens = [by_id.get(i, f"[PAD{i}]") for i in range(size)]
     types = [types_by_id.get(i, TOKEN_UNUSED) for i in range(size)]
     _pad_vocab(tokens, types, n_vocab)
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
-    ids = {t: i for i, t in enumerate(tokens)}
-    special = _special_ids(folder, config, ids)
+    return tokens, types
+
+
+def _merge_pairs(model: Dict[str, Any]) -> List[Tuple[str, str]]:
+    """tokenizer.json's merges, in rank order, as (left, right) (written "a b" or ["a", "b"])."""
+    pairs = []
+    for merge in model.get("merges") or []:
+        pair = merge.split(" ", 1) if isinstance(merge, str) else merge
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2 or not all(isinstance(p, str) for p in pair):
+            raise ConversionError(f"tokenizer.json: merge {merge!r} is not a pair of tokens")
+        pairs.append((pair[0], pair[1]))
+    return pairs
+
+
+def bpe_tokenizer(folder: str, config: Dict[str, Any], n_vocab: int) -> List[MetadataEntry]:
+    tok = _read_json(os.path.join(folder, "tokenizer.json"), "tokenizer")
+    model = tok.get("model") or {}
+    if model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
+        raise UnsupportedModelError(f"tokenizer.json model type {model.get('type')!r}: only BPE vocabularies are "
+                                    f"converted from tokenizer.json")
+    if model.get("byte_fallback"):
+        return byte_fallback_tokenizer(folder, config, n_vocab, tok)
+    tokens, types = _vocab_tokens(model, tok, n_vocab)
+    merges = [" ".join(pair) for pair in _merge_pairs(model)]
+    special = _special_ids(folder, config, {t: i for i, t in enumerate(tokens)})
     values = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": _bpe_pre(tok.get("pre_tokenizer")),
               "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.token_type": types, "tokenizer.ggml.merges": merges}
+    return [entry(k, v) for k, v in values.items()] + _special_entries(special)
+
+
+def _steps(component: Any) -> List[Dict[str, Any]]:
+    """A tokenizer.json normalizer or pre-tokenizer as its list of steps."""
+    if component is None:
+        return []
+    if not isinstance(component, dict):
+        raise ConversionError(f"tokenizer.json: {json.dumps(component)[:200]} is not a normalizer or pre-tokenizer")
+    if component.get("type") == "Sequence":
+        key = "normalizers" if "normalizers" in component else "pretokenizers"
+        return list(component.get(key) or [])
+    return [component]
+
+
+def _space_prefix(tok: Dict[str, Any]) -> bool:
+    """Whether a SentencePiece-style tokenizer.json puts "▁" in front of the text (llama.cpp's
+    add_space_prefix): spaces must become "▁" and nothing else may change the text, as llama.cpp's
+    llama vocabulary does nothing else."""
+    normalizer, pre = _steps(tok.get("normalizer")), _steps(tok.get("pre_tokenizer"))
+    to_mark = {"type": "Replace", "pattern": {"String": " "}, "content": SPACE_MARK}
+    prepend = {"type": "Prepend", "prepend": SPACE_MARK}
+    if not pre and normalizer in ([prepend, to_mark], [to_mark]):   # Llama-2's tokenizer.json
+        return len(normalizer) == 2
+    if not normalizer and len(pre) == 1 and pre[0].get("type") == "Metaspace" \
+            and pre[0].get("replacement") == SPACE_MARK and pre[0].get("split") is False \
+            and pre[0].get("prepend_scheme") in ("first", "always", "never"):
+        scheme = pre[0]["prepend_scheme"]
+        if scheme != "never":
+            # Metaspace adds no "▁" to a piece that starts with a space, and with "first" none
+            # after a special token; llama.cpp (as SentencePiece) adds it to both.
+            log.warning("tokenizer.json's Metaspace (prepend_scheme %r) marks no space before text that starts "
+                        "with one%s; llama.cpp does, so such text tokenizes differently there", scheme,
+                        " or follows a special token" if scheme == "first" else "")
+        return scheme != "never"
+    raise UnsupportedModelError(
+        f"tokenizer.json normalizer {json.dumps(tok.get('normalizer'))[:200]} and pre-tokenizer "
+        f"{json.dumps(tok.get('pre_tokenizer'))[:200]}: a byte-fallback BPE is converted only with spaces as "
+        f"{SPACE_MARK!r} (Prepend + Replace normalizers, or a non-splitting Metaspace) and nothing else")
+
+
+def byte_fallback_tokenizer(folder: str, config: Dict[str, Any], n_vocab: int,
+                            tok: Dict[str, Any]) -> List[MetadataEntry]:
+    """A SentencePiece-style BPE tokenizer.json (Llama-2, Mistral: "▁" for spaces, <0xNN> byte
+    tokens for characters outside the vocabulary) as llama.cpp's llama vocabulary. That merges
+    adjacent pieces highest score first; tokenizers applies merge rules lowest rank first. A
+    token's score is therefore minus the rank of the first merge that makes it (tokens no merge
+    makes: below every merge), so that llama.cpp merges in the order of the rules."""
+    model = tok["model"]
+    for key in ("dropout", "continuing_subword_prefix", "end_of_word_suffix"):
+        if model.get(key):
+            raise UnsupportedModelError(f"tokenizer.json BPE {key} {model[key]!r} has no llama.cpp equivalent")
+    if model.get("ignore_merges"):
+        raise UnsupportedModelError("tokenizer.json BPE ignore_merges (whole words looked up first) has no "
+                                    "llama.cpp equivalent for a byte-fallback vocabulary")
+    add_space_prefix = _space_prefix(tok)
+    vocab = model["vocab"]
+    missing = [f"<0x{b:02X}>" for b in range(256) if f"<0x{b:02X}>" not in vocab]
+    if missing:
+        raise ConversionError(f"tokenizer.json is byte_fallback but its vocabulary lacks {len(missing)} byte tokens "
+                              f"(first {missing[0]}); llama.cpp needs all 256")
+    tokens, types = _vocab_tokens(model, tok, n_vocab,
+                                  lambda text: TOKEN_BYTE if BYTE_TOKEN.fullmatch(text) else TOKEN_NORMAL)
+    ids = {t: i for i, t in enumerate(tokens)}
+    unk = model.get("unk_token")
+    if unk in ids:   # an added special token too, in Llama-2's file: SentencePiece's unknown type wins
+        types[ids[unk]] = TOKEN_UNKNOWN
+    pairs = _merge_pairs(model)
+    first_rank: Dict[str, int] = {}
+    for rank, (left, right) in enumerate(pairs):
+        first_rank.setdefault(left + right, rank)
+    scores = [-float(first_rank.get(t, len(pairs))) for t in tokens]
+    special = _special_ids(folder, config, ids)
+    if "unk" not in special and unk in ids:
+        special["unk"] = ids[unk]
+    values = {"tokenizer.ggml.model": "llama", "tokenizer.ggml.pre": "default", "tokenizer.ggml.tokens": tokens,
+              "tokenizer.ggml.scores": np.asarray(scores, dtype=np.float32), "tokenizer.ggml.token_type": types,
+              "tokenizer.ggml.add_space_prefix": add_space_prefix}
     return [entry(k, v) for k, v in values.items()] + _special_entries(special)
 
 
