@@ -93,15 +93,6 @@ def pool3():
         yield pool
 
 
-@pytest.fixture
-def isa(request):
-    """Switch the active kernel family for one test, then restore it."""
-    previous = _native.isa_current()
-    _native.isa_set(request.param)
-    yield request.param
-    _native.isa_set(previous)
-
-
 def stored_as(x: np.ndarray, source: str) -> tuple:
     """x in `source` storage (F16 as float16, BF16 as its uint16 bits) and those values widened
     to float32 by numpy (exact: every half is a float)."""
