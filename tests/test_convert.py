@@ -488,7 +488,8 @@ def as_llama_cpp_prefixes(text: str, space: str) -> str:
 @pytest.fixture(scope="module", params=SPACE_STYLES)
 def byte_fallback_converted(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(f"byte_fallback_{request.param}")
-    made = write_folder(root / "hf", "llama", cfg=BYTE_FALLBACK_CFG, write_tokenizer=byte_fallback_writer(request.param))
+    made = write_folder(root / "hf", "llama", cfg=BYTE_FALLBACK_CFG,
+                        write_tokenizer=byte_fallback_writer(request.param))
     out = root / "model.gguf"
     convert.convert_folder(root / "hf", out, out_type="f32")
     return request.param, out, made["tokenizer"]
@@ -530,7 +531,8 @@ def test_byte_fallback_vocabulary_has_llama_cpp_token_types_and_merge_rank_score
     space, out, tokenizer = byte_fallback_converted
     with gguf.open(out) as f:
         meta = f.metadata
-    tokens, types, scores = meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.token_type"], meta["tokenizer.ggml.scores"]
+    tokens, types = meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.token_type"]
+    scores = meta["tokenizer.ggml.scores"]
     assert meta["tokenizer.ggml.model"] == "llama" and meta["tokenizer.ggml.add_space_prefix"] == (space != "never")
     assert [types[tokens.index(t)] for t in BYTE_TOKENS] == [convert.TOKEN_BYTE] * 256
     assert types[tokens.index("<unk>")] == convert.TOKEN_UNKNOWN

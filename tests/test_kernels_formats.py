@@ -108,7 +108,8 @@ def stored_as(x: np.ndarray, source: str) -> tuple:
 def spread_matrix(rng, n_rows: int, n_cols: int) -> np.ndarray:
     """Values over many magnitudes (F16 subnormals among them), so that every exponent path of
     the widening is used."""
-    return (rng.standard_normal((n_rows, n_cols)) * np.exp(rng.uniform(-14.0, 4.0, (n_rows, n_cols)))).astype(np.float32)
+    magnitudes = np.exp(rng.uniform(-14.0, 4.0, (n_rows, n_cols)))
+    return (rng.standard_normal((n_rows, n_cols)) * magnitudes).astype(np.float32)
 
 
 @pytest.mark.parametrize("source", ["F16", "BF16"])
