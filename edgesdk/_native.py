@@ -22,6 +22,7 @@ from .errors import (
     NativeBuildError,
     NativeError,
     NativeMemoryError,
+    NonFiniteRowError,
     ThreadStartError,
     UnsupportedISAError,
     UnsupportedModelError,
@@ -39,6 +40,7 @@ EK_ERR_THREADS = 5
 EK_ERR_CONTEXT_FULL = 6
 EK_ERR_INTERNAL = 7
 EK_ERR_CANCELLED = 8
+EK_ERR_NON_FINITE = 9
 
 # The edgesdk error each failure raises (check()); tests/test_native_status.py reads the
 # header's codes, so one added there without an entry here fails.
@@ -51,10 +53,11 @@ STATUS_ERRORS = {
     EK_ERR_CONTEXT_FULL: ContextOverflowError,
     EK_ERR_INTERNAL: NativeError,
     EK_ERR_CANCELLED: CancelledError,
+    EK_ERR_NON_FINITE: NonFiniteRowError,
 }
 
 # EK_ABI_VERSION of the header this module mirrors.
-ABI_VERSION = 2
+ABI_VERSION = 3
 
 EK_WEIGHT_ALLOW_REPACK = 1
 
@@ -208,7 +211,8 @@ def _load() -> ctypes.CDLL:
     proto("ek_type_block_bytes", c_int64, c_int)
     proto("ek_dequantize", c_int, c_int, c_void_p, c_void_p, c_int64)
     proto("ek_quantize", c_int, c_int, c_void_p, c_void_p, c_int64)
-    proto("ek_quantize_rows", c_int, c_int, c_void_p, c_void_p, c_int64, c_int64, c_void_p, c_void_p)
+    proto("ek_quantize_rows", c_int, c_int, c_int, c_void_p, c_void_p, c_int64, c_int64, c_void_p, c_void_p,
+          POINTER(c_int64))
     proto("ek_pool_create", c_int, c_int, POINTER(c_void_p))
     proto("ek_pool_free", None, c_void_p)
     proto("ek_pool_threads", c_int, c_void_p)

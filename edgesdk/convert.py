@@ -11,7 +11,10 @@ writes what llama.cpp's loader expects:
   halves in both, so they stay as they are);
 - gemma3's norms as 1 + weight (Hugging Face's Gemma norm multiplies by 1 + w);
 - hyperparameters under {arch}.*, the tokenizer under tokenizer.ggml.*, the chat
-  template under tokenizer.chat_template.
+  template under tokenizer.chat_template;
+- config.json's rope_scaling as llama.cpp reads it: linear and YaRN as
+  {arch}.rope.scaling.* metadata, Llama 3.1's "llama3" as a rope_freqs.weight
+  tensor of per-pair frequency divisors (llama.cpp has no "llama3" scaling type).
 
 Matrices are written as F16 (or F32/BF16) and quantized afterwards by
 edgesdk.quantize when a quantized type is asked for. Every file is read with
@@ -20,7 +23,10 @@ bounds: a config or tokenizer file larger than its cap is rejected.
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
@@ -31,11 +37,25 @@ from . import gguf, kernels
 from .errors import ConversionError, MissingDependencyError, UnsupportedModelError
 from .gguf_writer import GGUFWriter, MetadataEntry, TensorEntry, entry
 
+log = logging.getLogger("edgesdk")
+
 MAX_JSON_BYTES = 64 << 20        # tokenizer.json of a 256k vocabulary is ~35 MB
 FLOAT_OUTPUT_TYPES = {"f32": "F32", "f16": "F16", "bf16": "BF16"}
 DEFAULT_OUTPUT_TYPE = "f16"
 # llama.cpp's token types (tokenizer.ggml.token_type)
 TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED, TOKEN_BYTE = 1, 2, 3, 4, 5, 6
+
+# config.json rope_scaling types we convert, and the keys each may carry besides its type
+# (another key would change the math in a way the GGUF cannot state).
+ROPE_SCALING_KEYS = {
+    "linear": {"factor"},
+    "llama3": {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"},
+    "yarn": {"factor", "original_max_position_embeddings", "attention_factor", "beta_fast", "beta_slow", "truncate"},
+}
+REFUSED_ROPE_SCALINGS = {
+    "dynamic": "dynamic NTK scaling recomputes the frequencies as the sequence grows; GGUF has no way to say so",
+    "longrope": "LongRoPE's short and long factor tables are read by llama.cpp only for phi3",
+}
 
 # Hugging Face model_type -> GGUF architecture
 ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "gemma3_text": "gemma3", "gemma3": "gemma3"}
@@ -47,6 +67,9 @@ LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,
 QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
                r"\s*[\r\n]+|\s+(?!\S)|\s+")
 SPLIT_PRE = {LLAMA3_SPLIT: "llama-bpe", QWEN2_SPLIT: "qwen2"}
+# SentencePiece's mark for a space, and its byte tokens (byte-fallback vocabularies).
+SPACE_MARK = "\u2581"
+BYTE_TOKEN = re.compile(r"<0x[0-9A-F]{2}>")
 
 
 @dataclass(frozen=True)
@@ -139,6 +162,80 @@ class Weights:
 
 # -------------------------------------------------------------- architecture
 
+@dataclass(frozen=True, eq=False)
+class RopeScaling:
+    """config.json's rope_scaling as the GGUF carries it: `metadata` (key after "{arch}.rope." ->
+    value) and, for llama3, `freq_factors`, the (head_dim/2,) divisors of each pair's frequency
+    written as rope_freqs.weight."""
+    kind: str = "none"
+    metadata: Tuple[Tuple[str, Any], ...] = ()
+    freq_factors: Optional[np.ndarray] = None
+
+
+def llama3_freq_factors(head_dim: int, base: float, factor: float, low_freq_factor: float,
+                        high_freq_factor: float, n_ctx_orig: int) -> np.ndarray:
+    """Llama 3.1's RoPE scaling as divisors of each pair's frequency (head_dim/2,) float32: a pair
+    whose wavelength is under n_ctx_orig / high_freq_factor keeps its frequency (1), one over
+    n_ctx_orig / low_freq_factor has it divided by factor, and between the two the inverse
+    divisor moves linearly in n_ctx_orig / wavelength from 1/factor to 1."""
+    wavelength = 2.0 * math.pi * base ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    smooth = np.clip((n_ctx_orig / wavelength - low_freq_factor) / (high_freq_factor - low_freq_factor), 0.0, 1.0)
+    return (1.0 / ((1.0 - smooth) / factor + smooth)).astype(np.float32)
+
+
+def read_rope_scaling(text: Dict[str, Any], arch: str, head_dim: int, rope_base: float, n_ctx: int) -> RopeScaling:
+    """config.json's rope_scaling, checked, as GGUF metadata and tensors."""
+    scaling = text.get("rope_scaling")
+    if scaling is None:
+        return RopeScaling()
+    where = "config.json rope_scaling"
+    if not isinstance(scaling, dict):
+        raise ConversionError(f"{where} must be an object or null, got {scaling!r}")
+    kind = scaling.get("rope_type", scaling.get("type"))
+    if kind == "default":   # transformers' name for plain RoPE
+        return RopeScaling()
+    if kind in REFUSED_ROPE_SCALINGS:
+        raise UnsupportedModelError(f"{where} type {kind!r} cannot be converted: {REFUSED_ROPE_SCALINGS[kind]}")
+    if kind not in ROPE_SCALING_KEYS:
+        raise UnsupportedModelError(f"{where} type {kind!r} is not one we convert "
+                                    f"(converted: {', '.join(ROPE_SCALING_KEYS)})")
+    if arch == "gemma3" and kind != "linear":
+        raise UnsupportedModelError(f"gemma3 {where} type {kind!r}: only linear scaling is converted")
+    if kind == "llama3" and arch != "llama":
+        raise UnsupportedModelError(f"{arch} {where} type 'llama3': llama.cpp reads the rope_freqs tensor it "
+                                    f"needs only for llama")
+    given = {k: v for k, v in scaling.items() if v is not None and k not in ("type", "rope_type")}
+    unknown = sorted(set(given) - ROPE_SCALING_KEYS[kind])
+    if unknown:
+        raise UnsupportedModelError(f"{where} ({kind}) has {', '.join(map(repr, unknown))}, which we do not convert")
+    factor = _need(given, "factor", float, where)
+    if kind == "linear":
+        return RopeScaling(kind, (("scaling.type", "linear"), ("scaling.factor", factor)))
+    if kind == "llama3":
+        low, high = _need(given, "low_freq_factor", float, where), _need(given, "high_freq_factor", float, where)
+        if not high > low:
+            raise ConversionError(f"{where}: high_freq_factor {high} must exceed low_freq_factor {low}")
+        n_ctx_orig = _need(given, "original_max_position_embeddings", int, where)
+        return RopeScaling(kind, freq_factors=llama3_freq_factors(head_dim, rope_base, factor, low, high, n_ctx_orig))
+    # yarn. The original context is rope_scaling's, else max_position_embeddings (transformers and
+    # llama.cpp's converter read it so); the factor is the config's as written.
+    if given.get("truncate", True) is not True:
+        raise UnsupportedModelError(f"{where} (yarn) truncate {given['truncate']!r}: llama.cpp and our engine "
+                                    f"round the ends of YaRN's ramp to whole pairs")
+    n_ctx_orig = _need(given, "original_max_position_embeddings", int, where) \
+        if "original_max_position_embeddings" in given else n_ctx
+    metadata = [("scaling.type", "yarn"), ("scaling.factor", factor), ("scaling.original_context_length", n_ctx_orig)]
+    # transformers' attention_factor replaces YaRN's 0.1 ln(factor) + 1 on cos and sin; our
+    # engine reads it as yarn_attn_factor. llama.cpp (0.3.36) reads that key only for grok and
+    # multiplies its own attention factor by 0.1 ln(factor) + 1, so for a llama or qwen2 file
+    # with an attention_factor it scales attention differently from transformers and from us.
+    for hf_key, gguf_key in (("attention_factor", "yarn_attn_factor"), ("beta_fast", "yarn_beta_fast"),
+                             ("beta_slow", "yarn_beta_slow")):
+        if hf_key in given:
+            metadata.append((f"scaling.{gguf_key}", _need(given, hf_key, float, where)))
+    return RopeScaling(kind, tuple(metadata))
+
+
 @dataclass(frozen=True)
 class Shape:
     arch: str
@@ -153,6 +250,7 @@ class Shape:
     rope_base: float
     n_ctx: int
     tied: bool
+    rope_scaling: RopeScaling = RopeScaling()
 
 
 def read_shape(config: Dict[str, Any]) -> Tuple[Shape, Dict[str, Any]]:
@@ -174,15 +272,14 @@ def read_shape(config: Dict[str, Any]) -> Tuple[Shape, Dict[str, Any]]:
     if not isinstance(n_head_kv, int) or n_head_kv <= 0 or n_head % n_head_kv:
         raise ConversionError(f"config.json: num_key_value_heads {n_head_kv!r} must divide "
                               f"num_attention_heads {n_head}")
-    rope_scaling = text.get("rope_scaling")
-    if rope_scaling and arch != "gemma3":
-        raise UnsupportedModelError(f"config.json rope_scaling {rope_scaling!r} is not converted yet")
     tied = bool(config.get("tie_word_embeddings", text.get("tie_word_embeddings", arch == "gemma3")))
+    rope_base = _need(text, "rope_theta", float) if "rope_theta" in text else 10000.0
+    n_ctx = _need(text, "max_position_embeddings")
     shape = Shape(arch=arch, n_vocab=_need(text, "vocab_size"), n_embd=n_embd,
                   n_layer=_need(text, "num_hidden_layers"), n_ff=_need(text, "intermediate_size"),
                   n_head=n_head, n_head_kv=n_head_kv, head_dim=head_dim,
-                  eps=_need(text, "rms_norm_eps", float), rope_base=float(text.get("rope_theta", 10000.0)),
-                  n_ctx=_need(text, "max_position_embeddings"), tied=tied)
+                  eps=_need(text, "rms_norm_eps", float), rope_base=rope_base, n_ctx=n_ctx, tied=tied,
+                  rope_scaling=read_rope_scaling(text, arch, head_dim, rope_base, n_ctx))
     if arch == "gemma3":
         scalar = text.get("query_pre_attn_scalar", head_dim)
         if scalar != head_dim:
@@ -215,12 +312,8 @@ def _metadata(shape: Shape, text: Dict[str, Any], name: str) -> List[MetadataEnt
         if not isinstance(window, int) or window <= 0:
             raise ConversionError(f"config.json: gemma3 needs a positive integer 'sliding_window', got {window!r}")
         values[f"{a}.attention.sliding_window"] = window
-        scaling = text.get("rope_scaling")
-        if scaling:
-            if scaling.get("rope_type", scaling.get("type")) != "linear" or "factor" not in scaling:
-                raise UnsupportedModelError(f"gemma3 rope_scaling {scaling!r}: only linear scaling is converted")
-            values[f"{a}.rope.scaling.type"] = "linear"
-            values[f"{a}.rope.scaling.factor"] = float(scaling["factor"])
+    for key, value in shape.rope_scaling.metadata:
+        values[f"{a}.rope.{key}"] = value
     values["general.file_type"] = 1
     return [entry(k, v) for k, v in values.items()]
 
@@ -357,23 +450,17 @@ def _pad_vocab(tokens: List[str], types: List[int], n_vocab: int, scores: Option
             scores.append(-1000.0)
 
 
-def bpe_tokenizer(folder: str, config: Dict[str, Any], n_vocab: int) -> List[MetadataEntry]:
-    tok = _read_json(os.path.join(folder, "tokenizer.json"), "tokenizer")
-    model = tok.get("model") or {}
-    if model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
-        raise UnsupportedModelError(f"tokenizer.json model type {model.get('type')!r}: only BPE vocabularies are "
-                                    f"converted from tokenizer.json")
-    if model.get("byte_fallback"):
-        raise UnsupportedModelError("tokenizer.json is a SentencePiece-style BPE (byte_fallback); convert it from "
-                                    "tokenizer.model")
+def _vocab_tokens(model: Dict[str, Any], tok: Dict[str, Any], n_vocab: int,
+                  normal_type: Callable[[str], int] = lambda text: TOKEN_NORMAL) -> Tuple[List[str], List[int]]:
+    """tokenizer.json's vocabulary and added tokens as (tokens, token types) by id, padded to
+    n_vocab; normal_type gives a vocabulary (not added) token its type."""
     by_id: Dict[int, str] = {}
     for text, i in model["vocab"].items():
         if not isinstance(i, int) or not 0 <= i < n_vocab:
             raise ConversionError(f"tokenizer.json: token {text!r} has id {i!r}, outside the vocabulary of {n_vocab}")
         by_id[i] = text
-    added = _added_tokens(tok)
-    types_by_id = {i: TOKEN_NORMAL for i in by_id}
-    for i, (text, special) in added.items():
+    types_by_id = {i: normal_type(text) for i, text in by_id.items()}
+    for i, (text, special) in _added_tokens(tok).items():
         if not 0 <= i < n_vocab:
             raise ConversionError(f"tokenizer.json: added token {text!r} has id {i}, outside the vocabulary")
         by_id[i] = text
@@ -382,11 +469,111 @@ def bpe_tokenizer(folder: str, config: Dict[str, Any], n_vocab: int) -> List[Met
     tokens = [by_id.get(i, f"[PAD{i}]") for i in range(size)]
     types = [types_by_id.get(i, TOKEN_UNUSED) for i in range(size)]
     _pad_vocab(tokens, types, n_vocab)
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
-    ids = {t: i for i, t in enumerate(tokens)}
-    special = _special_ids(folder, config, ids)
+    return tokens, types
+
+
+def _merge_pairs(model: Dict[str, Any]) -> List[Tuple[str, str]]:
+    """tokenizer.json's merges, in rank order, as (left, right) (written "a b" or ["a", "b"])."""
+    pairs = []
+    for merge in model.get("merges") or []:
+        pair = merge.split(" ", 1) if isinstance(merge, str) else merge
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2 or not all(isinstance(p, str) for p in pair):
+            raise ConversionError(f"tokenizer.json: merge {merge!r} is not a pair of tokens")
+        pairs.append((pair[0], pair[1]))
+    return pairs
+
+
+def bpe_tokenizer(folder: str, config: Dict[str, Any], n_vocab: int) -> List[MetadataEntry]:
+    tok = _read_json(os.path.join(folder, "tokenizer.json"), "tokenizer")
+    model = tok.get("model") or {}
+    if model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
+        raise UnsupportedModelError(f"tokenizer.json model type {model.get('type')!r}: only BPE vocabularies are "
+                                    f"converted from tokenizer.json")
+    if model.get("byte_fallback"):
+        return byte_fallback_tokenizer(folder, config, n_vocab, tok)
+    tokens, types = _vocab_tokens(model, tok, n_vocab)
+    merges = [" ".join(pair) for pair in _merge_pairs(model)]
+    special = _special_ids(folder, config, {t: i for i, t in enumerate(tokens)})
     values = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": _bpe_pre(tok.get("pre_tokenizer")),
               "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.token_type": types, "tokenizer.ggml.merges": merges}
+    return [entry(k, v) for k, v in values.items()] + _special_entries(special)
+
+
+def _steps(component: Any) -> List[Dict[str, Any]]:
+    """A tokenizer.json normalizer or pre-tokenizer as its list of steps."""
+    if component is None:
+        return []
+    if not isinstance(component, dict):
+        raise ConversionError(f"tokenizer.json: {json.dumps(component)[:200]} is not a normalizer or pre-tokenizer")
+    if component.get("type") == "Sequence":
+        key = "normalizers" if "normalizers" in component else "pretokenizers"
+        return list(component.get(key) or [])
+    return [component]
+
+
+def _space_prefix(tok: Dict[str, Any]) -> bool:
+    """Whether a SentencePiece-style tokenizer.json puts "▁" in front of the text (llama.cpp's
+    add_space_prefix): spaces must become "▁" and nothing else may change the text, as llama.cpp's
+    llama vocabulary does nothing else."""
+    normalizer, pre = _steps(tok.get("normalizer")), _steps(tok.get("pre_tokenizer"))
+    to_mark = {"type": "Replace", "pattern": {"String": " "}, "content": SPACE_MARK}
+    prepend = {"type": "Prepend", "prepend": SPACE_MARK}
+    if not pre and normalizer in ([prepend, to_mark], [to_mark]):   # Llama-2's tokenizer.json
+        return len(normalizer) == 2
+    if not normalizer and len(pre) == 1 and pre[0].get("type") == "Metaspace" \
+            and pre[0].get("replacement") == SPACE_MARK and pre[0].get("split") is False \
+            and pre[0].get("prepend_scheme") in ("first", "always", "never"):
+        scheme = pre[0]["prepend_scheme"]
+        if scheme != "never":
+            # Metaspace adds no "▁" to a piece that starts with a space, and with "first" none
+            # after a special token; llama.cpp (as SentencePiece) adds it to both.
+            log.warning("tokenizer.json's Metaspace (prepend_scheme %r) marks no space before text that starts "
+                        "with one%s; llama.cpp does, so such text tokenizes differently there", scheme,
+                        " or follows a special token" if scheme == "first" else "")
+        return scheme != "never"
+    raise UnsupportedModelError(
+        f"tokenizer.json normalizer {json.dumps(tok.get('normalizer'))[:200]} and pre-tokenizer "
+        f"{json.dumps(tok.get('pre_tokenizer'))[:200]}: a byte-fallback BPE is converted only with spaces as "
+        f"{SPACE_MARK!r} (Prepend + Replace normalizers, or a non-splitting Metaspace) and nothing else")
+
+
+def byte_fallback_tokenizer(folder: str, config: Dict[str, Any], n_vocab: int,
+                            tok: Dict[str, Any]) -> List[MetadataEntry]:
+    """A SentencePiece-style BPE tokenizer.json (Llama-2, Mistral: "▁" for spaces, <0xNN> byte
+    tokens for characters outside the vocabulary) as llama.cpp's llama vocabulary. That merges
+    adjacent pieces highest score first; tokenizers applies merge rules lowest rank first. A
+    token's score is therefore minus the rank of the first merge that makes it (tokens no merge
+    makes: below every merge), so that llama.cpp merges in the order of the rules."""
+    model = tok["model"]
+    for key in ("dropout", "continuing_subword_prefix", "end_of_word_suffix"):
+        if model.get(key):
+            raise UnsupportedModelError(f"tokenizer.json BPE {key} {model[key]!r} has no llama.cpp equivalent")
+    if model.get("ignore_merges"):
+        raise UnsupportedModelError("tokenizer.json BPE ignore_merges (whole words looked up first) has no "
+                                    "llama.cpp equivalent for a byte-fallback vocabulary")
+    add_space_prefix = _space_prefix(tok)
+    vocab = model["vocab"]
+    missing = [f"<0x{b:02X}>" for b in range(256) if f"<0x{b:02X}>" not in vocab]
+    if missing:
+        raise ConversionError(f"tokenizer.json is byte_fallback but its vocabulary lacks {len(missing)} byte tokens "
+                              f"(first {missing[0]}); llama.cpp needs all 256")
+    tokens, types = _vocab_tokens(model, tok, n_vocab,
+                                  lambda text: TOKEN_BYTE if BYTE_TOKEN.fullmatch(text) else TOKEN_NORMAL)
+    ids = {t: i for i, t in enumerate(tokens)}
+    unk = model.get("unk_token")
+    if unk in ids:   # an added special token too, in Llama-2's file: SentencePiece's unknown type wins
+        types[ids[unk]] = TOKEN_UNKNOWN
+    pairs = _merge_pairs(model)
+    first_rank: Dict[str, int] = {}
+    for rank, (left, right) in enumerate(pairs):
+        first_rank.setdefault(left + right, rank)
+    scores = [-float(first_rank.get(t, len(pairs))) for t in tokens]
+    special = _special_ids(folder, config, ids)
+    if "unk" not in special and unk in ids:
+        special["unk"] = ids[unk]
+    values = {"tokenizer.ggml.model": "llama", "tokenizer.ggml.pre": "default", "tokenizer.ggml.tokens": tokens,
+              "tokenizer.ggml.scores": np.asarray(scores, dtype=np.float32), "tokenizer.ggml.token_type": types,
+              "tokenizer.ggml.add_space_prefix": add_space_prefix}
     return [entry(k, v) for k, v in values.items()] + _special_entries(special)
 
 
@@ -472,7 +659,12 @@ def convert_folder(folder: Union[str, os.PathLike], out_path: Union[str, os.Path
     metadata = _metadata(shape, text, os.path.basename(os.path.abspath(folder))) + \
         tokenizer_metadata(folder, config, shape.n_vocab)
     matrix_type = FLOAT_OUTPUT_TYPES.get(out_type, "F16")
-    index = []
+    # Tensors the folder does not hold but the GGUF needs, computed from the config.
+    computed = {}
+    if shape.rope_scaling.freq_factors is not None:
+        computed["rope_freqs.weight"] = shape.rope_scaling.freq_factors
+    index = [TensorEntry(name, values.shape, gguf.GGML_TYPES_BY_NAME["F32"].type_id)
+             for name, values in computed.items()]
     for gguf_name, hf_name, _ in plan:
         got, expected = weights.shape(hf_name), _expected_shape(shape, gguf_name)
         if got != expected:
@@ -491,7 +683,9 @@ def convert_folder(folder: Union[str, os.PathLike], out_path: Union[str, os.Path
         os.close(fd)
     try:
         with GGUFWriter(float_path, metadata, index) as writer:
-            for n, ((gguf_name, hf_name, transform), info) in enumerate(zip(plan, index)):
+            for name, values in computed.items():
+                writer.write(name, values)
+            for n, ((gguf_name, hf_name, transform), info) in enumerate(zip(plan, index[len(computed):])):
                 values = np.ascontiguousarray(transform(weights.get(hf_name)), dtype=np.float32)
                 if not np.all(np.isfinite(values)):
                     raise ConversionError(f"tensor {hf_name!r} holds NaN or infinite values")

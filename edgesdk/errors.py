@@ -142,6 +142,16 @@ class QuantizeError(EdgeSDKError):
     divide into the blocks asked for, or an already quantized source without allow_requantize."""
 
 
+class NonFiniteRowError(QuantizeError):
+    """A matrix to be quantized holds NaN or infinity; `row` is the first such row and `tensor`
+    the matrix's name (None where the caller did not give one)."""
+
+    def __init__(self, message: str, tensor: "str | None" = None, row: "int | None" = None):
+        super().__init__(message)
+        self.tensor = tensor
+        self.row = row
+
+
 class ConversionError(EdgeSDKError):
     """A Hugging Face model folder cannot be converted: a missing or malformed file, config key
     or tensor, or a shape that does not fit the configuration; the message names it."""

@@ -16,7 +16,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from . import _native, gguf
-from .errors import InvalidArgumentError, NativeMemoryError, UnsupportedModelError
+from .errors import InvalidArgumentError, NativeMemoryError, NonFiniteRowError, UnsupportedModelError
 
 # GGUF type ids of the types the kernels implement (same numbers as ek_type).
 KERNEL_TYPES = ("F32", "F16", "Q4_0", "Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q6_K", "BF16")
@@ -122,15 +122,42 @@ def quantize(type_: Union[int, str], x: np.ndarray) -> np.ndarray:
     return out
 
 
+# What quantize_rows reads: the source type and the dtype its values arrive in (BF16 as its bits).
+ROW_SOURCE_DTYPES = {"F32": np.dtype(np.float32), "F16": np.dtype(np.float16), "BF16": np.dtype(np.uint16)}
+
+
+def _row_source_type(x: np.ndarray, source_type: Optional[str]) -> str:
+    if not isinstance(x, np.ndarray):
+        raise InvalidArgumentError(f"x must be a numpy array, not {type(x).__name__}")
+    if source_type is None:
+        source_type = {ROW_SOURCE_DTYPES["F32"]: "F32", ROW_SOURCE_DTYPES["F16"]: "F16"}.get(x.dtype)
+        if source_type is None:
+            raise InvalidArgumentError(f"x has dtype {x.dtype}: give float32 or float16 values, or BF16 bits as "
+                                       f"uint16 with source_type='BF16'")
+    name = source_type.upper() if isinstance(source_type, str) else source_type
+    if name not in ROW_SOURCE_DTYPES:
+        raise InvalidArgumentError(f"source_type {source_type!r}: choose from {', '.join(ROW_SOURCE_DTYPES)}")
+    if x.dtype != ROW_SOURCE_DTYPES[name]:
+        raise InvalidArgumentError(f"source_type {name} needs x of dtype {ROW_SOURCE_DTYPES[name]}, not {x.dtype}")
+    if not x.flags.c_contiguous:
+        raise InvalidArgumentError(f"x must be C-contiguous (strides {x.strides})")
+    _check_aligned(x, x.itemsize, "x")
+    return name
+
+
 def quantize_rows(type_: Union[int, str], x: np.ndarray, importance: Optional[np.ndarray] = None,
-                  pool: Optional["Pool"] = None) -> np.ndarray:
-    """Encode the rows of a (n_rows, n_cols) float32 matrix into `type_` blocks, split across
-    `pool`; `importance` (n_cols non-negative float32 weights, the mean squared activation of
-    each column) steers the 4-bit, 5-bit and K-quant fits. Returns (n_rows, row_bytes) uint8."""
+                  pool: Optional["Pool"] = None, source_type: Optional[str] = None) -> np.ndarray:
+    """Encode the rows of a (n_rows, n_cols) matrix into `type_` blocks, split across `pool`.
+    x holds F32 (float32), F16 (float16) or BF16 values (their bits as uint16, with
+    source_type="BF16"); source_type defaults to x's dtype. F16 and BF16 rows are widened to
+    floats row by row inside the native tasks (no float32 copy of x is made) and give the bytes
+    of the widened matrix. `importance` (n_cols non-negative float32 weights, the mean squared
+    activation of each column) steers the 4-bit, 5-bit and K-quant fits. A row holding NaN or
+    infinity raises NonFiniteRowError with its index. Returns (n_rows, row_bytes) uint8."""
     lay = layout(type_)
     if lay.name not in QUANTIZABLE:
         raise InvalidArgumentError(f"quantizing to {lay.name} is not supported; supported: {', '.join(QUANTIZABLE)}")
-    _check_f32(x, "x")
+    source = _row_source_type(x, source_type)
     if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
         raise InvalidArgumentError(f"x must be a non-empty (n_rows, n_cols) matrix, got shape {x.shape}")
     n_rows, n_cols = x.shape
@@ -147,10 +174,13 @@ def quantize_rows(type_: Union[int, str], x: np.ndarray, importance: Optional[np
         imp_address = importance.ctypes.data
     out = np.empty((n_rows, lay.row_bytes(n_cols)), dtype=np.uint8)
     pool_handle = _pool_handle(pool)
+    bad_row = ctypes.c_int64(-1)
     with pool.lock if pool is not None else _NO_LOCK:
-        status = _native.lib.ek_quantize_rows(lay.type_id, x.ctypes.data, out.ctypes.data, n_rows, n_cols,
-                                              imp_address, pool_handle)
-    _native.check(status, f"ek_quantize_rows({lay.name}, {n_rows}x{n_cols})")
+        status = _native.lib.ek_quantize_rows(lay.type_id, TYPE_IDS[source], x.ctypes.data, out.ctypes.data, n_rows,
+                                              n_cols, imp_address, pool_handle, ctypes.byref(bad_row))
+    if status == _native.EK_ERR_NON_FINITE:
+        raise NonFiniteRowError(f"x row {bad_row.value} holds NaN or infinite values", row=bad_row.value)
+    _native.check(status, f"ek_quantize_rows({lay.name} from {source}, {n_rows}x{n_cols})")
     return out
 
 

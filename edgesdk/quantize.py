@@ -26,12 +26,13 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import gguf, kernels
-from .errors import InvalidArgumentError, QuantizeError
+from .errors import InvalidArgumentError, NonFiniteRowError, QuantizeError
 from .gguf_writer import GGUFWriter, MetadataEntry, TensorEntry, metadata_of
 
 log = logging.getLogger("edgesdk")
 
-# Floats dequantized and quantized at a time: 64 MiB of them.
+# Values quantized per native call: a quantized source's rows are dequantized to this many
+# floats (64 MiB) first; F32, F16 and BF16 rows are read where they lie in the file.
 CHUNK_VALUES = 16 << 20
 # general.quantization_version as llama.cpp writes it (the layout of its quantized blocks).
 QUANTIZATION_VERSION = 2
@@ -239,15 +240,17 @@ def _rows(info: gguf.TensorInfo) -> Tuple[int, int]:
     return info.n_elements // n_cols, n_cols
 
 
-def _float_rows(source: gguf.GGUFFile, info: gguf.TensorInfo, r0: int, r1: int) -> np.ndarray:
-    """Rows [r0, r1) of a tensor as float32 (n, n_cols)."""
+def _source_rows(source: gguf.GGUFFile, info: gguf.TensorInfo, r0: int, r1: int) -> Tuple[np.ndarray, str]:
+    """Rows [r0, r1) of a tensor as (n, n_cols) values for kernels.quantize_rows and their type:
+    F32, F16 and BF16 as stored (a view of the file, widened by the native tasks), other types
+    dequantized to float32."""
     _, n_cols = _rows(info)
     lay = kernels.layout(info.type_id)
     row_bytes = lay.row_bytes(n_cols)
     raw = source.tensor_data(info.name)[r0 * row_bytes:r1 * row_bytes]
-    if lay.name == "F32":
-        return raw.view(np.float32).reshape(r1 - r0, n_cols)
-    return kernels.dequantize(lay.name, raw).reshape(r1 - r0, n_cols)
+    if lay.name in kernels.ROW_SOURCE_DTYPES:
+        return raw.view(kernels.ROW_SOURCE_DTYPES[lay.name]).reshape(r1 - r0, n_cols), lay.name
+    return kernels.dequantize(lay.name, raw).reshape(r1 - r0, n_cols), "F32"
 
 
 def _output_metadata(source: gguf.GGUFFile, mix: Mix, options: QuantizeOptions) -> List[MetadataEntry]:
@@ -306,8 +309,10 @@ def _quantize_tensor(source: gguf.GGUFFile, info: gguf.TensorInfo, p: TensorPlan
     step = max(1, CHUNK_VALUES // n_cols)
     for r0 in range(0, n_rows, step):
         r1 = min(n_rows, r0 + step)
-        rows = np.ascontiguousarray(_float_rows(source, info, r0, r1))
-        if not np.all(np.isfinite(rows)):
-            bad = int(np.flatnonzero(~np.isfinite(rows).all(axis=1))[0]) + r0
-            raise QuantizeError(f"tensor {p.name!r} row {bad} holds NaN or infinite values")
-        writer.write(p.name, kernels.quantize_rows(p.target_type, rows, importance, pool))
+        rows, rows_type = _source_rows(source, info, r0, r1)
+        try:
+            quantized = kernels.quantize_rows(p.target_type, rows, importance, pool, source_type=rows_type)
+        except NonFiniteRowError as exc:
+            raise NonFiniteRowError(f"tensor {p.name!r} row {r0 + exc.row} holds NaN or infinite values",
+                                    tensor=p.name, row=r0 + exc.row) from None
+        writer.write(p.name, quantized)

@@ -1,4 +1,5 @@
-"""Shared fixtures: the real models (pulled once into the cache, then offline), seeded RNGs."""
+"""Shared fixtures: the real models (pulled once into the cache, then offline), seeded RNGs, the
+active kernel family."""
 from __future__ import annotations
 
 import numpy as np
@@ -27,3 +28,14 @@ def gemma3_path():
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def isa(request):
+    """Switch the active kernel family for one test (parametrize it indirectly), then restore it."""
+    from edgesdk import _native
+
+    previous = _native.isa_current()
+    _native.isa_set(request.param)
+    yield request.param
+    _native.isa_set(previous)

@@ -16,15 +16,6 @@ AVAILABLE_ISAS = _native.isa_available()
 FAST_VS_SCALAR_RTOL = 2e-5
 
 
-@pytest.fixture
-def isa(request):
-    """Switch the active kernel family for one test, then restore it."""
-    previous = _native.isa_current()
-    _native.isa_set(request.param)
-    yield request.param
-    _native.isa_set(previous)
-
-
 @pytest.fixture(scope="module")
 def pool2():
     with kernels.Pool(2) as pool:

@@ -29,6 +29,7 @@ EXPECTED = {
     "EK_ERR_CONTEXT_FULL": errors.ContextOverflowError,
     "EK_ERR_INTERNAL": errors.NativeError,
     "EK_ERR_CANCELLED": errors.CancelledError,
+    "EK_ERR_NON_FINITE": errors.NonFiniteRowError,
 }
 CODES = header_status_codes()
 

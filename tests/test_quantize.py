@@ -9,11 +9,12 @@ import os
 
 import gguf as gguf_pkg
 import llama_cpp.llama_cpp as llama_low
+import ml_dtypes
 import numpy as np
 import pytest
 
 from edgesdk import cli, gguf, kernels, quantize
-from edgesdk.errors import InvalidArgumentError, OutputWriteError, QuantizeError
+from edgesdk.errors import InvalidArgumentError, NonFiniteRowError, OutputWriteError, QuantizeError
 from edgesdk.backends.native import NativeBackend
 from tiny_gguf import TinyConfig, reference_logits, write_tiny
 from tokenizer_corpus import SENTENCES
@@ -73,17 +74,38 @@ def tensors_of(path):
     return {t.name: t for t in gguf_pkg.GGUFReader(str(path)).tensors}
 
 
-@pytest.mark.parametrize("mix", LEGACY_MIXES)
-def test_legacy_types_equal_llama_cpp_bytes_tensor_by_tensor(pair, mix):
-    theirs, ours = (tensors_of(p) for p in pair(mix))
+def assert_legacy_bytes_equal(theirs_path, ours_path, mix: str) -> None:
+    """Every tensor but the output head (Q6_K, a K-quant) has llama.cpp's type and bytes."""
+    theirs, ours = tensors_of(theirs_path), tensors_of(ours_path)
     assert set(theirs) == set(ours)
     compared = 0
     for name, t in theirs.items():
         assert ours[name].tensor_type == t.tensor_type, name
-        if t.tensor_type.name in ("Q4_0", "Q4_1", "Q5_0", "Q8_0", "F32"):   # the output head is Q6_K
-            assert bytes(ours[name].data) == bytes(t.data), f"{name} ({t.tensor_type.name}) differs"
+        if t.tensor_type.name in ("Q4_0", "Q4_1", "Q5_0", "Q8_0", "F32"):
+            assert bytes(ours[name].data) == bytes(t.data), f"{mix} {name} ({t.tensor_type.name}) differs"
             compared += 1
     assert compared == len(theirs) - (mix != "q8_0")
+
+
+@pytest.mark.parametrize("mix", LEGACY_MIXES)
+def test_legacy_types_equal_llama_cpp_bytes_tensor_by_tensor(pair, mix):
+    assert_legacy_bytes_equal(*pair(mix), mix)
+
+
+@pytest.mark.parametrize("storage", [np.float16, ml_dtypes.bfloat16], ids=["F16", "BF16"])
+def test_legacy_types_from_f16_and_bf16_files_equal_llama_cpp_bytes(float_model, tmp_path, storage):
+    # Half-precision rows are widened inside the native quantizer (no float32 copy in Python);
+    # llama.cpp widens them to float32 first: the bytes must not tell the two apart.
+    _, floats = float_model
+    src = tmp_path / "half.gguf"
+    write_tiny(src, CFG, tensors={k: v.astype(storage) if v.ndim == 2 else v for k, v in floats.items()}, vocab=True)
+    with gguf.open(src) as f:
+        assert f.tensors["blk.0.attn_q.weight"].type_name == ("F16" if storage is np.float16 else "BF16")
+    for mix in LEGACY_MIXES:
+        theirs, ours = tmp_path / f"llama_{mix}.gguf", tmp_path / f"ours_{mix}.gguf"
+        llama_quantize(src, theirs, mix)
+        quantize.quantize_file(src, ours, quantize.QuantizeOptions(mix=mix, threads=2))
+        assert_legacy_bytes_equal(theirs, ours, mix)
 
 
 def test_each_quantizer_matches_llama_cpp_pure_quantization_on_every_matrix(float_model, tmp_path):
@@ -302,13 +324,18 @@ def test_an_error_mid_quantization_removes_the_partial_file(float_model, tmp_pat
     assert os.listdir(tmp_path) == []
 
 
-def test_non_finite_weights_are_a_typed_error_naming_the_row(tmp_path):
+@pytest.mark.parametrize("storage", [np.float32, np.float16, ml_dtypes.bfloat16], ids=["F32", "F16", "BF16"])
+def test_non_finite_weights_are_a_typed_error_naming_the_tensor_and_row(tmp_path, monkeypatch, storage):
+    monkeypatch.setattr(quantize, "CHUNK_VALUES", 4 * TIED.n_embd)   # row 7 lies in the second chunk
     src = tmp_path / "nan.gguf"
-    tensors = write_tiny(src, TIED, vocab=True)
+    tensors = {k: v.astype(storage) if v.ndim == 2 else v for k, v in write_tiny(src, TIED, vocab=True).items()}
     tensors["blk.1.ffn_up.weight"][7, 3] = np.nan
+    tensors["blk.1.ffn_up.weight"][9, 0] = np.inf
     write_tiny(src, TIED, tensors=tensors, vocab=True)
-    with pytest.raises(QuantizeError, match="'blk.1.ffn_up.weight' row 7"):
-        quantize.quantize_file(src, tmp_path / "o.gguf")
+    with pytest.raises(NonFiniteRowError, match="tensor 'blk.1.ffn_up.weight' row 7 holds NaN") as caught:
+        quantize.quantize_file(src, tmp_path / "o.gguf", quantize.QuantizeOptions(threads=2))
+    assert (caught.value.tensor, caught.value.row) == ("blk.1.ffn_up.weight", 7)
+    assert isinstance(caught.value, QuantizeError)
     assert sorted(os.listdir(tmp_path)) == ["nan.gguf"]
 
 

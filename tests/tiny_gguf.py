@@ -84,7 +84,8 @@ def tiny_tensors(cfg: TinyConfig, seed: int = 7) -> dict:
 
 def write_tiny(path, cfg: TinyConfig, tensors: dict | None = None, arch_name: str | None = None,
                skip_meta: tuple = (), vocab: bool = False, override_meta: dict | None = None) -> dict:
-    """Write cfg's model to path; returns the tensors written. vocab: add a placeholder
+    """Write cfg's model to path; returns the tensors written (float16 arrays are written as
+    F16, ml_dtypes.bfloat16 ones as BF16, the rest as F32). vocab: add a placeholder
     vocabulary so that llama.cpp loads the file. override_meta: metadata values written in
     place of cfg's (a float is written as float32, an int as uint32, else as given to add_key_value)."""
     tensors = tiny_tensors(cfg) if tensors is None else tensors
@@ -127,7 +128,10 @@ def write_tiny(path, cfg: TinyConfig, tensors: dict | None = None, arch_name: st
         else:
             w.add_uint32(key, value)
     for name, arr in tensors.items():
-        w.add_tensor(name, arr)
+        if arr.dtype.name == "bfloat16":   # ml_dtypes' bfloat16: the gguf writer takes its bits
+            w.add_tensor(name, arr.view(np.uint16), raw_dtype=gguf.GGMLQuantizationType.BF16)
+        else:
+            w.add_tensor(name, arr)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

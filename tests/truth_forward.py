@@ -88,6 +88,22 @@ def yarn_frequencies(d: int, base: float, orig_ctx: int, factor: float, ext_fact
     return inv_freq, mscale
 
 
+def llama3_frequencies(d: int, base: float, factor: float, low_freq_factor: float, high_freq_factor: float,
+                       orig_ctx: int) -> RopeTable:
+    """Llama 3.1's RoPE scaling as Hugging Face transformers defines it (_compute_llama3_parameters):
+    pairs whose wavelength exceeds orig_ctx / low_freq_factor turn `factor` times slower, pairs
+    under orig_ctx / high_freq_factor keep their speed, and those between blend the two, weighted
+    by orig_ctx / wavelength; cos and sin are not scaled."""
+    inv_freq = base ** (-2.0 * np.arange(d // 2) / d)
+    wavelength = 2 * math.pi / inv_freq
+    low_wavelength, high_wavelength = orig_ctx / low_freq_factor, orig_ctx / high_freq_factor
+    scaled = np.where(wavelength > low_wavelength, inv_freq / factor, inv_freq)
+    smooth = (orig_ctx / wavelength - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    blended = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelength >= high_wavelength) & (wavelength <= low_wavelength)
+    return np.where(medium, blended, scaled), 1.0
+
+
 def config_from_shape(shape: ModelShape) -> ForwardConfig:
     """The forward's settings for a real file; ValueError for what this reference does not model."""
     if shape.architecture not in ("llama", "qwen2", "gemma3"):

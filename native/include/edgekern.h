@@ -39,7 +39,8 @@ typedef enum ek_status {
     EK_ERR_THREADS = 5,         /* pthread_create failed */
     EK_ERR_CONTEXT_FULL = 6,    /* KV cache has no room for the tokens */
     EK_ERR_INTERNAL = 7,
-    EK_ERR_CANCELLED = 8        /* ek_model_abort stopped the call */
+    EK_ERR_CANCELLED = 8,       /* ek_model_abort stopped the call */
+    EK_ERR_NON_FINITE = 9       /* an input value is NaN or infinite (ek_quantize_rows) */
 } ek_status;
 
 EK_API const char *ek_status_str(ek_status status);
@@ -71,13 +72,18 @@ EK_API ek_status ek_dequantize(int type, const void *src, float *dst, int64_t n)
 EK_API ek_status ek_quantize(int type, const float *src, void *dst, int64_t n);
 
 typedef struct ek_pool ek_pool;
-/* ek_quantize of n_rows rows of n_cols floats (row r at src + r * n_cols) into n_rows
-   rows of type's blocks, rows split across pool (NULL: the caller alone); the bytes do
-   not depend on the thread count. importance: n_cols non-negative weights (the mean
-   squared activation each column multiplies) or NULL; the 4-bit, 5-bit and K-quant
-   fits then minimize the error those weights give (Q8_0, F16, BF16, F32 ignore it). */
-EK_API ek_status ek_quantize_rows(int type, const float *src, void *dst, int64_t n_rows, int64_t n_cols,
-                                  const float *importance, ek_pool *pool);
+/* ek_quantize of n_rows rows of n_cols values (row r at src + r * n_cols values) into n_rows
+   rows of type's blocks, rows split across pool (NULL: the caller alone); the bytes do not
+   depend on the thread count. src_type: EK_TYPE_F32, EK_TYPE_F16 or EK_TYPE_BF16; an F16 or
+   BF16 row is widened to floats by the task that quantizes it (exactly: every half is a float),
+   so no float copy of the whole matrix is made, and the bytes equal those of the widened
+   matrix quantized as F32. importance: n_cols non-negative weights (the mean squared
+   activation each column multiplies) or NULL; the 4-bit, 5-bit and K-quant fits then minimize
+   the error those weights give (Q8_0, F16, BF16, F32 ignore it). A row holding NaN or
+   infinity: EK_ERR_NON_FINITE, *bad_row (if not NULL) the first such row, else -1; the
+   output rows are then not all written. */
+EK_API ek_status ek_quantize_rows(int type, int src_type, const void *src, void *dst, int64_t n_rows,
+                                  int64_t n_cols, const float *importance, ek_pool *pool, int64_t *bad_row);
 
 /* ------------------------------------------------ CPU features and the ISA */
 
@@ -350,7 +356,7 @@ EK_API void ek_model_state_load(ek_model *model, int32_t seq, int64_t n_past, co
 /* Bumped whenever a declaration in this header changes in a way that a binding written for
    the previous one would misread: a struct member, an enum or macro value, a function's
    parameters. edgesdk/_native.py mirrors it and refuses a library that reports another. */
-#define EK_ABI_VERSION 2
+#define EK_ABI_VERSION 3
 EK_API int ek_abi_version(void);
 
 /* The structs bindings mirror (ek_tensor_desc, ek_model_desc, ek_model_memory, ek_seq_input), described

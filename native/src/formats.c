@@ -8,6 +8,7 @@
 
 #include <float.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* ------------------------------------------------------------ fp16, bf16 */
@@ -661,32 +662,81 @@ ek_status ek_quantize(int type, const float *src, void *dst, int64_t n) {
     return quantize_row(type, src, dst, n, NULL);
 }
 
+/* ------------------------------------------------- quantizing many rows */
+
+/* Each task widens its F16 or BF16 rows one at a time into its own float row (F16 with the
+   active ISA's conversion: the hot loop when quantizing an F16 model), checks the row is
+   finite and quantizes it; F32 rows are read in place. So no float copy of the matrix is
+   made, and a row is quantized while it is still in cache. */
 typedef struct {
-    int type;
-    const float *src;  /* (n_rows, n_cols) */
-    uint8_t *dst;      /* n_rows rows of row_bytes */
-    const float *imp;  /* (n_cols) or NULL */
-    int64_t n_rows, n_cols;
+    int type, src_type;
+    const uint8_t *src;   /* n_rows rows of n_cols src_type values, src_row_bytes apart */
+    size_t src_row_bytes;
+    uint8_t *dst;         /* n_rows rows of row_bytes */
     size_t row_bytes;
+    const float *imp;     /* (n_cols) or NULL */
+    int64_t n_rows, n_cols;
+    float *rows;          /* (nth, n_cols): task ith's widened row; NULL for an F32 source */
+    int64_t *first_bad;   /* (nth): task ith's first row holding NaN or infinity, else n_rows */
+    void (*f16_to_f32)(const uint16_t *h, float *y, int64_t n);
 } quantize_job;
+
+/* 1 when no value is NaN or infinite (an all-ones exponent); no early exit, so it vectorizes. */
+static int row_is_finite(const float *x, int64_t n) {
+    uint32_t bad = 0;
+    for (int64_t i = 0; i < n; i++) bad |= (f32_bits(x[i]) & 0x7F800000u) == 0x7F800000u;
+    return !bad;
+}
+
+static void bf16_to_f32_row(const uint16_t *h, float *y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] = bits_f32((uint32_t)h[i] << 16);
+}
 
 static void quantize_rows_task(void *ctx, int ith, int nth) {
     const quantize_job *job = ctx;
-    const int64_t r0 = job->n_rows * ith / nth, r1 = job->n_rows * (ith + 1) / nth;
-    for (int64_t r = r0; r < r1; r++)
-        quantize_row(job->type, job->src + r * job->n_cols, job->dst + (size_t)r * job->row_bytes, job->n_cols,
-                     job->imp);
+    const int64_t r0 = job->n_rows * ith / nth, r1 = job->n_rows * (ith + 1) / nth, n = job->n_cols;
+    float *widened = job->rows ? job->rows + (size_t)ith * (size_t)n : NULL;
+    job->first_bad[ith] = job->n_rows;
+    for (int64_t r = r0; r < r1; r++) {
+        const void *src = job->src + (size_t)r * job->src_row_bytes;
+        const float *x = src;
+        if (job->src_type == EK_TYPE_F16) job->f16_to_f32(src, widened, n);
+        if (job->src_type == EK_TYPE_BF16) bf16_to_f32_row(src, widened, n);
+        if (widened) x = widened;
+        if (!row_is_finite(x, n)) {
+            job->first_bad[ith] = r; /* the rows are in order: the task's first bad row */
+            return;
+        }
+        quantize_row(job->type, x, job->dst + (size_t)r * job->row_bytes, n, job->imp);
+    }
 }
 
-ek_status ek_quantize_rows(int type, const float *src, void *dst, int64_t n_rows, int64_t n_cols,
-                           const float *importance, ek_pool *pool) {
+ek_status ek_quantize_rows(int type, int src_type, const void *src, void *dst, int64_t n_rows, int64_t n_cols,
+                           const float *importance, ek_pool *pool, int64_t *bad_row) {
     const int64_t be = ek_type_block_elems(type);
+    if (bad_row) *bad_row = -1;
     if (be == 0) return EK_ERR_UNSUPPORTED;
+    if (src_type != EK_TYPE_F32 && src_type != EK_TYPE_F16 && src_type != EK_TYPE_BF16) return EK_ERR_UNSUPPORTED;
     if (n_rows < 0 || n_cols <= 0 || n_cols % be != 0) return EK_ERR_INVALID_ARG;
-    const quantize_job job = {type, src, dst, importance, n_rows, n_cols,
-                              (size_t)(n_cols / be * ek_type_block_bytes(type))};
+    const int nth = ek_pool_threads(pool);
+    int64_t *first_bad = malloc((size_t)nth * sizeof *first_bad);
+    float *rows = src_type == EK_TYPE_F32 ? NULL : malloc((size_t)nth * (size_t)n_cols * sizeof *rows);
+    if (!first_bad || (src_type != EK_TYPE_F32 && !rows)) {
+        free(first_bad);
+        free(rows);
+        return EK_ERR_NO_MEMORY;
+    }
+    const quantize_job job = {type, src_type, src, (size_t)n_cols * (size_t)ek_type_block_bytes(src_type), dst,
+                              (size_t)(n_cols / be * ek_type_block_bytes(type)), importance, n_rows, n_cols,
+                              rows, first_bad, ek_kernels_active()->f16_to_f32};
     ek_pool_run(pool, quantize_rows_task, (void *)&job);
-    return EK_OK;
+    int64_t bad = n_rows;
+    for (int i = 0; i < nth; i++) bad = first_bad[i] < bad ? first_bad[i] : bad;
+    free(first_bad);
+    free(rows);
+    if (bad == n_rows) return EK_OK;
+    if (bad_row) *bad_row = bad;
+    return EK_ERR_NON_FINITE;
 }
 
 /* ------------------------------------------------- activation formats */

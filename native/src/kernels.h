@@ -169,6 +169,10 @@ typedef struct ek_kernels {
     ek_gated_act_fn silu_mul, gelu_mul;
     ek_softmax_fn softmax;
     ek_attention_fn attention_f16, attention_q8_0;
+    /* y[0..n) = the n halves at h as floats, each exactly ek_fp16_to_fp32's (a NaN's payload
+       may come out quieted): ek_quantize_rows widens F16 rows with it, the hot loop of
+       quantizing an F16 model. */
+    void (*f16_to_f32)(const uint16_t *h, float *y, int64_t n);
 } ek_kernels;
 
 /* The table of the active ISA, or of a given one (NULL when not compiled/available). */

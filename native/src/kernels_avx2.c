@@ -277,7 +277,14 @@ static inline __m256 load_q8x8(const int8_t *p) {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
 }
 
-/* n values of an F16 or Q8_0 KV row as floats (an F16 tail in scalar). */
+/* n halves as floats, 8 at a time by F16C (exact, as the scalar conversion), the tail one by one. */
+static void f16_to_f32_avx2(const uint16_t *h, float *dst, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))));
+    for (; i < n; i++) dst[i] = _cvtsh_ss(h[i]);
+}
+
+/* n values of an F16 or Q8_0 KV row as floats. */
 static inline void kv_row_to_f32_avx2(int kv_type, const void *row, float *dst, int64_t n) {
     if (kv_type == EK_TYPE_Q8_0) {
         const block_q8_0 *b = row;
@@ -287,10 +294,7 @@ static inline void kv_row_to_f32_avx2(int kv_type, const void *row, float *dst, 
         }
         return;
     }
-    const uint16_t *h = row;
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))));
-    for (; i < n; i++) dst[i] = _cvtsh_ss(h[i]);
+    f16_to_f32_avx2(row, dst, n);
 }
 
 typedef __m256 vf;
@@ -348,6 +352,7 @@ void ek_fill_kernels_avx2(ek_kernels *k) {
     k->softmax = softmax_avx2;
     k->attention_f16 = attention_f16_avx2;
     k->attention_q8_0 = attention_q8_0_avx2;
+    k->f16_to_f32 = f16_to_f32_avx2;
 }
 #pragma GCC pop_options
 #endif

@@ -318,7 +318,17 @@ static inline void q8x16_to_f32(const int8_t *p, float32x4_t out[4]) {
     out[3] = vcvtq_f32_s32(vmovl_high_s16(hi));
 }
 
-/* n values of an F16 or Q8_0 KV row as floats (an F16 tail in scalar). */
+/* n halves as floats, 8 at a time (FCVTL: exact, as the scalar conversion), the tail one by one. */
+static void f16_to_f32_neon(const uint16_t *h, float *dst, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        vst1q_f32(dst + i, fp16x4_to_f32(h + i));
+        vst1q_f32(dst + i + 4, fp16x4_to_f32(h + i + 4));
+    }
+    for (; i < n; i++) dst[i] = fp16_to_f32(h[i]);
+}
+
+/* n values of an F16 or Q8_0 KV row as floats. */
 static inline void kv_row_to_f32_neon(int kv_type, const void *row, float *dst, int64_t n) {
     if (kv_type == EK_TYPE_Q8_0) {
         const block_q8_0 *b = row;
@@ -331,10 +341,7 @@ static inline void kv_row_to_f32_neon(int kv_type, const void *row, float *dst, 
         }
         return;
     }
-    const uint16_t *h = row;
-    int64_t i = 0;
-    for (; i + 4 <= n; i += 4) vst1q_f32(dst + i, fp16x4_to_f32(h + i));
-    for (; i < n; i++) dst[i] = fp16_to_f32(h[i]);
+    f16_to_f32_neon(row, dst, n);
 }
 
 typedef float32x4_t vf;
@@ -622,6 +629,7 @@ static void fill_common(ek_kernels *k) {
     k->softmax = softmax_neon;
     k->attention_f16 = attention_f16_neon;
     k->attention_q8_0 = attention_q8_0_neon;
+    k->f16_to_f32 = f16_to_f32_neon;
 }
 
 void ek_fill_kernels_neon(ek_kernels *k) {

@@ -318,6 +318,10 @@ static void attention_q8_0_scalar(const float *const *q, float *const *out, cons
     attention_scalar(EK_TYPE_Q8_0, q, out, lo, hi, n_q, k, v, row_bytes, head_dim, scale);
 }
 
+static void f16_to_f32_scalar(const uint16_t *h, float *y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] = ek_fp16_to_fp32(h[i]);
+}
+
 void ek_fill_kernels_scalar(ek_kernels *k) {
     memset(k, 0, sizeof *k);
     k->isa = EK_ISA_SCALAR;
@@ -339,4 +343,5 @@ void ek_fill_kernels_scalar(ek_kernels *k) {
     k->softmax = softmax_scalar;
     k->attention_f16 = attention_f16_scalar;
     k->attention_q8_0 = attention_q8_0_scalar;
+    k->f16_to_f32 = f16_to_f32_scalar;
 }

@@ -12,6 +12,7 @@ const char *ek_status_str(ek_status status) {
     case EK_ERR_CONTEXT_FULL: return "KV cache is full";
     case EK_ERR_INTERNAL: return "internal error";
     case EK_ERR_CANCELLED: return "cancelled";
+    case EK_ERR_NON_FINITE: return "a value is NaN or infinite";
     }
     return "unknown status";
 }

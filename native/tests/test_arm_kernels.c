@@ -577,6 +577,28 @@ static void check_read_sum(int isa) {
     guarded_free(buf, n);
 }
 
+/* Every finite half widens to the scalar conversion's float, bit for bit, at lengths that
+   leave every tail (the 8-wide loop and 0..7 values one by one). */
+static void check_f16_to_f32(int isa) {
+    const ek_kernels *k = ek_kernels_for(isa), *ref = ek_kernels_for(EK_ISA_SCALAR);
+    if (!k || !ref) return;
+    const int64_t n_all = 1 << 16;
+    uint16_t *h = guarded_alloc((size_t)n_all * sizeof *h);
+    int64_t n = 0;
+    for (int64_t i = 0; i < n_all; i++)
+        if (((i >> 10) & 0x1F) != 0x1F) h[n++] = (uint16_t)i; /* NaN payloads may be quieted */
+    float *got = guarded_alloc((size_t)n * sizeof *got), *want = guarded_alloc((size_t)n * sizeof *want);
+    ref->f16_to_f32(h, want, n);
+    for (int64_t len = n - 15; len <= n; len++) {
+        k->f16_to_f32(h + (n - len), got, len);
+        CHECK(memcmp(got, want + (n - len), (size_t)len * sizeof *got) == 0, "%s f16_to_f32 of %lld halves differs",
+              ek_isa_name(isa), (long long)len);
+    }
+    guarded_free(h, (size_t)n_all * sizeof *h);
+    guarded_free(got, (size_t)n * sizeof *got);
+    guarded_free(want, (size_t)n * sizeof *want);
+}
+
 /* ---------------------------------------------------- f32 building blocks */
 
 /* Each op's result against float64, per element. A family passes when it is within the bound
@@ -885,6 +907,7 @@ int main(void) {
     rng_state = 0x243F6A8885A308D3ull;
     check_quantizers(isa);
     check_read_sum(isa);
+    check_f16_to_f32(isa);
     check_rmsnorm(isa);
     check_gated_act(isa, 0);
     check_gated_act(isa, 1);
