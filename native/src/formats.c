@@ -294,36 +294,74 @@ EK_SUMS_REASSOCIATE static inline int nearest_int(float x) {
    fits, |x| + rms for the affine ones); with one, each column's mean squared
    activation times sqrt(sigma2 + x^2). */
 
+/* The symmetric fit's sums run in FIT_LANES fixed partial sums combined in a fixed order, in
+   strict float arithmetic, written on GCC's vector types (lane-wise operations the compiler maps to
+   whatever registers the target has, never reassociated), so the bytes are the same on every CPU
+   and ISA. On x86-64 the fit is also compiled for AVX2, chosen at load
+   (GCC's target_clones), because the portable build targets SSE2 only. */
+#define FIT_LANES 8
+typedef float fit_vf __attribute__((vector_size(4 * FIT_LANES))); /* GCC's generic vectors: lane-wise */
+typedef int32_t fit_vi __attribute__((vector_size(4 * FIT_LANES)));
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define EK_FIT_CLONES __attribute__((noinline, target_clones("avx2", "default")))
+#else
+#define EK_FIT_CLONES __attribute__((noinline))
+#endif
+
+static inline float lanes_sum(const float *p) {
+    return ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
+}
+
 /* x ~= d * (L - nmax) with L in [0, 2 nmax): tries 19 scales around the one mapping the
-   value of largest magnitude to -nmax and keeps the best; w NULL means w = x^2. Returns d. */
-EK_SUMS_REASSOCIATE static float fit_symmetric(int n, int nmax, const float *x, const float *w, uint8_t *L) {
+   value of largest magnitude to -nmax and keeps the best; w NULL means w = x^2. Returns d; L
+   (NULL when only d is wanted) gets the levels of the best scale. */
+EK_FIT_CLONES static float fit_symmetric(int n, int nmax, const float *x, const float *w, uint8_t *L) {
     const float vmax = largest_magnitude(x, n);
     if (fabsf(vmax) < 1e-30f) {
-        for (int i = 0; i < n; i++) L[i] = (uint8_t)nmax;
+        if (L)
+            for (int i = 0; i < n; i++) L[i] = (uint8_t)nmax;
         return 0.0f;
     }
-    float best_gain = -1.0f, best_d = 0.0f;
+    float wt[QK32], wx[QK32]; /* n <= QK32, a multiple of FIT_LANES */
+    for (int i = 0; i < n; i++) {
+        wt[i] = w ? w[i] : x[i] * x[i];
+        wx[i] = wt[i] * x[i];
+    }
+    /* |iscale x| <= nmax + 0.9 (vmax is the largest magnitude): adding 1.5 * 2^23 rounds it half to
+       even into the low mantissa bits, which an integer subtraction reads out; then the clamp. */
+    float best_gain = -1.0f, best_d = 0.0f, best_iscale = 0.0f;
     for (int step = -9; step <= 9; step++) {
         const float iscale = -((float)nmax + 0.1f * (float)step) / vmax;
-        float sum_xq = 0.0f, sum_q2 = 0.0f;
-        for (int i = 0; i < n; i++) {
-            int q = nearest_int(iscale * x[i]);
-            q = q < -nmax ? -nmax : q > nmax - 1 ? nmax - 1 : q;
-            const float wi = w ? w[i] : x[i] * x[i];
-            sum_xq += wi * x[i] * (float)q;
-            sum_q2 += wi * (float)(q * q);
+        fit_vf acc_xq = {0}, acc_q2 = {0};
+        for (int i0 = 0; i0 < n; i0 += FIT_LANES) {
+            fit_vf xv, wxv, wtv, shifted;
+            memcpy(&xv, x + i0, sizeof xv), memcpy(&wxv, wx + i0, sizeof wxv), memcpy(&wtv, wt + i0, sizeof wtv);
+            shifted = xv * iscale + 12582912.0f;
+            fit_vi qi;
+            memcpy(&qi, &shifted, sizeof qi);
+            qi -= 0x4B400000;
+            const fit_vi below = qi < -nmax, above = qi > nmax - 1; /* lanes all ones where true */
+            qi = (qi & ~(below | above)) | (below & -nmax) | (above & (nmax - 1));
+            const fit_vf q = __builtin_convertvector(qi, fit_vf);
+            acc_xq += wxv * q;
+            acc_q2 += wtv * q * q;
         }
+        float lane_xq[FIT_LANES], lane_q2[FIT_LANES];
+        memcpy(lane_xq, &acc_xq, sizeof lane_xq), memcpy(lane_q2, &acc_q2, sizeof lane_q2);
+        const float sum_xq = lanes_sum(lane_xq), sum_q2 = lanes_sum(lane_q2);
         /* With d = sum_xq / sum_q2 the error is sum w x^2 - sum_xq^2 / sum_q2. */
         if (sum_q2 > 0.0f && sum_xq * sum_xq > best_gain * sum_q2) {
             best_gain = sum_xq * sum_xq / sum_q2;
             best_d = sum_xq / sum_q2;
-            for (int i = 0; i < n; i++) {
-                int q = nearest_int(iscale * x[i]);
-                q = q < -nmax ? -nmax : q > nmax - 1 ? nmax - 1 : q;
-                L[i] = (uint8_t)(q + nmax);
-            }
+            best_iscale = iscale;
         }
     }
+    if (L)
+        for (int i = 0; i < n; i++) {
+            int q = nearest_int(best_iscale * x[i]);
+            q = q < -nmax ? -nmax : q > nmax - 1 ? nmax - 1 : q;
+            L[i] = (uint8_t)(q + nmax);
+        }
     return best_d;
 }
 
@@ -564,7 +602,7 @@ EK_SUMS_REASSOCIATE static void quant_q6_k_block(const float *x, const float *im
     float max_scale = 0.0f, max_abs = 0.0f;
     for (int j = 0; j < 16; j++) {
         if (imp) importance_weights(16, x + 16 * j, imp + 16 * j, sigma2, w);
-        scale[j] = fit_symmetric(16, 32, x + 16 * j, imp ? w : NULL, L + 16 * j);
+        scale[j] = fit_symmetric(16, 32, x + 16 * j, imp ? w : NULL, NULL); /* encode_q6_k sets the levels */
         if (fabsf(scale[j]) > max_abs) { max_abs = fabsf(scale[j]); max_scale = scale[j]; }
     }
     if (max_abs < 1e-30f) {
