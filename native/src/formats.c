@@ -308,6 +308,7 @@ typedef int32_t fit_vi __attribute__((vector_size(4 * FIT_LANES)));
 #define EK_FIT_CLONES __attribute__((noinline))
 #endif
 
+_Static_assert(FIT_LANES == 8, "lanes_sum adds exactly 8 lanes in a fixed tree");
 static inline float lanes_sum(const float *p) {
     return ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
 }
