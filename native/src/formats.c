@@ -313,6 +313,34 @@ static inline float lanes_sum(const float *p) {
     return ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
 }
 
+/* Vectors go by pointer: passing them by value would tie the portable build to the AVX ABI. */
+static inline float vf_sum(const fit_vf *v) {
+    float lanes[FIT_LANES];
+    memcpy(lanes, v, sizeof lanes);
+    return lanes_sum(lanes);
+}
+
+/* The integers nearest to v (halves to even), clamped to [lo, hi], lane-wise as nearest_int:
+   v is first clamped to |v| < 2^22 so that adding 1.5 * 2^23 leaves the integer in the low
+   mantissa bits, which an integer subtraction reads out. */
+static inline void fit_levels(const fit_vf *v, int lo, int hi, fit_vi *out) {
+    const float limit = 4194303.0f, neg_limit = -4194303.0f;
+    int32_t limit_bits, neg_limit_bits;
+    memcpy(&limit_bits, &limit, 4), memcpy(&neg_limit_bits, &neg_limit, 4);
+    const fit_vi too_big = *v > limit, too_small = *v < neg_limit; /* lanes all ones where true */
+    fit_vi bits;
+    memcpy(&bits, v, sizeof bits);
+    bits = (bits & ~(too_big | too_small)) | (too_big & limit_bits) | (too_small & neg_limit_bits);
+    fit_vf shifted;
+    memcpy(&shifted, &bits, sizeof shifted);
+    shifted += 12582912.0f;
+    fit_vi q;
+    memcpy(&q, &shifted, sizeof q);
+    q -= 0x4B400000;
+    const fit_vi below = q < lo, above = q > hi;
+    *out = (q & ~(below | above)) | (below & lo) | (above & hi);
+}
+
 /* x ~= d * (L - nmax) with L in [0, 2 nmax): tries 19 scales around the one mapping the
    value of largest magnitude to -nmax and keeps the best; w NULL means w = x^2. Returns d; L
    (NULL when only d is wanted) gets the levels of the best scale. */
@@ -328,28 +356,21 @@ EK_FIT_CLONES static float fit_symmetric(int n, int nmax, const float *x, const 
         wt[i] = w ? w[i] : x[i] * x[i];
         wx[i] = wt[i] * x[i];
     }
-    /* |iscale x| <= nmax + 0.9 (vmax is the largest magnitude): adding 1.5 * 2^23 rounds it half to
-       even into the low mantissa bits, which an integer subtraction reads out; then the clamp. */
     float best_gain = -1.0f, best_d = 0.0f, best_iscale = 0.0f;
     for (int step = -9; step <= 9; step++) {
         const float iscale = -((float)nmax + 0.1f * (float)step) / vmax;
         fit_vf acc_xq = {0}, acc_q2 = {0};
         for (int i0 = 0; i0 < n; i0 += FIT_LANES) {
-            fit_vf xv, wxv, wtv, shifted;
+            fit_vf xv, wxv, wtv;
             memcpy(&xv, x + i0, sizeof xv), memcpy(&wxv, wx + i0, sizeof wxv), memcpy(&wtv, wt + i0, sizeof wtv);
-            shifted = xv * iscale + 12582912.0f;
+            const fit_vf scaled = xv * iscale;
             fit_vi qi;
-            memcpy(&qi, &shifted, sizeof qi);
-            qi -= 0x4B400000;
-            const fit_vi below = qi < -nmax, above = qi > nmax - 1; /* lanes all ones where true */
-            qi = (qi & ~(below | above)) | (below & -nmax) | (above & (nmax - 1));
+            fit_levels(&scaled, -nmax, nmax - 1, &qi);
             const fit_vf q = __builtin_convertvector(qi, fit_vf);
             acc_xq += wxv * q;
             acc_q2 += wtv * q * q;
         }
-        float lane_xq[FIT_LANES], lane_q2[FIT_LANES];
-        memcpy(lane_xq, &acc_xq, sizeof lane_xq), memcpy(lane_q2, &acc_q2, sizeof lane_q2);
-        const float sum_xq = lanes_sum(lane_xq), sum_q2 = lanes_sum(lane_q2);
+        const float sum_xq = vf_sum(&acc_xq), sum_q2 = vf_sum(&acc_q2);
         /* With d = sum_xq / sum_q2 the error is sum w x^2 - sum_xq^2 / sum_q2. */
         if (sum_q2 > 0.0f && sum_xq * sum_xq > best_gain * sum_q2) {
             best_gain = sum_xq * sum_xq / sum_q2;
@@ -368,42 +389,54 @@ EK_FIT_CLONES static float fit_symmetric(int n, int nmax, const float *x, const 
 
 /* x ~= d * L - m with L in [0, nmax] and m >= 0: starts from the min/max fit, then for
    nstep + 1 trial scales (nmax + rmin + rdelta * k) / (max - min) solves the weighted
-   least squares for d and m given L. Returns d; *m_out = m. */
-EK_SUMS_REASSOCIATE static float fit_affine(int n, int nmax, const float *x, const float *w, uint8_t *L, float *m_out,
-                        float rmin, float rdelta, int nstep) {
-    float lo = x[0], hi = x[0], sum_w = 0.0f, sum_x = 0.0f;
+   least squares for d and m given L. Returns d; *m_out = m. Its sums run lane-wise like
+   fit_symmetric's. */
+EK_FIT_CLONES static float fit_affine(int n, int nmax, const float *x, const float *w, uint8_t *L, float *m_out,
+                                      float rmin, float rdelta, int nstep) {
+    enum { MAX_VECS = QK32 / FIT_LANES };
+    const int nvec = n / FIT_LANES; /* n <= QK32, a multiple of FIT_LANES */
+    fit_vf xv[MAX_VECS], wv[MAX_VECS], acc_w = {0}, acc_x = {0};
+    float lo = x[0], hi = x[0];
     for (int i = 0; i < n; i++) {
         lo = x[i] < lo ? x[i] : lo;
         hi = x[i] > hi ? x[i] : hi;
-        sum_w += w[i];
-        sum_x += w[i] * x[i];
     }
+    for (int v = 0; v < nvec; v++) {
+        memcpy(&xv[v], x + FIT_LANES * v, sizeof xv[v]), memcpy(&wv[v], w + FIT_LANES * v, sizeof wv[v]);
+        acc_w += wv[v];
+        acc_x += wv[v] * xv[v];
+    }
+    const float sum_w = vf_sum(&acc_w), sum_x = vf_sum(&acc_x);
     if (lo > 0.0f) lo = 0.0f;
     if (hi == lo) {
         for (int i = 0; i < n; i++) L[i] = 0;
         *m_out = -lo;
         return 0.0f;
     }
-    float d = (hi - lo) / (float)nmax, offset = lo, best_err = 0.0f;
+    float d = (hi - lo) / (float)nmax, offset = lo;
     const float iscale0 = (float)nmax / (hi - lo);
-    for (int i = 0; i < n; i++) {
-        int q = nearest_int(iscale0 * (x[i] - lo));
-        L[i] = (uint8_t)(q < 0 ? 0 : q > nmax ? nmax : q);
-        const float e = d * (float)L[i] + lo - x[i];
-        best_err += w[i] * e * e;
+    fit_vi best[MAX_VECS];
+    fit_vf acc_err = {0};
+    for (int v = 0; v < nvec; v++) {
+        const fit_vf scaled = (xv[v] - lo) * iscale0;
+        fit_levels(&scaled, 0, nmax, &best[v]);
+        const fit_vf e = __builtin_convertvector(best[v], fit_vf) * d + lo - xv[v];
+        acc_err += wv[v] * e * e;
     }
-    uint8_t trial[QK32];
+    float best_err = vf_sum(&acc_err);
     for (int k = 0; k <= nstep; k++) {
         const float iscale = ((float)nmax + rmin + rdelta * (float)k) / (hi - lo);
-        float sum_l = 0.0f, sum_l2 = 0.0f, sum_xl = 0.0f;
-        for (int i = 0; i < n; i++) {
-            int q = nearest_int(iscale * (x[i] - lo));
-            q = q < 0 ? 0 : q > nmax ? nmax : q;
-            trial[i] = (uint8_t)q;
-            sum_l += w[i] * (float)q;
-            sum_l2 += w[i] * (float)(q * q);
-            sum_xl += w[i] * (float)q * x[i];
+        fit_vi trial[MAX_VECS];
+        fit_vf acc_l = {0}, acc_l2 = {0}, acc_xl = {0};
+        for (int v = 0; v < nvec; v++) {
+            const fit_vf scaled = (xv[v] - lo) * iscale;
+            fit_levels(&scaled, 0, nmax, &trial[v]);
+            const fit_vf q = __builtin_convertvector(trial[v], fit_vf), wq = wv[v] * q;
+            acc_l += wq;
+            acc_l2 += wq * q;
+            acc_xl += wq * xv[v];
         }
+        const float sum_l = vf_sum(&acc_l), sum_l2 = vf_sum(&acc_l2), sum_xl = vf_sum(&acc_xl);
         const float det = sum_w * sum_l2 - sum_l * sum_l;
         if (det <= 0.0f) continue;
         float trial_d = (sum_w * sum_xl - sum_x * sum_l) / det;
@@ -412,18 +445,21 @@ EK_SUMS_REASSOCIATE static float fit_affine(int n, int nmax, const float *x, con
             trial_offset = 0.0f;
             trial_d = sum_xl / sum_l2;
         }
-        float err = 0.0f;
-        for (int i = 0; i < n; i++) {
-            const float e = trial_d * (float)trial[i] + trial_offset - x[i];
-            err += w[i] * e * e;
+        acc_err = (fit_vf){0};
+        for (int v = 0; v < nvec; v++) {
+            const fit_vf e = __builtin_convertvector(trial[v], fit_vf) * trial_d + trial_offset - xv[v];
+            acc_err += wv[v] * e * e;
         }
+        const float err = vf_sum(&acc_err);
         if (err < best_err) {
             best_err = err;
             d = trial_d;
             offset = trial_offset;
-            memcpy(L, trial, (size_t)n);
+            memcpy(best, trial, sizeof(fit_vi) * (size_t)nvec);
         }
     }
+    for (int v = 0; v < nvec; v++)
+        for (int l = 0; l < FIT_LANES; l++) L[FIT_LANES * v + l] = (uint8_t)best[v][l];
     *m_out = -offset;
     return d;
 }
@@ -447,6 +483,47 @@ EK_SUMS_REASSOCIATE static float mean_square(const float *x, int64_t n) {
    neighbouring codes and keeps the one with the least error after the final rounding of its
    levels; the plain nearest codes are among the candidates. */
 
+/* One 32-value Q4_K sub-block: of the scale codes s near sc0 and offset codes m near mn0 (within
+   one, in 0..63), the pair whose levels q (0..15) for x ~= d s q - dmin m give the least error
+   weighted by imp (NULL: 1). Sets *sc, *mn and L; returns the error. */
+EK_FIT_CLONES static float q4_k_sub_codes(const float *xs, const float *imp, float d, float dmin, int sc0, int mn0,
+                                          uint8_t *sc, uint8_t *mn, uint8_t *L) {
+    enum { VECS = 32 / FIT_LANES };
+    fit_vf xv[VECS], ev[VECS];
+    for (int v = 0; v < VECS; v++) {
+        memcpy(&xv[v], xs + FIT_LANES * v, sizeof xv[v]);
+        if (imp) memcpy(&ev[v], imp + FIT_LANES * v, sizeof ev[v]);
+        else ev[v] = (fit_vf){0} + 1.0f;
+    }
+    fit_vi best[VECS] = {{0}};
+    float best_err = FLT_MAX;
+    *sc = 0, *mn = 0;
+    for (int s = sc0 - 1; s <= sc0 + 1; s++) {
+        if (s < 0 || s > 63) continue;
+        for (int m = mn0 - 1; m <= mn0 + 1; m++) {
+            if (m < 0 || m > 63) continue;
+            const float ds = d * (float)s, dm = dmin * (float)m, inv_ds = ds != 0.0f ? 1.0f / ds : 0.0f;
+            fit_vi q[VECS];
+            fit_vf acc_err = {0};
+            for (int v = 0; v < VECS; v++) {
+                const fit_vf scaled = (xv[v] + dm) * inv_ds;
+                fit_levels(&scaled, 0, 15, &q[v]);
+                const fit_vf e = __builtin_convertvector(q[v], fit_vf) * ds - dm - xv[v];
+                acc_err += ev[v] * e * e;
+            }
+            const float err = vf_sum(&acc_err);
+            if (err < best_err) {
+                best_err = err;
+                *sc = (uint8_t)s, *mn = (uint8_t)m;
+                memcpy(best, q, sizeof best);
+            }
+        }
+    }
+    for (int v = 0; v < VECS; v++)
+        for (int l = 0; l < FIT_LANES; l++) L[FIT_LANES * v + l] = (uint8_t)best[v][l];
+    return best_err;
+}
+
 /* Q4_K codes for x given f16 d and dmin: sub-block j's float scale[j] and offset[j] round to
    codes near scale[j] / d and offset[j] / dmin. Fills sc, mn, L; returns the error. */
 EK_SUMS_REASSOCIATE static float encode_q4_k(const float *x, const float *imp, const float *scale,
@@ -454,33 +531,9 @@ EK_SUMS_REASSOCIATE static float encode_q4_k(const float *x, const float *imp, c
                                              uint8_t *mn, uint8_t *L) {
     const float inv_d = d > 0.0f ? 1.0f / d : 0.0f, inv_dmin = dmin > 0.0f ? 1.0f / dmin : 0.0f;
     float total = 0.0f;
-    for (int j = 0; j < 8; j++) {
-        const float *xs = x + 32 * j;
-        const int sc0 = nearest_int(inv_d * scale[j]), mn0 = nearest_int(inv_dmin * offset[j]);
-        float best_err = FLT_MAX;
-        for (int s = sc0 - 1; s <= sc0 + 1; s++) {
-            if (s < 0 || s > 63) continue;
-            for (int m = mn0 - 1; m <= mn0 + 1; m++) {
-                if (m < 0 || m > 63) continue;
-                const float ds = d * (float)s, dm = dmin * (float)m, inv_ds = ds != 0.0f ? 1.0f / ds : 0.0f;
-                uint8_t q[32];
-                float err = 0.0f;
-                for (int l = 0; l < 32; l++) {
-                    int ql = nearest_int((xs[l] + dm) * inv_ds);
-                    ql = ql < 0 ? 0 : ql > 15 ? 15 : ql;
-                    q[l] = (uint8_t)ql;
-                    const float e = ds * (float)ql - dm - xs[l];
-                    err += (imp ? imp[32 * j + l] : 1.0f) * e * e;
-                }
-                if (err < best_err) {
-                    best_err = err;
-                    sc[j] = (uint8_t)s, mn[j] = (uint8_t)m;
-                    memcpy(L + 32 * j, q, 32);
-                }
-            }
-        }
-        total += best_err;
-    }
+    for (int j = 0; j < 8; j++)
+        total += q4_k_sub_codes(x + 32 * j, imp ? imp + 32 * j : NULL, d, dmin, nearest_int(inv_d * scale[j]),
+                                nearest_int(inv_dmin * offset[j]), &sc[j], &mn[j], L + 32 * j);
     return total;
 }
 
