@@ -378,11 +378,14 @@ EK_FIT_CLONES static float fit_symmetric(int n, int nmax, const float *x, const 
             best_iscale = iscale;
         }
     }
-    if (L)
-        for (int i = 0; i < n; i++) {
-            int q = nearest_int(best_iscale * x[i]);
-            q = q < -nmax ? -nmax : q > nmax - 1 ? nmax - 1 : q;
-            L[i] = (uint8_t)(q + nmax);
+    if (L) /* lane-wise too: the scalar nearest_int is not inlined into this clone */
+        for (int i0 = 0; i0 < n; i0 += FIT_LANES) {
+            fit_vf scaled;
+            memcpy(&scaled, x + i0, sizeof scaled);
+            scaled *= best_iscale;
+            fit_vi q;
+            fit_levels(&scaled, -nmax, nmax - 1, &q);
+            for (int l = 0; l < FIT_LANES; l++) L[i0 + l] = (uint8_t)(q[l] + nmax);
         }
     return best_d;
 }
@@ -599,36 +602,53 @@ EK_SUMS_REASSOCIATE static void quant_q4_k_block(const float *x, const float *im
     pack_q4_k(sc, mn, L, b);
 }
 
+/* One 16-value Q6_K sub-block: of the scale codes s near s0 (within one, in -128..127), the one
+   whose levels q (-32..31) for x ~= d s q give the least error weighted by imp (NULL: 1). Sets
+   *sc and L (q + 32); returns the error. */
+EK_FIT_CLONES static float q6_k_sub_codes(const float *xs, const float *imp, float d, int s0, int8_t *sc,
+                                          uint8_t *L) {
+    enum { VECS = 16 / FIT_LANES };
+    fit_vf xv[VECS], ev[VECS];
+    for (int v = 0; v < VECS; v++) {
+        memcpy(&xv[v], xs + FIT_LANES * v, sizeof xv[v]);
+        if (imp) memcpy(&ev[v], imp + FIT_LANES * v, sizeof ev[v]);
+        else ev[v] = (fit_vf){0} + 1.0f;
+    }
+    fit_vi best[VECS] = {{0}};
+    float best_err = FLT_MAX;
+    *sc = 0;
+    for (int s = s0 - 1; s <= s0 + 1; s++) {
+        if (s < -128 || s > 127) continue;
+        const float ds = d * (float)s, inv_ds = ds != 0.0f ? 1.0f / ds : 0.0f;
+        fit_vi q[VECS];
+        fit_vf acc_err = {0};
+        for (int v = 0; v < VECS; v++) {
+            const fit_vf scaled = xv[v] * inv_ds;
+            fit_levels(&scaled, -32, 31, &q[v]);
+            const fit_vf e = __builtin_convertvector(q[v], fit_vf) * ds - xv[v];
+            acc_err += ev[v] * e * e;
+        }
+        const float err = vf_sum(&acc_err);
+        if (err < best_err) {
+            best_err = err;
+            *sc = (int8_t)s;
+            memcpy(best, q, sizeof best);
+        }
+    }
+    for (int v = 0; v < VECS; v++)
+        for (int l = 0; l < FIT_LANES; l++) L[FIT_LANES * v + l] = (uint8_t)(best[v][l] + 32);
+    return best_err;
+}
+
 /* Q6_K codes for x given the f16 d: sub-block j's float scale[j] rounds to a code near
    scale[j] / d. Fills sc and L (q + 32); returns the error. */
 EK_SUMS_REASSOCIATE static float encode_q6_k(const float *x, const float *imp, const float *scale, float d,
                                              int8_t *sc, uint8_t *L) {
     const float inv_d = d != 0.0f ? 1.0f / d : 0.0f;
     float total = 0.0f;
-    for (int j = 0; j < 16; j++) {
-        const float *xs = x + 16 * j;
-        const int s0 = nearest_int(inv_d * scale[j]);
-        float best_err = FLT_MAX;
-        for (int s = s0 - 1; s <= s0 + 1; s++) {
-            if (s < -128 || s > 127) continue;
-            const float ds = d * (float)s, inv_ds = ds != 0.0f ? 1.0f / ds : 0.0f;
-            uint8_t q[16];
-            float err = 0.0f;
-            for (int l = 0; l < 16; l++) {
-                int ql = nearest_int(xs[l] * inv_ds);
-                ql = ql < -32 ? -32 : ql > 31 ? 31 : ql;
-                q[l] = (uint8_t)(ql + 32);
-                const float e = ds * (float)ql - xs[l];
-                err += (imp ? imp[16 * j + l] : 1.0f) * e * e;
-            }
-            if (err < best_err) {
-                best_err = err;
-                sc[j] = (int8_t)s;
-                memcpy(L + 16 * j, q, 16);
-            }
-        }
-        total += best_err;
-    }
+    for (int j = 0; j < 16; j++)
+        total += q6_k_sub_codes(x + 16 * j, imp ? imp + 16 * j : NULL, d, nearest_int(inv_d * scale[j]), &sc[j],
+                                L + 16 * j);
     return total;
 }
 
