@@ -17,8 +17,11 @@ from edgesdk.config import KV_CACHE_TYPES, LoadConfig
 from edgesdk.errors import ContextOverflowError, InvalidArgumentError, SessionFileError
 
 # Logits of the same position computed in a different batch split: the same
-# math, but matmul accumulation order differs between GEMM tiles and GEMV.
+# math, but matmul accumulation order differs between GEMM tiles and GEMV, and the
+# rounding carried through every layer grows with the logit's size (ONNX Runtime's
+# AVX2 float32 kernels on a real model: 0.021 on a logit of 10.3).
 REUSE_ATOL = 2e-2
+REUSE_RTOL = 1e-3
 # Gemma-3's logits are ~10x wider and its activations large: a different batch
 # split moves logits by up to ~0.6 in llama.cpp itself: its largest row KL over 12 random
 # prompts was 0.033 (median 0.02), so the bound leaves room above that and no more.
@@ -80,7 +83,7 @@ def test_eval_returns_float32_logits_of_the_last_id_or_of_all(backend, rng):
     every = backend.eval(ids, 0, all_logits=True)
     assert every.shape == (13, backend.n_vocab) and every.dtype == np.float32
     assert np.isfinite(every).all()
-    np.testing.assert_allclose(every[-1], last, atol=REUSE_ATOL)
+    np.testing.assert_allclose(every[-1], last, atol=REUSE_ATOL, rtol=REUSE_RTOL)
     assert backend.n_past == 13
 
 
@@ -90,12 +93,12 @@ def test_reusing_a_prefix_equals_a_fresh_eval(backend, rng):
     backend.eval(prefix + other, 0)               # cache now holds a different continuation
     reused = backend.eval(tail, len(prefix), all_logits=True)
     assert backend.n_past == len(prefix) + len(tail)
-    np.testing.assert_allclose(reused, fresh[len(prefix):], atol=REUSE_ATOL)
+    np.testing.assert_allclose(reused, fresh[len(prefix):], atol=REUSE_ATOL, rtol=REUSE_RTOL)
     # Token by token from the same prefix gives the same last logits too.
     backend.eval(prefix, 0)
     for k, t in enumerate(tail):
         last = backend.eval([t], len(prefix) + k)
-    np.testing.assert_allclose(last, fresh[-1], atol=REUSE_ATOL)
+    np.testing.assert_allclose(last, fresh[-1], atol=REUSE_ATOL, rtol=REUSE_RTOL)
 
 
 def test_state_round_trip_restores_the_cache(backend, rng):
@@ -108,7 +111,7 @@ def test_state_round_trip_restores_the_cache(backend, rng):
     backend.load_state(blob, len(prefix))
     assert backend.n_past == len(prefix)
     restored = backend.eval(tail, len(prefix), all_logits=True)
-    np.testing.assert_allclose(restored, fresh[len(prefix):], atol=REUSE_ATOL)
+    np.testing.assert_allclose(restored, fresh[len(prefix):], atol=REUSE_ATOL, rtol=REUSE_RTOL)
 
 
 def test_eval_longer_than_one_batch_matches_token_by_token(smollm2_path):
@@ -121,7 +124,7 @@ def test_eval_longer_than_one_batch_matches_token_by_token(smollm2_path):
             every = b.eval(ids, 0, all_logits=True)
             assert every.shape == (530, b.n_vocab)
             again = b.eval(ids[520:], 520, all_logits=True)
-            np.testing.assert_allclose(again, every[520:], atol=REUSE_ATOL)
+            np.testing.assert_allclose(again, every[520:], atol=REUSE_ATOL, rtol=REUSE_RTOL)
         finally:
             b.close()
 
@@ -194,7 +197,7 @@ def test_one_sequence_eval_batch_is_eval_and_other_sequences_are_refused(backend
     expected = backend.eval(ids, 0)
     backend.eval(ids[:3], 0)
     (last,) = backend.eval_batch([SeqInput(0, ids[3:], 3)])
-    np.testing.assert_allclose(last, expected, atol=REUSE_ATOL)
+    np.testing.assert_allclose(last, expected, atol=REUSE_ATOL, rtol=REUSE_RTOL)
     assert backend.seq_n_past(0) == len(ids)
     for entries in ([], [SeqInput(backend.n_seq, ids, 0)], [SeqInput(0, ids, 0), SeqInput(0, ids, 0)]):
         with pytest.raises(InvalidArgumentError):
@@ -223,8 +226,8 @@ def test_sequences_stepped_together_match_each_evaluated_alone(seqs_backend, rng
     assert [b.seq_n_past(s) for s in range(N_SEQ)] == [len(p) + 1 for p in prompts]
     for s, (p, t) in enumerate(zip(prompts, tokens)):   # each alone, in sequence 0
         alone = b.eval(p + [t], 0, all_logits=True)
-        np.testing.assert_allclose(first[s], alone[-2], atol=REUSE_ATOL)
-        np.testing.assert_allclose(step[s], alone[-1], atol=REUSE_ATOL)
+        np.testing.assert_allclose(first[s], alone[-2], atol=REUSE_ATOL, rtol=REUSE_RTOL)
+        np.testing.assert_allclose(step[s], alone[-1], atol=REUSE_ATOL, rtol=REUSE_RTOL)
 
 
 def test_a_prompt_shares_steps_with_the_decodes_of_another_sequence(seqs_backend, rng):
@@ -237,7 +240,7 @@ def test_a_prompt_shares_steps_with_the_decodes_of_another_sequence(seqs_backend
     decoded = b.eval(running + [t1, t2], 0, all_logits=True)
     prompt = b.eval(arriving, 0, all_logits=True)
     for row, expected in zip(got, (decoded[-2], prompt[5], prompt[-1], decoded[-1])):
-        np.testing.assert_allclose(row, expected, atol=REUSE_ATOL)
+        np.testing.assert_allclose(row, expected, atol=REUSE_ATOL, rtol=REUSE_RTOL)
 
 
 def test_a_copied_prefix_continues_like_a_fresh_eval(seqs_backend, rng):
@@ -247,7 +250,7 @@ def test_a_copied_prefix_continues_like_a_fresh_eval(seqs_backend, rng):
     b.copy_seq(2, 3, len(shared))
     assert b.seq_n_past(3) == len(shared) and b.seq_n_past(2) == len(shared) + len(other)
     (got,) = b.eval_batch([SeqInput(3, tail, len(shared))])
-    np.testing.assert_allclose(got, b.eval(shared + tail, 0), atol=REUSE_ATOL)
+    np.testing.assert_allclose(got, b.eval(shared + tail, 0), atol=REUSE_ATOL, rtol=REUSE_RTOL)
 
 
 def test_one_sequence_past_its_context_fails_the_step_before_anything_runs(seqs_backend, rng):
