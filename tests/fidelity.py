@@ -28,8 +28,12 @@ FIDELITY_ROWS = 64  # rows turned into float64 at a time: 64 x 262144 x 8 B = 12
 # the median position moved by under 2%. Elsewhere native minus llama.cpp measured -0.0006 to +0.0002.
 KL_TOLERANCE = 0.002
 # ... so the median position's KL carries the systematic check the mean cannot: a kernel that is
-# a little wrong everywhere moves every position. Measured native / llama.cpp medians: 0.82-1.05.
-MEDIAN_KL_MAX_RATIO = 1.10
+# a little wrong everywhere moves every position. Measured native / llama.cpp medians: 0.82-1.05
+# on a Sapphire Rapids box; on an AVX2-only EPYC, SmolLM2 code, our scalar and AVX2 paths (the same
+# activation bytes, f32 sums in different orders) measured medians 0.00113 and 0.00144 against
+# llama.cpp's 0.00122: summation order alone moves this text's median by 27%. A faulty kernel
+# (a wrong RoPE, a broken dot product) moves it by multiples.
+MEDIAN_KL_MAX_RATIO = 1.30
 # Top-1 agreement with the truth may be this fraction of positions lower (13 of 512). Top-1 over
 # all positions counts near-ties, which rounding decides: our own paths, which differ only in f32
 # summation order (AVX2, AVX-512, K-quants repacked or in the file layout), span 0.947-0.973 on
