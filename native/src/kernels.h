@@ -155,6 +155,7 @@ typedef void (*ek_attention_fn)(const float *const *q, float *const *out, const 
 #define ATTN_KEY_BLOCK 16
 #define ATTN_PAD 16
 static inline int64_t ek_attn_padded_dim(int64_t head_dim) { return (head_dim + ATTN_PAD - 1) / ATTN_PAD * ATTN_PAD; }
+static inline int64_t ek_attn_padded_queries(int64_t n_q) { return (n_q + ATTN_PAD - 1) / ATTN_PAD * ATTN_PAD; }
 
 typedef struct ek_kernels {
     int isa;

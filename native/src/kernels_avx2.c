@@ -306,8 +306,8 @@ static inline void vf_store(float *p, vf v) { _mm256_storeu_ps(p, v); }
 static inline vf vf_add(vf a, vf b) { return _mm256_add_ps(a, b); }
 static inline vf vf_mul(vf a, vf b) { return _mm256_mul_ps(a, b); }
 static inline vf vf_fma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
+static inline vf vf_max(vf a, vf b) { return _mm256_max_ps(a, b); }
 static inline vf vf_exp(vf x) { return exp_avx2(x); }
-static inline float vf_hsum(vf x) { return hsum(x); }
 #define kv_row_to_f32 kv_row_to_f32_avx2
 #include "attention_tile_body.h"
 #undef kv_row_to_f32

@@ -538,8 +538,8 @@ static inline void vf_store(float *p, vf v) { _mm512_storeu_ps(p, v); }
 static inline vf vf_add(vf a, vf b) { return _mm512_add_ps(a, b); }
 static inline vf vf_mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
 static inline vf vf_fma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
+static inline vf vf_max(vf a, vf b) { return _mm512_max_ps(a, b); }
 static inline vf vf_exp(vf x) { return exp_avx512(x); }
-static inline float vf_hsum(vf x) { return _mm512_reduce_add_ps(x); }
 #define kv_row_to_f32 kv_row_to_f32_avx512
 #include "attention_tile_body.h"
 #undef kv_row_to_f32

@@ -353,8 +353,8 @@ static inline void vf_store(float *p, vf v) { vst1q_f32(p, v); }
 static inline vf vf_add(vf a, vf b) { return vaddq_f32(a, b); }
 static inline vf vf_mul(vf a, vf b) { return vmulq_f32(a, b); }
 static inline vf vf_fma(vf a, vf b, vf c) { return vfmaq_f32(c, a, b); }
+static inline vf vf_max(vf a, vf b) { return vmaxq_f32(a, b); }
 static inline vf vf_exp(vf x) { return exp_neon(x); }
-static inline float vf_hsum(vf x) { return vaddvq_f32(x); }
 #define kv_row_to_f32 kv_row_to_f32_neon
 #include "attention_tile_body.h"
 #undef kv_row_to_f32

@@ -33,10 +33,11 @@ void ek_gelu_mul(const float *gate, const float *up, float *out, int64_t n) {
     ek_kernels_active()->gelu_mul(gate, up, out, n);
 }
 
-/* attention_tile_body.h's layout: l (n_q doubles), m, Q, O, P, Kt, Vt, KT. */
+/* attention_tile_body.h's layout: l (nqp doubles), m, m_prev, block_sum (nqp each), QT (head_dim x
+   nqp), S (ATTN_KEY_BLOCK x nqp), O (n_q x hdp), Kt and Vt (ATTN_KEY_BLOCK x hdp). */
 int64_t ek_attention_scratch_floats(int64_t n_q, int64_t head_dim) {
-    const int64_t hdp = ek_attn_padded_dim(head_dim);
-    return n_q * (3 + 2 * hdp + ATTN_KEY_BLOCK) + 3 * ATTN_KEY_BLOCK * hdp;
+    const int64_t hdp = ek_attn_padded_dim(head_dim), nqp = ek_attn_padded_queries(n_q);
+    return nqp * (5 + head_dim + ATTN_KEY_BLOCK) + n_q * hdp + 2 * ATTN_KEY_BLOCK * hdp;
 }
 
 void ek_attention(const float *const *q, float *const *out, const int64_t *lo, const int64_t *hi, int64_t n_q,
