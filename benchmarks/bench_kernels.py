@@ -211,6 +211,49 @@ def compare_with_llama_cpp(pool: kernels.Pool, type_name: str, m_values, rng) ->
         del llm
 
 
+ATTN_CASES = [(64, 512), (64, 4096), (256, 4096)]  # (head_dim, keys): SmolLM2/1B-like and Gemma-3-like heads
+ATTN_QUERIES = 32                                   # the engine's tile: model.c's ATTN_TILE_QUERIES
+
+
+def bench_attention(rng, repeats: int = 15) -> None:
+    """One tile of ATTN_QUERIES causal queries (the last positions of a prompt) over an F16 cache,
+    one thread: GFLOP/s (4 x head_dim flops per query-key pair) of each ISA's ek_attention."""
+    lib, f16 = _native.lib, kernels.type_id("F16")
+    fp = lambda a: a.ctypes.data_as(ctypes.POINTER(ctypes.c_float))  # noqa: E731
+    before = _native.isa_current()
+    isas = sorted(_native.isa_available(), key=lambda i: i != "scalar")  # scalar first: the ratios
+    print(f"\nattention tile, {ATTN_QUERIES} queries, F16 KV, one thread: GFLOP/s (ratio to scalar)")
+    print(f"{'head_dim':>8s} {'keys':>6s} " + " ".join(f"{i:>14s}" for i in isas))
+    for head_dim, n_keys in ATTN_CASES:
+        row_bytes = lib.ek_kv_row_bytes(f16, head_dim)
+        caches = []
+        for _ in range(2):
+            x = rng.standard_normal((n_keys, head_dim)).astype(np.float32)
+            c = np.empty((n_keys, row_bytes), dtype=np.uint8)
+            for j in range(n_keys):
+                lib.ek_kv_store(f16, fp(x[j]), c[j].ctypes.data, head_dim)
+            caches.append(c)
+        q = rng.standard_normal((ATTN_QUERIES, head_dim)).astype(np.float32)
+        out = np.empty_like(q)
+        q_ptrs = (ctypes.c_void_p * ATTN_QUERIES)(*[q[i].ctypes.data for i in range(ATTN_QUERIES)])
+        out_ptrs = (ctypes.c_void_p * ATTN_QUERIES)(*[out[i].ctypes.data for i in range(ATTN_QUERIES)])
+        lo = np.zeros(ATTN_QUERIES, dtype=np.int64)
+        hi = np.arange(n_keys - ATTN_QUERIES + 1, n_keys + 1, dtype=np.int64)
+        scratch = np.empty(lib.ek_attention_scratch_floats(ATTN_QUERIES, head_dim), dtype=np.float32)
+        flops = 4.0 * head_dim * float(np.sum(hi - lo))
+        cells, scalar_rate = [], None
+        for isa in isas:
+            _native.isa_set(isa)
+            seconds = median_time(lambda: lib.ek_attention(
+                q_ptrs, out_ptrs, lo.ctypes.data, hi.ctypes.data, ATTN_QUERIES, caches[0].ctypes.data,
+                caches[1].ctypes.data, f16, row_bytes, head_dim, 1.0 / np.sqrt(head_dim), fp(scratch)), repeats)
+            rate = flops / seconds / 1e9
+            scalar_rate = rate if isa == "scalar" else scalar_rate
+            cells.append(f"{rate:6.1f} ({rate / scalar_rate:4.1f}x)" if scalar_rate else f"{rate:6.1f}")
+        _native.isa_set(before)
+        print(f"{head_dim:8d} {n_keys:6d} " + " ".join(f"{c:>14s}" for c in cells))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
@@ -220,10 +263,14 @@ def main() -> None:
     parser.add_argument("--no-llama", action="store_true", help="skip the llama.cpp comparison")
     parser.add_argument("--no-gemm", action="store_true", help="GEMV only (and no llama.cpp comparison)")
     parser.add_argument("--types", default=None, help="comma-separated weight types (default: all)")
+    parser.add_argument("--attention", action="store_true", help="the attention tile only")
     args = parser.parse_args()
     if args.isa:
         _native.isa_set(args.isa)
     rng = np.random.default_rng(7)
+    if args.attention:
+        bench_attention(rng)
+        return
     gemv_types = GEMV_TYPES[:4]
     gemm_types = GEMM_TYPES[:2] if args.quick else GEMM_TYPES
     m_values = [64, 512] if args.quick else GEMM_M
