@@ -341,6 +341,21 @@ static inline void fit_levels(const fit_vf *v, int lo, int hi, fit_vi *out) {
     *out = (q & ~(below | above)) | (below & lo) | (above & hi);
 }
 
+/* A sub-block's values and error weights (imp NULL: 1) as nvec vectors. */
+static inline void load_sub_block(int nvec, const float *x, const float *imp, fit_vf *xv, fit_vf *ev) {
+    for (int v = 0; v < nvec; v++) {
+        memcpy(&xv[v], x + FIT_LANES * v, sizeof xv[v]);
+        if (imp) memcpy(&ev[v], imp + FIT_LANES * v, sizeof ev[v]);
+        else ev[v] = (fit_vf){0} + 1.0f;
+    }
+}
+
+/* Levels q + bias as bytes. */
+static inline void store_levels(int nvec, const fit_vi *q, int bias, uint8_t *L) {
+    for (int v = 0; v < nvec; v++)
+        for (int l = 0; l < FIT_LANES; l++) L[FIT_LANES * v + l] = (uint8_t)(q[v][l] + bias);
+}
+
 /* x ~= d * (L - nmax) with L in [0, 2 nmax): tries 19 scales around the one mapping the
    value of largest magnitude to -nmax and keeps the best; w NULL means w = x^2. Returns d; L
    (NULL when only d is wanted) gets the levels of the best scale. */
@@ -461,8 +476,7 @@ EK_FIT_CLONES static float fit_affine(int n, int nmax, const float *x, const flo
             memcpy(best, trial, sizeof(fit_vi) * (size_t)nvec);
         }
     }
-    for (int v = 0; v < nvec; v++)
-        for (int l = 0; l < FIT_LANES; l++) L[FIT_LANES * v + l] = (uint8_t)best[v][l];
+    store_levels(nvec, best, 0, L);
     *m_out = -offset;
     return d;
 }
@@ -493,11 +507,7 @@ EK_FIT_CLONES static float q4_k_sub_codes(const float *xs, const float *imp, flo
                                           uint8_t *sc, uint8_t *mn, uint8_t *L) {
     enum { VECS = 32 / FIT_LANES };
     fit_vf xv[VECS], ev[VECS];
-    for (int v = 0; v < VECS; v++) {
-        memcpy(&xv[v], xs + FIT_LANES * v, sizeof xv[v]);
-        if (imp) memcpy(&ev[v], imp + FIT_LANES * v, sizeof ev[v]);
-        else ev[v] = (fit_vf){0} + 1.0f;
-    }
+    load_sub_block(VECS, xs, imp, xv, ev);
     fit_vi best[VECS] = {{0}};
     float best_err = FLT_MAX;
     *sc = 0, *mn = 0;
@@ -522,8 +532,7 @@ EK_FIT_CLONES static float q4_k_sub_codes(const float *xs, const float *imp, flo
             }
         }
     }
-    for (int v = 0; v < VECS; v++)
-        for (int l = 0; l < FIT_LANES; l++) L[FIT_LANES * v + l] = (uint8_t)best[v][l];
+    store_levels(VECS, best, 0, L);
     return best_err;
 }
 
@@ -609,11 +618,7 @@ EK_FIT_CLONES static float q6_k_sub_codes(const float *xs, const float *imp, flo
                                           uint8_t *L) {
     enum { VECS = 16 / FIT_LANES };
     fit_vf xv[VECS], ev[VECS];
-    for (int v = 0; v < VECS; v++) {
-        memcpy(&xv[v], xs + FIT_LANES * v, sizeof xv[v]);
-        if (imp) memcpy(&ev[v], imp + FIT_LANES * v, sizeof ev[v]);
-        else ev[v] = (fit_vf){0} + 1.0f;
-    }
+    load_sub_block(VECS, xs, imp, xv, ev);
     fit_vi best[VECS] = {{0}};
     float best_err = FLT_MAX;
     *sc = 0;
@@ -635,8 +640,7 @@ EK_FIT_CLONES static float q6_k_sub_codes(const float *xs, const float *imp, flo
             memcpy(best, q, sizeof best);
         }
     }
-    for (int v = 0; v < VECS; v++)
-        for (int l = 0; l < FIT_LANES; l++) L[FIT_LANES * v + l] = (uint8_t)(best[v][l] + 32);
+    store_levels(VECS, best, 32, L);
     return best_err;
 }
 
