@@ -31,6 +31,14 @@
    hdp = head_dim rounded up to ATTN_PAD: l (nqp doubles), m, m_prev, block_sum (nqp each),
    QT (head_dim x nqp: the scaled queries transposed, padding queries zero), S (ATTN_KEY_BLOCK x
    nqp: scores, then weights, key-major), O (n_q x hdp), Kt and Vt (ATTN_KEY_BLOCK x hdp). */
+/* S[j][i] = value for the keys k0 + j of the block outside query i's range [lo[i], hi[i]). */
+static inline void attention_mask_block(float *S, int64_t nqp, int64_t n_q, const int64_t *lo, const int64_t *hi,
+                                        int64_t k0, float value) {
+    for (int64_t j = 0; j < ATTN_KEY_BLOCK; j++)
+        for (int64_t i = 0; i < n_q; i++)
+            if (k0 + j < lo[i] || k0 + j >= hi[i]) S[j * nqp + i] = value;
+}
+
 #define ATTN_LANE_VECS (ATTN_PAD / VF_LANES) /* vectors per ATTN_PAD floats: every pass is whole */
 #define ATTN_SCORE_KEYS 4                    /* keys per pass over QT: 4 x ATTN_LANE_VECS accumulators */
 static inline __attribute__((always_inline)) void
@@ -90,10 +98,7 @@ attention_tile(int kv_type, const float *const *q, float *const *out, const int6
            and zeroes their weights after the exponentials; the blocks in between need neither. The
            padding queries' lanes are zero queries, finite and never read. */
         const int partial = k0 < lo_max || k0 + kb_n > hi_min;
-        if (partial)
-            for (int64_t j = 0; j < kb_n; j++)
-                for (int64_t i = 0; i < n_q; i++)
-                    if (k0 + j < lo[i] || k0 + j >= hi[i]) S[j * nqp + i] = -FLT_MAX;
+        if (partial) attention_mask_block(S, nqp, n_q, lo, hi, k0, -FLT_MAX);
         for (int64_t i0 = 0; i0 < nqp; i0 += VF_LANES) {
             vf bmax = vf_load(S + i0);
             for (int64_t j = 1; j < kb_n; j++) bmax = vf_max(bmax, vf_load(S + j * nqp + i0));
@@ -103,10 +108,7 @@ attention_tile(int kv_type, const float *const *q, float *const *out, const int6
             for (int64_t j = 0; j < kb_n; j++)
                 vf_store(S + j * nqp + i0, vf_exp(vf_add(vf_load(S + j * nqp + i0), neg_max)));
         }
-        if (partial)
-            for (int64_t j = 0; j < kb_n; j++)
-                for (int64_t i = 0; i < n_q; i++)
-                    if (k0 + j < lo[i] || k0 + j >= hi[i]) S[j * nqp + i] = 0.0f;
+        if (partial) attention_mask_block(S, nqp, n_q, lo, hi, k0, 0.0f);
         for (int64_t i0 = 0; i0 < nqp; i0 += VF_LANES) {
             vf sum = vf_zero();
             for (int64_t j = 0; j < kb_n; j++) sum = vf_add(sum, vf_load(S + j * nqp + i0));
