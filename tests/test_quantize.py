@@ -359,6 +359,20 @@ def test_importance_weights_lower_the_weighted_error():
             type_name
 
 
+def test_zero_importance_columns_keep_their_weights():
+    """An importance matrix holds zeros for columns its text never used: those weights must still be
+    encoded as well as without one (a weighted fit over all-zero weights used to give scale 0)."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((8, 512)).astype(np.float32)
+    imp = np.ones(512, dtype=np.float32)
+    imp[:256] = 0.0                         # whole blocks and super-blocks without importance
+    for type_name in ("Q4_0", "Q4_1", "Q5_0", "Q4_K", "Q6_K", "Q8_0"):
+        def rms_error(raw):
+            return float(np.sqrt(((kernels.dequantize(type_name, raw).reshape(x.shape) - x)[:, :256] ** 2).mean()))
+        assert rms_error(kernels.quantize_rows(type_name, x, imp)) < 1.2 * rms_error(kernels.quantize_rows(type_name, x)), \
+            type_name
+
+
 def test_cli_quantizes_and_reports_errors_with_exit_status_2(float_model, tmp_path, capsys):
     src, _ = float_model
     out = tmp_path / "cli.gguf"

@@ -357,14 +357,21 @@ static inline void store_levels(int nvec, const fit_vi *q, int bias, uint8_t *L)
 }
 
 /* x ~= d * (L - nmax) with L in [0, 2 nmax): tries 19 scales around the one mapping the
-   value of largest magnitude to -nmax and keeps the best; w NULL means w = x^2. Returns d; L
-   (NULL when only d is wanted) gets the levels of the best scale. */
+   value of largest magnitude to -nmax and keeps the best; w NULL, or all zero, means w = x^2
+   (an importance matrix may hold zeros for columns its text never used; those weights still
+   matter for other inputs, and a zero scale would erase the block). Returns d; L (NULL when
+   only d is wanted) gets the levels of the best scale. */
 EK_FIT_CLONES static float fit_symmetric(int n, int nmax, const float *x, const float *w, uint8_t *L) {
     const float vmax = largest_magnitude(x, n);
     if (fabsf(vmax) < 1e-30f) {
         if (L)
             for (int i = 0; i < n; i++) L[i] = (uint8_t)nmax;
         return 0.0f;
+    }
+    if (w) {
+        int any_weight = 0;
+        for (int i = 0; i < n; i++) any_weight |= w[i] > 0.0f;
+        if (!any_weight) w = NULL;
     }
     float wt[QK32], wx[QK32]; /* n <= QK32, a multiple of FIT_LANES */
     for (int i = 0; i < n; i++) {
