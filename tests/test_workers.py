@@ -7,10 +7,13 @@ each the host loads and generates again.
 from __future__ import annotations
 
 import importlib.util
+import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from unittest import mock
 
 import numpy as np
@@ -241,6 +244,35 @@ def test_a_worker_killed_mid_generation_is_named_and_the_host_stays_usable(smoll
     finally:
         survivor.stop()
         victim.stop()
+
+
+@pytest.mark.slow
+def test_a_frozen_worker_is_named_within_the_stall_timeout_and_the_host_stays_usable(smollm2_path, monkeypatch):
+    """A stopped worker process still accepts connections and never answers: llama.cpp's client would
+    wait for ever; the host gives up after the stall timeout instead of hanging."""
+    from edgesdk.backends import _rpc_host
+
+    with Worker() as frozen:
+        model = _load(smollm2_path, [frozen.endpoint])
+        ids = model.tokenize(PROMPT)
+        assert _greedy(model, ids, 2)
+        monkeypatch.setattr(_rpc_host, "STALL_TIMEOUT_S", 4.0)
+        os.kill(frozen.process.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(WorkerLostError, match="frozen"):
+                model.score(ids)
+            assert time.monotonic() - started < 4.0 * 3       # one eval of a short prompt: one decode's deadline
+            with pytest.raises(WorkerLostError):
+                model.score(ids)                                # closed, with the same kind of error
+        finally:
+            os.kill(frozen.process.pid, signal.SIGCONT)
+        model.close()
+    alone = _load(smollm2_path)
+    try:
+        assert _greedy(alone, ids, 2)
+    finally:
+        alone.close()
 
 
 @pytest.mark.slow

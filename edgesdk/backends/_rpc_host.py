@@ -8,7 +8,11 @@ the user's __main__ again): `probe()` asks each worker what it offers,
 `SplitLlamaCpp` holds the model (a LlamaCppBackend whose layers live on the
 workers' devices) and forwards each Backend call over a pipe. When the child
 dies, the host asks each worker's port who is gone and raises a WorkerError
-naming it; the host process and its other models are untouched.
+naming it; the host process and its other models are untouched. A frozen
+worker (its process stopped, its machine hung) still accepts TCP connections
+and never answers, and llama.cpp's client waits on it for ever: each call
+therefore has a deadline of STALL_TIMEOUT_S per llama_decode it makes, past
+which the child is killed and the host told so.
 """
 from __future__ import annotations
 
@@ -32,6 +36,8 @@ from .base import Backend, BackendInfo
 CONNECT_TIMEOUT_S = 3.0        # a worker on a LAN answers a TCP connect in milliseconds
 PROBE_TIMEOUT_S = 20.0         # the child's start (spawn, import llama_cpp) and each worker's memory report
 LOAD_TIMEOUT_S = 600.0         # the weights cross the network once: ~100 MB/s on gigabit, slower on Wi-Fi
+STALL_TIMEOUT_S = 120.0        # one llama_decode of n_batch tokens (or one state transfer) on the slowest
+                               # board planned for; a worker silent longer is taken as frozen
 LOG_TAIL_LINES = 40            # of the child's stderr (llama.cpp's log, ggml's abort) kept for messages
 
 CHILD_CODE = "import sys; from edgesdk.backends._rpc_host import child_main; child_main(int(sys.argv[1]))"
@@ -150,16 +156,19 @@ class _Child:
         finally:
             theirs.close()
         self.conn = Connection(ours.detach())
+        self.stalled_s: Optional[float] = None     # set when receive() gave up waiting
         self.conn.send((job, args))
 
     def receive(self, timeout_s: Optional[float]):
         """The next ("ok"|"err"|"done", value) message; None when the child died, or timed out (then it is
-        killed). A Ctrl-C while waiting is raised once the answer is in, so our view of the child stays true."""
+        killed, and `stalled_s` says after how long). A Ctrl-C while waiting is raised once the answer is in, so
+        our view of the child stays true."""
         interrupted = None
         while True:
             try:
                 if not self.conn.poll(timeout_s):
                     self.kill()
+                    self.stalled_s = timeout_s
                     return None
                 message = self.conn.recv()
             except KeyboardInterrupt as exc:
@@ -212,6 +221,11 @@ class _Child:
             if why is not None:
                 return WorkerLostError(f"worker {endpoint} stopped while {doing} ({why}); the split model is "
                                        "closed: load it again when the worker is back", endpoint)
+        if self.stalled_s is not None and not loading:
+            return WorkerLostError(f"no answer from the workers in {self.stalled_s:.0f} s while {doing}, though every "
+                                   "worker's port still accepts connections: one is frozen (its process stopped or "
+                                   "its machine hung); the split model is closed: load it again when the worker is "
+                                   "back", None)
         endpoint = self.asking if loading else None
         code = self.process.returncode
         how = "stopped answering and was stopped" if code in (None, -signal.SIGKILL) else f"ended (exit code {code})"
@@ -287,7 +301,8 @@ class SplitLlamaCpp(Backend):
             return self._child.lost(f"loading the model onto {self._child.asking or 'the workers'}", loading=True)
         return message[1]
 
-    def _call(self, method: str, *args: Any) -> Any:
+    def _call(self, method: str, *args: Any, decodes: int = 1) -> Any:
+        """The child's answer to method(*args), which makes at most `decodes` round trips to the workers."""
         if self._child is None:
             raise WorkerLostError("the split model is closed (a worker was lost or close() was called): load it "
                                   "again", None)
@@ -296,7 +311,7 @@ class SplitLlamaCpp(Backend):
             child.conn.send((method, args))
         except (OSError, ValueError):
             pass          # a dead child: receive() says so
-        message = child.receive(None)
+        message = child.receive(STALL_TIMEOUT_S * decodes)
         if message is None:
             error = child.lost(f"running {method}", loading=False)
             child.close()
@@ -327,8 +342,8 @@ class SplitLlamaCpp(Backend):
         return self._call("n_past") if self._child is not None else 0
 
     def eval(self, ids: Sequence[int], start: int, all_logits: bool = False) -> np.ndarray:
-        return self._call("eval", np.asarray(ids) if not isinstance(ids, (list, tuple)) else list(ids), start,
-                          all_logits)
+        ids = np.asarray(ids) if not isinstance(ids, (list, tuple)) else list(ids)
+        return self._call("eval", ids, start, all_logits, decodes=max(1, -(-len(ids) // self.request.n_batch)))
 
     def save_state(self) -> bytes:
         return self._call("save_state")
