@@ -416,10 +416,15 @@ class SplitPlan:
     n_layer: int
     shares: Tuple[WorkerShare, ...]
 
+    def used_shares(self) -> Tuple[WorkerShare, ...]:
+        """The shares holding something; a worker given no layers (nor the output head) is left out."""
+        return tuple(s for s in self.shares if s.n_layers or s.holds_output)
+
     def tensor_split(self) -> List[float]:
-        """llama.cpp's tensor_split: per device, its layers, plus one slot for the output head on the last.
-        (llama.cpp gives layer il, of n_layer + 1 slots, to the first device whose running sum exceeds il.)"""
-        return [float(s.n_layers + (1 if s.holds_output else 0)) for s in self.shares]
+        """llama.cpp's tensor_split: per used share's device, its layers, plus one slot for the output head
+        on the last. (llama.cpp gives layer il, of n_layer + 1 slots, to the first device whose running sum
+        exceeds il.)"""
+        return [float(s.n_layers + (1 if s.holds_output else 0)) for s in self.used_shares()]
 
 
 def _worker_room(free: int) -> int:

@@ -154,6 +154,24 @@ def test_split_follows_each_workers_mem_limit(smollm2_path):
 
 
 @pytest.mark.slow
+def test_a_worker_given_no_layers_is_not_held(smollm2_path, monkeypatch):
+    """A worker serves one host at a time: one the split leaves empty stays free for another host."""
+    from edgesdk.backends import _rpc_host
+
+    with Worker(mem="20MiB") as idle, Worker() as roomy:
+        assert [s.n_layers for s in _plan(smollm2_path, [idle.endpoint, roomy.endpoint]).shares] == [0, 30]
+        model = _load(smollm2_path, [idle.endpoint, roomy.endpoint])
+        try:
+            device = model.backend.info().device
+            assert idle.endpoint not in device and roomy.endpoint in device
+            assert _greedy(model, model.tokenize(PROMPT), 2)
+            monkeypatch.setattr(_rpc_host, "PROBE_TIMEOUT_S", 8.0)
+            assert LlamaCppBackend.probe_workers([idle.endpoint])[0][1] == 20 << 20     # not busy with us
+        finally:
+            model.close()
+
+
+@pytest.mark.slow
 def test_workers_too_small_together_are_refused_with_numbers(smollm2_path):
     with Worker(mem="40MiB") as a, Worker(mem="40MiB") as b:
         with pytest.raises(MemoryBudgetError) as info:

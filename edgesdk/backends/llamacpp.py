@@ -311,13 +311,16 @@ class LlamaCppBackend(Backend):
 
     @classmethod
     def open_split(cls, checked: ModelSource, config: LoadConfig, split: memory.SplitPlan) -> Backend:
-        """The model with its layers on the workers of the split, in a child process (see _rpc_host)."""
+        """The model with its layers on the workers of the split, in a child process (see _rpc_host).
+        A worker the split gives nothing is not connected: a worker serves one host at a time, and this
+        host would hold it idle."""
         from ._rpc_host import OpenRequest, SplitLlamaCpp
+        used = split.used_shares()
         request = OpenRequest(model_path=str(checked.path), n_ctx=config.n_ctx, threads=config.threads,
                               kv_type=config.kv_type, n_batch=config.n_batch,
-                              endpoints=tuple(s.endpoint for s in split.shares),
+                              endpoints=tuple(s.endpoint for s in used),
                               tensor_split=tuple(split.tensor_split()))
-        return SplitLlamaCpp(request, [(s.endpoint, s.n_layers) for s in split.shares])
+        return SplitLlamaCpp(request, [(s.endpoint, s.n_layers) for s in used])
 
     @classmethod
     def open(cls, checked: ModelSource, config: LoadConfig) -> "LlamaCppBackend":
