@@ -22,6 +22,8 @@ import pytest
 import edgesdk
 from edgesdk import ggml_rpc, loading
 from edgesdk.backends import llamacpp as llamacpp_backend
+from edgesdk.backends.base import SeqInput
+from edgesdk.batching import BatchScheduler
 from edgesdk.backends.llamacpp import LlamaCppBackend
 from edgesdk.config import LoadConfig
 from edgesdk.errors import (InvalidArgumentError, MemoryBudgetError, WorkerLostError, WorkerMemoryError,
@@ -48,12 +50,12 @@ def _load(path, workers=(), **settings):
     return edgesdk.load(str(path), backend="llamacpp", n_ctx=N_CTX, threads=1, workers=list(workers), **settings)
 
 
-def _load_plain(path):
+def _load_plain(path, **settings):
     """One process on llama.cpp's plain CPU path, the computation a split model runs: the workers'
     ggml CPU devices hold plain weights (runtime repacking is a host CPU buffer type), so a
     one-process reference with repacked Q4_0 would differ by its other summation order."""
     with mock.patch.object(llamacpp_backend, "extra_buffer_types_work", lambda system_info: False):
-        return _load(path)
+        return _load(path, **settings)
 
 
 def _greedy(model, ids, n):
@@ -100,6 +102,51 @@ def llama_1b_path():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.llama_1b_path()
+
+
+def _two_sequence_steps(backend, first, second):
+    """Both prompts in one step, a decode step of both, then the second's prefix copied into the first."""
+    rows = backend.eval_batch([SeqInput(0, first, 0), SeqInput(1, second, 0)])
+    nxt = [int(np.argmax(r)) for r in rows]
+    rows += backend.eval_batch([SeqInput(0, [nxt[0]], len(first)), SeqInput(1, [nxt[1]], len(second))])
+    held = [backend.seq_n_past(0), backend.seq_n_past(1)]
+    backend.copy_seq(1, 0, 3)
+    rows += backend.eval_batch([SeqInput(0, second[3:], 3)])
+    return np.stack(rows), held + [backend.seq_n_past(0)]
+
+
+@pytest.mark.slow
+def test_split_model_holds_several_sequences_like_one_process(smollm2_path):
+    """n_seq > 1 over workers: llama.cpp's own sequences in the child, the same steps as in one process."""
+    plain = _load_plain(smollm2_path, n_seq=2)
+    try:
+        first, second = plain.tokenize(PROMPT), plain.tokenize("Once upon a time, in a small town,")
+        reference, reference_held = _two_sequence_steps(plain.backend, first, second)
+    finally:
+        plain.close()
+    workers = start_workers(2)
+    try:
+        model = _load(smollm2_path, [w.endpoint for w in workers], n_seq=2)
+        try:
+            assert model.backend.n_seq == 2
+            rows, held = _two_sequence_steps(model.backend, first, second)
+            assert held == reference_held == [len(first) + 1, len(second) + 1, len(second)]
+            print(f"split vs one process, two sequences: max |logit difference| {np.abs(rows - reference).max():.2e}")
+            assert float(np.abs(rows - reference).max()) <= SPLIT_LOGITS_ATOL
+            with pytest.raises(InvalidArgumentError):
+                model.backend.eval_batch([SeqInput(2, first, 0)])       # checked on the host: the child lives
+            assert model.backend.seq_n_past(1) == len(second) + 1
+            # A server's scheduler over it: two requests at once answer as each alone.
+            alone = [_greedy(model, ids, GREEDY_TOKENS) for ids in (first, second)]
+            config = model.generation.with_options(max_tokens=GREEDY_TOKENS, temperature=0, repeat_penalty=1.0)
+            with BatchScheduler(model) as scheduler:
+                together = [scheduler.submit(ids, config) for ids in (first, second)]
+                assert [g.text() for g in together] == alone
+        finally:
+            model.close()
+    finally:
+        for w in workers:
+            w.stop()
 
 
 @pytest.mark.slow

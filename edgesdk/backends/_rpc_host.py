@@ -31,7 +31,7 @@ import numpy as np
 
 from ..errors import (EdgeSDKError, InvalidArgumentError, WorkerError, WorkerLostError, WorkerMemoryError,
                       WorkerUnreachableError)
-from .base import Backend, BackendInfo
+from .base import Backend, BackendInfo, SeqInput, check_seq_inputs
 
 CONNECT_TIMEOUT_S = 3.0        # a worker on a LAN answers a TCP connect in milliseconds
 PROBE_TIMEOUT_S = 20.0         # the child's start (spawn, import llama_cpp) and each worker's memory report
@@ -97,6 +97,7 @@ class OpenRequest:
     n_batch: int
     endpoints: Tuple[str, ...]
     tensor_split: Tuple[float, ...]
+    n_seq: int = 1
 
 
 def _model_child(conn, request: OpenRequest) -> None:
@@ -112,7 +113,8 @@ def _model_child(conn, request: OpenRequest) -> None:
                                              "offers one", endpoint)
             devices += found
         backend = LlamaCppBackend(request.model_path, n_ctx=request.n_ctx, threads=request.threads,
-                                  kv_type=request.kv_type, n_batch=request.n_batch, devices=devices,
+                                  kv_type=request.kv_type, n_batch=request.n_batch, n_seq=request.n_seq,
+                                  devices=devices,
                                   tensor_split=request.tensor_split)
     except EdgeSDKError as exc:
         conn.send(("err", exc))
@@ -344,6 +346,25 @@ class SplitLlamaCpp(Backend):
     def eval(self, ids: Sequence[int], start: int, all_logits: bool = False) -> np.ndarray:
         ids = np.asarray(ids) if not isinstance(ids, (list, tuple)) else list(ids)
         return self._call("eval", ids, start, all_logits, decodes=max(1, -(-len(ids) // self.request.n_batch)))
+
+    # -- several sequences: llama.cpp's own, in the child ----------------------------------
+
+    @property
+    def n_seq(self) -> int:
+        return self.request.n_seq
+
+    def eval_batch(self, entries: Sequence[SeqInput]) -> List[np.ndarray]:
+        check_seq_inputs(entries, self.request.n_seq)
+        entries = [SeqInput(e.seq, list(e.ids) if isinstance(e.ids, (list, tuple)) else np.asarray(e.ids), e.start)
+                   for e in entries]
+        n_rows = sum(len(e.ids) for e in entries)
+        return self._call("eval_batch", entries, decodes=max(1, -(-n_rows // self.request.n_batch)))
+
+    def seq_n_past(self, seq: int) -> int:
+        return self._call("seq_n_past", seq)
+
+    def copy_seq(self, src: int, dst: int, n: int) -> None:
+        self._call("copy_seq", src, dst, n)
 
     def save_state(self) -> bytes:
         return self._call("save_state")

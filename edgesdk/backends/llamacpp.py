@@ -171,9 +171,10 @@ def _layer_parts(checked: ModelSource, config: LoadConfig) -> _LayerParts:
         # Tied embeddings: llama.cpp puts a copy of token_embd on the output head's device.
         output_bytes += checked.file.tensors["token_embd.weight"].nbytes
     kv_per_layer = config.n_seq * memory.kv_cache_bytes(shape, _cells_per_seq(n_ctx), config.kv_type) // shape.n_layer
-    mask = (2 if shape.sliding_window else 1) * 2 * n_ctx * n_ubatch
+    mask = (2 if shape.sliding_window else 1) * 2 * n_ctx * n_ubatch * config.n_seq
     compute = int(LLAMACPP_ACTIVATION_FACTOR * 4 * n_ubatch * _floats_per_token(shape)) + mask
-    return _LayerParts(layer_weights, output_bytes, kv_per_layer, compute, 4 * shape.n_vocab * n_ubatch)
+    return _LayerParts(layer_weights, output_bytes, kv_per_layer, compute,
+                       4 * shape.n_vocab * max(n_ubatch, config.n_seq))
 
 
 @dataclass(frozen=True)
@@ -240,9 +241,6 @@ class LlamaCppBackend(Backend):
         if wanted != "auto" and (isinstance(wanted, bool) or not isinstance(wanted, int) or wanted < 0):
             raise InvalidArgumentError(f"the llamacpp backend's option n_gpu_layers is \"auto\" or a layer count "
                                        f">= 0, got {wanted!r}")
-        if config.workers and config.n_seq > 1:
-            # the split model's child process (_rpc_host) drives one sequence
-            raise InvalidArgumentError(f"n_seq {config.n_seq}: a model split over workers holds one sequence")
         if config.workers:
             from .. import ggml_rpc
             ok, why = ggml_rpc.available()
@@ -319,7 +317,7 @@ class LlamaCppBackend(Backend):
         request = OpenRequest(model_path=str(checked.path), n_ctx=config.n_ctx, threads=config.threads,
                               kv_type=config.kv_type, n_batch=config.n_batch,
                               endpoints=tuple(s.endpoint for s in used),
-                              tensor_split=tuple(split.tensor_split()))
+                              tensor_split=tuple(split.tensor_split()), n_seq=config.n_seq)
         return SplitLlamaCpp(request, [(s.endpoint, s.n_layers) for s in used])
 
     @classmethod
