@@ -122,6 +122,10 @@ native_sources = sorted(glob.glob(os.path.join("native", "src", "*.c")))
 extension = Extension(
     LIBRARY_NAME,
     sources=native_sources,
+    # The kernel bodies are headers included by several ISA files: without them here, a change to
+    # one alone leaves the old objects in place.
+    depends=sorted(glob.glob(os.path.join("native", "src", "*.h"))
+                   + glob.glob(os.path.join("native", "include", "*.h"))),
     include_dirs=[os.path.join("native", "include")],
     define_macros=[("EK_BUILDING", "1")],
     # No -march=native: one build must run on every CPU of its architecture;

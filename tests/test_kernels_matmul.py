@@ -56,6 +56,32 @@ def test_matmul_matches_float64_numpy_on_odd_shapes(isa, type_name, m, repack, r
     assert_matmul_close(type_name, weight.matmul(x[0]), w64, x[:1])
 
 
+# Where each type's quant bytes sit in its block, and the byte that makes every weight's magnitude
+# the largest the type holds (nibble 15, Q5_0's fifth bit set, Q8_0's -128).
+EXTREME_QUANTS = {"Q4_0": (slice(2, 18), 0xFF), "Q4_1": (slice(4, 20), 0xFF),
+                  "Q5_0": (slice(2, 22), 0xFF), "Q8_0": (slice(2, 34), 0x80)}
+
+
+@pytest.mark.parametrize("isa", AVAILABLE_ISAS, indirect=True)
+@pytest.mark.parametrize("type_name", sorted(EXTREME_QUANTS))
+@pytest.mark.parametrize("repack", [False, True])
+def test_largest_weights_times_largest_activations_do_not_overflow(isa, type_name, repack, rng, pool2):
+    """Every weight at its type's largest magnitude and every activation quantized to +-127: the
+    kernels' narrow integer sums (int16 pairs before widening) are at their worst here."""
+    n_rows, n_cols = 16, BLOCKS[type_name][0] * 8
+    block_bytes = BLOCKS[type_name][1]
+    raw = random_blocks(type_name, n_rows * n_cols, rng).reshape(-1, block_bytes)
+    where, byte = EXTREME_QUANTS[type_name]
+    raw[:, where] = byte
+    raw = raw.reshape(-1)
+    w64 = ref_dequantize(type_name, raw).reshape(n_rows, n_cols)
+    x = np.stack([np.ones(n_cols), -np.ones(n_cols), np.where(np.arange(n_cols) % 2, 1.0, -1.0),
+                  np.full(n_cols, 0.5), np.ones(n_cols)]).astype(np.float32)
+    weight = kernels.Weight(type_name, n_rows, n_cols, raw, repack=repack)
+    assert_matmul_close(type_name, weight.matmul(x, pool=pool2), w64, x)
+    assert_matmul_close(type_name, weight.matmul(x[0]), w64, x[:1])
+
+
 @pytest.mark.parametrize("isa", AVAILABLE_ISAS, indirect=True)
 @pytest.mark.parametrize("type_name", WEIGHT_TYPES)
 def test_vec_dot_matches_float64_numpy(isa, type_name, rng):

@@ -15,6 +15,11 @@
 
 static inline __m256i dot_u8s8(__m256i acc, __m256i u, __m256i s) { return _mm256_dpbusd_epi32(acc, u, s); }
 
+/* vpdpbusd sums into int32 lanes: nothing to widen, no bound to keep. */
+static inline __m256i dot_pairs(__m256i p, __m256i u, __m256i s) { return _mm256_dpbusd_epi32(p, u, s); }
+static inline __m256i widen_pairs(__m256i acc, __m256i p) { return _mm256_add_epi32(acc, p); }
+static inline int dot_pairs_per_widen(int u_limit) { (void)u_limit; return 8; }
+
 /* For the K-quants' per-sub-block scales, maddubs + madd-by-scales (2 uops)
    beats vpdpbusd + vpmulld + add (4 uops, vpmulld's 10-cycle latency); the
    weights there are at most 63, so maddubs' int16 pairs cannot saturate.

@@ -12,6 +12,10 @@
  *
  * The including file defines, before including:
  *   dot_u8s8(acc, u, s)     acc + (32-bit lane j: sum over bytes 4j..4j+3 of u8 * s8)
+ *   dot_pairs(p, u, s)      p + u8 * s8 products summed in the ISA's narrowest exact lanes
+ *                           (int16 pairs after maddubs, or int32 after vpdpbusd)
+ *   widen_pairs(acc, p)     acc + p's lanes as the 32-bit lane sums dot_u8s8 gives
+ *   dot_pairs_per_widen(u_limit)  how many dot_pairs of bytes u < u_limit (|s| <= 127) p takes exactly
  *   dot_u8s8_scaled(acc, u, s, sc)  the same with lanes 0..3 times sc's first and
  *                           lanes 4..7 times its second scale, sc from make_scales
  *   make_scales(a, b)       the scale vector for dot_u8s8_scaled
@@ -395,64 +399,88 @@ static inline __attribute__((always_inline)) void prefetch_ahead(const void *sli
     prefetch_lines((const uint8_t *)slice + X86_PREFETCH_AHEAD, bytes, 0, (int)((bytes + 63) / 64));
 }
 
-/* One slice of 8 rows decoded: the 8 (Q4) or 8 (Q8_0, |w|) byte vectors, the
-   8 rows' scales, and the s coefficients (Q4_0: -8 d, Q4_1: m). */
-typedef struct { __m256i u[8], w_sign[8]; __m256 dw, coef_s; } decoded_x8;
+static inline int32_t load_i32(const void *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
 
-static inline __attribute__((always_inline)) void
-decode_x8(int fam, const uint8_t *slice, decoded_x8 *r) {
-    const __m256i low = _mm256_set1_epi8(0x0F);
-    const uint16_t *d = (const uint16_t *)slice;
-    r->dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)d));
+/* Weight vector k (0..7) of a slice of 8 rows: byte 4j + i holds row j's element 4k + i (Q4:
+   k < 4, the low nibbles of qs vector k; k >= 4, the high nibbles of qs vector k - 4, which are
+   elements 16 + 4(k - 4).. = the same bytes 4k.. of the activation block). Q5_0 adds its fifth
+   bit (bit k of each qh byte, see block_q5_0x8) as bit 4; Q8_0 gives |w|, its signs in *sign. */
+static inline __attribute__((always_inline)) __m256i weight_vector_x8(int fam, const uint8_t *slice, int k,
+                                                                      __m256i *sign) {
     if (fam == FAM_Q8_0) {
-        const int8_t *qs = ((const block_q8_0x8 *)slice)->qs;
-        for (int k = 0; k < 8; k++) {
-            r->w_sign[k] = _mm256_loadu_si256((const __m256i *)(qs + 32 * k));
-            r->u[k] = _mm256_abs_epi8(r->w_sign[k]);
-        }
-        r->coef_s = _mm256_setzero_ps();
-        return;
+        *sign = _mm256_loadu_si256((const __m256i *)(((const block_q8_0x8 *)slice)->qs + 32 * k));
+        return _mm256_abs_epi8(*sign);
     }
     const uint8_t *qs = fam == FAM_Q4_0 ? ((const block_q4_0x8 *)slice)->qs
                       : fam == FAM_Q5_0 ? ((const block_q5_0x8 *)slice)->qs : ((const block_q4_1x8 *)slice)->qs;
-    /* vector k holds bytes 4k..4k+3 of each row: elements 4k.. (low) and 16+4k.. (high) */
-    for (int k = 0; k < 4; k++) {
-        const __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * k));
-        r->u[k] = _mm256_and_si256(v, low);
-        r->u[4 + k] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-    }
+    const __m256i low = _mm256_set1_epi8(0x0F);
+    const __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * (k % 4)));
+    __m256i u = k < 4 ? _mm256_and_si256(v, low) : _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
     if (fam == FAM_Q5_0) {
-        /* bit k of each qh byte is vector k's fifth bit (see block_q5_0x8): move it to bit 4 */
         const __m256i hv = _mm256_loadu_si256((const __m256i *)((const block_q5_0x8 *)slice)->qh);
-        const __m256i bit4 = _mm256_set1_epi8(0x10);
-        r->u[0] = _mm256_or_si256(r->u[0], _mm256_and_si256(_mm256_slli_epi16(hv, 4), bit4));
-        r->u[1] = _mm256_or_si256(r->u[1], _mm256_and_si256(_mm256_slli_epi16(hv, 3), bit4));
-        r->u[2] = _mm256_or_si256(r->u[2], _mm256_and_si256(_mm256_slli_epi16(hv, 2), bit4));
-        r->u[3] = _mm256_or_si256(r->u[3], _mm256_and_si256(_mm256_slli_epi16(hv, 1), bit4));
-        r->u[4] = _mm256_or_si256(r->u[4], _mm256_and_si256(hv, bit4));
-        r->u[5] = _mm256_or_si256(r->u[5], _mm256_and_si256(_mm256_srli_epi16(hv, 1), bit4));
-        r->u[6] = _mm256_or_si256(r->u[6], _mm256_and_si256(_mm256_srli_epi16(hv, 2), bit4));
-        r->u[7] = _mm256_or_si256(r->u[7], _mm256_and_si256(_mm256_srli_epi16(hv, 3), bit4));
+        const __m256i moved = k <= 4 ? _mm256_slli_epi16(hv, 4 - k) : _mm256_srli_epi16(hv, k - 4);
+        u = _mm256_or_si256(u, _mm256_and_si256(moved, _mm256_set1_epi8(0x10)));
     }
-    r->coef_s = fam == FAM_Q4_0   ? _mm256_mul_ps(r->dw, _mm256_set1_ps(-8.0f))
-                : fam == FAM_Q5_0 ? _mm256_mul_ps(r->dw, _mm256_set1_ps(-16.0f))
-                                  : _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const block_q4_1x8 *)slice)->m));
+    return u;
 }
 
+/* Activation rows [i0, i0 + tile) against one 8-row group of nb slices; always inlined with
+   tile a constant where it can be, so the loops unroll and every sum stays in a register.
+   Weight vector by weight vector, each meeting the tile's rows in turn: only one decoded
+   vector is live, where holding a slice's eight spilled them and every product cost two
+   vector loads (the loads, not the multiplies, were the limit). Integer sums widen every
+   dot_pairs_per_widen(u_limit) vectors, which does not change them. */
 static inline __attribute__((always_inline)) void
-dot_x8(int fam, const decoded_x8 *w, const block_q8_32 *x, __m256 *acc, __m256 *corr) {
-    __m256i isum = _mm256_setzero_si256();
-    int32_t piece[8];
-    memcpy(piece, x->qs, 32);
-    for (int k = 0; k < 8; k++) {
-        /* Q4: u[k] (k < 4) meets x[4k..], u[4 + k] meets x[16 + 4k..] = piece 4 + k. Q8_0: piece k. */
-        __m256i xs = _mm256_set1_epi32(piece[k]);
-        if (fam == FAM_Q8_0) xs = _mm256_sign_epi8(xs, w->w_sign[k]);
-        isum = dot_u8s8(isum, w->u[k], xs);
+block32_x8_tile(int fam, size_t slice_bytes, const uint8_t *group, int n_valid, int64_t nb, const void *x,
+                size_t x_row_bytes, int64_t i0, const int tile, float *y, int64_t ldy) {
+    /* the weight bytes' bound: nibbles, Q5_0's five bits, or |w| <= 128 */
+    const int per_widen = dot_pairs_per_widen(fam == FAM_Q5_0 ? 32 : fam == FAM_Q8_0 ? 129 : 16);
+    const block_q8_32 *xr[ACT_TILE];
+    __m256 acc[ACT_TILE];
+    for (int t = 0; t < tile; t++) {
+        xr[t] = (const block_q8_32 *)((const uint8_t *)x + (size_t)(i0 + t) * x_row_bytes);
+        acc[t] = _mm256_setzero_ps();
     }
-    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(w->dw, _mm256_set1_ps(x->d)), *acc);
-    /* the offset term is summed apart, as in the plain kernels (see accumulate32) */
-    if (fam != FAM_Q8_0) *corr = _mm256_fmadd_ps(w->coef_s, _mm256_set1_ps(x->s), *corr);
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *slice = group + (size_t)b * slice_bytes;
+        prefetch_ahead(slice, slice_bytes);
+        __m256i isum[ACT_TILE], pairs[ACT_TILE];
+        for (int t = 0; t < tile; t++) isum[t] = pairs[t] = _mm256_setzero_si256();
+#pragma GCC unroll 8
+        for (int k = 0; k < 8; k++) {
+            __m256i sign = _mm256_setzero_si256();
+            const __m256i u = weight_vector_x8(fam, slice, k, &sign);
+            for (int t = 0; t < tile; t++) {
+                __m256i xs = _mm256_set1_epi32(load_i32(xr[t][b].qs + 4 * k));
+                if (fam == FAM_Q8_0) xs = _mm256_sign_epi8(xs, sign);
+                pairs[t] = dot_pairs(pairs[t], u, xs);
+            }
+            if ((k + 1) % per_widen == 0 || k == 7)
+                for (int t = 0; t < tile; t++) {
+                    isum[t] = widen_pairs(isum[t], pairs[t]);
+                    pairs[t] = _mm256_setzero_si256();
+                }
+        }
+        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)slice));
+        const __m256 coef_s = fam == FAM_Q4_0   ? _mm256_mul_ps(dw, _mm256_set1_ps(-8.0f))
+                              : fam == FAM_Q5_0 ? _mm256_mul_ps(dw, _mm256_set1_ps(-16.0f))
+                              : fam == FAM_Q4_1 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const block_q4_1x8 *)slice)->m))
+                                                : _mm256_setzero_ps();
+        for (int t = 0; t < tile; t++) {
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_mul_ps(dw, _mm256_set1_ps(xr[t][b].d)), acc[t]);
+            /* the offset term (Q4_0: -8 d, Q4_1: m, Q5_0: -16 d, times the block's sum s) */
+            if (fam != FAM_Q8_0) acc[t] = _mm256_fmadd_ps(coef_s, _mm256_set1_ps(xr[t][b].s), acc[t]);
+        }
+    }
+    for (int t = 0; t < tile; t++) {
+        float lanes[8];
+        _mm256_storeu_ps(lanes, acc[t]);
+        memcpy(y + (i0 + t) * ldy, lanes, (size_t)n_valid * sizeof(float));
+    }
 }
 
 /* The GEMM of a repacked Q4_0/Q4_1/Q5_0/Q8_0 weight (fam, with its slice_bytes). */
@@ -460,27 +488,17 @@ static inline __attribute__((always_inline)) void
 x86_gemm_block32_x8(int fam, size_t slice_bytes, const void *w, size_t w_row_bytes, const void *x, size_t x_row_bytes,
                     float *y, int64_t ldy, int64_t r0, int64_t r1, int64_t m, int64_t n_cols) {
     const int64_t nb = n_cols / QK32;
-    decoded_x8 wd;
     for (int64_t g0 = r0; g0 < r1; g0 += EK_REPACK_ROWS) {
         const uint8_t *group = (const uint8_t *)w + (size_t)g0 * w_row_bytes;
         const int n_valid = (int)(r1 - g0 < EK_REPACK_ROWS ? r1 - g0 : EK_REPACK_ROWS);
-        for (int64_t i0 = 0; i0 < m; i0 += ACT_TILE) {
-            const int tile = (int)(m - i0 < ACT_TILE ? m - i0 : ACT_TILE);
-            __m256 acc[ACT_TILE], corr[ACT_TILE];
-            for (int t = 0; t < ACT_TILE; t++) acc[t] = corr[t] = _mm256_setzero_ps();
-            for (int64_t b = 0; b < nb; b++) {
-                prefetch_ahead(group + (size_t)b * slice_bytes, slice_bytes);
-                decode_x8(fam, group + (size_t)b * slice_bytes, &wd);
-                for (int t = 0; t < tile; t++) {
-                    const block_q8_32 *xb = (const block_q8_32 *)((const uint8_t *)x + (size_t)(i0 + t) * x_row_bytes);
-                    dot_x8(fam, &wd, &xb[b], &acc[t], &corr[t]);
-                }
-            }
-            for (int t = 0; t < tile; t++) {
-                float lanes[8];
-                _mm256_storeu_ps(lanes, _mm256_add_ps(acc[t], corr[t]));
-                memcpy(y + (i0 + t) * ldy + g0, lanes, (size_t)n_valid * sizeof(float));
-            }
+        int64_t i0 = 0;
+        for (; i0 + ACT_TILE <= m; i0 += ACT_TILE)
+            block32_x8_tile(fam, slice_bytes, group, n_valid, nb, x, x_row_bytes, i0, ACT_TILE, y + g0, ldy);
+        switch (m - i0) { /* each remainder its own constant tile */
+        case 3: block32_x8_tile(fam, slice_bytes, group, n_valid, nb, x, x_row_bytes, i0, 3, y + g0, ldy); break;
+        case 2: block32_x8_tile(fam, slice_bytes, group, n_valid, nb, x, x_row_bytes, i0, 2, y + g0, ldy); break;
+        case 1: block32_x8_tile(fam, slice_bytes, group, n_valid, nb, x, x_row_bytes, i0, 1, y + g0, ldy); break;
+        default: break;
         }
     }
 }
@@ -492,12 +510,6 @@ x86_gemm_block32_x8(int fam, size_t slice_bytes, const void *w, size_t w_row_byt
  * scales multiply each sub-block's integer dot inside sub_dot_scaled (the ISA file
  * picks madd-by-scale or dot-then-multiply), so a super-block of 8 rows ends in one
  * int32 vector and two float multiply-adds per activation row. */
-
-static inline int32_t load_i32(const void *p) {
-    int32_t v;
-    memcpy(&v, p, 4);
-    return v;
-}
 
 /* int16 pair (a, b) as one int32, to meet a madd lane holding (w[2p], w[2p+1]). */
 static inline int32_t pair16(int32_t a, int32_t b) {
