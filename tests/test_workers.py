@@ -62,6 +62,15 @@ def _greedy(model, ids, n):
     return model.generate(ids, max_tokens=n, temperature=0, repeat_penalty=1.0)
 
 
+def _assert_loads_and_answers(path, workers, ids, n):
+    """A fresh load (on `workers`, or on its own) answers n greedy tokens: the host is still usable."""
+    model = _load(path, workers)
+    try:
+        assert _greedy(model, ids, n)
+    finally:
+        model.close()
+
+
 @pytest.fixture(scope="module")
 def smollm2_reference(smollm2_path):
     """Single-process llama.cpp: teacher-forced logits twice (its run-to-run spread) and greedy text."""
@@ -296,16 +305,8 @@ def test_a_worker_killed_mid_generation_is_named_and_the_host_stays_usable(smoll
             model.score(ids)      # the split model stays closed, with the same kind of error
         model.close()
         # The host loads again: on the surviving worker, and on its own.
-        again = _load(smollm2_path, [survivor.endpoint])
-        try:
-            assert _greedy(again, ids, 3)
-        finally:
-            again.close()
-        alone = _load(smollm2_path)
-        try:
-            assert _greedy(alone, ids, 3)
-        finally:
-            alone.close()
+        _assert_loads_and_answers(smollm2_path, [survivor.endpoint], ids, 3)
+        _assert_loads_and_answers(smollm2_path, [], ids, 3)
     finally:
         survivor.stop()
         victim.stop()
@@ -333,11 +334,7 @@ def test_a_frozen_worker_is_named_within_the_stall_timeout_and_the_host_stays_us
         finally:
             os.kill(frozen.process.pid, signal.SIGCONT)
         model.close()
-    alone = _load(smollm2_path)
-    try:
-        assert _greedy(alone, ids, 2)
-    finally:
-        alone.close()
+    _assert_loads_and_answers(smollm2_path, [], ids, 2)
 
 
 @pytest.mark.slow

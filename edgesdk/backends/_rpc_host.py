@@ -271,6 +271,11 @@ def _refusal(log: str, endpoints: Sequence[str]) -> Optional[Tuple[str, str]]:
     return None
 
 
+def _picklable_ids(ids: Sequence[int]):
+    """ids as a list or an ndarray, to cross the pipe (a range or other sequence would not)."""
+    return list(ids) if isinstance(ids, (list, tuple)) else np.asarray(ids)
+
+
 class SplitLlamaCpp(Backend):
     """A LlamaCppBackend in a child process, its layers on workers; the Backend calls forwarded to it."""
 
@@ -343,9 +348,13 @@ class SplitLlamaCpp(Backend):
     def n_past(self) -> int:
         return self._call("n_past") if self._child is not None else 0
 
+    def _decodes(self, n_rows: int) -> int:
+        """llama_decode calls (n_batch rows each) the child makes for n_rows rows: the call's deadline."""
+        return max(1, -(-n_rows // self.request.n_batch))
+
     def eval(self, ids: Sequence[int], start: int, all_logits: bool = False) -> np.ndarray:
-        ids = np.asarray(ids) if not isinstance(ids, (list, tuple)) else list(ids)
-        return self._call("eval", ids, start, all_logits, decodes=max(1, -(-len(ids) // self.request.n_batch)))
+        ids = _picklable_ids(ids)
+        return self._call("eval", ids, start, all_logits, decodes=self._decodes(len(ids)))
 
     # -- several sequences: llama.cpp's own, in the child ----------------------------------
 
@@ -355,10 +364,8 @@ class SplitLlamaCpp(Backend):
 
     def eval_batch(self, entries: Sequence[SeqInput]) -> List[np.ndarray]:
         check_seq_inputs(entries, self.request.n_seq)
-        entries = [SeqInput(e.seq, list(e.ids) if isinstance(e.ids, (list, tuple)) else np.asarray(e.ids), e.start)
-                   for e in entries]
-        n_rows = sum(len(e.ids) for e in entries)
-        return self._call("eval_batch", entries, decodes=max(1, -(-n_rows // self.request.n_batch)))
+        entries = [SeqInput(e.seq, _picklable_ids(e.ids), e.start) for e in entries]
+        return self._call("eval_batch", entries, decodes=self._decodes(sum(len(e.ids) for e in entries)))
 
     def seq_n_past(self, seq: int) -> int:
         return self._call("seq_n_past", seq)

@@ -11,14 +11,16 @@
 #include <immintrin.h>
 #include <math.h>
 
-static inline __m256i dot_u8s8(__m256i acc, __m256i u, __m256i s) {
-    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
-}
-
 /* maddubs' int16 lanes each take two products of at most (u_limit - 1) * 127 per call. */
-static inline __m256i dot_pairs(__m256i p, __m256i u, __m256i s) { return _mm256_add_epi16(p, _mm256_maddubs_epi16(u, s)); }
+static inline __m256i dot_pairs(__m256i p, __m256i u, __m256i s) {
+    return _mm256_add_epi16(p, _mm256_maddubs_epi16(u, s));
+}
 static inline __m256i widen_pairs(__m256i acc, __m256i p) {
     return _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+}
+
+static inline __m256i dot_u8s8(__m256i acc, __m256i u, __m256i s) {
+    return widen_pairs(acc, _mm256_maddubs_epi16(u, s));
 }
 static inline int dot_pairs_per_widen(int u_limit) {
     const int n = 32767 / (2 * 127 * (u_limit - 1));
