@@ -3,6 +3,8 @@ float64 numpy of dequantize-then-matmul; fast paths against the scalar path;
 results independent of the thread count; the repacked layout."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -161,6 +163,38 @@ def test_repacked_gemv_over_many_row_groups_equals_the_gemm_rows(isa, type_name,
     with kernels.Pool(1) as pool1, kernels.Pool(3) as pool3:
         for pool in (pool1, pool2, pool3):
             np.testing.assert_array_equal(weight.matmul(x[0], pool=pool), gemm[0])
+
+
+def huge_page_advised_mappings() -> dict:
+    """start -> size of this process's mappings advised into transparent huge pages ("hg")."""
+    mappings, current = {}, None
+    for line in open("/proc/self/smaps"):
+        head = line.split()[0]
+        if "-" in head and not head.endswith(":"):
+            lo, hi = (int(v, 16) for v in head.split("-"))
+            current = (lo, hi - lo)
+        elif head == "VmFlags:" and "hg" in line.split()[1:]:
+            mappings[current[0]] = current[1]
+    return mappings
+
+
+# The repacked weights are streamed once per token; on Linux they get their own 2 MiB aligned
+# mapping advised into huge pages (alloc_streamed in native/src/matmul.c), unmapped on free.
+@pytest.mark.skipif(not os.path.isdir("/sys/kernel/mm/transparent_hugepage"),
+                    reason="this kernel has no transparent huge pages")
+def test_a_large_repacked_weight_lies_on_huge_pages_and_is_unmapped_on_free(rng, pool2):
+    n_rows, n_cols = 4104, 1024  # 4.2 MiB of Q4_0: whole huge pages and a tail, rows past a group
+    raw, w64 = make_weight_data("Q4_0", n_rows, n_cols, rng)
+    before = huge_page_advised_mappings()
+    weight = kernels.Weight("Q4_0", n_rows, n_cols, raw, repack=True)
+    new = {start: size for start, size in huge_page_advised_mappings().items() if start not in before}
+    assert any(start % (2 << 20) == 0 and size >= weight.owned_bytes for start, size in new.items()), new
+    x = rng.normal(size=(3, n_cols)).astype(np.float32)
+    y = weight.matmul(x, pool=pool2)
+    assert_matmul_close("Q4_0", y, w64, x)
+    np.testing.assert_array_equal(weight.matmul(x[2], pool=pool2), y[2])
+    weight.close()
+    assert not set(new) & set(huge_page_advised_mappings())
 
 
 @pytest.mark.parametrize("type_name", WEIGHT_TYPES)

@@ -36,6 +36,7 @@ struct ek_weight {
     const void *data;         /* GGUF layout (not owned), or NULL when repacked */
     void *packed;             /* owned interleaved copy, or NULL */
     size_t packed_bytes;
+    size_t packed_mapped;     /* bytes mapped for it by alloc_streamed, or 0 when from the heap */
     const ek_kernels *kernels; /* the ISA the weight was prepared for */
 };
 
@@ -43,6 +44,42 @@ static void *aligned_alloc_bytes(size_t n) {
     void *p = NULL;
     if (posix_memalign(&p, SIMD_ALIGN, n ? n : SIMD_ALIGN) != 0) return NULL;
     return p;
+}
+
+#define HUGE_PAGE_BYTES ((size_t)2 << 20)
+
+/* Memory streamed once per token (the repacked weights). On Linux it gets its own mapping,
+   2 MiB aligned and advised into transparent huge pages: the TLB then covers it and the
+   hardware prefetcher is not stopped at every 4 KiB page boundary. Only whole huge pages
+   inside the mapping are used, so no page beyond the rounding to 4 KiB is committed.
+   Elsewhere, or when the mapping fails, the heap. *mapped gets the bytes mapped (0: heap). */
+static void *alloc_streamed(size_t n, size_t *mapped) {
+    *mapped = 0;
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    const long page_size = sysconf(_SC_PAGESIZE);
+    if (n >= HUGE_PAGE_BYTES && page_size > 0 && n <= SIZE_MAX - 2 * HUGE_PAGE_BYTES) {
+        const size_t page = (size_t)page_size, len = (n + page - 1) / page * page;
+        uint8_t *raw = mmap(NULL, len + HUGE_PAGE_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                            -1, 0);
+        if (raw != MAP_FAILED) {
+            uint8_t *p = (uint8_t *)(((uintptr_t)raw + HUGE_PAGE_BYTES - 1) / HUGE_PAGE_BYTES * HUGE_PAGE_BYTES);
+            if (p > raw) (void)munmap(raw, (size_t)(p - raw));
+            if (raw + HUGE_PAGE_BYTES > p) (void)munmap(p + len, (size_t)(raw + HUGE_PAGE_BYTES - p));
+            (void)madvise(p, len, MADV_HUGEPAGE); /* advice: failure only keeps small pages */
+            *mapped = len;
+            return p;
+        }
+    }
+#endif
+    return aligned_alloc_bytes(n);
+}
+
+static void free_streamed(void *p, size_t mapped) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    if (mapped) { (void)munmap(p, mapped); return; }
+#endif
+    (void)mapped;
+    free(p);
 }
 
 size_t ek_weight_repacked_bytes(int type, int64_t n_rows, int64_t n_cols, uint32_t flags) {
@@ -89,7 +126,7 @@ ek_status ek_weight_create(int type, int64_t n_rows, int64_t n_cols, const void 
     w->packed_bytes = ek_weight_repacked_bytes(type, n_rows, n_cols, flags);
     if (w->packed_bytes) {
         w->packed_row_bytes = ek_repack_slice_bytes(type) * (size_t)(n_cols / be) / EK_REPACK_ROWS;
-        w->packed = aligned_alloc_bytes(w->packed_bytes);
+        w->packed = alloc_streamed(w->packed_bytes, &w->packed_mapped);
         if (!w->packed) { free(w); return EK_ERR_NO_MEMORY; }
         /* In chunks of whole groups, each chunk's source pages released once it is copied, so a
            large tensor (a 262k-row output head) is never resident twice at once. */
@@ -108,7 +145,7 @@ ek_status ek_weight_create(int type, int64_t n_rows, int64_t n_cols, const void 
 
 void ek_weight_free(ek_weight *w) {
     if (!w) return;
-    free(w->packed);
+    free_streamed(w->packed, w->packed_mapped);
     free(w);
 }
 
@@ -306,9 +343,10 @@ static int compare_doubles(const void *a, const void *b) {
 double ek_measure_read_bandwidth(size_t bytes, int repeats, ek_pool *pool) {
     bytes -= bytes % 64;
     if (bytes == 0 || repeats <= 0) return 0.0;
-    uint8_t *buf = aligned_alloc_bytes(bytes);
+    size_t mapped; /* the same kind of memory as the weights it bounds */
+    uint8_t *buf = alloc_streamed(bytes, &mapped);
     double *times = malloc((size_t)repeats * sizeof(double));
-    if (!buf || !times) { free(buf); free(times); return 0.0; }
+    if (!buf || !times) { if (buf) free_streamed(buf, mapped); free(times); return 0.0; }
     memset(buf, 1, bytes); /* fault every page in before timing */
     read_job job = {buf, bytes, ek_kernels_active()->read_sum, {0}};
     ek_pool_run(pool, read_task, &job); /* warm-up pass */
@@ -319,7 +357,7 @@ double ek_measure_read_bandwidth(size_t bytes, int repeats, ek_pool *pool) {
     }
     qsort(times, (size_t)repeats, sizeof(double), compare_doubles);
     const double median = repeats % 2 ? times[repeats / 2] : 0.5 * (times[repeats / 2 - 1] + times[repeats / 2]);
-    free(buf);
+    free_streamed(buf, mapped);
     free(times);
     return median > 0.0 ? (double)bytes / median : 0.0;
 }
