@@ -399,6 +399,17 @@ static inline __attribute__((always_inline)) void prefetch_ahead(const void *sli
     prefetch_lines((const uint8_t *)slice + X86_PREFETCH_AHEAD, bytes, 0, (int)((bytes + 63) / 64));
 }
 
+/* A group's 8 row results at dst, or only its first n_valid (the weight's last group). */
+static inline void store_group_results(float *dst, __m256 v, int n_valid) {
+    if (n_valid == EK_REPACK_ROWS) {
+        _mm256_storeu_ps(dst, v);
+        return;
+    }
+    float lanes[EK_REPACK_ROWS];
+    _mm256_storeu_ps(lanes, v);
+    memcpy(dst, lanes, (size_t)n_valid * sizeof(float));
+}
+
 static inline int32_t load_i32(const void *p) {
     int32_t v;
     memcpy(&v, p, 4);
@@ -476,11 +487,7 @@ block32_x8_tile(int fam, size_t slice_bytes, const uint8_t *group, int n_valid, 
             if (fam != FAM_Q8_0) acc[t] = _mm256_fmadd_ps(coef_s, _mm256_set1_ps(xr[t][b].s), acc[t]);
         }
     }
-    for (int t = 0; t < tile; t++) {
-        float lanes[8];
-        _mm256_storeu_ps(lanes, acc[t]);
-        memcpy(y + (i0 + t) * ldy, lanes, (size_t)n_valid * sizeof(float));
-    }
+    for (int t = 0; t < tile; t++) store_group_results(y + (i0 + t) * ldy, acc[t], n_valid);
 }
 
 /* The GEMM of a repacked Q4_0/Q4_1/Q5_0/Q8_0 weight (fam, with its slice_bytes). */
@@ -572,11 +579,7 @@ q4_kx8_tile(const block_q4_kx8 *group, int n_valid, int64_t g0, int64_t nb, cons
             acc[t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_mul_ps(dmin, xd), acc[t]);
         }
     }
-    for (int t = 0; t < tile; t++) {
-        float lanes[8];
-        _mm256_storeu_ps(lanes, acc[t]);
-        memcpy(y + (i0 + t) * ldy + g0, lanes, (size_t)n_valid * sizeof(float));
-    }
+    for (int t = 0; t < tile; t++) store_group_results(y + (i0 + t) * ldy + g0, acc[t], n_valid);
 }
 
 
@@ -642,11 +645,7 @@ q6_kx8_tile(const block_q6_kx8 *group, int n_valid, int64_t g0, int64_t nb, cons
         for (int t = 0; t < tile; t++)
             acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_mul_ps(d, _mm256_set1_ps(xr[t][b].d)), acc[t]);
     }
-    for (int t = 0; t < tile; t++) {
-        float lanes[8];
-        _mm256_storeu_ps(lanes, acc[t]);
-        memcpy(y + (i0 + t) * ldy + g0, lanes, (size_t)n_valid * sizeof(float));
-    }
+    for (int t = 0; t < tile; t++) store_group_results(y + (i0 + t) * ldy + g0, acc[t], n_valid);
 }
 
 /* ------------------------------------------------------ bandwidth probe */
