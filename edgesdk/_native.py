@@ -59,8 +59,6 @@ STATUS_ERRORS = {
 # EK_ABI_VERSION of the header this module mirrors.
 ABI_VERSION = 3
 
-EK_WEIGHT_ALLOW_REPACK = 1
-
 ISA_NAMES = ("scalar", "avx2", "avx512", "neon", "neon_dotprod")
 
 # Bits of ek_cpu_features(), same values as the header's EK_CPU_* macros.
