@@ -399,6 +399,12 @@ static inline __attribute__((always_inline)) void prefetch_ahead(const void *sli
     prefetch_lines((const uint8_t *)slice + X86_PREFETCH_AHEAD, bytes, 0, (int)((bytes + 63) / 64));
 }
 
+/* v as it is at this point, opaque to the optimiser. Integer sums may be reordered freely, and
+   GCC turned each row's chain of eight dot_pairs into a tree over all the tile's products, which
+   held 32 vectors live and spilled most of them to the stack; through this the chain stays a
+   chain, one vector per row. It changes no result (integer sums are exact in any order). */
+static inline __attribute__((always_inline)) void keep_in_register(__m256i *v) { __asm__("" : "+x"(*v)); }
+
 /* A group's 8 row results at dst, or only its first n_valid (the weight's last group). */
 static inline void store_group_results(float *dst, __m256 v, int n_valid) {
     if (n_valid == EK_REPACK_ROWS) {
@@ -469,10 +475,12 @@ block32_x8_tile(int fam, size_t slice_bytes, const uint8_t *group, int n_valid, 
                 __m256i xs = _mm256_set1_epi32(load_i32(xr[t][b].qs + 4 * k));
                 if (fam == FAM_Q8_0) xs = _mm256_sign_epi8(xs, sign);
                 pairs[t] = dot_pairs(pairs[t], u, xs);
+                keep_in_register(&pairs[t]);
             }
             if ((k + 1) % per_widen == 0 || k == 7)
                 for (int t = 0; t < tile; t++) {
                     isum[t] = widen_pairs(isum[t], pairs[t]);
+                    keep_in_register(&isum[t]);
                     pairs[t] = _mm256_setzero_si256();
                 }
         }
