@@ -10,6 +10,7 @@ import pytest
 
 from edgesdk import _native, kernels
 from kernel_reference import BLOCKS, dequantize as ref_dequantize, matmul_error_bound, random_blocks
+import proc_maps
 
 WEIGHT_TYPES = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q6_K"]
 AVAILABLE_ISAS = _native.isa_available()
@@ -167,15 +168,7 @@ def test_repacked_gemv_over_many_row_groups_equals_the_gemm_rows(isa, type_name,
 
 def huge_page_advised_mappings() -> dict:
     """start -> size of this process's mappings advised into transparent huge pages ("hg")."""
-    mappings, current = {}, None
-    for line in open("/proc/self/smaps"):
-        head = line.split()[0]
-        if "-" in head and not head.endswith(":"):
-            lo, hi = (int(v, 16) for v in head.split("-"))
-            current = (lo, hi - lo)
-        elif head == "VmFlags:" and "hg" in line.split()[1:]:
-            mappings[current[0]] = current[1]
-    return mappings
+    return {lo: hi - lo for lo, hi, fields in proc_maps.mappings() if "hg" in fields.get("VmFlags", [])}
 
 
 # The repacked weights are streamed once per token; on Linux they get their own 2 MiB aligned

@@ -14,6 +14,7 @@ import pytest
 from edgesdk import gguf as ek_gguf
 from edgesdk.backends.native import NativeBackend, memory_requirements
 from kernel_reference import dequantize, random_blocks
+import proc_maps
 from tiny_gguf import TinyConfig, reference_logits, tiny_tensors
 
 # Both engines quantize the same activations to int8 and differ only in float summation
@@ -143,17 +144,9 @@ def test_memory_requirements_count_repacked_matrices_as_owned(tmp_path):
 
 
 def mapping_resident_bytes(start: int, length: int) -> int:
-    """Resident bytes of this process's mapping that begins at address `start` (from /proc/self/smaps)."""
-    rss, inside = 0, False
-    with open("/proc/self/smaps") as smaps:
-        for line in smaps:
-            head = line.split()[0]
-            if "-" in head and not head.endswith(":"):
-                lo, hi = (int(x, 16) for x in head.split("-"))
-                inside = lo <= start < hi or start <= lo < start + length
-            elif inside and head == "Rss:":
-                rss += int(line.split()[1]) * 1024
-    return rss
+    """Resident bytes of this process's mappings over [start, start + length) (from /proc/self/smaps)."""
+    return sum(int(fields["Rss"][0]) * 1024 for lo, hi, fields in proc_maps.mappings()
+               if lo <= start < hi or start <= lo < start + length)
 
 
 @pytest.mark.slow
