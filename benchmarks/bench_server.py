@@ -9,6 +9,12 @@ clients:
   TTFT p50 / p99    from sending a request to its first text chunk, over all requests
 and the ratio of N clients' aggregate tok/s to one client's, per server.
 
+The clients share the machine with the server under test, so they must cost it as
+little as possible: they read the stream with the standard library's http.client,
+one thread each. httpx (its pure-Python HTTP parsing) cost 0.75-0.93 ms of CPU per
+streamed token here, a third of a core at 8 clients on a 2-core box, and slowed both
+servers; http.client costs 0.10-0.21 ms. The table reports what the clients used.
+
 llama_cpp.server needs llama-cpp-python's [server] extra (fastapi, sse-starlette,
 ...): install it for this benchmark only (pip install 'llama-cpp-python[server]').
 It answers one request at a time; it runs with --interrupt_requests False, or a
@@ -24,6 +30,7 @@ Writes benchmarks/RESULTS_server.md.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import socket
@@ -100,20 +107,27 @@ def wait_ready(base: str, process: subprocess.Popen) -> str:
 
 
 def one_request(base: str, model: str, prompt: str, max_tokens: int) -> Dict[str, float]:
-    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True}
+    body = json.dumps({"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True})
+    host, port = base.rsplit("/", 1)[1].rsplit(":", 1)
     sent = time.perf_counter()
     first = None
     chunks = 0
-    with httpx.stream("POST", base + "/v1/completions", json=body, timeout=600) as response:
-        response.raise_for_status()
-        for line in response.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
+    connection = http.client.HTTPConnection(host, int(port), timeout=600)
+    try:
+        connection.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        if response.status != 200:
+            raise SystemExit(f"{base}: HTTP {response.status}: {response.read()[:300]!r}")
+        for line in iter(response.readline, b""):
+            if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
                 continue
             event = json.loads(line[6:])
             if event.get("choices") and event["choices"][0].get("text"):
                 chunks += 1
                 if first is None:
                     first = time.perf_counter()
+    finally:
+        connection.close()
     done = time.perf_counter()
     return {"ttft_s": (first or done) - sent, "tokens": chunks, "sent": sent, "done": done}
 
@@ -132,15 +146,18 @@ def run_clients(base: str, model: str, n_clients: int, requests: int, max_tokens
                 results.append(out)
 
     threads = [threading.Thread(target=client, args=(k,)) for k in range(n_clients)]
+    cpu_before = sum(os.times()[:2])
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    client_cpu_s = sum(os.times()[:2]) - cpu_before
     wall = max(r["done"] for r in results) - min(r["sent"] for r in results)
     ttfts = sorted(r["ttft_s"] for r in results)
     return {"tok_s": sum(r["tokens"] for r in results) / wall, "ttft_p50": statistics.median(ttfts),
             "ttft_p99": ttfts[min(len(ttfts) - 1, int(round(0.99 * (len(ttfts) - 1))))],
-            "tokens": sum(r["tokens"] for r in results), "requests": len(results)}
+            "tokens": sum(r["tokens"] for r in results), "requests": len(results),
+            "client_cpu_ms_per_token": 1000 * client_cpu_s / max(1, sum(r["tokens"] for r in results))}
 
 
 def measure(kind: str, path: Path, threads: int, clients: List[int], requests: int, max_tokens: int) -> Dict:
@@ -195,11 +212,13 @@ def main() -> None:
         f"Each client streams "
         f"{args.requests} greedy /v1/completions requests one after another, a different prompt each. "
         "Aggregate tok/s: text chunks (one per token) of all clients / wall time; TTFT: send to first text "
-        "chunk, over all requests. 'xN/x1': aggregate tok/s against one client's on the same server.",
+        "chunk, over all requests. 'xN/x1': aggregate tok/s against one client's on the same server. "
+        "Client CPU: what the benchmark's own client threads used per streamed token (it shares the CPUs with "
+        "the server under test).",
         "",
         "| model | max_tokens | clients | edgesdk tok/s | xN/x1 | TTFT p50 s | TTFT p99 s | llama.cpp tok/s | "
-        "xN/x1 | TTFT p50 s | TTFT p99 s | edgesdk / llama.cpp tok/s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "xN/x1 | TTFT p50 s | TTFT p99 s | edgesdk / llama.cpp tok/s | client CPU ms/token edgesdk | llama.cpp |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, max_tokens, results in rows:
         e, l = results["edgesdk"], results["llamacpp"]
@@ -208,7 +227,8 @@ def main() -> None:
                 f"| {name} | {max_tokens} | {n} | {e[n]['tok_s']:.1f} | {e[n]['tok_s'] / e[clients[0]]['tok_s']:.2f} "
                 f"| {e[n]['ttft_p50']:.2f} | {e[n]['ttft_p99']:.2f} | {l[n]['tok_s']:.1f} "
                 f"| {l[n]['tok_s'] / l[clients[0]]['tok_s']:.2f} | {l[n]['ttft_p50']:.2f} | {l[n]['ttft_p99']:.2f} "
-                f"| {e[n]['tok_s'] / l[n]['tok_s']:.2f}x |")
+                f"| {e[n]['tok_s'] / l[n]['tok_s']:.2f}x | {e[n]['client_cpu_ms_per_token']:.2f} "
+                f"| {l[n]['client_cpu_ms_per_token']:.2f} |")
     text = "\n".join(lines) + "\n"
     Path(args.out).write_text(text)
     print(text)
