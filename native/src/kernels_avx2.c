@@ -41,10 +41,8 @@ static inline __m256i lane_scales(__m256i sc32) {
     return _mm256_or_si256(_mm256_and_si256(sc32, _mm256_set1_epi32(0xFFFF)), _mm256_slli_epi32(sc32, 16));
 }
 
-/* u < 64 and |s| <= 127: maddubs' int16 pairs stay below 2 * 63 * 127. */
-static inline __m256i sub_dot_scaled(__m256i acc, const __m256i *u, const __m256i *s, int n, __m256i lsc) {
-    for (int k = 0; k < n; k++) acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u[k], s[k]), lsc));
-    return acc;
+static inline __m256i widen_pairs_scaled(__m256i acc, __m256i p, __m256i lsc) {
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(p, lsc));
 }
 
 #include "kernels_x86_body.h"

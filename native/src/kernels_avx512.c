@@ -32,14 +32,11 @@ static inline __m256i dot_u8s8_scaled(__m256i acc, __m256i u, __m256i s, __m256i
     return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), scales));
 }
 
-/* The repacked K-quants' per-row scales: one vpdpbusd chain per sub-block, then one
-   multiply by the 8 rows' scales (fewer uops than maddubs + madd per vector). */
+/* The repacked K-quants' per-row scales: one vpdpbusd chain per sub-block (dot_pairs), then
+   one multiply by the 8 rows' scales. */
 static inline __m256i lane_scales(__m256i sc32) { return sc32; }
-
-static inline __m256i sub_dot_scaled(__m256i acc, const __m256i *u, const __m256i *s, int n, __m256i lsc) {
-    __m256i t = _mm256_setzero_si256();
-    for (int k = 0; k < n; k++) t = _mm256_dpbusd_epi32(t, u[k], s[k]);
-    return _mm256_add_epi32(acc, _mm256_mullo_epi32(t, lsc));
+static inline __m256i widen_pairs_scaled(__m256i acc, __m256i p, __m256i lsc) {
+    return _mm256_add_epi32(acc, _mm256_mullo_epi32(p, lsc));
 }
 
 #include "kernels_x86_body.h"

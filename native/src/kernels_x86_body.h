@@ -15,13 +15,13 @@
  *   dot_pairs(p, u, s)      p + u8 * s8 products summed in the ISA's narrowest exact lanes
  *                           (int16 pairs after maddubs, or int32 after vpdpbusd)
  *   widen_pairs(acc, p)     acc + p's lanes as the 32-bit lane sums dot_u8s8 gives
+ *   widen_pairs_scaled(acc, p, lsc)  the same with lane j times sc_j, lsc from lane_scales
+ *                           (a sub-block's products, summed by dot_pairs, times its scale)
  *   dot_pairs_per_widen(u_limit)  how many dot_pairs of bytes u < u_limit (|s| <= 127) p takes exactly
  *   dot_u8s8_scaled(acc, u, s, sc)  the same with lanes 0..3 times sc's first and
  *                           lanes 4..7 times its second scale, sc from make_scales
  *   make_scales(a, b)       the scale vector for dot_u8s8_scaled
- *   lane_scales(sc32)       per-lane scales (int32 lanes, |sc| < 128) prepared for sub_dot_scaled
- *   sub_dot_scaled(acc, u, s, n, lsc)  acc + lane j: sc_j * sum over the n vector pairs
- *                           (u[k], s[k]) of sum over bytes 4j..4j+3 of u8 * s8 (u < 64)
+ *   lane_scales(sc32)       per-lane scales (int32 lanes, |sc| < 128) prepared for widen_pairs_scaled
  * and targets AVX2 + FMA + F16C or better. No product of a weight byte
  * (<= 128 in magnitude) and an activation byte (|x| <= 127) overflows either.
  *
@@ -522,7 +522,7 @@ x86_gemm_block32_x8(int fam, size_t slice_bytes, const void *w, size_t w_row_byt
 /* ------------------------------------- repacked K-quants, q8_k activations
  *
  * One 32-bit lane per row of the 8-row group, as above. The per-row, per-sub-block
- * scales multiply each sub-block's integer dot inside sub_dot_scaled (the ISA file
+ * scales multiply each sub-block's integer dot in widen_pairs_scaled (the ISA file
  * picks madd-by-scale or dot-then-multiply), so a super-block of 8 rows ends in one
  * int32 vector and two float multiply-adds per activation row. */
 
@@ -532,11 +532,17 @@ static inline int32_t pair16(int32_t a, int32_t b) {
 }
 
 /* One tile of activation rows [i0, i0 + tile) against one 8-row group; always inlined
-   with tile a constant where it can be (GEMV: 1), so the tile loops unroll into registers. */
+   with tile a constant where it can be (GEMV: 1), so the tile loops unroll into registers.
+   As in block32_x8_tile, each weight vector is decoded once and meets the tile's rows in
+   turn, with the sub-block's scales made where they are used: holding a chunk's sixteen
+   decoded vectors, the eight scale vectors and the activation pieces spilled most of them.
+   A sub-block's eight vectors share one scale, so their products sum in dot_pairs' narrow
+   lanes and are scaled once (maddubs + madd per vector was one multiply too many). */
 static inline __attribute__((always_inline)) void
 q4_kx8_tile(const block_q4_kx8 *group, int n_valid, int64_t g0, int64_t nb, const void *x, size_t x_row_bytes,
                         int64_t i0, const int tile, float *y, int64_t ldy) {
     const __m256i low = _mm256_set1_epi8(0x0F), low16 = _mm256_set1_epi32(0xFFFF);
+    const int per_widen = dot_pairs_per_widen(16); /* nibbles */
     const block_q8_k *xr[ACT_TILE];
     __m256 acc[ACT_TILE];
     for (int t = 0; t < ACT_TILE; t++) {
@@ -546,30 +552,30 @@ q4_kx8_tile(const block_q4_kx8 *group, int n_valid, int64_t g0, int64_t nb, cons
     for (int64_t b = 0; b < nb; b++) {
         const block_q4_kx8 *s = &group[b];
         prefetch_ahead(s, sizeof *s);
-        __m256i scl[8], mins[4], isum[ACT_TILE];
-        for (int p = 0; p < 4; p++) {
-            const __m256i sp = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(s->sc + 16 * p)));
-            scl[2 * p] = lane_scales(_mm256_and_si256(sp, low16));
-            scl[2 * p + 1] = lane_scales(_mm256_srli_epi32(sp, 16));
-            mins[p] = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(s->m + 16 * p)));
-        }
+        __m256i isum[ACT_TILE];
         for (int t = 0; t < ACT_TILE; t++) isum[t] = _mm256_setzero_si256();
         for (int c = 0; c < 4; c++) { /* 32 bytes per row: sub-blocks 2c (low nibbles), 2c + 1 (high) */
-            __m256i lo[8], hi[8];
-            for (int k = 0; k < 8; k++) {
-                const __m256i v = _mm256_loadu_si256((const __m256i *)(s->qs + 32 * (8 * c + k)));
-                lo[k] = _mm256_and_si256(v, low);
-                hi[k] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-            }
-            for (int t = 0; t < tile; t++) {
-                const int8_t *xq = xr[t][b].qs + 64 * c;
-                __m256i xl[8], xh[8];
+            const __m256i sp = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(s->sc + 16 * c)));
+            const __m256i scl_lo = lane_scales(_mm256_and_si256(sp, low16)), scl_hi = lane_scales(_mm256_srli_epi32(sp, 16));
+            for (int half = 0; half < 2; half++) { /* one sub-block, one scale: its products sum narrow */
+                __m256i pairs[ACT_TILE];
+                for (int t = 0; t < tile; t++) pairs[t] = _mm256_setzero_si256();
+#pragma GCC unroll 8
                 for (int k = 0; k < 8; k++) {
-                    xl[k] = _mm256_set1_epi32(load_i32(xq + 4 * k));
-                    xh[k] = _mm256_set1_epi32(load_i32(xq + 32 + 4 * k));
+                    const __m256i v = _mm256_loadu_si256((const __m256i *)(s->qs + 32 * (8 * c + k)));
+                    const __m256i u = half ? _mm256_and_si256(_mm256_srli_epi16(v, 4), low) : _mm256_and_si256(v, low);
+                    for (int t = 0; t < tile; t++) {
+                        const __m256i xs = _mm256_set1_epi32(load_i32(xr[t][b].qs + 64 * c + 32 * half + 4 * k));
+                        pairs[t] = dot_pairs(pairs[t], u, xs);
+                        keep_in_register(&pairs[t]);
+                    }
+                    if ((k + 1) % per_widen == 0 || k == 7)
+                        for (int t = 0; t < tile; t++) {
+                            isum[t] = widen_pairs_scaled(isum[t], pairs[t], half ? scl_hi : scl_lo);
+                            keep_in_register(&isum[t]);
+                            pairs[t] = _mm256_setzero_si256();
+                        }
                 }
-                isum[t] = sub_dot_scaled(isum[t], lo, xl, 8, scl[2 * c]);
-                isum[t] = sub_dot_scaled(isum[t], hi, xh, 8, scl[2 * c + 1]);
             }
         }
         const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)s->d));
@@ -578,9 +584,10 @@ q4_kx8_tile(const block_q4_kx8 *group, int n_valid, int64_t g0, int64_t nb, cons
             const block_q8_k *xb = &xr[t][b];
             __m256i msum = _mm256_setzero_si256();
             for (int p = 0; p < 4; p++) {
+                const __m256i mins = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(s->m + 16 * p)));
                 const int32_t pair = pair16(xb->bsums[4 * p] + xb->bsums[4 * p + 1],
                                                         xb->bsums[4 * p + 2] + xb->bsums[4 * p + 3]);
-                msum = _mm256_add_epi32(msum, _mm256_madd_epi16(mins[p], _mm256_set1_epi32(pair)));
+                msum = _mm256_add_epi32(msum, _mm256_madd_epi16(mins, _mm256_set1_epi32(pair)));
             }
             const __m256 xd = _mm256_set1_ps(xb->d);
             acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_mul_ps(d, xd), acc[t]);
@@ -592,11 +599,14 @@ q4_kx8_tile(const block_q4_kx8 *group, int n_valid, int64_t g0, int64_t nb, cons
 
 
 /* One tile of activation rows [i0, i0 + tile) against one 8-row group; always inlined
-   with tile a constant where it can be (GEMV: 1), so the tile loops unroll into registers. */
+   with tile a constant where it can be (GEMV: 1), so the tile loops unroll into registers.
+   Sub-block by sub-block, each weight vector decoded once and meeting the tile's rows in
+   turn, the products summed narrow between scalings, as in q4_kx8_tile. */
 static inline __attribute__((always_inline)) void
 q6_kx8_tile(const block_q6_kx8 *group, int n_valid, int64_t g0, int64_t nb, const void *x, size_t x_row_bytes,
                         int64_t i0, const int tile, float *y, int64_t ldy) {
     const __m256i low = _mm256_set1_epi8(0x0F), two = _mm256_set1_epi8(0x30);
+    const int per_widen = dot_pairs_per_widen(64); /* six bits */
     const block_q8_k *xr[ACT_TILE];
     __m256 acc[ACT_TILE];
     for (int t = 0; t < ACT_TILE; t++) {
@@ -606,49 +616,50 @@ q6_kx8_tile(const block_q6_kx8 *group, int n_valid, int64_t g0, int64_t nb, cons
     for (int64_t b = 0; b < nb; b++) {
         const block_q6_kx8 *s = &group[b];
         prefetch_ahead(s, sizeof *s);
-        __m256i pairs[8], isum[ACT_TILE];
-        for (int p = 0; p < 8; p++)
-            pairs[p] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(s->sc + 16 * p)));
+        __m256i isum[ACT_TILE];
         /* q is stored + 32: start from -32 * sum_k scale_k * bsums_k per row */
         for (int t = 0; t < tile; t++) {
             __m256i corr = _mm256_setzero_si256();
-            for (int p = 0; p < 8; p++)
-            { /* bsums 2p and 2p + 1 are one little-endian int16 pair */
+            for (int p = 0; p < 8; p++) { /* scales of sub-blocks 2p, 2p + 1 meet bsums 2p, 2p + 1 (one int16 pair) */
+                const __m256i sc_pair = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(s->sc + 16 * p)));
                 int32_t pair;
                 memcpy(&pair, &xr[t][b].bsums[2 * p], 4);
-                corr = _mm256_add_epi32(corr, _mm256_madd_epi16(pairs[p], _mm256_set1_epi32(pair)));
+                corr = _mm256_add_epi32(corr, _mm256_madd_epi16(sc_pair, _mm256_set1_epi32(pair)));
             }
             isum[t] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(corr, 5));
         }
         for (int h = 0; h < 2; h++)
-            for (int g = 0; g < 2; g++) { /* bytes 16g..16g+15 of the half: sub-blocks 8h + 2q + g */
-                __m256i u[4][4];
-                for (int i = 0; i < 4; i++) {
-                    const int piece = 4 * g + i;
-                    const uint8_t *triple = s->q + 96 * (8 * h + piece); /* ql piece, ql piece + 8, qh piece */
-                    const __m256i l0 = _mm256_loadu_si256((const __m256i *)triple);
-                    const __m256i l1 = _mm256_loadu_si256((const __m256i *)(triple + 32));
-                    const __m256i qh = _mm256_loadu_si256((const __m256i *)(triple + 64));
-                    u[0][i] = _mm256_or_si256(_mm256_and_si256(l0, low), _mm256_and_si256(_mm256_slli_epi16(qh, 4), two));
-                    u[1][i] = _mm256_or_si256(_mm256_and_si256(l1, low), _mm256_and_si256(_mm256_slli_epi16(qh, 2), two));
-                    u[2][i] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low), _mm256_and_si256(qh, two));
-                    u[3][i] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low),
-                                              _mm256_and_si256(_mm256_srli_epi16(qh, 2), two));
-                }
-                __m256i scl[4];
-                for (int q = 0; q < 4; q++) { /* sub-block 8h + 2q + g: pair 4h + q, element g */
-                    const __m256i sp = pairs[4 * h + q];
-                    scl[q] = lane_scales(g ? _mm256_srai_epi32(sp, 16) : _mm256_srai_epi32(_mm256_slli_epi32(sp, 16), 16));
-                }
-                for (int t = 0; t < tile; t++) {
-                    const int8_t *xq = xr[t][b].qs + 128 * h + 16 * g;
-                    for (int q = 0; q < 4; q++) {
-                        __m256i xs[4];
-                        for (int i = 0; i < 4; i++) xs[i] = _mm256_set1_epi32(load_i32(xq + 32 * q + 4 * i));
-                        isum[t] = sub_dot_scaled(isum[t], u[q], xs, 4, scl[q]);
+            for (int g = 0; g < 2; g++) /* bytes 16g..16g+15 of the half */
+#pragma GCC unroll 4
+                for (int q = 0; q < 4; q++) { /* sub-block 8h + 2q + g: scale pair 4h + q, element g */
+                    const __m256i sp = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(s->sc + 16 * (4 * h + q))));
+                    const __m256i scl = lane_scales(g ? _mm256_srai_epi32(sp, 16)
+                                                      : _mm256_srai_epi32(_mm256_slli_epi32(sp, 16), 16));
+                    __m256i pairs[ACT_TILE];
+                    for (int t = 0; t < tile; t++) pairs[t] = _mm256_setzero_si256();
+#pragma GCC unroll 4
+                    for (int i = 0; i < 4; i++) {
+                        /* piece 4g + i: ql piece, ql piece + 8, qh piece; q picks the nibble and the two high bits */
+                        const uint8_t *triple = s->q + 96 * (8 * h + 4 * g + i);
+                        const __m256i l = _mm256_loadu_si256((const __m256i *)(triple + 32 * (q & 1)));
+                        const __m256i qh = _mm256_loadu_si256((const __m256i *)(triple + 64));
+                        const __m256i nib = q < 2 ? _mm256_and_si256(l, low) : _mm256_and_si256(_mm256_srli_epi16(l, 4), low);
+                        const __m256i high = q == 0 ? _mm256_slli_epi16(qh, 4) : q == 1 ? _mm256_slli_epi16(qh, 2)
+                                           : q == 2 ? qh : _mm256_srli_epi16(qh, 2);
+                        const __m256i u = _mm256_or_si256(nib, _mm256_and_si256(high, two));
+                        for (int t = 0; t < tile; t++) {
+                            const int8_t *xq = xr[t][b].qs + 128 * h + 32 * q + 16 * g + 4 * i;
+                            pairs[t] = dot_pairs(pairs[t], u, _mm256_set1_epi32(load_i32(xq)));
+                            keep_in_register(&pairs[t]);
+                        }
+                        if ((i + 1) % per_widen == 0 || i == 3)
+                            for (int t = 0; t < tile; t++) {
+                                isum[t] = widen_pairs_scaled(isum[t], pairs[t], scl);
+                                keep_in_register(&isum[t]);
+                                pairs[t] = _mm256_setzero_si256();
+                            }
                     }
                 }
-            }
         const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)s->d));
         for (int t = 0; t < tile; t++)
             acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_mul_ps(d, _mm256_set1_ps(xr[t][b].d)), acc[t]);
