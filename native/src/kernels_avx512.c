@@ -49,6 +49,13 @@ static inline __m256i widen_pairs_scaled(__m256i acc, __m256i p, __m256i lsc) {
    Q4_0's -8 offset. */
 #define X16_TILE 8 /* activation rows per decoded slice pair */
 
+/* How far ahead of the slice pair being decoded the tile prefetches each of its two
+   streams. An 8-row tile decodes a slice in about the time L3 or DRAM takes to answer, and
+   two streams per thread are too few for the hardware prefetcher to keep it fed; 4 KiB
+   beat 2 KiB for the 160-byte Q4_1 slices and tied it for Q8_0's 272 bytes
+   (benchmarks/RESULTS_kernels.md). */
+#define X16_PREFETCH_AHEAD 4096
+
 /* GEMV reads up to GEMV_PAIRS 16-row group pairs side by side, block by block: eight
    sequential streams per thread keep more lines in flight than two, which is what a
    memory-bound GEMV is short of (measured in benchmarks/RESULTS_kernels.md). Each row's
@@ -131,6 +138,11 @@ x16_tile(int fam, size_t slice_bytes, const uint8_t *group0, const uint8_t *grou
     for (int t = 0; t < X16_TILE; t++) acc[t] = corr[t] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         decoded_x16 wd;
+        if (i0 == 0) { /* the first tile brings the weights in; the next ones find them in L1/L2 */
+            const int lines = (int)((slice_bytes + 63) / 64);
+            prefetch_lines(group0 + (size_t)b * slice_bytes + X16_PREFETCH_AHEAD, slice_bytes, 0, lines);
+            prefetch_lines(group1 + (size_t)b * slice_bytes + X16_PREFETCH_AHEAD, slice_bytes, 0, lines);
+        }
         decode_x16(fam, group0 + (size_t)b * slice_bytes, group1 + (size_t)b * slice_bytes, &wd);
         #pragma GCC unroll 8
         for (int t = 0; t < tile; t++)
@@ -335,7 +347,9 @@ kx16_slice(int kq, const uint8_t *sa, const uint8_t *sb, const block_q8_k *const
     else q6_kx16_slice((const block_q6_kx8 *)sa, (const block_q6_kx8 *)sb, xb, tile, acc, prefetch_next);
 }
 
-/* Activation rows [i0, i0 + tile) against the 16 rows of groups ga and gb. */
+/* Activation rows [i0, i0 + tile) against the 16 rows of groups ga and gb. The first tile
+   asks for each next slice as the GEMV does: at a few rows (decoding several sequences) it
+   streams the weights from L3 or DRAM too. */
 static inline __attribute__((always_inline)) void
 kx16_tile(int kq, const uint8_t *ga, const uint8_t *gb, int n_valid, int64_t row0, int64_t nb, const void *x,
           size_t x_row_bytes, int64_t i0, const int tile, float *y, int64_t ldy) {
@@ -349,7 +363,7 @@ kx16_tile(int kq, const uint8_t *ga, const uint8_t *gb, int n_valid, int64_t row
     for (int64_t b = 0; b < nb; b++) {
         const block_q8_k *xb[K_TILE];
         for (int t = 0; t < K_TILE; t++) xb[t] = &xr[t][b];
-        kx16_slice(kq, ga + (size_t)b * slice_bytes, gb + (size_t)b * slice_bytes, xb, tile, acc, 0);
+        kx16_slice(kq, ga + (size_t)b * slice_bytes, gb + (size_t)b * slice_bytes, xb, tile, acc, i0 == 0);
     }
     for (int t = 0; t < tile; t++)
         _mm512_mask_storeu_ps(y + (i0 + t) * ldy + row0, (__mmask16)((1u << n_valid) - 1u), acc[t]);
