@@ -139,9 +139,8 @@ x16_tile(int fam, size_t slice_bytes, const uint8_t *group0, const uint8_t *grou
     for (int64_t b = 0; b < nb; b++) {
         decoded_x16 wd;
         if (i0 == 0) { /* the first tile brings the weights in; the next ones find them in L1/L2 */
-            const int lines = (int)((slice_bytes + 63) / 64);
-            prefetch_lines(group0 + (size_t)b * slice_bytes + X16_PREFETCH_AHEAD, slice_bytes, 0, lines);
-            prefetch_lines(group1 + (size_t)b * slice_bytes + X16_PREFETCH_AHEAD, slice_bytes, 0, lines);
+            prefetch_ahead_by(group0 + (size_t)b * slice_bytes, slice_bytes, X16_PREFETCH_AHEAD);
+            prefetch_ahead_by(group1 + (size_t)b * slice_bytes, slice_bytes, X16_PREFETCH_AHEAD);
         }
         decode_x16(fam, group0 + (size_t)b * slice_bytes, group1 + (size_t)b * slice_bytes, &wd);
         #pragma GCC unroll 8

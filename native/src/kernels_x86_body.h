@@ -393,10 +393,14 @@ prefetch_lines(const void *p, size_t bytes, int first, int count) {
    2 KiB beat 1 KiB, and further gave nothing more (benchmarks/RESULTS_kernels.md). */
 #define X86_PREFETCH_AHEAD 2048
 
-/* The lines of the `bytes` slice bytes X86_PREFETCH_AHEAD past `slice` (consecutive
-   slices of a stream each ask for their own bytes' worth, so the stream is covered). */
+/* The lines of the `bytes` slice bytes `distance` past `slice` (consecutive slices of a
+   stream each ask for their own bytes' worth, so the stream is covered). */
+static inline __attribute__((always_inline)) void prefetch_ahead_by(const void *slice, size_t bytes, size_t distance) {
+    prefetch_lines((const uint8_t *)slice + distance, bytes, 0, (int)((bytes + 63) / 64));
+}
+
 static inline __attribute__((always_inline)) void prefetch_ahead(const void *slice, size_t bytes) {
-    prefetch_lines((const uint8_t *)slice + X86_PREFETCH_AHEAD, bytes, 0, (int)((bytes + 63) / 64));
+    prefetch_ahead_by(slice, bytes, X86_PREFETCH_AHEAD);
 }
 
 /* v as it is at this point, opaque to the optimiser. Integer sums may be reordered freely, and
